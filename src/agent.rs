@@ -1,0 +1,137 @@
+//! The node agent: samples GPUs and pod attribution on an interval and serves
+//! the result as Prometheus `/metrics` and the `/v1/pods` feed.
+
+pub mod exposition;
+pub mod sampler;
+pub mod self_metrics;
+pub mod server;
+pub mod snapshot;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use arc_swap::ArcSwap;
+use clap::Args;
+use tokio::sync::watch;
+
+use crate::attribution::AttributionArgs;
+use crate::gpu::GpuArgs;
+use sampler::{AllocationSource, PidResolver, Sampler};
+use self_metrics::AgentMetrics;
+use snapshot::Snapshot;
+
+/// Flags of the agent's sampling and serving.
+#[derive(Clone, Debug, Args)]
+pub struct AgentArgs {
+    /// Address `/metrics`, `/healthz`, `/readyz` and `/v1/pods` are served on.
+    #[arg(long, env = "KGM_LISTEN", default_value = "0.0.0.0:9402")]
+    pub listen: SocketAddr,
+
+    /// This node's name (set it from the downward API's `spec.nodeName`).
+    #[arg(long, env = "KGM_NODE_NAME", default_value = "localhost")]
+    pub node_name: String,
+
+    /// How often GPUs are sampled.
+    #[arg(long, env = "KGM_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+
+    /// How long one GPU's read may take before the GPU is marked down for
+    /// that sample (default: the sample interval).
+    #[arg(long, env = "KGM_GPU_READ_TIMEOUT", value_parser = humantime::parse_duration)]
+    pub gpu_read_timeout: Option<Duration>,
+
+    /// Turn pod attribution off (no kubelet on this host).
+    #[arg(long, env = "KGM_NO_ATTRIBUTION")]
+    pub no_attribution: bool,
+}
+
+/// A running agent's shared state: the latest snapshot and the counters.
+#[derive(Clone)]
+pub struct AgentState {
+    /// The latest snapshot, swapped whole by the sampler.
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    /// Self-metrics, bumped by the sampler and the server.
+    pub metrics: Arc<AgentMetrics>,
+}
+
+/// Everything an agent runs with.
+pub struct AgentSetup {
+    /// Sampling and serving flags.
+    pub agent: AgentArgs,
+    /// Where GPU readings come from.
+    pub opener: Arc<dyn crate::gpu::GpuSourceOpener>,
+    /// Where allocations come from.
+    pub allocations: AllocationSource,
+    /// How PIDs map to pod UIDs.
+    pub pids: PidResolver,
+}
+
+impl AgentSetup {
+    /// The setup `agent` runs with: the chosen GPU source, and the kubelet for
+    /// attribution unless it is turned off.
+    pub fn from_args(agent: AgentArgs, gpu: &GpuArgs, attribution: &AttributionArgs) -> Self {
+        use crate::gpu::{GpuSourceKind, nvml::NvmlOpener, sim::SimNode, sim::SimOpener};
+        match gpu.gpu_source {
+            GpuSourceKind::Sim => {
+                let node = Arc::new(SimNode::new(&agent.node_name, &gpu.sim_gpus, gpu.seed));
+                Self {
+                    agent,
+                    opener: Arc::new(SimOpener(node.clone())),
+                    allocations: AllocationSource::Sim(node.clone()),
+                    pids: PidResolver::Sim(node),
+                }
+            }
+            GpuSourceKind::Nvml => {
+                let allocations = if agent.no_attribution {
+                    AllocationSource::None
+                } else {
+                    AllocationSource::kubelet(attribution)
+                };
+                Self {
+                    agent,
+                    opener: Arc::new(NvmlOpener::new(gpu.nvml_lib.clone())),
+                    allocations,
+                    pids: PidResolver::proc(attribution.proc_root.clone()),
+                }
+            }
+        }
+    }
+}
+
+/// A started agent: where it listens, and its state.
+pub struct RunningAgent {
+    /// The bound address (useful with port 0).
+    pub addr: SocketAddr,
+    /// The snapshot and counters.
+    pub state: AgentState,
+    /// Finishes when the server and sampler have stopped.
+    pub done: tokio::task::JoinHandle<()>,
+}
+
+/// Binds the listener, starts the sampler and the server, and returns once
+/// the agent is listening. Both stop when `shutdown` turns true.
+pub async fn start(setup: AgentSetup, shutdown: watch::Receiver<bool>) -> std::io::Result<RunningAgent> {
+    let metrics = Arc::new(AgentMetrics::default());
+    let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::empty(
+        &setup.agent.node_name,
+        setup.agent.interval,
+        &metrics,
+    )));
+    let state = AgentState { snapshot, metrics };
+    let listener = tokio::net::TcpListener::bind(setup.agent.listen).await?;
+    let addr = listener.local_addr()?;
+    let sampler = Sampler::new(&setup.agent, setup.opener, setup.allocations, setup.pids, state.clone());
+    let sampler_task = tokio::spawn(sampler.run(shutdown.clone()));
+    let server_task = tokio::spawn(server::serve(listener, state.clone(), shutdown));
+    let done = tokio::spawn(async move {
+        let _ = server_task.await;
+        let _ = sampler_task.await;
+    });
+    Ok(RunningAgent { addr, state, done })
+}
+
+/// Resolves once `shutdown` turns true (or its sender is gone).
+pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}

@@ -1,0 +1,399 @@
+//! Prometheus text (0.0.4) and OpenMetrics (1.0.0) exposition, rendered once
+//! per sample, and the content negotiation a scrape does.
+//!
+//! The encoder is written by hand for speed, and a golden test checks that
+//! its OpenMetrics output equals what `prometheus-client` writes for the same
+//! series. Series with no value are left out, never written as zero.
+
+use std::io::Write;
+use std::time::UNIX_EPOCH;
+
+use bytes::Bytes;
+use flate2::Compression;
+use flate2::write::GzEncoder;
+use http::HeaderValue;
+
+use super::snapshot::{GpuState, SampleData};
+use crate::attribution::PodGpuUsage;
+use crate::gpu::GpuCall;
+
+/// `Content-Type` of the text format.
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// `Content-Type` of OpenMetrics.
+pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
+/// The four `/metrics` bodies of one sample.
+#[derive(Clone, Debug, Default)]
+pub struct Exposition {
+    /// Text format.
+    pub text: Bytes,
+    /// Text format, gzipped.
+    pub text_gzip: Bytes,
+    /// OpenMetrics.
+    pub openmetrics: Bytes,
+    /// OpenMetrics, gzipped.
+    pub openmetrics_gzip: Bytes,
+}
+
+/// Which body a scrape gets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Representation {
+    /// OpenMetrics rather than text.
+    pub openmetrics: bool,
+    /// Gzipped.
+    pub gzip: bool,
+}
+
+impl Representation {
+    /// Picks the body for a request's `Accept` and `Accept-Encoding`, without
+    /// allocating. OpenMetrics wins when the client ranks it at least as high
+    /// as the text format; the text format is the default.
+    pub fn negotiate(accept: Option<&HeaderValue>, accept_encoding: Option<&HeaderValue>) -> Self {
+        let (mut openmetrics_q, mut text_q) = (0.0f32, 0.0f32);
+        for (media, q) in accept.and_then(|v| v.to_str().ok()).into_iter().flat_map(media_ranges) {
+            if media.eq_ignore_ascii_case("application/openmetrics-text") {
+                openmetrics_q = openmetrics_q.max(q);
+            } else if ["text/plain", "text/*", "*/*"].iter().any(|m| media.eq_ignore_ascii_case(m)) {
+                text_q = text_q.max(q);
+            }
+        }
+        let gzip = accept_encoding
+            .and_then(|v| v.to_str().ok())
+            .into_iter()
+            .flat_map(media_ranges)
+            .any(|(coding, q)| q > 0.0 && (coding.eq_ignore_ascii_case("gzip") || coding == "*"));
+        Self { openmetrics: openmetrics_q > 0.0 && openmetrics_q >= text_q, gzip }
+    }
+
+    /// The `Content-Type` of this representation.
+    pub fn content_type(self) -> HeaderValue {
+        HeaderValue::from_static(if self.openmetrics { OPENMETRICS_CONTENT_TYPE } else { TEXT_CONTENT_TYPE })
+    }
+}
+
+/// Splits a header like `a/b;q=0.5, c/d` into `(value, q)` pairs.
+fn media_ranges(header: &str) -> impl Iterator<Item = (&str, f32)> {
+    header.split(',').filter_map(|range| {
+        let mut parts = range.split(';');
+        let media = parts.next()?.trim();
+        let q = parts
+            .filter_map(|p| p.trim().strip_prefix("q="))
+            .find_map(|q| q.trim().parse::<f32>().ok())
+            .unwrap_or(1.0);
+        (!media.is_empty()).then_some((media, q))
+    })
+}
+
+impl Exposition {
+    /// The body for a representation (a reference-counted clone).
+    pub fn body(&self, r: Representation) -> Bytes {
+        match (r.openmetrics, r.gzip) {
+            (false, false) => self.text.clone(),
+            (false, true) => self.text_gzip.clone(),
+            (true, false) => self.openmetrics.clone(),
+            (true, true) => self.openmetrics_gzip.clone(),
+        }
+    }
+}
+
+/// Renders a sample in both formats, plain and gzipped.
+pub fn render(data: &SampleData) -> Exposition {
+    let (text, openmetrics) = render_plain(data);
+    Exposition {
+        text_gzip: gzip(&text),
+        openmetrics_gzip: gzip(&openmetrics),
+        text: text.into(),
+        openmetrics: openmetrics.into(),
+    }
+}
+
+fn gzip(body: &[u8]) -> Bytes {
+    let mut encoder = GzEncoder::new(Vec::with_capacity(body.len() / 4), Compression::fast());
+    encoder.write_all(body).expect("writing to a Vec cannot fail");
+    encoder.finish().expect("writing to a Vec cannot fail").into()
+}
+
+/// A sample value.
+#[derive(Clone, Copy)]
+enum Value {
+    F64(f64),
+    U64(u64),
+}
+
+/// Writes gauge families into one buffer and counter families into two (the
+/// formats differ only in how counters are named).
+struct Encoder {
+    gauges: Vec<u8>,
+    text_counters: Vec<u8>,
+    openmetrics_counters: Vec<u8>,
+}
+
+impl Encoder {
+    /// Writes a gauge family; its header only if it has a series.
+    fn gauge<'a>(&mut self, name: &str, help: &str, series: impl IntoIterator<Item = (&'a str, Value)>) {
+        let mut series = series.into_iter().peekable();
+        if series.peek().is_none() {
+            return;
+        }
+        let out = &mut self.gauges;
+        header(out, name, help, "gauge");
+        for (labels, value) in series {
+            sample(out, name, "", labels, value);
+        }
+    }
+
+    /// Writes a counter family: `name_total` samples, typed `name` in
+    /// OpenMetrics and `name_total` in the text format.
+    fn counter<'a>(&mut self, name: &str, help: &str, series: impl IntoIterator<Item = (&'a str, u64)>) {
+        let total = [name, "_total"].concat();
+        header(&mut self.text_counters, &total, help, "counter");
+        header(&mut self.openmetrics_counters, name, help, "counter");
+        for (labels, value) in series {
+            sample(&mut self.text_counters, name, "_total", labels, Value::U64(value));
+            sample(&mut self.openmetrics_counters, name, "_total", labels, Value::U64(value));
+        }
+    }
+}
+
+fn header(out: &mut Vec<u8>, name: &str, help: &str, kind: &str) {
+    for part in ["# HELP ", name, " ", help, ".\n# TYPE ", name, " ", kind, "\n"] {
+        out.extend_from_slice(part.as_bytes());
+    }
+}
+
+fn sample(out: &mut Vec<u8>, name: &str, suffix: &str, labels: &str, value: Value) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(suffix.as_bytes());
+    if !labels.is_empty() {
+        out.push(b'{');
+        out.extend_from_slice(labels.as_bytes());
+        out.push(b'}');
+    }
+    out.push(b' ');
+    match value {
+        Value::F64(v) => out.extend_from_slice(dtoa::Buffer::new().format(v).as_bytes()),
+        Value::U64(v) => out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes()),
+    }
+    out.push(b'\n');
+}
+
+/// Appends `name="value"` (comma-separated), escaping the value.
+fn push_label(labels: &mut String, name: &str, value: &str) {
+    if !labels.is_empty() {
+        labels.push(',');
+    }
+    labels.push_str(name);
+    labels.push_str("=\"");
+    for c in value.chars() {
+        match c {
+            '\\' => labels.push_str("\\\\"),
+            '"' => labels.push_str("\\\""),
+            '\n' => labels.push_str("\\n"),
+            c => labels.push(c),
+        }
+    }
+    labels.push('"');
+}
+
+fn gpu_labels(node: &str, gpu: &GpuState) -> String {
+    let mut labels = String::with_capacity(160);
+    push_label(&mut labels, "node", node);
+    push_label(&mut labels, "gpu", itoa::Buffer::new().format(gpu.identity.index));
+    push_label(&mut labels, "uuid", &gpu.identity.uuid);
+    push_label(&mut labels, "model", &gpu.identity.model);
+    labels
+}
+
+fn pod_labels(gpu_labels: &str, usage: &PodGpuUsage) -> String {
+    let mut labels = String::with_capacity(gpu_labels.len() + 96);
+    labels.push_str(gpu_labels);
+    push_label(&mut labels, "namespace", &usage.namespace);
+    push_label(&mut labels, "pod", &usage.pod);
+    push_label(&mut labels, "container", &usage.container);
+    labels
+}
+
+/// Renders the plain text and OpenMetrics bodies.
+pub fn render_plain(data: &SampleData) -> (Vec<u8>, Vec<u8>) {
+    let node = data.node.as_str();
+    let base: Vec<String> = data.gpus.iter().map(|g| gpu_labels(node, g)).collect();
+    // A GPU held by exactly one container carries that container's labels.
+    let device: Vec<String> = data
+        .gpus
+        .iter()
+        .enumerate()
+        .map(|(i, _)| {
+            let mut holders = data.usages.iter().filter(|u| u.gpu == i);
+            match (holders.next(), holders.next()) {
+                (Some(only), None) if only.sharing == crate::attribution::Sharing::Exclusive => {
+                    pod_labels(&base[i], only)
+                }
+                _ => base[i].clone(),
+            }
+        })
+        .collect();
+    let pods: Vec<String> = data
+        .usages
+        .iter()
+        .map(|u| {
+            let mut l = pod_labels(&base[u.gpu], u);
+            push_label(&mut l, "sharing", u.sharing.as_str());
+            l
+        })
+        .collect();
+
+    let estimate = 64 + data.gpus.len() * 1800 + data.usages.len() * 700;
+    let mut e = Encoder {
+        gauges: Vec::with_capacity(estimate),
+        text_counters: Vec::with_capacity(2048),
+        openmetrics_counters: Vec::with_capacity(2048),
+    };
+    let up = || data.gpus.iter().zip(&device).filter(|(g, _)| g.up);
+    let f = |v: Option<f64>| v.map(Value::F64);
+    let u = |v: Option<u64>| v.map(Value::U64);
+
+    e.gauge(
+        "nvidia_gpu_info",
+        "GPU identity, 1 for every GPU the agent found",
+        device.iter().map(|l| (l.as_str(), Value::U64(1))),
+    );
+    e.gauge(
+        "nvidia_gpu_up",
+        "1 when the GPU answered this sample, 0 when it stopped answering",
+        data.gpus.iter().zip(&device).map(|(g, l)| (l.as_str(), Value::U64(u64::from(g.up)))),
+    );
+    e.gauge(
+        "nvidia_gpu_utilization_percent",
+        "Percent of time a kernel ran on the GPU over the driver's sample period",
+        up().filter_map(|(g, l)| Some((l.as_str(), f(g.reading.utilization_percent)?))),
+    );
+    e.gauge(
+        "nvidia_gpu_memory_utilization_percent",
+        "Percent of time device memory was read or written",
+        up().filter_map(|(g, l)| Some((l.as_str(), f(g.reading.memory_utilization_percent)?))),
+    );
+    e.gauge(
+        "nvidia_gpu_memory_used_bytes",
+        "Device memory in use",
+        up().filter_map(|(g, l)| Some((l.as_str(), u(g.reading.memory_used_bytes)?))),
+    );
+    e.gauge(
+        "nvidia_gpu_memory_total_bytes",
+        "Device memory in total",
+        up().filter_map(|(g, l)| Some((l.as_str(), u(g.reading.memory_total_bytes)?))),
+    );
+    e.gauge(
+        "nvidia_gpu_temperature_celsius",
+        "GPU core temperature",
+        up().filter_map(|(g, l)| Some((l.as_str(), f(g.reading.temperature_celsius)?))),
+    );
+    e.gauge(
+        "nvidia_gpu_power_watts",
+        "Board power draw",
+        up().filter_map(|(g, l)| Some((l.as_str(), f(g.reading.power_watts)?))),
+    );
+    e.gauge(
+        "nvidia_gpu_sm_clock_hertz",
+        "Current SM clock",
+        up().filter_map(|(g, l)| Some((l.as_str(), f(g.reading.sm_clock_hertz)?))),
+    );
+    e.gauge(
+        "nvidia_gpu_pod_utilization_percent",
+        "A pod's utilization of a GPU: the device value on an exclusive GPU, its processes' share on a shared one",
+        data.usages
+            .iter()
+            .zip(&pods)
+            .filter_map(|(usage, l)| Some((l.as_str(), Value::F64(usage.utilization_percent.ok()?)))),
+    );
+    e.gauge(
+        "nvidia_gpu_pod_memory_utilization_percent",
+        "A pod's memory-controller utilization of a GPU",
+        data.usages
+            .iter()
+            .zip(&pods)
+            .filter_map(|(usage, l)| Some((l.as_str(), f(usage.memory_utilization_percent)?))),
+    );
+    let unresolved: Vec<String> = data
+        .usages
+        .iter()
+        .filter_map(|usage| {
+            let reason = usage.utilization_percent.err()?;
+            let mut l = pod_labels(&base[usage.gpu], usage);
+            push_label(&mut l, "reason", reason.as_str());
+            Some(l)
+        })
+        .collect();
+    e.gauge(
+        "kube_gpu_metrics_pod_attribution_unresolved",
+        "1 for a pod whose share of a GPU cannot be measured, with the reason",
+        unresolved.iter().map(|l| (l.as_str(), Value::U64(1))),
+    );
+
+    // The agent's own state.
+    let mut version = String::new();
+    push_label(&mut version, "version", env!("CARGO_PKG_VERSION"));
+    e.gauge("kube_gpu_metrics_build_info", "Build of the agent", [(version.as_str(), Value::U64(1))]);
+    e.gauge(
+        "kube_gpu_metrics_gpu_source_up",
+        "1 when the GPU source (NVML) is initialised",
+        [("", Value::U64(u64::from(data.gpu_source_up)))],
+    );
+    e.gauge(
+        "kube_gpu_metrics_pod_resources_up",
+        "1 when the kubelet answered the last PodResources call",
+        data.pod_resources_up.map(|up| ("", Value::U64(u64::from(up)))),
+    );
+    e.gauge(
+        "kube_gpu_metrics_sample_duration_seconds",
+        "Duration of the last sample pass",
+        [("", Value::F64(data.sample_duration.as_secs_f64()))],
+    );
+    let taken_at = data.taken_at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+    e.gauge(
+        "kube_gpu_metrics_last_sample_timestamp_seconds",
+        "When the last sample pass started, seconds since the Unix epoch",
+        [("", Value::F64(taken_at))],
+    );
+
+    let c = &data.counters;
+    e.counter("kube_gpu_metrics_samples", "Sample passes finished", [("", c.samples)]);
+    let calls: Vec<String> = GpuCall::ALL
+        .iter()
+        .map(|call| {
+            let mut l = String::new();
+            push_label(&mut l, "call", call.as_str());
+            l
+        })
+        .collect();
+    e.counter(
+        "kube_gpu_metrics_nvml_errors",
+        "Failed NVML calls, by call (not-supported answers are not errors)",
+        calls.iter().zip(c.gpu_errors).map(|(l, n)| (l.as_str(), n)),
+    );
+    e.counter(
+        "kube_gpu_metrics_gpu_read_timeouts",
+        "GPU reads that missed their deadline; the GPU is reported down for that sample",
+        [("", c.gpu_read_timeouts)],
+    );
+    e.counter(
+        "kube_gpu_metrics_pod_resources_errors",
+        "Failed kubelet PodResources calls",
+        [("", c.pod_resources_errors)],
+    );
+    e.counter(
+        "kube_gpu_metrics_scrapes",
+        "Scrapes of /metrics, by format, as of this sample",
+        [("format=\"text\"", c.scrapes_text), ("format=\"openmetrics\"", c.scrapes_openmetrics)],
+    );
+
+    let mut text = Vec::with_capacity(e.gauges.len() + e.text_counters.len());
+    text.extend_from_slice(&e.gauges);
+    text.extend_from_slice(&e.text_counters);
+    let mut openmetrics = e.gauges;
+    openmetrics.extend_from_slice(&e.openmetrics_counters);
+    openmetrics.extend_from_slice(b"# EOF\n");
+    (text, openmetrics)
+}
+
+#[cfg(test)]
+mod tests;

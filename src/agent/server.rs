@@ -1,0 +1,127 @@
+//! The agent's HTTP server: `/metrics`, `/v1/pods`, `/healthz`, `/readyz`.
+//!
+//! Every body is prepared by the sampler; a request picks one and clones its
+//! [`Bytes`]. Connections have a header-read timeout, and on shutdown the
+//! server stops accepting and lets in-flight requests finish, up to a bound.
+
+use std::convert::Infallible;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use super::AgentState;
+use super::exposition::Representation;
+use super::snapshot::Readiness;
+
+/// How long a client may take to send its request headers.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long in-flight requests get to finish on shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+/// Request headers beyond this are refused (431).
+const MAX_HEADER_BYTES: usize = 16 * 1024;
+
+/// Serves until `shutdown` turns true, then drains connections.
+pub async fn serve(listener: TcpListener, state: AgentState, mut shutdown: watch::Receiver<bool>) {
+    let graceful = GracefulShutdown::new();
+    let mut builder = http1::Builder::new();
+    builder
+        .timer(TokioTimer::new())
+        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .max_buf_size(MAX_HEADER_BYTES.max(8192));
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off, keep serving.
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let state = state.clone();
+                let service = service_fn(move |req| {
+                    let response = handle(&state, &req);
+                    async move { Ok::<_, Infallible>(response) }
+                });
+                let conn = builder.serve_connection(TokioIo::new(stream), service);
+                let conn = graceful.watch(conn);
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = super::stopped(&mut shutdown) => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
+        tracing::warn!("connections still open after the shutdown grace period; closing");
+    }
+}
+
+fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
+    *response.status_mut() = status;
+    response
+        .headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+fn with_body(content_type: HeaderValue, body: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
+    response.headers_mut().insert(header::CONTENT_TYPE, content_type);
+    response
+}
+
+/// Answers one request from the current snapshot.
+pub fn handle<B>(state: &AgentState, req: &Request<B>) -> Response<Full<Bytes>> {
+    let head = req.method() == Method::HEAD;
+    if req.method() != Method::GET && !head {
+        let mut response = plain(StatusCode::METHOD_NOT_ALLOWED, "method not allowed: use GET or HEAD\n");
+        response.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+        return response;
+    }
+    // hyper sends HEAD answers with the GET body's Content-Length and no body.
+    match req.uri().path() {
+        "/metrics" => {
+            let snapshot = state.snapshot.load();
+            let headers = req.headers();
+            let repr = Representation::negotiate(headers.get(header::ACCEPT), headers.get(header::ACCEPT_ENCODING));
+            state.metrics.scrape(repr.openmetrics);
+            let mut response = with_body(repr.content_type(), snapshot.exposition.body(repr));
+            let headers = response.headers_mut();
+            if repr.gzip {
+                headers.insert(header::CONTENT_ENCODING, HeaderValue::from_static("gzip"));
+            }
+            headers.insert(header::VARY, HeaderValue::from_static("Accept, Accept-Encoding"));
+            response
+        }
+        "/v1/pods" => with_body(HeaderValue::from_static("application/json"), state.snapshot.load().feed.clone()),
+        "/healthz" | "/livez" => plain(StatusCode::OK, "ok\n"),
+        "/readyz" => match &state.snapshot.load().data.readiness {
+            Readiness::Ready => plain(StatusCode::OK, "ok\n"),
+            Readiness::NotReady(reason) => {
+                let mut response = with_body(
+                    HeaderValue::from_static("text/plain; charset=utf-8"),
+                    Bytes::from(format!("not ready: {reason}\n")),
+                );
+                *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                response
+            }
+        },
+        _ => plain(StatusCode::NOT_FOUND, "not found: try /metrics, /v1/pods, /healthz or /readyz\n"),
+    }
+}

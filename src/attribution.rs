@@ -1,0 +1,258 @@
+//! Which pod uses which GPU, and how much of it.
+//!
+//! The kubelet says which containers hold which GPU ([`podresources`]). A GPU
+//! held by one container is *exclusive*: the container gets the device's
+//! values. A GPU held by several (time-slicing) is *shared*: each pod gets the
+//! utilization of its own processes, from NVML's per-process samples and each
+//! PID's cgroup ([`process`]), joined to pods by UID ([`checkpoint`]). When a
+//! share cannot be worked out, the pod gets a reason instead of a number: the
+//! device value is never copied to every pod.
+
+pub mod checkpoint;
+pub mod podresources;
+pub mod process;
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Args;
+
+use crate::gpu::{GpuIdentity, GpuReading, ProcessUsage};
+
+/// Flags for pod attribution.
+#[derive(Clone, Debug, Args)]
+pub struct AttributionArgs {
+    /// The kubelet PodResources socket. Attribution is off when it is absent.
+    #[arg(
+        long,
+        env = "KGM_POD_RESOURCES_SOCKET",
+        default_value = "/var/lib/kubelet/pod-resources/kubelet.sock"
+    )]
+    pub pod_resources_socket: PathBuf,
+
+    /// Timeout of one PodResources call.
+    #[arg(long, env = "KGM_POD_RESOURCES_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
+    pub pod_resources_timeout: Duration,
+
+    /// The extended resource name GPUs are requested by.
+    #[arg(long, env = "KGM_GPU_RESOURCE_NAME", default_value = "nvidia.com/gpu")]
+    pub gpu_resource_name: String,
+
+    /// The kubelet's device manager checkpoint, which maps pod UIDs to devices
+    /// (needed only for shared GPUs).
+    #[arg(
+        long,
+        env = "KGM_KUBELET_CHECKPOINT",
+        default_value = "/var/lib/kubelet/device-plugins/kubelet_internal_checkpoint"
+    )]
+    pub kubelet_checkpoint: PathBuf,
+
+    /// Where host processes are visible (the host's `/proc`, with `hostPID`).
+    #[arg(long, env = "KGM_PROC_ROOT", default_value = "/proc")]
+    pub proc_root: PathBuf,
+}
+
+/// One container's GPU devices, as the kubelet allocated them.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ContainerAllocation {
+    /// Pod namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub pod: String,
+    /// Container name.
+    pub container: String,
+    /// Pod UID, where known.
+    pub pod_uid: Option<String>,
+    /// Device IDs as the device plugin named them: a UUID, a UUID with a
+    /// time-slice replica suffix (`GPU-…::3`), or an index (`0`).
+    pub device_ids: Vec<String>,
+}
+
+impl ContainerAllocation {
+    /// Whether this container holds `gpu` under any of its device IDs.
+    pub fn holds(&self, gpu: &GpuIdentity) -> bool {
+        self.device_ids.iter().any(|id| device_matches(id, gpu))
+    }
+}
+
+/// Matches a device plugin ID against a GPU: `GPU-x`, `GPU-x::N` (a
+/// time-slice replica) or, with the plugin's index strategy, `0`.
+pub fn device_matches(device_id: &str, gpu: &GpuIdentity) -> bool {
+    let base = device_id.split_once("::").map_or(device_id, |(base, _)| base);
+    base == gpu.uuid || base.parse::<u32>() == Ok(gpu.index)
+}
+
+/// How a GPU is held.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Sharing {
+    /// By one container.
+    Exclusive,
+    /// By several containers (time-slicing).
+    Shared,
+}
+
+impl Sharing {
+    /// The `sharing` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Sharing::Exclusive => "exclusive",
+            Sharing::Shared => "shared",
+        }
+    }
+}
+
+/// Why a pod's share of a GPU has no value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Unresolved {
+    /// The GPU is down: nothing to attribute.
+    GpuDown,
+    /// The GPU cannot report per-process utilization.
+    ProcessUtilizationUnsupported,
+    /// The pod's UID is not known, so its processes cannot be found.
+    PodUidUnknown,
+}
+
+impl Unresolved {
+    /// The `reason` label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Unresolved::GpuDown => "gpu-down",
+            Unresolved::ProcessUtilizationUnsupported => "process-utilization-unsupported",
+            Unresolved::PodUidUnknown => "pod-uid-unknown",
+        }
+    }
+}
+
+/// One pod's use of one GPU.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PodGpuUsage {
+    /// Pod namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub pod: String,
+    /// Container name (several, comma-separated, when containers of one pod
+    /// share a time-sliced GPU: processes map to pods, not containers).
+    pub container: String,
+    /// Index of the GPU in the agent's GPU list.
+    pub gpu: usize,
+    /// How the GPU is held.
+    pub sharing: Sharing,
+    /// The pod's utilization of this GPU, percent, or why there is none.
+    pub utilization_percent: Result<f64, Unresolved>,
+    /// The pod's memory-controller utilization, percent, where known.
+    pub memory_utilization_percent: Option<f64>,
+    /// Device memory used, where known (exclusive GPUs only).
+    pub memory_used_bytes: Option<u64>,
+}
+
+/// What attribution needs to know of one GPU.
+pub struct GpuView<'a> {
+    /// Who it is; GPUs without an identity cannot be matched.
+    pub identity: Option<&'a GpuIdentity>,
+    /// Whether it answered.
+    pub up: bool,
+    /// Its device values.
+    pub reading: &'a GpuReading,
+    /// Its per-process samples, for shared GPUs.
+    pub processes: &'a ProcessUsage,
+}
+
+/// Attributes every GPU to the containers that hold it. `pod_uid_of` maps a
+/// host PID to its pod UID.
+pub fn attribute(
+    gpus: &[GpuView<'_>],
+    allocations: &[ContainerAllocation],
+    mut pod_uid_of: impl FnMut(u32) -> Option<String>,
+) -> Vec<PodGpuUsage> {
+    let mut usages = Vec::new();
+    for (gpu_pos, gpu) in gpus.iter().enumerate() {
+        let Some(identity) = gpu.identity else { continue };
+        let holders: Vec<&ContainerAllocation> = allocations.iter().filter(|a| a.holds(identity)).collect();
+        match holders.as_slice() {
+            [] => {}
+            [only] => usages.push(PodGpuUsage {
+                namespace: only.namespace.clone(),
+                pod: only.pod.clone(),
+                container: only.container.clone(),
+                gpu: gpu_pos,
+                sharing: Sharing::Exclusive,
+                utilization_percent: match (gpu.up, gpu.reading.utilization_percent) {
+                    (true, Some(u)) => Ok(u),
+                    _ => Err(Unresolved::GpuDown),
+                },
+                memory_utilization_percent: gpu.reading.memory_utilization_percent.filter(|_| gpu.up),
+                memory_used_bytes: gpu.reading.memory_used_bytes.filter(|_| gpu.up),
+            }),
+            shared => attribute_shared(gpu_pos, gpu, shared, &mut pod_uid_of, &mut usages),
+        }
+    }
+    usages
+}
+
+/// Splits a shared GPU between pods by their processes' samples.
+fn attribute_shared(
+    gpu_pos: usize,
+    gpu: &GpuView<'_>,
+    holders: &[&ContainerAllocation],
+    pod_uid_of: &mut impl FnMut(u32) -> Option<String>,
+    usages: &mut Vec<PodGpuUsage>,
+) {
+    // Per pod UID: summed mean SM and memory percent of its processes.
+    let per_pod: Result<HashMap<String, (f64, f64)>, Unresolved> = match (gpu.up, gpu.processes) {
+        (false, _) => Err(Unresolved::GpuDown),
+        (true, ProcessUsage::Samples(samples)) => {
+            let mut per_pid: HashMap<u32, (f64, f64, u32)> = HashMap::new();
+            for s in samples {
+                let e = per_pid.entry(s.pid).or_default();
+                e.0 += f64::from(s.sm_percent);
+                e.1 += f64::from(s.memory_percent);
+                e.2 += 1;
+            }
+            let mut per_pod: HashMap<String, (f64, f64)> = HashMap::new();
+            for (pid, (sm, mem, n)) in per_pid {
+                if let Some(uid) = pod_uid_of(pid) {
+                    let e = per_pod.entry(uid).or_default();
+                    e.0 += sm / f64::from(n);
+                    e.1 += mem / f64::from(n);
+                }
+            }
+            Ok(per_pod)
+        }
+        (true, _) => Err(Unresolved::ProcessUtilizationUnsupported),
+    };
+
+    // Containers of one pod on one GPU are reported once: processes map to pods.
+    let mut seen: Vec<(&str, &str)> = Vec::new();
+    for holder in holders {
+        let key = (holder.namespace.as_str(), holder.pod.as_str());
+        if seen.contains(&key) {
+            continue;
+        }
+        seen.push(key);
+        let containers: Vec<&str> = holders
+            .iter()
+            .filter(|h| (h.namespace.as_str(), h.pod.as_str()) == key)
+            .map(|h| h.container.as_str())
+            .collect();
+        let share = match (&per_pod, &holder.pod_uid) {
+            (Err(reason), _) => Err(*reason),
+            (Ok(_), None) => Err(Unresolved::PodUidUnknown),
+            // A pod with no samples in the window ran nothing: 0 %, honestly.
+            (Ok(per_pod), Some(uid)) => Ok(per_pod.get(uid).copied().unwrap_or_default()),
+        };
+        usages.push(PodGpuUsage {
+            namespace: holder.namespace.clone(),
+            pod: holder.pod.clone(),
+            container: containers.join(","),
+            gpu: gpu_pos,
+            sharing: Sharing::Shared,
+            utilization_percent: share.map(|(sm, _)| sm.min(100.0)),
+            memory_utilization_percent: share.ok().map(|(_, mem)| mem.min(100.0)),
+            memory_used_bytes: None,
+        });
+    }
+}
+
+#[cfg(test)]
+mod tests;

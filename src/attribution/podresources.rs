@@ -1,0 +1,101 @@
+//! A client of the kubelet's PodResources API (`v1.PodResourcesLister/List`)
+//! over its unix socket.
+//!
+//! The kubelet restarts, and its socket comes and goes with it. The channel
+//! connects lazily, so a call after a restart reconnects by itself; the caller
+//! backs off between failed calls (see [`crate::agent::sampler`]).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use hyper_util::rt::TokioIo;
+use tokio::net::UnixStream;
+use tonic::transport::{Channel, Endpoint};
+
+use super::ContainerAllocation;
+
+/// The generated PodResources v1 messages and services.
+#[allow(missing_docs, clippy::all)]
+pub mod proto {
+    tonic::include_proto!("v1");
+}
+
+use proto::pod_resources_lister_client::PodResourcesListerClient;
+
+/// The kubelet's answer is small, but a node with thousands of containers
+/// outgrows tonic's 4 MiB default.
+const MAX_MESSAGE_BYTES: usize = 32 << 20;
+
+/// Why a PodResources call failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PodResourcesError {
+    /// The call failed: no socket, kubelet restarting, timeout.
+    #[error("PodResources List on {socket} (--pod-resources-socket) failed: {source}")]
+    Call {
+        /// The socket.
+        socket: PathBuf,
+        /// What gRPC said.
+        #[source]
+        source: tonic::Status,
+    },
+}
+
+/// A PodResources client bound to one socket path.
+#[derive(Clone, Debug)]
+pub struct PodResourcesClient {
+    socket: PathBuf,
+    client: PodResourcesListerClient<Channel>,
+}
+
+impl PodResourcesClient {
+    /// A client of the socket at `socket`; nothing connects until the first call.
+    pub fn new(socket: &Path, timeout: Duration) -> Self {
+        let path = socket.to_path_buf();
+        // The URI is a placeholder: the connector dials the socket.
+        let channel = Endpoint::from_static("http://kubelet.sock")
+            .connect_timeout(timeout)
+            .timeout(timeout)
+            .connect_with_connector_lazy(tower::service_fn(move |_| {
+                let path = path.clone();
+                async move { UnixStream::connect(path).await.map(TokioIo::new) }
+            }));
+        let client = PodResourcesListerClient::new(channel)
+            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        Self { socket: socket.to_path_buf(), client }
+    }
+
+    /// Lists the containers holding devices of `resource_name`.
+    pub async fn list(&mut self, resource_name: &str) -> Result<Vec<ContainerAllocation>, PodResourcesError> {
+        let response = self
+            .client
+            .list(proto::ListPodResourcesRequest {})
+            .await
+            .map_err(|source| PodResourcesError::Call { socket: self.socket.clone(), source })?;
+        Ok(allocations(response.into_inner(), resource_name))
+    }
+}
+
+/// The containers of a List response that hold `resource_name` devices.
+pub fn allocations(response: proto::ListPodResourcesResponse, resource_name: &str) -> Vec<ContainerAllocation> {
+    let mut out = Vec::new();
+    for pod in response.pod_resources {
+        for container in pod.containers {
+            let device_ids: Vec<String> = container
+                .devices
+                .into_iter()
+                .filter(|d| d.resource_name == resource_name)
+                .flat_map(|d| d.device_ids)
+                .collect();
+            if !device_ids.is_empty() {
+                out.push(ContainerAllocation {
+                    namespace: pod.namespace.clone(),
+                    pod: pod.name.clone(),
+                    container: container.name,
+                    pod_uid: None,
+                    device_ids,
+                });
+            }
+        }
+    }
+    out
+}

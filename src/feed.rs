@@ -1,0 +1,76 @@
+//! The per-pod feed an agent serves at `/v1/pods` and the adapter polls.
+//!
+//! One document per node and sample. Every value carries the time it was
+//! sampled, so a reader can refuse stale numbers. A field with no value is
+//! left out, never sent as zero.
+
+use serde::{Deserialize, Serialize};
+
+/// One node's GPUs and the pods using them, at one sample.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NodeFeed {
+    /// Node name.
+    pub node: String,
+    /// When the sample was taken, milliseconds since the Unix epoch.
+    pub timestamp_ms: u64,
+    /// The agent's sample interval, milliseconds.
+    pub interval_ms: u64,
+    /// Every GPU of the node.
+    pub gpus: Vec<FeedGpu>,
+    /// Every pod holding a GPU of the node.
+    pub pods: Vec<FeedPod>,
+}
+
+/// One GPU in the feed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FeedGpu {
+    /// NVML index.
+    pub index: u32,
+    /// `GPU-…` UUID.
+    pub uuid: String,
+    /// Model name.
+    pub model: String,
+    /// Whether it answered this sample.
+    pub up: bool,
+    /// Utilization, percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub utilization_percent: Option<f64>,
+    /// Memory-controller utilization, percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_utilization_percent: Option<f64>,
+    /// Device memory used.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_used_bytes: Option<u64>,
+    /// Device memory in total.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_total_bytes: Option<u64>,
+}
+
+/// One pod's GPU use in the feed.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FeedPod {
+    /// Pod namespace.
+    pub namespace: String,
+    /// Pod name.
+    pub pod: String,
+    /// UUIDs of the GPUs it holds.
+    pub gpus: Vec<String>,
+    /// `exclusive` when it holds whole GPUs, `shared` when any is time-sliced.
+    pub sharing: String,
+    /// Mean utilization of its GPUs (its own share on shared ones), percent.
+    /// Absent when any of its GPUs has no value; `reason` says why.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub utilization_percent: Option<f64>,
+    /// Mean memory-controller utilization, percent.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_utilization_percent: Option<f64>,
+    /// Device memory used, on whole GPUs only.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub memory_used_bytes: Option<u64>,
+    /// Why a value is missing.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}

@@ -1,0 +1,246 @@
+//! Simulated GPUs and the pods that use them, for `standalone` and for tests
+//! without a GPU.
+//!
+//! Each simulated GPU is time-sliced between the seed workloads of the
+//! reference cluster. Every workload's load moves along its own slow wave plus
+//! noise; the GPU's utilization is the sum, and NVML-style per-process samples
+//! carry each workload's share. Everything is a function of the seed and the
+//! wall-clock second, so two runs with the same `--seed` see the same load.
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use super::model::{GpuModelId, GpuProfile};
+use super::{
+    GpuIdentity, GpuRead, GpuReading, GpuSource, GpuSourceError, GpuSourceOpener, ProcessSample,
+    ProcessUsage, ReadRequest,
+};
+use crate::attribution::ContainerAllocation;
+
+/// The namespace the reference cluster runs GPU workloads in.
+pub const GPU_NAMESPACE: &str = "ai-system-gpu";
+
+/// A simulated pod that holds a slice of one simulated GPU.
+#[derive(Clone, Debug)]
+pub struct SimWorkload {
+    /// The owning Deployment (and the pod's `app` label).
+    pub app: String,
+    /// Pod name.
+    pub pod: String,
+    /// Pod UID, as it appears in the pod's cgroup path.
+    pub pod_uid: String,
+    /// Host PID of the workload's one GPU process.
+    pub pid: u32,
+    /// Device memory the workload holds.
+    pub memory_bytes: u64,
+    /// Mean load, percent of the GPU.
+    pub base_percent: f64,
+    /// Swing of the slow wave, percent of the GPU.
+    pub swing_percent: f64,
+    /// Period of the slow wave.
+    pub period_seconds: f64,
+    /// Phase of the slow wave, radians.
+    pub phase: f64,
+}
+
+/// One simulated GPU and its workloads.
+#[derive(Clone, Debug)]
+pub struct SimGpu {
+    /// Index, UUID and model name.
+    pub identity: GpuIdentity,
+    /// What the model can do.
+    pub profile: &'static GpuProfile,
+    /// The pods time-sliced onto it.
+    pub workloads: Vec<SimWorkload>,
+}
+
+/// The simulated GPUs of one node.
+#[derive(Clone, Debug)]
+pub struct SimNode {
+    /// Node name.
+    pub node: String,
+    /// Its GPUs.
+    pub gpus: Vec<SimGpu>,
+    seed: u64,
+}
+
+/// The seed workloads each reference GPU model runs, from the cluster plan:
+/// coordination and reasoning on the 4090, vision and tutoring on the 3060.
+fn seed_apps(model: GpuModelId) -> &'static [(&'static str, f64, f64, u64)] {
+    // (app, base %, swing %, memory GiB)
+    match model {
+        GpuModelId::Rtx4090 => &[("reasoning-suite", 38.0, 30.0, 9), ("coordination-suite", 16.0, 10.0, 4)],
+        GpuModelId::Rtx3060 => &[("vision-dream-suite", 30.0, 25.0, 5), ("tutoring-suite", 14.0, 10.0, 2)],
+        _ => &[("inference-suite", 35.0, 25.0, 8)],
+    }
+}
+
+impl SimNode {
+    /// Builds a node with one simulated GPU per model, each running its seed
+    /// workloads. Names, UUIDs and PIDs derive from the seed and node name.
+    pub fn new(node: &str, models: &[GpuModelId], seed: u64) -> Self {
+        let mut rng = fastrand::Rng::with_seed(seed ^ fnv1a(node.as_bytes()));
+        let mut next_pid = 4000 + (rng.u32(0..1000) * 10);
+        let gpus = models
+            .iter()
+            .enumerate()
+            .map(|(index, &model)| {
+                let profile = model.profile();
+                let workloads = seed_apps(model)
+                    .iter()
+                    .map(|&(app, base, swing, gib)| {
+                        next_pid += 1;
+                        SimWorkload {
+                            app: app.to_string(),
+                            pod: format!("{app}-{}-{}", hex(&mut rng, 10), alnum(&mut rng, 5)),
+                            pod_uid: uuid(&mut rng),
+                            pid: next_pid,
+                            memory_bytes: gib << 30,
+                            base_percent: base,
+                            swing_percent: swing,
+                            period_seconds: 60.0 + rng.f64() * 120.0,
+                            phase: rng.f64() * std::f64::consts::TAU,
+                        }
+                    })
+                    .collect();
+                SimGpu {
+                    identity: GpuIdentity {
+                        index: index as u32,
+                        uuid: format!("GPU-{}", uuid(&mut rng)),
+                        model: profile.name.to_string(),
+                    },
+                    profile,
+                    workloads,
+                }
+            })
+            .collect();
+        Self { node: node.to_string(), gpus, seed }
+    }
+
+    /// The kubelet's view: one container per workload, holding a time-slice
+    /// replica of its GPU (`<uuid>::<n>`, as the NVIDIA device plugin names
+    /// them).
+    pub fn allocations(&self) -> Vec<ContainerAllocation> {
+        self.gpus
+            .iter()
+            .flat_map(|gpu| {
+                gpu.workloads.iter().enumerate().map(|(replica, w)| ContainerAllocation {
+                    namespace: GPU_NAMESPACE.to_string(),
+                    pod: w.pod.clone(),
+                    container: w.app.clone(),
+                    pod_uid: Some(w.pod_uid.clone()),
+                    device_ids: vec![format!("{}::{replica}", gpu.identity.uuid)],
+                })
+            })
+            .collect()
+    }
+
+    /// The pod UID a simulated PID belongs to.
+    pub fn pod_uid_of(&self, pid: u32) -> Option<&str> {
+        self.gpus
+            .iter()
+            .flat_map(|g| &g.workloads)
+            .find(|w| w.pid == pid)
+            .map(|w| w.pod_uid.as_str())
+    }
+
+    /// A workload's load at `t` seconds since the epoch: its wave, plus noise
+    /// drawn from the seed and the second, clamped to 0..=100.
+    fn load(&self, gpu: usize, workload: usize, t: f64) -> f64 {
+        let w = &self.gpus[gpu].workloads[workload];
+        let wave = (t / w.period_seconds * std::f64::consts::TAU + w.phase).sin();
+        let second = t.floor() as u64;
+        let mut rng = fastrand::Rng::with_seed(
+            self.seed ^ second.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((gpu as u64) << 32 | workload as u64),
+        );
+        let noise = (rng.f64() - 0.5) * 6.0;
+        (w.base_percent + w.swing_percent * wave + noise).clamp(0.0, 100.0)
+    }
+
+    /// Reads one GPU at `t` seconds since the epoch.
+    pub fn read_at(&self, index: u32, request: ReadRequest, t: f64) -> GpuRead {
+        let Some(gpu) = self.gpus.get(index as usize) else {
+            return GpuRead::default();
+        };
+        let loads: Vec<f64> = (0..gpu.workloads.len()).map(|w| self.load(index as usize, w, t)).collect();
+        let demand: f64 = loads.iter().sum();
+        // Time-slicing: when demand exceeds the GPU, every workload gets its share.
+        let scale = if demand > 100.0 { 100.0 / demand } else { 1.0 };
+        let utilization = (demand * scale).round();
+        let busy = utilization / 100.0;
+        let p = gpu.profile;
+        let memory_used: u64 = (600 << 20) + gpu.workloads.iter().map(|w| w.memory_bytes).sum::<u64>();
+        let reading = GpuReading {
+            utilization_percent: Some(utilization),
+            memory_utilization_percent: Some((utilization * 0.55).round()),
+            memory_used_bytes: Some(memory_used.min(p.memory_bytes)),
+            memory_total_bytes: Some(p.memory_bytes),
+            temperature_celsius: Some((34.0 + 46.0 * busy).round()),
+            power_watts: Some(((p.idle_power_watts + (p.max_power_watts - p.idle_power_watts) * busy) * 10.0).round() / 10.0),
+            sm_clock_hertz: Some(if busy > 0.0 { f64::from(p.boost_clock_mhz) * 1e6 } else { f64::from(p.idle_clock_mhz) * 1e6 }),
+        };
+        let processes = if request.processes {
+            let timestamp_us = (t * 1e6) as u64;
+            ProcessUsage::Samples(
+                gpu.workloads
+                    .iter()
+                    .zip(&loads)
+                    .filter(|_| timestamp_us > request.processes_since_us)
+                    .map(|(w, load)| ProcessSample {
+                        pid: w.pid,
+                        timestamp_us,
+                        sm_percent: (load * scale).round() as u32,
+                        memory_percent: (load * scale * 0.55).round() as u32,
+                    })
+                    .collect(),
+            )
+        } else {
+            ProcessUsage::NotRead
+        };
+        GpuRead { identity: Some(gpu.identity.clone()), up: true, reading, processes, errors: Vec::new() }
+    }
+}
+
+impl GpuSource for SimNode {
+    fn gpu_count(&self) -> u32 {
+        self.gpus.len() as u32
+    }
+
+    fn read(&self, index: u32, request: ReadRequest) -> GpuRead {
+        let t = SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+        self.read_at(index, request, t)
+    }
+
+    fn driver_version(&self) -> Option<String> {
+        Some("simulated".to_string())
+    }
+}
+
+/// Opens a [`SimNode`]; it never fails.
+pub struct SimOpener(pub Arc<SimNode>);
+
+impl GpuSourceOpener for SimOpener {
+    fn open(&self) -> Result<Arc<dyn GpuSource>, GpuSourceError> {
+        Ok(self.0.clone())
+    }
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
+fn hex(rng: &mut fastrand::Rng, n: usize) -> String {
+    (0..n).map(|_| char::from_digit(rng.u32(0..16), 16).expect("digit below 16")).collect()
+}
+
+fn alnum(rng: &mut fastrand::Rng, n: usize) -> String {
+    const CHARS: &[u8] = b"bcdfghjklmnpqrstvwxz2456789";
+    (0..n).map(|_| char::from(CHARS[rng.usize(0..CHARS.len())])).collect()
+}
+
+fn uuid(rng: &mut fastrand::Rng) -> String {
+    format!("{}-{}-4{}-a{}-{}", hex(rng, 8), hex(rng, 4), hex(rng, 3), hex(rng, 3), hex(rng, 12))
+}
+
+#[cfg(test)]
+mod tests;

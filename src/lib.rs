@@ -1,0 +1,21 @@
+//! kube-gpu-metrics: GPU-aware autoscaling metrics for Kubernetes.
+//!
+//! The crate is laid out by responsibility, and data flows one way:
+//!
+//! ```text
+//! gpu (nvml | sim) ─┐
+//! attribution ──────┼─► agent::sampler ─► agent::snapshot ─► agent::exposition / feed
+//! ```
+//!
+//! - [`gpu`] reads GPUs, over NVML or from a simulation.
+//! - [`attribution`] works out which pod uses which GPU.
+//! - [`agent`] samples both on an interval into an immutable [`agent::snapshot::Snapshot`]
+//!   and serves it: Prometheus `/metrics` and the per-pod [`feed`].
+//! - [`standalone`] runs the whole pipeline on localhost with simulated GPUs.
+#![forbid(unsafe_code)]
+
+pub mod agent;
+pub mod attribution;
+pub mod feed;
+pub mod gpu;
+pub mod standalone;

@@ -1,0 +1,89 @@
+//! The `kube-gpu-metrics` binary: command-line wiring only.
+#![forbid(unsafe_code)]
+
+use std::io::IsTerminal;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use tokio::sync::watch;
+
+use kube_gpu_metrics::agent::{self, AgentArgs, AgentSetup};
+use kube_gpu_metrics::attribution::AttributionArgs;
+use kube_gpu_metrics::gpu::GpuArgs;
+use kube_gpu_metrics::standalone::{self, StandaloneArgs};
+
+/// GPU-aware autoscaling metrics for Kubernetes.
+#[derive(Debug, Parser)]
+#[command(version, about)]
+struct Cli {
+    /// Log filter, e.g. `info` or `kube_gpu_metrics=debug`.
+    #[arg(long, global = true, env = "KGM_LOG", default_value = "info")]
+    log: String,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Node agent: reads GPUs over NVML, attributes them to pods, serves /metrics and /v1/pods.
+    Agent {
+        #[command(flatten)]
+        agent: AgentArgs,
+        #[command(flatten)]
+        gpu: GpuArgs,
+        #[command(flatten)]
+        attribution: AttributionArgs,
+    },
+    /// The whole pipeline on localhost with simulated RTX 4090 and RTX 3060 nodes.
+    Standalone(StandaloneArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).context("--log is not a valid filter")?)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .init();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    runtime.block_on(run(cli.command))
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    let (shutdown_tx, shutdown_rx) = watch::channel(false);
+    let signals = shutdown_tx.clone();
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        tracing::info!("shutting down");
+        let _ = signals.send(true);
+    });
+    match command {
+        Command::Agent { agent, gpu, attribution } => {
+            let listen = agent.listen;
+            let setup = AgentSetup::from_args(agent, &gpu, &attribution);
+            let running = agent::start(setup, shutdown_rx)
+                .await
+                .with_context(|| format!("cannot listen on {listen} (--listen)"))?;
+            tracing::info!("agent listening on http://{}", running.addr);
+            running.done.await.context("agent task failed")?;
+        }
+        Command::Standalone(args) => {
+            standalone::run(args, shutdown_tx).await.context("standalone failed to start")?;
+        }
+    }
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let mut term = signal(SignalKind::terminate()).expect("install the SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}

@@ -1,0 +1,178 @@
+//! `standalone`: the whole pipeline on localhost, no GPU or cluster needed.
+//!
+//! Two agents, one per simulated node of the reference cluster: `mainpc` with
+//! an RTX 4090 and `pc2` with an RTX 3060, each time-sliced between the seed
+//! workloads, on consecutive ports. With `--gpu-source nvml` one agent reads
+//! the local GPUs instead.
+
+use std::io::{IsTerminal, Write};
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use clap::Args;
+use tokio::sync::watch;
+
+use crate::agent::sampler::{AllocationSource, PidResolver};
+use crate::agent::{AgentArgs, AgentSetup, RunningAgent};
+use crate::gpu::GpuSourceKind;
+use crate::gpu::model::GpuModelId;
+use crate::gpu::nvml::NvmlOpener;
+use crate::gpu::sim::{SimNode, SimOpener};
+
+/// Flags of `standalone`.
+#[derive(Clone, Debug, Args)]
+pub struct StandaloneArgs {
+    /// Address every server binds to.
+    #[arg(long, env = "KGM_STANDALONE_HOST", default_value = "127.0.0.1")]
+    pub host: IpAddr,
+
+    /// Port of the first agent (`mainpc`); the next node gets the next port.
+    /// 0 picks free ports.
+    #[arg(long, env = "KGM_AGENT_PORT", default_value_t = 9402)]
+    pub agent_port: u16,
+
+    /// GPU source: simulated reference nodes, or the local GPUs.
+    #[arg(long, env = "KGM_GPU_SOURCE", value_enum, default_value = "sim")]
+    pub gpu_source: GpuSourceKind,
+
+    /// NVML library, with `--gpu-source nvml`.
+    #[arg(long, env = "KGM_NVML_LIB")]
+    pub nvml_lib: Option<PathBuf>,
+
+    /// Seed of the simulated load.
+    #[arg(long, env = "KGM_SEED", default_value_t = 42)]
+    pub seed: u64,
+
+    /// Sample interval.
+    #[arg(long, env = "KGM_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
+    pub interval: Duration,
+
+    /// Stop after this long (default: run until interrupted).
+    #[arg(long, env = "KGM_DURATION", value_parser = humantime::parse_duration)]
+    pub duration: Option<Duration>,
+}
+
+/// The reference cluster's nodes: name and GPU.
+pub const REFERENCE_NODES: [(&str, GpuModelId); 2] = [("mainpc", GpuModelId::Rtx4090), ("pc2", GpuModelId::Rtx3060)];
+
+fn agent_args(args: &StandaloneArgs, node: &str, offset: u16) -> AgentArgs {
+    let port = if args.agent_port == 0 { 0 } else { args.agent_port + offset };
+    AgentArgs {
+        listen: SocketAddr::new(args.host, port),
+        node_name: node.to_string(),
+        interval: args.interval,
+        gpu_read_timeout: None,
+        no_attribution: true,
+    }
+}
+
+/// The agents `standalone` runs.
+pub fn setups(args: &StandaloneArgs) -> Vec<AgentSetup> {
+    match args.gpu_source {
+        GpuSourceKind::Sim => REFERENCE_NODES
+            .iter()
+            .zip(0..)
+            .map(|(&(node, model), offset)| {
+                let sim = Arc::new(SimNode::new(node, &[model], args.seed));
+                AgentSetup {
+                    agent: agent_args(args, node, offset),
+                    opener: Arc::new(SimOpener(sim.clone())),
+                    allocations: AllocationSource::Sim(sim.clone()),
+                    pids: PidResolver::Sim(sim),
+                }
+            })
+            .collect(),
+        GpuSourceKind::Nvml => {
+            let node = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".to_string());
+            vec![AgentSetup {
+                agent: agent_args(args, &node, 0),
+                opener: Arc::new(NvmlOpener::new(args.nvml_lib.clone())),
+                allocations: AllocationSource::None,
+                pids: PidResolver::proc("/proc".into()),
+            }]
+        }
+    }
+}
+
+/// Runs until `shutdown` turns true or `--duration` passes.
+pub async fn run(args: StandaloneArgs, shutdown_tx: watch::Sender<bool>) -> std::io::Result<()> {
+    let shutdown = shutdown_tx.subscribe();
+    let mut agents: Vec<RunningAgent> = Vec::new();
+    for setup in setups(&args) {
+        agents.push(crate::agent::start(setup, shutdown.clone()).await?);
+    }
+
+    println!("kube-gpu-metrics standalone: the pipeline on localhost\n");
+    for agent in &agents {
+        let node = &agent.state.snapshot.load().data.node;
+        println!("  agent {node:<8} http://{}/metrics   http://{}/v1/pods", agent.addr, agent.addr);
+    }
+    let first = agents[0].addr;
+    println!("\nTry:\n  curl -s http://{first}/metrics | grep nvidia_gpu_utilization_percent");
+    println!("  curl -s http://{first}/v1/pods\n");
+
+    if let Some(duration) = args.duration {
+        let tx = shutdown_tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(duration).await;
+            let _ = tx.send(true);
+        });
+    }
+    status_loop(&agents, shutdown.clone()).await;
+    for agent in agents {
+        let _ = agent.done.await;
+    }
+    Ok(())
+}
+
+/// Prints one status line per second: rewritten in place on a terminal,
+/// every tenth second otherwise (logs stay readable).
+async fn status_loop(agents: &[RunningAgent], mut shutdown: watch::Receiver<bool>) {
+    let tty = std::io::stdout().is_terminal();
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let mut n: u64 = 0;
+    loop {
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = crate::agent::stopped(&mut shutdown) => break,
+        }
+        n += 1;
+        if !tty && n % 10 != 1 {
+            continue;
+        }
+        let line = status_line(agents);
+        let mut out = std::io::stdout().lock();
+        let _ = if tty { write!(out, "\r\x1b[2K{line}") } else { writeln!(out, "{line}") };
+        let _ = out.flush();
+    }
+    if tty {
+        println!();
+    }
+}
+
+/// `mainpc 4090 61% (2 pods) | pc2 3060 34% (2 pods)`.
+pub fn status_line(agents: &[RunningAgent]) -> String {
+    let parts: Vec<String> = agents
+        .iter()
+        .map(|agent| {
+            let snapshot = agent.state.snapshot.load();
+            let data = &snapshot.data;
+            let gpus: Vec<String> = data
+                .gpus
+                .iter()
+                .map(|g| {
+                    let model = g.identity.model.rsplit(' ').next().unwrap_or("GPU");
+                    match (g.up, g.reading.utilization_percent) {
+                        (true, Some(u)) => format!("{model} {u:>3.0}%"),
+                        _ => format!("{model} down"),
+                    }
+                })
+                .collect();
+            let pods = data.usages.iter().map(|u| (&u.namespace, &u.pod)).collect::<std::collections::BTreeSet<_>>().len();
+            format!("{} {} ({pods} pods)", data.node, if gpus.is_empty() { "no GPU".to_string() } else { gpus.join(", ") })
+        })
+        .collect();
+    parts.join(" | ")
+}
