@@ -40,7 +40,7 @@ fn load_moves_over_time() {
 #[test]
 fn process_shares_add_up_to_the_device() {
     let node = SimNode::new("mainpc", &[GpuModelId::Rtx4090], 5);
-    for t in 0..100 {
+    for t in 1..100 {
         let read = node.read_at(0, ReadRequest { processes: true, processes_since_us: 0 }, f64::from(t) * 11.0);
         let ProcessUsage::Samples(samples) = &read.processes else { panic!("no samples") };
         let sum: u32 = samples.iter().map(|s| s.sm_percent).sum();

@@ -1,0 +1,301 @@
+use std::sync::atomic::AtomicU64;
+use std::time::{Duration, SystemTime};
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+use super::*;
+use crate::agent::self_metrics::AgentCounters;
+use crate::agent::snapshot::Readiness;
+use crate::attribution::{Sharing, Unresolved};
+use crate::gpu::{GpuIdentity, GpuReading};
+
+fn gpu(index: u32, uuid: &str, model: &str, up: bool, reading: GpuReading) -> GpuState {
+    GpuState { identity: GpuIdentity { index, uuid: uuid.into(), model: model.into() }, up, reading }
+}
+
+fn full_reading(util: f64) -> GpuReading {
+    GpuReading {
+        utilization_percent: Some(util),
+        memory_utilization_percent: Some(31.0),
+        memory_used_bytes: Some(8 << 30),
+        memory_total_bytes: Some(24 << 30),
+        temperature_celsius: Some(61.0),
+        power_watts: Some(312.5),
+        sm_clock_hertz: Some(2.52e9),
+    }
+}
+
+fn usage(pod: &str, gpu: usize, sharing: Sharing, util: Result<f64, Unresolved>) -> PodGpuUsage {
+    PodGpuUsage {
+        namespace: "ai-system-gpu".into(),
+        pod: pod.into(),
+        container: "main".into(),
+        gpu,
+        sharing,
+        utilization_percent: util,
+        memory_utilization_percent: util.ok().map(|u| u / 2.0),
+        memory_used_bytes: None,
+    }
+}
+
+/// Three GPUs: an exclusive 4090, a 3060 shared by two pods (one unresolved)
+/// without power readings, and a lost GPU.
+fn sample_data() -> SampleData {
+    let mut no_power = full_reading(55.0);
+    no_power.power_watts = None;
+    no_power.memory_total_bytes = Some(12 << 30);
+    SampleData {
+        node: "mainpc".into(),
+        taken_at: SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_430_000_250),
+        interval: Duration::from_secs(1),
+        gpus: vec![
+            gpu(0, "GPU-aaaa", "NVIDIA GeForce RTX 4090", true, full_reading(42.5)),
+            gpu(1, "GPU-bbbb", "NVIDIA GeForce RTX 3060", true, no_power),
+            gpu(2, "GPU-cccc", "NVIDIA GeForce RTX 4090", false, GpuReading::default()),
+        ],
+        usages: vec![
+            usage("reasoning-suite-7d9f-x2k9p", 0, Sharing::Exclusive, Ok(42.5)),
+            usage("vision-dream-5c8-abcde", 1, Sharing::Shared, Ok(40.0)),
+            usage("tutoring \"quoted\"\\pod", 1, Sharing::Shared, Err(Unresolved::PodUidUnknown)),
+        ],
+        readiness: Readiness::Ready,
+        gpu_source_up: true,
+        pod_resources_up: Some(true),
+        sample_duration: Duration::from_micros(1500),
+        counters: AgentCounters { samples: 7, scrapes_text: 3, scrapes_openmetrics: 2, ..AgentCounters::default() },
+    }
+}
+
+type Labels = Vec<(String, String)>;
+
+fn labels(pairs: &[(&str, &str)]) -> Labels {
+    pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+}
+
+fn gpu_labels_of(node: &str, g: &GpuState) -> Labels {
+    let index = g.identity.index.to_string();
+    labels(&[("node", node), ("gpu", &index), ("uuid", &g.identity.uuid), ("model", &g.identity.model)])
+}
+
+/// The same series, registered in prometheus-client.
+fn reference_openmetrics(data: &SampleData) -> String {
+    let mut registry = Registry::default();
+    let gauge_f = |registry: &mut Registry, name: &str, help: &str, series: Vec<(Labels, f64)>| {
+        let family = Family::<Labels, Gauge<f64, AtomicU64>>::default();
+        for (l, v) in series {
+            family.get_or_create(&l).set(v);
+        }
+        registry.register(name, help, family);
+    };
+    let gauge_i = |registry: &mut Registry, name: &str, help: &str, series: Vec<(Labels, i64)>| {
+        let family = Family::<Labels, Gauge>::default();
+        for (l, v) in series {
+            family.get_or_create(&l).set(v);
+        }
+        registry.register(name, help, family);
+    };
+    let node = data.node.as_str();
+    let mut device: Vec<Labels> = data.gpus.iter().map(|g| gpu_labels_of(node, g)).collect();
+    let exclusive = &data.usages[0];
+    device[0].extend(labels(&[("namespace", &exclusive.namespace), ("pod", &exclusive.pod), ("container", "main")]));
+    let up: Vec<usize> = vec![0, 1];
+
+    gauge_i(&mut registry, "nvidia_gpu_info", "GPU identity, 1 for every GPU the agent found", device.iter().map(|l| (l.clone(), 1)).collect());
+    gauge_i(
+        &mut registry,
+        "nvidia_gpu_up",
+        "1 when the GPU answered this sample, 0 when it stopped answering",
+        device.iter().zip([1, 1, 0]).map(|(l, v)| (l.clone(), v)).collect(),
+    );
+    let field = |f: &dyn Fn(&GpuReading) -> Option<f64>| -> Vec<(Labels, f64)> {
+        up.iter().filter_map(|&i| Some((device[i].clone(), f(&data.gpus[i].reading)?))).collect()
+    };
+    let field_i = |f: &dyn Fn(&GpuReading) -> Option<u64>| -> Vec<(Labels, i64)> {
+        up.iter().filter_map(|&i| Some((device[i].clone(), f(&data.gpus[i].reading)? as i64))).collect()
+    };
+    gauge_f(&mut registry, "nvidia_gpu_utilization_percent", "Percent of time a kernel ran on the GPU over the driver's sample period", field(&|r| r.utilization_percent));
+    gauge_f(&mut registry, "nvidia_gpu_memory_utilization_percent", "Percent of time device memory was read or written", field(&|r| r.memory_utilization_percent));
+    gauge_i(&mut registry, "nvidia_gpu_memory_used_bytes", "Device memory in use", field_i(&|r| r.memory_used_bytes));
+    gauge_i(&mut registry, "nvidia_gpu_memory_total_bytes", "Device memory in total", field_i(&|r| r.memory_total_bytes));
+    gauge_f(&mut registry, "nvidia_gpu_temperature_celsius", "GPU core temperature", field(&|r| r.temperature_celsius));
+    gauge_f(&mut registry, "nvidia_gpu_power_watts", "Board power draw", field(&|r| r.power_watts));
+    gauge_f(&mut registry, "nvidia_gpu_sm_clock_hertz", "Current SM clock", field(&|r| r.sm_clock_hertz));
+
+    let pod = |u: &PodGpuUsage, extra: (&str, &str)| -> Labels {
+        let mut l = gpu_labels_of(node, &data.gpus[u.gpu]);
+        l.extend(labels(&[("namespace", &u.namespace), ("pod", &u.pod), ("container", &u.container), extra]));
+        l
+    };
+    gauge_f(
+        &mut registry,
+        "nvidia_gpu_pod_utilization_percent",
+        "A pod's utilization of a GPU: the device value on an exclusive GPU, its processes' share on a shared one",
+        data.usages.iter().filter_map(|u| Some((pod(u, ("sharing", u.sharing.as_str())), u.utilization_percent.ok()?))).collect(),
+    );
+    gauge_f(
+        &mut registry,
+        "nvidia_gpu_pod_memory_utilization_percent",
+        "A pod's memory-controller utilization of a GPU",
+        data.usages.iter().filter_map(|u| Some((pod(u, ("sharing", u.sharing.as_str())), u.memory_utilization_percent?))).collect(),
+    );
+    gauge_i(
+        &mut registry,
+        "kube_gpu_metrics_pod_attribution_unresolved",
+        "1 for a pod whose share of a GPU cannot be measured, with the reason",
+        vec![(pod(&data.usages[2], ("reason", "pod-uid-unknown")), 1)],
+    );
+    gauge_i(&mut registry, "kube_gpu_metrics_build_info", "Build of the agent", vec![(labels(&[("version", env!("CARGO_PKG_VERSION"))]), 1)]);
+    let single_i = |registry: &mut Registry, name: &str, help: &str, v: i64| {
+        let g = Gauge::<i64>::default();
+        g.set(v);
+        registry.register(name, help, g);
+    };
+    let single_f = |registry: &mut Registry, name: &str, help: &str, v: f64| {
+        let g = Gauge::<f64, AtomicU64>::default();
+        g.set(v);
+        registry.register(name, help, g);
+    };
+    single_i(&mut registry, "kube_gpu_metrics_gpu_source_up", "1 when the GPU source (NVML) is initialised", 1);
+    single_i(&mut registry, "kube_gpu_metrics_pod_resources_up", "1 when the kubelet answered the last PodResources call", 1);
+    single_f(&mut registry, "kube_gpu_metrics_sample_duration_seconds", "Duration of the last sample pass", 0.0015);
+    single_f(
+        &mut registry,
+        "kube_gpu_metrics_last_sample_timestamp_seconds",
+        "When the last sample pass started, seconds since the Unix epoch",
+        1_795_430_000.25,
+    );
+    let counter = |registry: &mut Registry, name: &str, help: &str, v: u64| {
+        let c = Counter::<u64>::default();
+        c.inc_by(v);
+        registry.register(name, help, c);
+    };
+    counter(&mut registry, "kube_gpu_metrics_samples", "Sample passes finished", 7);
+    let errors = Family::<Labels, Counter>::default();
+    for call in GpuCall::ALL {
+        drop(errors.get_or_create(&labels(&[("call", call.as_str())])));
+    }
+    registry.register("kube_gpu_metrics_nvml_errors", "Failed NVML calls, by call (not-supported answers are not errors)", errors);
+    counter(
+        &mut registry,
+        "kube_gpu_metrics_gpu_read_timeouts",
+        "GPU reads that missed their deadline; the GPU is reported down for that sample",
+        0,
+    );
+    counter(&mut registry, "kube_gpu_metrics_pod_resources_errors", "Failed kubelet PodResources calls", 0);
+    let scrapes = Family::<Labels, Counter>::default();
+    scrapes.get_or_create(&labels(&[("format", "text")])).inc_by(3);
+    scrapes.get_or_create(&labels(&[("format", "openmetrics")])).inc_by(2);
+    registry.register("kube_gpu_metrics_scrapes", "Scrapes of /metrics, by format, as of this sample", scrapes);
+
+    let mut out = String::new();
+    encode(&mut out, &registry).unwrap();
+    out
+}
+
+/// prometheus-client orders series within a family by hash; compare each
+/// family's samples as a sorted set.
+fn normalize(text: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut samples: Vec<String> = Vec::new();
+    for line in text.lines() {
+        if line.starts_with('#') {
+            samples.sort();
+            out.append(&mut samples);
+            out.push(line.to_string());
+        } else {
+            samples.push(line.to_string());
+        }
+    }
+    samples.sort();
+    out.append(&mut samples);
+    out
+}
+
+#[test]
+fn openmetrics_output_matches_prometheus_client() {
+    let data = sample_data();
+    let (_, openmetrics) = render_plain(&data);
+    let ours = String::from_utf8(openmetrics).unwrap();
+    assert_eq!(normalize(&ours), normalize(&reference_openmetrics(&data)));
+}
+
+#[test]
+fn text_output_matches_the_golden_file() {
+    let (text, _) = render_plain(&sample_data());
+    let golden = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/exposition.txt");
+    if std::env::var_os("UPDATE_GOLDEN").is_some() {
+        std::fs::write(golden, &text).unwrap();
+    }
+    let expected = std::fs::read_to_string(golden).expect("golden file (UPDATE_GOLDEN=1 writes it)");
+    assert_eq!(String::from_utf8(text).unwrap(), expected);
+}
+
+#[test]
+fn unsupported_fields_and_lost_gpus_have_no_value_series() {
+    let (text, _) = render_plain(&sample_data());
+    let text = String::from_utf8(text).unwrap();
+    let power: Vec<&str> = text.lines().filter(|l| l.starts_with("nvidia_gpu_power_watts{")).collect();
+    assert_eq!(power.len(), 1, "{power:?}");
+    assert!(power[0].contains("GPU-aaaa"));
+    assert!(text.contains("nvidia_gpu_up{node=\"mainpc\",gpu=\"2\",uuid=\"GPU-cccc\",model=\"NVIDIA GeForce RTX 4090\"} 0\n"));
+    for line in text.lines().filter(|l| !l.starts_with('#') && l.contains("GPU-cccc")) {
+        assert!(line.starts_with("nvidia_gpu_up{") || line.starts_with("nvidia_gpu_info{"), "lost GPU has {line}");
+    }
+}
+
+#[test]
+fn exclusive_gpus_carry_pod_labels_and_shared_ones_do_not() {
+    let (text, _) = render_plain(&sample_data());
+    let text = String::from_utf8(text).unwrap();
+    assert!(text.contains(
+        "nvidia_gpu_utilization_percent{node=\"mainpc\",gpu=\"0\",uuid=\"GPU-aaaa\",model=\"NVIDIA GeForce RTX 4090\",namespace=\"ai-system-gpu\",pod=\"reasoning-suite-7d9f-x2k9p\",container=\"main\"} 42.5\n"
+    ));
+    assert!(text.contains(
+        "nvidia_gpu_utilization_percent{node=\"mainpc\",gpu=\"1\",uuid=\"GPU-bbbb\",model=\"NVIDIA GeForce RTX 3060\"} 55.0\n"
+    ));
+    assert!(text.contains("pod=\"tutoring \\\"quoted\\\"\\\\pod\",container=\"main\",reason=\"pod-uid-unknown\"} 1\n"));
+}
+
+#[test]
+fn counters_are_named_per_format() {
+    let (text, openmetrics) = render_plain(&sample_data());
+    let (text, openmetrics) = (String::from_utf8(text).unwrap(), String::from_utf8(openmetrics).unwrap());
+    assert!(text.contains("# TYPE kube_gpu_metrics_samples_total counter\nkube_gpu_metrics_samples_total 7\n"));
+    assert!(openmetrics.contains("# TYPE kube_gpu_metrics_samples counter\nkube_gpu_metrics_samples_total 7\n"));
+    assert!(openmetrics.ends_with("# EOF\n"));
+    assert!(!text.contains("# EOF"));
+}
+
+#[test]
+fn gzip_bodies_inflate_to_the_plain_ones() {
+    use std::io::Read;
+    let exposition = render(&sample_data());
+    for (plain, zipped) in [(&exposition.text, &exposition.text_gzip), (&exposition.openmetrics, &exposition.openmetrics_gzip)] {
+        let mut out = Vec::new();
+        flate2::read::GzDecoder::new(&zipped[..]).read_to_end(&mut out).unwrap();
+        assert_eq!(&out[..], &plain[..]);
+    }
+}
+
+fn negotiate(accept: Option<&str>, encoding: Option<&str>) -> Representation {
+    let a = accept.map(|s| HeaderValue::from_str(s).unwrap());
+    let e = encoding.map(|s| HeaderValue::from_str(s).unwrap());
+    Representation::negotiate(a.as_ref(), e.as_ref())
+}
+
+#[test]
+fn negotiation_follows_accept_and_q_values() {
+    let prometheus = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+    assert_eq!(negotiate(Some(prometheus), Some("gzip")), Representation { openmetrics: true, gzip: true });
+    assert_eq!(negotiate(None, None), Representation { openmetrics: false, gzip: false });
+    assert_eq!(negotiate(Some("*/*"), Some("deflate, br")), Representation { openmetrics: false, gzip: false });
+    assert!(!negotiate(Some("text/plain;version=0.0.4"), None).openmetrics);
+    assert!(!negotiate(Some("application/openmetrics-text;q=0.2, text/plain"), None).openmetrics);
+    assert!(!negotiate(Some("application/openmetrics-text;q=0"), None).openmetrics);
+    assert!(!negotiate(None, Some("gzip;q=0")).gzip);
+    assert!(negotiate(None, Some("identity;q=0.5, GZIP")).gzip);
+}

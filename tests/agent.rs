@@ -1,0 +1,463 @@
+//! The real `kube-gpu-metrics agent` binary against the fake libnvidia-ml and
+//! a fake kubelet, spoken to over HTTP.
+
+use std::io::{BufRead, BufReader, Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use kube_gpu_metrics::attribution::podresources::proto::{
+    ContainerDevices, ContainerResources, ListPodResourcesRequest, ListPodResourcesResponse, PodResources,
+    pod_resources_lister_server::{PodResourcesLister, PodResourcesListerServer},
+};
+
+const BIN: &str = env!("CARGO_BIN_EXE_kube-gpu-metrics");
+
+fn fake_nvml() -> &'static str {
+    option_env!("FAKE_NVML_LIB").expect("build.rs builds the fake libnvidia-ml.so (needs a C compiler)")
+}
+
+const TWO_GPUS: &str = "\
+driver 550.54.14
+gpu name=\"NVIDIA GeForce RTX 4090\" uuid=GPU-4090-0000 util=42 mem_util=30 mem_total=25757220864 mem_used=8589934592 temp=61 power_mw=312000 sm_clock_mhz=2520
+gpu name=\"NVIDIA GeForce RTX 3060\" uuid=GPU-3060-0001 util=17 mem_util=9 mem_total=12884901888 mem_used=2147483648 temp=48 power_mw=95500 sm_clock_mhz=1777
+";
+
+const LABELS_4090: &str = "node=\"testnode\",gpu=\"0\",uuid=\"GPU-4090-0000\",model=\"NVIDIA GeForce RTX 4090\"";
+const LABELS_3060: &str = "node=\"testnode\",gpu=\"1\",uuid=\"GPU-3060-0001\",model=\"NVIDIA GeForce RTX 3060\"";
+
+/// A running agent process, killed on drop.
+struct Agent {
+    child: Child,
+    addr: SocketAddr,
+    dir: tempfile::TempDir,
+}
+
+impl Agent {
+    /// Starts the agent over the fake NVML with `config`, plus `extra` flags.
+    fn start(config: &str, extra: &[&str]) -> Agent {
+        let dir = tempfile::tempdir().unwrap();
+        let config_path = dir.path().join("nvml.conf");
+        std::fs::write(&config_path, config).unwrap();
+        Self::start_in(dir, extra)
+    }
+
+    fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Agent {
+        let mut child = Command::new(BIN)
+            .args(["agent", "--gpu-source", "nvml", "--nvml-lib", fake_nvml()])
+            .args(["--listen", "127.0.0.1:0", "--node-name", "testnode", "--interval", "200ms"])
+            .args(extra)
+            .env("FAKE_NVML_CONFIG", dir.path().join("nvml.conf"))
+            .env("KGM_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start the agent");
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("agent listening on http://").nth(1) {
+                    let _ = tx.send(addr.trim().parse::<SocketAddr>().unwrap());
+                }
+                eprintln!("agent: {line}");
+            }
+        });
+        let addr = rx.recv_timeout(Duration::from_secs(20)).expect("agent printed its address");
+        Agent { child, addr, dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Replaces the fake NVML config; the fake re-reads it on its next call.
+    fn set_config(&self, config: &str) {
+        let tmp = self.path("nvml.conf.new");
+        std::fs::write(&tmp, config).unwrap();
+        std::fs::rename(tmp, self.path("nvml.conf")).unwrap();
+    }
+
+    fn get(&self, path: &str) -> Response {
+        request(self.addr, "GET", path, &[])
+    }
+
+    fn metrics(&self) -> String {
+        let r = self.get("/metrics");
+        assert_eq!(r.status, 200);
+        String::from_utf8(r.body).unwrap()
+    }
+
+    /// Scrapes until `pred` holds, or fails with the last scrape.
+    fn metrics_until(&self, what: &str, pred: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let text = self.metrics();
+            if pred(&text) {
+                return text;
+            }
+            assert!(Instant::now() < deadline, "timed out waiting for {what}; last scrape:\n{text}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Response {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl Response {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers.iter().find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.as_str())
+    }
+}
+
+/// One HTTP/1.1 request over a fresh connection; reads to close.
+fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)]) -> Response {
+    let mut stream = TcpStream::connect(addr).unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    stream.write_all(req.as_bytes()).unwrap();
+    let mut raw = Vec::new();
+    stream.read_to_end(&mut raw).unwrap();
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a complete head");
+    let head = String::from_utf8(raw[..split].to_vec()).unwrap();
+    let mut lines = head.lines();
+    let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
+    let headers = lines
+        .filter_map(|l| l.split_once(':'))
+        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
+        .collect();
+    Response { status, headers, body: raw[split + 4..].to_vec() }
+}
+
+/// The value of the one sample line that starts with `prefix`.
+fn value(text: &str, prefix: &str) -> Option<String> {
+    text.lines().find(|l| l.starts_with(prefix)).map(|l| l.rsplit(' ').next().unwrap().to_string())
+}
+
+#[test]
+fn nvml_gpus_are_served_with_the_fakes_values_and_labels() {
+    let agent = Agent::start(TWO_GPUS, &["--no-attribution"]);
+    let text = agent.metrics_until("a sample", |t| t.contains("nvidia_gpu_utilization_percent{"));
+    for line in [
+        format!("nvidia_gpu_utilization_percent{{{LABELS_4090}}} 42.0"),
+        format!("nvidia_gpu_utilization_percent{{{LABELS_3060}}} 17.0"),
+        format!("nvidia_gpu_memory_utilization_percent{{{LABELS_4090}}} 30.0"),
+        format!("nvidia_gpu_memory_used_bytes{{{LABELS_4090}}} 8589934592"),
+        format!("nvidia_gpu_memory_total_bytes{{{LABELS_3060}}} 12884901888"),
+        format!("nvidia_gpu_temperature_celsius{{{LABELS_3060}}} 48.0"),
+        format!("nvidia_gpu_power_watts{{{LABELS_4090}}} 312.0"),
+        format!("nvidia_gpu_power_watts{{{LABELS_3060}}} 95.5"),
+        format!("nvidia_gpu_sm_clock_hertz{{{LABELS_4090}}} 2520000000.0"),
+        format!("nvidia_gpu_up{{{LABELS_4090}}} 1"),
+        format!("nvidia_gpu_info{{{LABELS_3060}}} 1"),
+    ] {
+        assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
+    }
+    assert!(!text.contains("kube_gpu_metrics_pod_resources_up"), "attribution is off");
+    assert_eq!(agent.get("/healthz").status, 200);
+    assert_eq!(agent.get("/readyz").status, 200);
+
+    let feed: serde_json::Value = serde_json::from_slice(&agent.get("/v1/pods").body).unwrap();
+    assert_eq!(feed["node"], "testnode");
+    assert_eq!(feed["gpus"][1]["utilizationPercent"], 17.0);
+    assert_eq!(feed["pods"], serde_json::json!([]));
+}
+
+#[test]
+fn a_lost_gpu_reports_down_while_the_other_keeps_reporting() {
+    let agent = Agent::start(TWO_GPUS, &["--no-attribution"]);
+    agent.metrics_until("a sample", |t| t.contains(&format!("nvidia_gpu_up{{{LABELS_3060}}} 1")));
+    agent.set_config(&format!("{TWO_GPUS}error 1 * GPU_IS_LOST\n"));
+    let text = agent.metrics_until("GPU 1 down", |t| t.contains(&format!("nvidia_gpu_up{{{LABELS_3060}}} 0")));
+    // No stale value for the lost GPU; the other one carries on.
+    assert_eq!(value(&text, &format!("nvidia_gpu_utilization_percent{{{LABELS_3060}}}")), None);
+    assert_eq!(value(&text, &format!("nvidia_gpu_power_watts{{{LABELS_3060}}}")), None);
+    assert_eq!(value(&text, &format!("nvidia_gpu_utilization_percent{{{LABELS_4090}}}")).as_deref(), Some("42.0"));
+    assert_eq!(value(&text, &format!("nvidia_gpu_up{{{LABELS_4090}}}")).as_deref(), Some("1"));
+    let errors: u64 = value(&text, "kube_gpu_metrics_nvml_errors_total{call=\"device_handle\"}").unwrap().parse().unwrap();
+    assert!(errors >= 1, "{text}");
+
+    // The GPU comes back: values return.
+    agent.set_config(TWO_GPUS);
+    agent.metrics_until("GPU 1 back", |t| t.contains(&format!("nvidia_gpu_utilization_percent{{{LABELS_3060}}} 17.0")));
+}
+
+#[test]
+fn an_unsupported_field_is_omitted_not_zero() {
+    let agent = Agent::start(&format!("{TWO_GPUS}error 1 power NOT_SUPPORTED\nerror 0 clock NOT_SUPPORTED\n"), &["--no-attribution"]);
+    let text = agent.metrics_until("a sample", |t| t.contains("nvidia_gpu_utilization_percent{"));
+    assert_eq!(value(&text, &format!("nvidia_gpu_power_watts{{{LABELS_3060}}}")), None);
+    assert_eq!(value(&text, &format!("nvidia_gpu_power_watts{{{LABELS_4090}}}")).as_deref(), Some("312.0"));
+    assert_eq!(value(&text, &format!("nvidia_gpu_sm_clock_hertz{{{LABELS_4090}}}")), None);
+    assert_eq!(value(&text, &format!("nvidia_gpu_up{{{LABELS_3060}}}")).as_deref(), Some("1"));
+    assert_eq!(value(&text, "kube_gpu_metrics_nvml_errors_total{call=\"power\"}").as_deref(), Some("0"));
+}
+
+#[test]
+fn init_failure_keeps_health_up_and_recovers_when_the_driver_loads() {
+    let agent = Agent::start(&format!("init_error DRIVER_NOT_LOADED\n{TWO_GPUS}"), &["--no-attribution"]);
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let readyz = loop {
+        let r = agent.get("/readyz");
+        let body = String::from_utf8_lossy(&r.body).to_string();
+        if body.contains("NVML") || Instant::now() > deadline {
+            break r;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert_eq!(readyz.status, 503);
+    let reason = String::from_utf8(readyz.body).unwrap();
+    assert!(reason.contains("NVML init failed") && reason.contains("driver is not loaded"), "{reason}");
+    assert_eq!(agent.get("/healthz").status, 200);
+    let text = agent.metrics();
+    assert!(text.contains("kube_gpu_metrics_gpu_source_up 0"));
+    assert!(!text.contains("nvidia_gpu_utilization_percent{"));
+
+    agent.set_config(TWO_GPUS);
+    agent.metrics_until("recovery", |t| t.contains(&format!("nvidia_gpu_utilization_percent{{{LABELS_4090}}} 42.0")));
+    assert_eq!(agent.get("/readyz").status, 200);
+}
+
+#[test]
+fn http_surface_methods_head_gzip_and_openmetrics() {
+    let agent = Agent::start(TWO_GPUS, &["--no-attribution"]);
+    agent.metrics_until("a sample", |t| t.contains("nvidia_gpu_utilization_percent{"));
+
+    let post = request(agent.addr, "POST", "/metrics", &[]);
+    assert_eq!(post.status, 405);
+    assert_eq!(post.header("allow"), Some("GET, HEAD"));
+    assert_eq!(agent.get("/nope").status, 404);
+
+    let head = request(agent.addr, "HEAD", "/metrics", &[]);
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty());
+    let length: usize = head.header("content-length").unwrap().parse().unwrap();
+    assert!(length > 1000);
+
+    let om = request(
+        agent.addr,
+        "GET",
+        "/metrics",
+        &[("Accept", "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"), ("Accept-Encoding", "gzip")],
+    );
+    assert_eq!(om.header("content-type"), Some("application/openmetrics-text; version=1.0.0; charset=utf-8"));
+    assert_eq!(om.header("content-encoding"), Some("gzip"));
+    let mut text = String::new();
+    flate2::read::GzDecoder::new(&om.body[..]).read_to_string(&mut text).unwrap();
+    assert!(text.ends_with("# EOF\n"));
+    assert!(text.contains(&format!("nvidia_gpu_utilization_percent{{{LABELS_4090}}} 42.0")));
+}
+
+#[test]
+fn sigterm_shuts_down_cleanly() {
+    let mut agent = Agent::start(TWO_GPUS, &["--no-attribution"]);
+    agent.metrics_until("a sample", |t| t.contains("nvidia_gpu_up{"));
+    let status = Command::new("kill").args(["-TERM", &agent.child.id().to_string()]).status().unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        if let Some(status) = agent.child.try_wait().unwrap() {
+            assert!(status.success(), "exit status {status}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "still running 5 s after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+// ---- pod attribution against a fake kubelet ----
+
+/// A kubelet PodResources server on a unix socket, answering what it holds.
+#[derive(Clone, Default)]
+struct FakeKubelet(Arc<Mutex<ListPodResourcesResponse>>);
+
+#[tonic::async_trait]
+impl PodResourcesLister for FakeKubelet {
+    async fn list(
+        &self,
+        _: tonic::Request<ListPodResourcesRequest>,
+    ) -> Result<tonic::Response<ListPodResourcesResponse>, tonic::Status> {
+        Ok(tonic::Response::new(self.0.lock().unwrap().clone()))
+    }
+}
+
+/// Serves the fake kubelet at `socket` on a thread of its own.
+fn serve_kubelet(socket: &Path, kubelet: FakeKubelet) {
+    let socket = socket.to_path_buf();
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::UnixListener::bind(&socket).unwrap();
+            ready_tx.send(()).unwrap();
+            tonic::transport::Server::builder()
+                .add_service(PodResourcesListerServer::new(kubelet))
+                .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
+                .await
+                .unwrap();
+        });
+    });
+    ready_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+}
+
+fn pod(namespace: &str, name: &str, container: &str, device_ids: &[&str]) -> PodResources {
+    PodResources {
+        name: name.into(),
+        namespace: namespace.into(),
+        containers: vec![ContainerResources {
+            name: container.into(),
+            devices: vec![
+                ContainerDevices {
+                    resource_name: "nvidia.com/gpu".into(),
+                    device_ids: device_ids.iter().map(|s| s.to_string()).collect(),
+                    topology: None,
+                },
+                ContainerDevices { resource_name: "example.com/fpga".into(), device_ids: vec!["fpga0".into()], topology: None },
+            ],
+            cpu_ids: vec![],
+        }],
+    }
+}
+
+const UID_VISION: &str = "aaaaaaaa-1111-4111-8111-000000000001";
+const UID_TUTOR: &str = "bbbbbbbb-2222-4222-8222-000000000002";
+
+/// GPU 0 exclusive to a trainer; GPU 1 time-sliced between two pods whose
+/// processes (pids 501; 502 and 503) have their own NVML samples.
+fn attribution_fixture(dir: &Path) -> FakeKubelet {
+    std::fs::write(
+        dir.join("nvml.conf"),
+        format!("{TWO_GPUS}process 1 pid=501 sm=30 mem=11\nprocess 1 pid=502 sm=12 mem=4\nprocess 1 pid=503 sm=8 mem=2\nprocess 1 pid=777 sm=3 mem=1\n"),
+    )
+    .unwrap();
+    for (pid, cgroup) in [
+        (501, format!("0::/kubepods/burstable/pod{UID_VISION}/0123abcd\n")),
+        (502, format!("0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-ab.scope\n", UID_TUTOR.replace('-', "_"))),
+        (503, format!("12:pids:/kubepods/besteffort/pod{UID_TUTOR}/ef01\n")),
+        (777, "0::/system.slice/ollama.service\n".to_string()),
+    ] {
+        std::fs::create_dir_all(dir.join(format!("proc/{pid}"))).unwrap();
+        std::fs::write(dir.join(format!("proc/{pid}/cgroup")), cgroup).unwrap();
+    }
+    std::fs::write(
+        dir.join("checkpoint"),
+        format!(
+            r#"{{"Data":{{"PodDeviceEntries":[
+                {{"PodUID":"{UID_VISION}","ContainerName":"vision","ResourceName":"nvidia.com/gpu","DeviceIDs":{{"-1":["GPU-3060-0001::0"]}}}},
+                {{"PodUID":"{UID_TUTOR}","ContainerName":"tutor","ResourceName":"nvidia.com/gpu","DeviceIDs":{{"-1":["GPU-3060-0001::1"]}}}}
+            ]}},"Checksum":1}}"#
+        ),
+    )
+    .unwrap();
+    let kubelet = FakeKubelet::default();
+    *kubelet.0.lock().unwrap() = ListPodResourcesResponse {
+        pod_resources: vec![
+            pod("ai-system-gpu", "trainer-0", "train", &["GPU-4090-0000"]),
+            pod("ai-system-gpu", "vision-a", "vision", &["GPU-3060-0001::0"]),
+            pod("ai-system-gpu", "tutor-b", "tutor", &["GPU-3060-0001::1"]),
+            pod("kube-system", "no-gpu", "c", &[]),
+        ],
+    };
+    kubelet
+}
+
+fn attribution_flags(dir: &Path) -> Vec<String> {
+    vec![
+        "--pod-resources-socket".into(),
+        dir.join("kubelet.sock").display().to_string(),
+        "--kubelet-checkpoint".into(),
+        dir.join("checkpoint").display().to_string(),
+        "--proc-root".into(),
+        dir.join("proc").display().to_string(),
+    ]
+}
+
+#[test]
+fn kubelet_pods_label_gpus_and_shared_pods_get_their_process_shares() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubelet = attribution_fixture(dir.path());
+    serve_kubelet(&dir.path().join("kubelet.sock"), kubelet);
+    let flags = attribution_flags(dir.path());
+    let agent = Agent::start_in(dir, &flags.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let text = agent.metrics_until("pod labels", |t| t.contains("pod=\"tutor-b\""));
+    let exclusive = format!("{LABELS_4090},namespace=\"ai-system-gpu\",pod=\"trainer-0\",container=\"train\"");
+    assert_eq!(value(&text, &format!("nvidia_gpu_utilization_percent{{{exclusive}}}")).as_deref(), Some("42.0"));
+    // The shared GPU's device series carry no pod labels…
+    assert_eq!(value(&text, &format!("nvidia_gpu_utilization_percent{{{LABELS_3060}}}")).as_deref(), Some("17.0"));
+    // …and each pod gets its own processes' share, not the device's 17 %.
+    let vision = format!("{LABELS_3060},namespace=\"ai-system-gpu\",pod=\"vision-a\",container=\"vision\",sharing=\"shared\"");
+    let tutor = format!("{LABELS_3060},namespace=\"ai-system-gpu\",pod=\"tutor-b\",container=\"tutor\",sharing=\"shared\"");
+    assert_eq!(value(&text, &format!("nvidia_gpu_pod_utilization_percent{{{vision}}}")).as_deref(), Some("30.0"));
+    assert_eq!(value(&text, &format!("nvidia_gpu_pod_utilization_percent{{{tutor}}}")).as_deref(), Some("20.0"));
+    assert!(text.contains("kube_gpu_metrics_pod_resources_up 1"));
+    assert!(!text.contains("kube_gpu_metrics_pod_attribution_unresolved{"), "{text}");
+
+    let feed: serde_json::Value = serde_json::from_slice(&agent.get("/v1/pods").body).unwrap();
+    let pods = feed["pods"].as_array().unwrap();
+    let find = |name: &str| pods.iter().find(|p| p["pod"] == name).unwrap_or_else(|| panic!("{name} in {feed}"));
+    assert_eq!(find("trainer-0")["utilizationPercent"], 42.0);
+    assert_eq!(find("trainer-0")["sharing"], "exclusive");
+    assert_eq!(find("trainer-0")["memoryUsedBytes"], 8589934592u64);
+    assert_eq!(find("vision-a")["utilizationPercent"], 30.0);
+    assert_eq!(find("tutor-b")["utilizationPercent"], 20.0);
+    assert_eq!(find("tutor-b")["sharing"], "shared");
+    assert!(find("tutor-b").get("memoryUsedBytes").is_none());
+    assert!(feed["timestampMs"].as_u64().unwrap() > 1_700_000_000_000);
+}
+
+#[test]
+fn a_missing_kubelet_socket_degrades_to_unlabelled_series_then_reconnects() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubelet = attribution_fixture(dir.path());
+    let socket = dir.path().join("kubelet.sock");
+    let flags = attribution_flags(dir.path());
+    let agent = Agent::start_in(dir, &flags.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let text = agent.metrics_until("a sample", |t| t.contains("kube_gpu_metrics_pod_resources_up 0"));
+    assert_eq!(value(&text, &format!("nvidia_gpu_utilization_percent{{{LABELS_4090}}}")).as_deref(), Some("42.0"));
+    assert!(!text.contains("pod=\""));
+
+    // The kubelet comes up: the agent reconnects on its own (backoff ≤ 2 s here).
+    serve_kubelet(&socket, kubelet);
+    let text = agent.metrics_until("pod labels", |t| t.contains("pod=\"trainer-0\""));
+    assert!(text.contains("kube_gpu_metrics_pod_resources_up 1"));
+    let errors: u64 = value(&text, "kube_gpu_metrics_pod_resources_errors_total").unwrap().parse().unwrap();
+    assert!(errors >= 1);
+}
+
+#[test]
+fn a_shared_gpu_without_the_checkpoint_reports_why_not_a_copied_value() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubelet = attribution_fixture(dir.path());
+    std::fs::remove_file(dir.path().join("checkpoint")).unwrap();
+    serve_kubelet(&dir.path().join("kubelet.sock"), kubelet);
+    let flags = attribution_flags(dir.path());
+    let agent = Agent::start_in(dir, &flags.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let text = agent.metrics_until("pod labels", |t| t.contains("pod=\"tutor-b\""));
+    let unresolved = format!(
+        "kube_gpu_metrics_pod_attribution_unresolved{{{LABELS_3060},namespace=\"ai-system-gpu\",pod=\"tutor-b\",container=\"tutor\",reason=\"pod-uid-unknown\"}}"
+    );
+    assert_eq!(value(&text, &unresolved).as_deref(), Some("1"), "{text}");
+    assert!(!text.lines().any(|l| l.starts_with("nvidia_gpu_pod_utilization_percent{") && l.contains("tutor-b")));
+    // The exclusive GPU needs no checkpoint.
+    assert!(text.lines().any(|l| l.starts_with("nvidia_gpu_pod_utilization_percent{") && l.contains("trainer-0")));
+}
