@@ -1,1 +1,249 @@
-fn main(){}
+//! The agent's hot paths: rendering a sample (once per interval) and
+//! answering a scrape (per request), with heap allocations counted.
+//!
+//! `cargo bench --bench exposition` prints allocation counts before the
+//! criterion timings.
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::hint::black_box;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, SystemTime};
+
+use arc_swap::ArcSwap;
+use bytes::Bytes;
+use criterion::{Criterion, criterion_group, criterion_main};
+use http::{HeaderValue, Request, Response, header};
+use http_body_util::Full;
+
+use kube_gpu_metrics::agent::AgentState;
+use kube_gpu_metrics::agent::exposition::{Representation, render, render_plain};
+use kube_gpu_metrics::agent::self_metrics::AgentMetrics;
+use kube_gpu_metrics::agent::server::handle;
+use kube_gpu_metrics::agent::snapshot::{GpuState, Readiness, SampleData, Snapshot};
+use kube_gpu_metrics::attribution::{PodGpuUsage, Sharing};
+use kube_gpu_metrics::gpu::{GpuIdentity, GpuReading};
+
+use std::sync::atomic::AtomicU64 as AtomicF64Bits;
+
+/// Counts every allocation made through the global allocator.
+struct CountingAllocator;
+
+static ALLOCATIONS: AtomicU64 = AtomicU64::new(0);
+
+// SAFETY: forwards to the system allocator unchanged; only counts.
+unsafe impl GlobalAlloc for CountingAllocator {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.alloc(layout) }
+    }
+
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        unsafe { System.dealloc(ptr, layout) }
+    }
+
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        ALLOCATIONS.fetch_add(1, Ordering::Relaxed);
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+#[global_allocator]
+static GLOBAL: CountingAllocator = CountingAllocator;
+
+/// Allocations made by `f`, per call, over `n` calls.
+fn allocations_per_call<T>(n: u64, mut f: impl FnMut() -> T) -> f64 {
+    let before = ALLOCATIONS.load(Ordering::Relaxed);
+    for _ in 0..n {
+        black_box(f());
+    }
+    (ALLOCATIONS.load(Ordering::Relaxed) - before) as f64 / n as f64
+}
+
+/// `gpus` GPUs, each time-sliced between `pods_per_gpu` pods.
+fn sample(gpus: u32, pods_per_gpu: u32) -> SampleData {
+    let gpu_states = (0..gpus)
+        .map(|i| GpuState {
+            identity: GpuIdentity {
+                index: i,
+                uuid: format!("GPU-{i:08x}-5421-4778-a1f0-17d8097ff3b1"),
+                model: "NVIDIA GeForce RTX 4090".into(),
+            },
+            up: true,
+            reading: GpuReading {
+                utilization_percent: Some(40.0 + f64::from(i)),
+                memory_utilization_percent: Some(21.0),
+                memory_used_bytes: Some(14_587_789_312),
+                memory_total_bytes: Some(25_769_803_776),
+                temperature_celsius: Some(63.0),
+                power_watts: Some(312.5),
+                sm_clock_hertz: Some(2.52e9),
+            },
+        })
+        .collect();
+    let usages = (0..gpus)
+        .flat_map(|g| {
+            (0..pods_per_gpu).map(move |p| PodGpuUsage {
+                namespace: "ai-system-gpu".into(),
+                pod: format!("reasoning-suite-7d9f8b6c4-{g}x{p:03}"),
+                container: "reasoning-suite".into(),
+                gpu: g as usize,
+                sharing: if pods_per_gpu > 1 { Sharing::Shared } else { Sharing::Exclusive },
+                utilization_percent: Ok(f64::from(p % 7) * 3.5),
+                memory_utilization_percent: Some(4.0),
+                memory_used_bytes: None,
+            })
+        })
+        .collect();
+    SampleData {
+        node: "mainpc".into(),
+        taken_at: SystemTime::now(),
+        interval: Duration::from_secs(1),
+        gpus: gpu_states,
+        usages,
+        readiness: Readiness::Ready,
+        gpu_source_up: true,
+        pod_resources_up: Some(true),
+        sample_duration: Duration::from_micros(900),
+        counters: Default::default(),
+    }
+}
+
+fn state_for(data: SampleData) -> AgentState {
+    AgentState {
+        snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::new(data))),
+        metrics: Arc::new(AgentMetrics::default()),
+    }
+}
+
+const PROMETHEUS_ACCEPT: &str = "application/openmetrics-text;version=1.0.0,application/openmetrics-text;version=0.0.1;q=0.75,text/plain;version=0.0.4;q=0.5,*/*;q=0.1";
+
+fn scrape_request() -> Request<()> {
+    Request::get("/metrics")
+        .header(header::ACCEPT, PROMETHEUS_ACCEPT)
+        .header(header::ACCEPT_ENCODING, "gzip")
+        .body(())
+        .unwrap()
+}
+
+/// The least a server can do per scrape: hand out a static body with a
+/// content type. The baseline the scrape path is measured against.
+fn static_response(body: &Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body.clone()));
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4"));
+    response
+}
+
+/// The same GPU and pod series in a prometheus-client registry: the encoder a
+/// hand-written exporter would use, as the render baseline.
+fn prometheus_client_registry(data: &SampleData) -> prometheus_client::registry::Registry {
+    use prometheus_client::metrics::family::Family;
+    use prometheus_client::metrics::gauge::Gauge;
+    type Labels = Vec<(String, String)>;
+    let mut registry = prometheus_client::registry::Registry::default();
+    let gpu_labels = |g: &GpuState| -> Labels {
+        vec![
+            ("node".into(), data.node.clone()),
+            ("gpu".into(), g.identity.index.to_string()),
+            ("uuid".into(), g.identity.uuid.clone()),
+            ("model".into(), g.identity.model.clone()),
+        ]
+    };
+    let fields: [(&str, fn(&GpuReading) -> Option<f64>); 7] = [
+        ("nvidia_gpu_utilization_percent", |r| r.utilization_percent),
+        ("nvidia_gpu_memory_utilization_percent", |r| r.memory_utilization_percent),
+        ("nvidia_gpu_memory_used_bytes", |r| r.memory_used_bytes.map(|v| v as f64)),
+        ("nvidia_gpu_memory_total_bytes", |r| r.memory_total_bytes.map(|v| v as f64)),
+        ("nvidia_gpu_temperature_celsius", |r| r.temperature_celsius),
+        ("nvidia_gpu_power_watts", |r| r.power_watts),
+        ("nvidia_gpu_sm_clock_hertz", |r| r.sm_clock_hertz),
+    ];
+    for (name, field) in fields {
+        let family = Family::<Labels, Gauge<f64, AtomicF64Bits>>::default();
+        for g in &data.gpus {
+            if let Some(v) = field(&g.reading) {
+                family.get_or_create(&gpu_labels(g)).set(v);
+            }
+        }
+        registry.register(name, "help", family);
+    }
+    for name in ["nvidia_gpu_info", "nvidia_gpu_up"] {
+        let family = Family::<Labels, Gauge>::default();
+        for g in &data.gpus {
+            family.get_or_create(&gpu_labels(g)).set(1);
+        }
+        registry.register(name, "help", family);
+    }
+    for name in ["nvidia_gpu_pod_utilization_percent", "nvidia_gpu_pod_memory_utilization_percent"] {
+        let family = Family::<Labels, Gauge<f64, AtomicF64Bits>>::default();
+        for u in &data.usages {
+            let mut l = gpu_labels(&data.gpus[u.gpu]);
+            l.extend([
+                ("namespace".into(), u.namespace.clone()),
+                ("pod".into(), u.pod.clone()),
+                ("container".into(), u.container.clone()),
+                ("sharing".into(), u.sharing.as_str().into()),
+            ]);
+            family.get_or_create(&l).set(u.utilization_percent.unwrap_or_default());
+        }
+        registry.register(name, "help", family);
+    }
+    registry
+}
+
+fn report_allocations() {
+    let data = sample(8, 2);
+    let state = state_for(data.clone());
+    let req = scrape_request();
+    let snapshot = state.snapshot.load_full();
+    let static_body = snapshot.exposition.text.clone();
+    let n = 10_000;
+    let select = allocations_per_call(n, || {
+        let h = req.headers();
+        let repr = Representation::negotiate(h.get(header::ACCEPT), h.get(header::ACCEPT_ENCODING));
+        state.snapshot.load().exposition.body(repr)
+    });
+    let handler = allocations_per_call(n, || handle(&state, &req));
+    let baseline = allocations_per_call(n, || static_response(&static_body));
+    let render_allocs = allocations_per_call(100, || render_plain(&data));
+    println!("allocations per scrape, choosing and sharing the body: {select}");
+    println!("allocations per scrape, whole handler incl. response headers: {handler}");
+    println!("allocations per response, static-bytes baseline: {baseline}");
+    println!("allocations per render (8 GPUs x 16 pods, both formats): {render_allocs}");
+    println!("text body: {} bytes", snapshot.exposition.text.len());
+}
+
+fn benches(c: &mut Criterion) {
+    report_allocations();
+
+    let mut render_group = c.benchmark_group("render");
+    for (gpus, per_gpu, name) in [(8, 2, "8 GPUs x 16 pods"), (8, 16, "8 GPUs x 128 pods")] {
+        let data = sample(gpus, per_gpu);
+        render_group
+            .bench_function(format!("{name}, text + OpenMetrics"), |b| b.iter(|| render_plain(black_box(&data))));
+        render_group
+            .bench_function(format!("{name}, text + OpenMetrics + gzip"), |b| b.iter(|| render(black_box(&data))));
+    }
+    let data = sample(8, 2);
+    let registry = prometheus_client_registry(&data);
+    render_group.bench_function("8 GPUs x 16 pods, prometheus-client OpenMetrics only (baseline)", |b| {
+        b.iter(|| {
+            let mut out = String::with_capacity(32 * 1024);
+            prometheus_client::encoding::text::encode(&mut out, black_box(&registry)).unwrap();
+            out
+        })
+    });
+    render_group.finish();
+
+    let mut scrape = c.benchmark_group("scrape");
+    let state = state_for(sample(8, 2));
+    let req = scrape_request();
+    let static_body = state.snapshot.load().exposition.text.clone();
+    scrape.bench_function("static bytes baseline", |b| b.iter(|| static_response(black_box(&static_body))));
+    scrape
+        .bench_function("agent handler (negotiate, gzip OpenMetrics)", |b| b.iter(|| handle(&state, black_box(&req))));
+    scrape.finish();
+}
+
+criterion_group!(name = exposition; config = Criterion::default().measurement_time(Duration::from_secs(3)).warm_up_time(Duration::from_secs(1)); targets = benches);
+criterion_main!(exposition);

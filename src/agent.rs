@@ -83,11 +83,8 @@ impl AgentSetup {
                 }
             }
             GpuSourceKind::Nvml => {
-                let allocations = if agent.no_attribution {
-                    AllocationSource::None
-                } else {
-                    AllocationSource::kubelet(attribution)
-                };
+                let allocations =
+                    if agent.no_attribution { AllocationSource::None } else { AllocationSource::kubelet(attribution) };
                 Self {
                     agent,
                     opener: Arc::new(NvmlOpener::new(gpu.nvml_lib.clone())),
@@ -113,11 +110,8 @@ pub struct RunningAgent {
 /// the agent is listening. Both stop when `shutdown` turns true.
 pub async fn start(setup: AgentSetup, shutdown: watch::Receiver<bool>) -> std::io::Result<RunningAgent> {
     let metrics = Arc::new(AgentMetrics::default());
-    let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::empty(
-        &setup.agent.node_name,
-        setup.agent.interval,
-        &metrics,
-    )));
+    let snapshot =
+        Arc::new(ArcSwap::from_pointee(Snapshot::empty(&setup.agent.node_name, setup.agent.interval, &metrics)));
     let state = AgentState { snapshot, metrics };
     let listener = tokio::net::TcpListener::bind(setup.agent.listen).await?;
     let addr = listener.local_addr()?;

@@ -23,12 +23,9 @@ use crate::gpu::{GpuIdentity, GpuReading, ProcessUsage};
 /// Flags for pod attribution.
 #[derive(Clone, Debug, Args)]
 pub struct AttributionArgs {
-    /// The kubelet PodResources socket. Attribution is off when it is absent.
-    #[arg(
-        long,
-        env = "KGM_POD_RESOURCES_SOCKET",
-        default_value = "/var/lib/kubelet/pod-resources/kubelet.sock"
-    )]
+    /// The kubelet PodResources socket. While it is missing, GPU series carry no
+    /// pod labels and the agent retries with backoff.
+    #[arg(long, env = "KGM_POD_RESOURCES_SOCKET", default_value = "/var/lib/kubelet/pod-resources/kubelet.sock")]
     pub pod_resources_socket: PathBuf,
 
     /// Timeout of one PodResources call.

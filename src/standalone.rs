@@ -170,8 +170,13 @@ pub fn status_line(agents: &[RunningAgent]) -> String {
                     }
                 })
                 .collect();
-            let pods = data.usages.iter().map(|u| (&u.namespace, &u.pod)).collect::<std::collections::BTreeSet<_>>().len();
-            format!("{} {} ({pods} pods)", data.node, if gpus.is_empty() { "no GPU".to_string() } else { gpus.join(", ") })
+            let pods =
+                data.usages.iter().map(|u| (&u.namespace, &u.pod)).collect::<std::collections::BTreeSet<_>>().len();
+            format!(
+                "{} {} ({pods} pods)",
+                data.node,
+                if gpus.is_empty() { "no GPU".to_string() } else { gpus.join(", ") }
+            )
         })
         .collect();
     parts.join(" | ")

@@ -15,8 +15,9 @@ use kube_gpu_metrics::attribution::podresources::proto::{
 
 const BIN: &str = env!("CARGO_BIN_EXE_kube-gpu-metrics");
 
+/// Built by build.rs from hack/fake-nvml.
 fn fake_nvml() -> &'static str {
-    option_env!("FAKE_NVML_LIB").expect("build.rs builds the fake libnvidia-ml.so (needs a C compiler)")
+    env!("FAKE_NVML_LIB")
 }
 
 const TWO_GPUS: &str = "\
@@ -139,10 +140,8 @@ fn request(addr: SocketAddr, method: &str, path: &str, headers: &[(&str, &str)])
     let head = String::from_utf8(raw[..split].to_vec()).unwrap();
     let mut lines = head.lines();
     let status = lines.next().unwrap().split(' ').nth(1).unwrap().parse().unwrap();
-    let headers = lines
-        .filter_map(|l| l.split_once(':'))
-        .map(|(k, v)| (k.trim().to_string(), v.trim().to_string()))
-        .collect();
+    let headers =
+        lines.filter_map(|l| l.split_once(':')).map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).collect();
     Response { status, headers, body: raw[split + 4..].to_vec() }
 }
 
@@ -191,7 +190,8 @@ fn a_lost_gpu_reports_down_while_the_other_keeps_reporting() {
     assert_eq!(value(&text, &format!("nvidia_gpu_power_watts{{{LABELS_3060}}}")), None);
     assert_eq!(value(&text, &format!("nvidia_gpu_utilization_percent{{{LABELS_4090}}}")).as_deref(), Some("42.0"));
     assert_eq!(value(&text, &format!("nvidia_gpu_up{{{LABELS_4090}}}")).as_deref(), Some("1"));
-    let errors: u64 = value(&text, "kube_gpu_metrics_nvml_errors_total{call=\"device_handle\"}").unwrap().parse().unwrap();
+    let errors: u64 =
+        value(&text, "kube_gpu_metrics_nvml_errors_total{call=\"device_handle\"}").unwrap().parse().unwrap();
     assert!(errors >= 1, "{text}");
 
     // The GPU comes back: values return.
@@ -201,7 +201,10 @@ fn a_lost_gpu_reports_down_while_the_other_keeps_reporting() {
 
 #[test]
 fn an_unsupported_field_is_omitted_not_zero() {
-    let agent = Agent::start(&format!("{TWO_GPUS}error 1 power NOT_SUPPORTED\nerror 0 clock NOT_SUPPORTED\n"), &["--no-attribution"]);
+    let agent = Agent::start(
+        &format!("{TWO_GPUS}error 1 power NOT_SUPPORTED\nerror 0 clock NOT_SUPPORTED\n"),
+        &["--no-attribution"],
+    );
     let text = agent.metrics_until("a sample", |t| t.contains("nvidia_gpu_utilization_percent{"));
     assert_eq!(value(&text, &format!("nvidia_gpu_power_watts{{{LABELS_3060}}}")), None);
     assert_eq!(value(&text, &format!("nvidia_gpu_power_watts{{{LABELS_4090}}}")).as_deref(), Some("312.0"));
@@ -255,7 +258,10 @@ fn http_surface_methods_head_gzip_and_openmetrics() {
         agent.addr,
         "GET",
         "/metrics",
-        &[("Accept", "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"), ("Accept-Encoding", "gzip")],
+        &[
+            ("Accept", "application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5"),
+            ("Accept-Encoding", "gzip"),
+        ],
     );
     assert_eq!(om.header("content-type"), Some("application/openmetrics-text; version=1.0.0; charset=utf-8"));
     assert_eq!(om.header("content-encoding"), Some("gzip"));
@@ -329,7 +335,11 @@ fn pod(namespace: &str, name: &str, container: &str, device_ids: &[&str]) -> Pod
                     device_ids: device_ids.iter().map(|s| s.to_string()).collect(),
                     topology: None,
                 },
-                ContainerDevices { resource_name: "example.com/fpga".into(), device_ids: vec!["fpga0".into()], topology: None },
+                ContainerDevices {
+                    resource_name: "example.com/fpga".into(),
+                    device_ids: vec!["fpga0".into()],
+                    topology: None,
+                },
             ],
             cpu_ids: vec![],
         }],
@@ -349,7 +359,13 @@ fn attribution_fixture(dir: &Path) -> FakeKubelet {
     .unwrap();
     for (pid, cgroup) in [
         (501, format!("0::/kubepods/burstable/pod{UID_VISION}/0123abcd\n")),
-        (502, format!("0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-ab.scope\n", UID_TUTOR.replace('-', "_"))),
+        (
+            502,
+            format!(
+                "0::/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod{}.slice/cri-containerd-ab.scope\n",
+                UID_TUTOR.replace('-', "_")
+            ),
+        ),
         (503, format!("12:pids:/kubepods/besteffort/pod{UID_TUTOR}/ef01\n")),
         (777, "0::/system.slice/ollama.service\n".to_string()),
     ] {
@@ -403,8 +419,10 @@ fn kubelet_pods_label_gpus_and_shared_pods_get_their_process_shares() {
     // The shared GPU's device series carry no pod labels…
     assert_eq!(value(&text, &format!("nvidia_gpu_utilization_percent{{{LABELS_3060}}}")).as_deref(), Some("17.0"));
     // …and each pod gets its own processes' share, not the device's 17 %.
-    let vision = format!("{LABELS_3060},namespace=\"ai-system-gpu\",pod=\"vision-a\",container=\"vision\",sharing=\"shared\"");
-    let tutor = format!("{LABELS_3060},namespace=\"ai-system-gpu\",pod=\"tutor-b\",container=\"tutor\",sharing=\"shared\"");
+    let vision =
+        format!("{LABELS_3060},namespace=\"ai-system-gpu\",pod=\"vision-a\",container=\"vision\",sharing=\"shared\"");
+    let tutor =
+        format!("{LABELS_3060},namespace=\"ai-system-gpu\",pod=\"tutor-b\",container=\"tutor\",sharing=\"shared\"");
     assert_eq!(value(&text, &format!("nvidia_gpu_pod_utilization_percent{{{vision}}}")).as_deref(), Some("30.0"));
     assert_eq!(value(&text, &format!("nvidia_gpu_pod_utilization_percent{{{tutor}}}")).as_deref(), Some("20.0"));
     assert!(text.contains("kube_gpu_metrics_pod_resources_up 1"));
@@ -460,4 +478,49 @@ fn a_shared_gpu_without_the_checkpoint_reports_why_not_a_copied_value() {
     assert!(!text.lines().any(|l| l.starts_with("nvidia_gpu_pod_utilization_percent{") && l.contains("tutor-b")));
     // The exclusive GPU needs no checkpoint.
     assert!(text.lines().any(|l| l.starts_with("nvidia_gpu_pod_utilization_percent{") && l.contains("trainer-0")));
+}
+
+// ---- real hardware ----
+
+#[test]
+#[ignore = "needs GPU"]
+fn the_real_nvml_library_reports_every_gpu() {
+    let mut child = Command::new(BIN)
+        .args(["agent", "--listen", "127.0.0.1:0", "--node-name", "gpu-host", "--no-attribution"])
+        .args(["--interval", "500ms"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = line.split("agent listening on http://").nth(1) {
+                let _ = tx.send(addr.trim().parse::<SocketAddr>().unwrap());
+            }
+            eprintln!("agent: {line}");
+        }
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while request(addr, "GET", "/readyz", &[]).status != 200 {
+        assert!(Instant::now() < deadline, "NVML never became ready");
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    std::thread::sleep(Duration::from_secs(1));
+    let text = String::from_utf8(request(addr, "GET", "/metrics", &[]).body).unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    println!("{text}");
+    let up: Vec<&str> = text.lines().filter(|l| l.starts_with("nvidia_gpu_up{")).collect();
+    assert!(!up.is_empty(), "no GPU found");
+    assert!(up.iter().all(|l| l.ends_with(" 1") && l.contains("uuid=\"GPU-")), "{up:?}");
+    for family in
+        ["nvidia_gpu_utilization_percent{", "nvidia_gpu_memory_total_bytes{", "nvidia_gpu_temperature_celsius{"]
+    {
+        assert_eq!(text.lines().filter(|l| l.starts_with(family)).count(), up.len(), "{family}");
+    }
+    let duration: f64 = value(&text, "kube_gpu_metrics_sample_duration_seconds").unwrap().parse().unwrap();
+    println!("sample pass: {:.1} us for {} GPU(s)", duration * 1e6, up.len());
 }

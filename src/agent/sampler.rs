@@ -249,7 +249,11 @@ impl Sampler {
         match opened {
             Ok(Ok(source)) => {
                 let count = source.gpu_count();
-                tracing::info!(gpus = count, driver = source.driver_version().as_deref().unwrap_or("unknown"), "GPU source open");
+                tracing::info!(
+                    gpus = count,
+                    driver = source.driver_version().as_deref().unwrap_or("unknown"),
+                    "GPU source open"
+                );
                 self.slots = (0..count).map(|_| GpuSlot::default()).collect();
                 self.source = Some(source);
                 self.open_backoff.succeeded();
@@ -361,10 +365,10 @@ impl Sampler {
             } else {
                 read.identity.clone_from(&slot.identity);
             }
-            if let ProcessUsage::Samples(samples) = &read.processes {
-                if let Some(newest) = samples.iter().map(|s| s.timestamp_us).max() {
-                    slot.last_process_sample_us = slot.last_process_sample_us.max(newest);
-                }
+            if let ProcessUsage::Samples(samples) = &read.processes
+                && let Some(newest) = samples.iter().map(|s| s.timestamp_us).max()
+            {
+                slot.last_process_sample_us = slot.last_process_sample_us.max(newest);
             }
             reads.push(read);
         }

@@ -59,8 +59,7 @@ impl PodResourcesClient {
                 let path = path.clone();
                 async move { UnixStream::connect(path).await.map(TokioIo::new) }
             }));
-        let client = PodResourcesListerClient::new(channel)
-            .max_decoding_message_size(MAX_MESSAGE_BYTES);
+        let client = PodResourcesListerClient::new(channel).max_decoding_message_size(MAX_MESSAGE_BYTES);
         Self { socket: socket.to_path_buf(), client }
     }
 

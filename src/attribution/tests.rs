@@ -72,7 +72,8 @@ fn a_shared_gpu_is_split_by_process_samples() {
     let g = gpu(0, "GPU-a");
     let r = reading(70.0);
     // pid 10 (pod A) averages 40 over two samples; pid 11 and 12 (pod B) add to 30.
-    let samples = ProcessUsage::Samples(vec![sample(10, 50), sample(10, 30), sample(11, 20), sample(12, 10), sample(99, 5)]);
+    let samples =
+        ProcessUsage::Samples(vec![sample(10, 50), sample(10, 30), sample(11, 20), sample(12, 10), sample(99, 5)]);
     let views = [GpuView { identity: Some(&g), up: true, reading: &r, processes: &samples }];
     let allocations = [
         alloc("a", "main", Some("uid-a"), &["GPU-a::0"]),

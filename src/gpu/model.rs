@@ -117,10 +117,7 @@ pub const REFERENCE: GpuModelId = GpuModelId::Rtx4090;
 impl GpuModelId {
     /// This model's profile.
     pub fn profile(self) -> &'static GpuProfile {
-        PROFILES
-            .iter()
-            .find(|p| p.id == self)
-            .expect("every GpuModelId has a profile")
+        PROFILES.iter().find(|p| p.id == self).expect("every GpuModelId has a profile")
     }
 }
 

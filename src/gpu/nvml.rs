@@ -13,8 +13,8 @@ use nvml_wrapper::enum_wrappers::device::{Clock, TemperatureSensor};
 use nvml_wrapper::error::NvmlError;
 
 use super::{
-    GpuCall, GpuIdentity, GpuRead, GpuReading, GpuSource, GpuSourceError, GpuSourceOpener,
-    ProcessSample, ProcessUsage, ReadRequest,
+    GpuCall, GpuIdentity, GpuRead, GpuReading, GpuSource, GpuSourceError, GpuSourceOpener, ProcessSample, ProcessUsage,
+    ReadRequest,
 };
 
 /// The library NVML is loaded from when `--nvml-lib` is not given.
@@ -35,25 +35,14 @@ impl NvmlOpener {
 
 impl GpuSourceOpener for NvmlOpener {
     fn open(&self) -> Result<Arc<dyn GpuSource>, GpuSourceError> {
-        let library = self
-            .library
-            .as_deref()
-            .map(|p| p.as_os_str())
-            .unwrap_or(OsStr::new(DEFAULT_LIBRARY));
+        let library = self.library.as_deref().map(|p| p.as_os_str()).unwrap_or(OsStr::new(DEFAULT_LIBRARY));
         let nvml = Nvml::builder()
             .lib_path(library)
             .init()
-            .map_err(|source| GpuSourceError::NvmlInit {
-                library: library.to_string_lossy().into_owned(),
-                source,
-            })?;
+            .map_err(|source| GpuSourceError::NvmlInit { library: library.to_string_lossy().into_owned(), source })?;
         let count = nvml.device_count().map_err(GpuSourceError::NvmlCount)?;
         let driver_version = nvml.sys_driver_version().ok();
-        Ok(Arc::new(NvmlSource {
-            nvml,
-            identities: (0..count).map(|_| OnceLock::new()).collect(),
-            driver_version,
-        }))
+        Ok(Arc::new(NvmlSource { nvml, identities: (0..count).map(|_| OnceLock::new()).collect(), driver_version }))
     }
 }
 

@@ -12,8 +12,8 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::model::{GpuModelId, GpuProfile};
 use super::{
-    GpuIdentity, GpuRead, GpuReading, GpuSource, GpuSourceError, GpuSourceOpener, ProcessSample,
-    ProcessUsage, ReadRequest,
+    GpuIdentity, GpuRead, GpuReading, GpuSource, GpuSourceError, GpuSourceOpener, ProcessSample, ProcessUsage,
+    ReadRequest,
 };
 use crate::attribution::ContainerAllocation;
 
@@ -137,11 +137,7 @@ impl SimNode {
 
     /// The pod UID a simulated PID belongs to.
     pub fn pod_uid_of(&self, pid: u32) -> Option<&str> {
-        self.gpus
-            .iter()
-            .flat_map(|g| &g.workloads)
-            .find(|w| w.pid == pid)
-            .map(|w| w.pod_uid.as_str())
+        self.gpus.iter().flat_map(|g| &g.workloads).find(|w| w.pid == pid).map(|w| w.pod_uid.as_str())
     }
 
     /// A workload's load at `t` seconds since the epoch: its wave, plus noise
@@ -176,8 +172,14 @@ impl SimNode {
             memory_used_bytes: Some(memory_used.min(p.memory_bytes)),
             memory_total_bytes: Some(p.memory_bytes),
             temperature_celsius: Some((34.0 + 46.0 * busy).round()),
-            power_watts: Some(((p.idle_power_watts + (p.max_power_watts - p.idle_power_watts) * busy) * 10.0).round() / 10.0),
-            sm_clock_hertz: Some(if busy > 0.0 { f64::from(p.boost_clock_mhz) * 1e6 } else { f64::from(p.idle_clock_mhz) * 1e6 }),
+            power_watts: Some(
+                ((p.idle_power_watts + (p.max_power_watts - p.idle_power_watts) * busy) * 10.0).round() / 10.0,
+            ),
+            sm_clock_hertz: Some(if busy > 0.0 {
+                f64::from(p.boost_clock_mhz) * 1e6
+            } else {
+                f64::from(p.idle_clock_mhz) * 1e6
+            }),
         };
         let processes = if request.processes {
             let timestamp_us = (t * 1e6) as u64;

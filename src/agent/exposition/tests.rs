@@ -104,7 +104,12 @@ fn reference_openmetrics(data: &SampleData) -> String {
     device[0].extend(labels(&[("namespace", &exclusive.namespace), ("pod", &exclusive.pod), ("container", "main")]));
     let up: Vec<usize> = vec![0, 1];
 
-    gauge_i(&mut registry, "nvidia_gpu_info", "GPU identity, 1 for every GPU the agent found", device.iter().map(|l| (l.clone(), 1)).collect());
+    gauge_i(
+        &mut registry,
+        "nvidia_gpu_info",
+        "GPU identity, 1 for every GPU the agent found",
+        device.iter().map(|l| (l.clone(), 1)).collect(),
+    );
     gauge_i(
         &mut registry,
         "nvidia_gpu_up",
@@ -117,10 +122,25 @@ fn reference_openmetrics(data: &SampleData) -> String {
     let field_i = |f: &dyn Fn(&GpuReading) -> Option<u64>| -> Vec<(Labels, i64)> {
         up.iter().filter_map(|&i| Some((device[i].clone(), f(&data.gpus[i].reading)? as i64))).collect()
     };
-    gauge_f(&mut registry, "nvidia_gpu_utilization_percent", "Percent of time a kernel ran on the GPU over the driver's sample period", field(&|r| r.utilization_percent));
-    gauge_f(&mut registry, "nvidia_gpu_memory_utilization_percent", "Percent of time device memory was read or written", field(&|r| r.memory_utilization_percent));
+    gauge_f(
+        &mut registry,
+        "nvidia_gpu_utilization_percent",
+        "Percent of time a kernel ran on the GPU over the driver's sample period",
+        field(&|r| r.utilization_percent),
+    );
+    gauge_f(
+        &mut registry,
+        "nvidia_gpu_memory_utilization_percent",
+        "Percent of time device memory was read or written",
+        field(&|r| r.memory_utilization_percent),
+    );
     gauge_i(&mut registry, "nvidia_gpu_memory_used_bytes", "Device memory in use", field_i(&|r| r.memory_used_bytes));
-    gauge_i(&mut registry, "nvidia_gpu_memory_total_bytes", "Device memory in total", field_i(&|r| r.memory_total_bytes));
+    gauge_i(
+        &mut registry,
+        "nvidia_gpu_memory_total_bytes",
+        "Device memory in total",
+        field_i(&|r| r.memory_total_bytes),
+    );
     gauge_f(&mut registry, "nvidia_gpu_temperature_celsius", "GPU core temperature", field(&|r| r.temperature_celsius));
     gauge_f(&mut registry, "nvidia_gpu_power_watts", "Board power draw", field(&|r| r.power_watts));
     gauge_f(&mut registry, "nvidia_gpu_sm_clock_hertz", "Current SM clock", field(&|r| r.sm_clock_hertz));
@@ -134,13 +154,19 @@ fn reference_openmetrics(data: &SampleData) -> String {
         &mut registry,
         "nvidia_gpu_pod_utilization_percent",
         "A pod's utilization of a GPU: the device value on an exclusive GPU, its processes' share on a shared one",
-        data.usages.iter().filter_map(|u| Some((pod(u, ("sharing", u.sharing.as_str())), u.utilization_percent.ok()?))).collect(),
+        data.usages
+            .iter()
+            .filter_map(|u| Some((pod(u, ("sharing", u.sharing.as_str())), u.utilization_percent.ok()?)))
+            .collect(),
     );
     gauge_f(
         &mut registry,
         "nvidia_gpu_pod_memory_utilization_percent",
         "A pod's memory-controller utilization of a GPU",
-        data.usages.iter().filter_map(|u| Some((pod(u, ("sharing", u.sharing.as_str())), u.memory_utilization_percent?))).collect(),
+        data.usages
+            .iter()
+            .filter_map(|u| Some((pod(u, ("sharing", u.sharing.as_str())), u.memory_utilization_percent?)))
+            .collect(),
     );
     gauge_i(
         &mut registry,
@@ -148,7 +174,12 @@ fn reference_openmetrics(data: &SampleData) -> String {
         "1 for a pod whose share of a GPU cannot be measured, with the reason",
         vec![(pod(&data.usages[2], ("reason", "pod-uid-unknown")), 1)],
     );
-    gauge_i(&mut registry, "kube_gpu_metrics_build_info", "Build of the agent", vec![(labels(&[("version", env!("CARGO_PKG_VERSION"))]), 1)]);
+    gauge_i(
+        &mut registry,
+        "kube_gpu_metrics_build_info",
+        "Build of the agent",
+        vec![(labels(&[("version", env!("CARGO_PKG_VERSION"))]), 1)],
+    );
     let single_i = |registry: &mut Registry, name: &str, help: &str, v: i64| {
         let g = Gauge::<i64>::default();
         g.set(v);
@@ -160,7 +191,12 @@ fn reference_openmetrics(data: &SampleData) -> String {
         registry.register(name, help, g);
     };
     single_i(&mut registry, "kube_gpu_metrics_gpu_source_up", "1 when the GPU source (NVML) is initialised", 1);
-    single_i(&mut registry, "kube_gpu_metrics_pod_resources_up", "1 when the kubelet answered the last PodResources call", 1);
+    single_i(
+        &mut registry,
+        "kube_gpu_metrics_pod_resources_up",
+        "1 when the kubelet answered the last PodResources call",
+        1,
+    );
     single_f(&mut registry, "kube_gpu_metrics_sample_duration_seconds", "Duration of the last sample pass", 0.0015);
     single_f(
         &mut registry,
@@ -178,7 +214,11 @@ fn reference_openmetrics(data: &SampleData) -> String {
     for call in GpuCall::ALL {
         drop(errors.get_or_create(&labels(&[("call", call.as_str())])));
     }
-    registry.register("kube_gpu_metrics_nvml_errors", "Failed NVML calls, by call (not-supported answers are not errors)", errors);
+    registry.register(
+        "kube_gpu_metrics_nvml_errors",
+        "Failed NVML calls, by call (not-supported answers are not errors)",
+        errors,
+    );
     counter(
         &mut registry,
         "kube_gpu_metrics_gpu_read_timeouts",
@@ -241,7 +281,11 @@ fn unsupported_fields_and_lost_gpus_have_no_value_series() {
     let power: Vec<&str> = text.lines().filter(|l| l.starts_with("nvidia_gpu_power_watts{")).collect();
     assert_eq!(power.len(), 1, "{power:?}");
     assert!(power[0].contains("GPU-aaaa"));
-    assert!(text.contains("nvidia_gpu_up{node=\"mainpc\",gpu=\"2\",uuid=\"GPU-cccc\",model=\"NVIDIA GeForce RTX 4090\"} 0\n"));
+    assert!(
+        text.contains(
+            "nvidia_gpu_up{node=\"mainpc\",gpu=\"2\",uuid=\"GPU-cccc\",model=\"NVIDIA GeForce RTX 4090\"} 0\n"
+        )
+    );
     for line in text.lines().filter(|l| !l.starts_with('#') && l.contains("GPU-cccc")) {
         assert!(line.starts_with("nvidia_gpu_up{") || line.starts_with("nvidia_gpu_info{"), "lost GPU has {line}");
     }
@@ -274,7 +318,9 @@ fn counters_are_named_per_format() {
 fn gzip_bodies_inflate_to_the_plain_ones() {
     use std::io::Read;
     let exposition = render(&sample_data());
-    for (plain, zipped) in [(&exposition.text, &exposition.text_gzip), (&exposition.openmetrics, &exposition.openmetrics_gzip)] {
+    for (plain, zipped) in
+        [(&exposition.text, &exposition.text_gzip), (&exposition.openmetrics, &exposition.openmetrics_gzip)]
+    {
         let mut out = Vec::new();
         flate2::read::GzDecoder::new(&zipped[..]).read_to_end(&mut out).unwrap();
         assert_eq!(&out[..], &plain[..]);

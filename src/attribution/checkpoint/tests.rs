@@ -23,7 +23,8 @@ fn joins_numa_grouped_entries_on_container_and_devices() {
     )
     .unwrap();
     let mut checkpoint = Checkpoint::new(path);
-    let mut allocations = [allocation("main", &["GPU-x::1"]), allocation("main", &["GPU-x::0"]), allocation("other", &["GPU-x::0"])];
+    let mut allocations =
+        [allocation("main", &["GPU-x::1"]), allocation("main", &["GPU-x::0"]), allocation("other", &["GPU-x::0"])];
     checkpoint.fill_pod_uids(&mut allocations).unwrap();
     assert_eq!(allocations[0].pod_uid.as_deref(), Some("uid-b"));
     assert_eq!(allocations[1].pod_uid.as_deref(), Some("uid-a"));
