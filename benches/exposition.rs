@@ -149,7 +149,8 @@ fn prometheus_client_registry(data: &SampleData) -> prometheus_client::registry:
             ("model".into(), g.identity.model.clone()),
         ]
     };
-    let fields: [(&str, fn(&GpuReading) -> Option<f64>); 7] = [
+    type Field = fn(&GpuReading) -> Option<f64>;
+    let fields: [(&str, Field); 7] = [
         ("nvidia_gpu_utilization_percent", |r| r.utilization_percent),
         ("nvidia_gpu_memory_utilization_percent", |r| r.memory_utilization_percent),
         ("nvidia_gpu_memory_used_bytes", |r| r.memory_used_bytes.map(|v| v as f64)),
