@@ -14,6 +14,7 @@
 //! - [`standalone`] runs the whole pipeline on localhost with simulated GPUs.
 #![forbid(unsafe_code)]
 
+pub mod adapter;
 pub mod agent;
 pub mod attribution;
 pub mod feed;

@@ -7,6 +7,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use tokio::sync::watch;
 
+use kube_gpu_metrics::adapter::{self, AdapterArgs, AdapterSetup};
 use kube_gpu_metrics::agent::{self, AgentArgs, AgentSetup};
 use kube_gpu_metrics::attribution::AttributionArgs;
 use kube_gpu_metrics::gpu::GpuArgs;
@@ -35,6 +36,8 @@ enum Command {
         #[command(flatten)]
         attribution: AttributionArgs,
     },
+    /// Custom metrics API server: serves custom.metrics.k8s.io and external.metrics.k8s.io over HTTPS.
+    Adapter(AdapterArgs),
     /// The whole pipeline on localhost with simulated RTX 4090 and RTX 3060 nodes.
     Standalone(StandaloneArgs),
 }
@@ -72,8 +75,14 @@ async fn run(command: Command) -> anyhow::Result<()> {
             tracing::info!("agent listening on http://{}", running.addr);
             running.done.await.context("agent task failed")?;
         }
+        Command::Adapter(args) => {
+            let setup = AdapterSetup::from_args(args).await?;
+            let running = adapter::start(setup, shutdown_rx).await?;
+            tracing::info!("adapter listening on https://{}", running.addr);
+            running.done.await.context("adapter task failed")?;
+        }
         Command::Standalone(args) => {
-            standalone::run(args, shutdown_tx).await.context("standalone failed to start")?;
+            standalone::run(args, shutdown_tx).await.context("standalone failed")?;
         }
     }
     Ok(())

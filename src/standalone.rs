@@ -2,8 +2,12 @@
 //!
 //! Two agents, one per simulated node of the reference cluster: `mainpc` with
 //! an RTX 4090 and `pc2` with an RTX 3060, each time-sliced between the seed
-//! workloads, on consecutive ports. With `--gpu-source nvml` one agent reads
-//! the local GPUs instead.
+//! workloads, on consecutive ports; and the adapter over HTTPS, polling them.
+//! With `--gpu-source nvml` one agent reads the local GPUs instead.
+//!
+//! There is no kube-apiserver: the adapter has its own CA, authenticates
+//! clients by a certificate from it (written into a kubeconfig, so plain
+//! `kubectl get --raw` works) and allows every authenticated user.
 
 use std::io::{IsTerminal, Write};
 use std::net::{IpAddr, SocketAddr};
@@ -14,6 +18,13 @@ use std::time::Duration;
 use clap::Args;
 use tokio::sync::watch;
 
+use base64::Engine;
+
+use crate::adapter::auth::{Authenticator, Authorizer};
+use crate::adapter::collector::PollSettings;
+use crate::adapter::labels::{LabelIndex, LabelMaps};
+use crate::adapter::tls::{CertSource, LocalCa, PemPair};
+use crate::adapter::{AdapterSetup, RunningAdapter};
 use crate::agent::sampler::{AllocationSource, PidResolver};
 use crate::agent::{AgentArgs, AgentSetup, RunningAgent};
 use crate::gpu::GpuSourceKind;
@@ -49,6 +60,14 @@ pub struct StandaloneArgs {
     #[arg(long, env = "KGM_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub interval: Duration,
 
+    /// Port of the adapter (HTTPS). 0 picks a free port.
+    #[arg(long, env = "KGM_ADAPTER_PORT", default_value_t = 6443)]
+    pub adapter_port: u16,
+
+    /// Where the kubeconfig for the adapter is written.
+    #[arg(long, env = "KGM_KUBECONFIG_OUT", default_value = "standalone.kubeconfig")]
+    pub kubeconfig_out: PathBuf,
+
     /// Stop after this long (default: run until interrupted).
     #[arg(long, env = "KGM_DURATION", value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
@@ -68,14 +87,21 @@ fn agent_args(args: &StandaloneArgs, node: &str, offset: u16) -> AgentArgs {
     }
 }
 
-/// The agents `standalone` runs.
-pub fn setups(args: &StandaloneArgs) -> Vec<AgentSetup> {
-    match args.gpu_source {
+/// The agents `standalone` runs, and the labels of their simulated pods and
+/// nodes.
+pub fn setups(args: &StandaloneArgs) -> (Vec<AgentSetup>, LabelMaps) {
+    let mut labels = LabelMaps::default();
+    let agents = match args.gpu_source {
         GpuSourceKind::Sim => REFERENCE_NODES
             .iter()
             .zip(0..)
             .map(|(&(node, model), offset)| {
                 let sim = Arc::new(SimNode::new(node, &[model], args.seed));
+                let (pods, node_labels) = sim.labels();
+                for (namespace, pod, pod_labels) in pods {
+                    labels.pods.entry(namespace).or_default().insert(pod, pod_labels);
+                }
+                labels.nodes.insert(node.to_string(), node_labels);
                 AgentSetup {
                     agent: agent_args(args, node, offset),
                     opener: Arc::new(SimOpener(sim.clone())),
@@ -93,25 +119,100 @@ pub fn setups(args: &StandaloneArgs) -> Vec<AgentSetup> {
                 pids: PidResolver::proc("/proc".into()),
             }]
         }
-    }
+    };
+    (agents, labels)
+}
+
+/// A kubeconfig for the adapter: its CA, and a client certificate from it.
+pub fn kubeconfig(server: &str, ca_pem: &str, client: &PemPair) -> String {
+    let b64 = |s: &str| base64::engine::general_purpose::STANDARD.encode(s);
+    format!(
+        "apiVersion: v1
+kind: Config
+clusters:
+- name: kube-gpu-metrics-standalone
+  cluster:
+    server: {server}
+    certificate-authority-data: {}
+users:
+- name: standalone-admin
+  user:
+    client-certificate-data: {}
+    client-key-data: {}
+contexts:
+- name: kube-gpu-metrics-standalone
+  context:
+    cluster: kube-gpu-metrics-standalone
+    user: standalone-admin
+current-context: kube-gpu-metrics-standalone
+",
+        b64(ca_pem),
+        b64(&client.cert),
+        b64(&client.key),
+    )
+}
+
+/// Starts the adapter over the agents, with its own CA, and writes the
+/// kubeconfig.
+async fn start_adapter(
+    args: &StandaloneArgs,
+    agents: &[RunningAgent],
+    labels: LabelMaps,
+    shutdown: watch::Receiver<bool>,
+) -> anyhow::Result<RunningAdapter> {
+    let ca = LocalCa::new("kube-gpu-metrics standalone CA")?;
+    let host = args.host.to_string();
+    let serving = ca.serving(&["localhost", host.as_str()])?;
+    let client = ca.client("standalone-admin", &["system:masters"])?;
+    let (_tx, agents_rx) = watch::channel(agents.iter().map(|a| format!("http://{}", a.addr)).collect());
+    let setup = AdapterSetup {
+        listen: SocketAddr::new(args.host, args.adapter_port),
+        cert: CertSource::Fixed(serving),
+        tls_reload_interval: Duration::from_secs(3600),
+        client_ca: ca.cert_pem.clone(),
+        authenticator: Authenticator::ClientCertificate,
+        authorizer: Authorizer::AllowAll,
+        poll: PollSettings { interval: args.interval, timeout: Duration::from_millis(800), max_body_bytes: 8 << 20 },
+        max_age: None,
+        agents: agents_rx,
+        labels: Arc::new(LabelIndex::new(labels)),
+    };
+    let adapter = crate::adapter::start(setup, shutdown).await?;
+    let server = format!("https://{}", adapter.addr);
+    std::fs::write(&args.kubeconfig_out, kubeconfig(&server, &ca.cert_pem, &client))
+        .map_err(|e| anyhow::anyhow!("cannot write {} (--kubeconfig-out): {e}", args.kubeconfig_out.display()))?;
+    Ok(adapter)
 }
 
 /// Runs until `shutdown` turns true or `--duration` passes.
-pub async fn run(args: StandaloneArgs, shutdown_tx: watch::Sender<bool>) -> std::io::Result<()> {
+pub async fn run(args: StandaloneArgs, shutdown_tx: watch::Sender<bool>) -> anyhow::Result<()> {
     let shutdown = shutdown_tx.subscribe();
     let mut agents: Vec<RunningAgent> = Vec::new();
-    for setup in setups(&args) {
-        agents.push(crate::agent::start(setup, shutdown.clone()).await?);
+    let (setups, labels) = setups(&args);
+    for setup in setups {
+        let listen = setup.agent.listen;
+        let agent = crate::agent::start(setup, shutdown.clone())
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot listen on {listen} (--agent-port): {e}"))?;
+        agents.push(agent);
     }
+    let adapter = start_adapter(&args, &agents, labels, shutdown.clone()).await?;
 
     println!("kube-gpu-metrics standalone: the pipeline on localhost\n");
     for agent in &agents {
         let node = &agent.state.snapshot.load().data.node;
         println!("  agent {node:<8} http://{}/metrics   http://{}/v1/pods", agent.addr, agent.addr);
     }
+    let kubeconfig = args.kubeconfig_out.display();
+    println!("  adapter        https://{}   (kubeconfig: {kubeconfig})", adapter.addr);
     let first = agents[0].addr;
     println!("\nTry:\n  curl -s http://{first}/metrics | grep nvidia_gpu_utilization_percent");
-    println!("  curl -s http://{first}/v1/pods\n");
+    println!(
+        "  kubectl --kubeconfig {kubeconfig} get --raw \"/apis/custom.metrics.k8s.io/v1beta2/namespaces/ai-system-gpu/pods/*/nvidia_gpu_utilization_percent?labelSelector=app%3Dreasoning-suite\""
+    );
+    println!(
+        "  kubectl --kubeconfig {kubeconfig} get --raw \"/apis/external.metrics.k8s.io/v1beta1/namespaces/default/nvidia_gpu_weighted_utilization_percent\"\n"
+    );
 
     if let Some(duration) = args.duration {
         let tx = shutdown_tx.clone();
@@ -121,6 +222,7 @@ pub async fn run(args: StandaloneArgs, shutdown_tx: watch::Sender<bool>) -> std:
         });
     }
     status_loop(&agents, shutdown.clone()).await;
+    let _ = adapter.done.await;
     for agent in agents {
         let _ = agent.done.await;
     }

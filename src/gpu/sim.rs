@@ -135,6 +135,31 @@ impl SimNode {
             .collect()
     }
 
+    /// The simulated pods' labels (`app`, `pod-template-hash`) and the node's
+    /// (hostname and the GPU product, as GPU feature discovery labels it).
+    pub fn labels(&self) -> (Vec<(String, String, crate::adapter::labels::Labels)>, crate::adapter::labels::Labels) {
+        let pods = self
+            .gpus
+            .iter()
+            .flat_map(|g| &g.workloads)
+            .map(|w| {
+                let hash = w.pod.trim_start_matches(&w.app).trim_start_matches('-').split('-').next().unwrap_or("");
+                let labels = [("app", w.app.as_str()), ("pod-template-hash", hash)]
+                    .into_iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect();
+                (GPU_NAMESPACE.to_string(), w.pod.clone(), labels)
+            })
+            .collect();
+        let mut node = crate::adapter::labels::Labels::new();
+        node.insert("kubernetes.io/hostname".into(), self.node.clone());
+        if let Some(gpu) = self.gpus.first() {
+            node.insert("nvidia.com/gpu.product".into(), gpu.profile.name.replace(' ', "-"));
+            node.insert("nvidia.com/gpu.count".into(), self.gpus.len().to_string());
+        }
+        (pods, node)
+    }
+
     /// The pod UID a simulated PID belongs to.
     pub fn pod_uid_of(&self, pid: u32) -> Option<&str> {
         self.gpus.iter().flat_map(|g| &g.workloads).find(|w| w.pid == pid).map(|w| w.pod_uid.as_str())

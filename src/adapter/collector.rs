@@ -1,0 +1,177 @@
+//! Polls every agent's `/v1/pods` feed, concurrently, each with a timeout and
+//! a body size limit, and publishes the results to the store after each
+//! round.
+//!
+//! An agent that fails keeps its last good feed only until that feed ages
+//! past `--max-age` in the store; a garbled or oversized answer is refused
+//! whole. Other agents are never held up by a slow one.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use tokio::sync::watch;
+
+use super::store::MetricStore;
+use crate::feed::NodeFeed;
+
+/// Why one agent's feed could not be had.
+#[derive(Debug, thiserror::Error)]
+pub enum CollectError {
+    /// The URL is not usable.
+    #[error("agent URL {url:?} is invalid (--agent): {reason}")]
+    Url {
+        /// The URL.
+        url: String,
+        /// Why.
+        reason: String,
+    },
+    /// No answer in time.
+    #[error("agent {url} did not answer within {timeout:?}")]
+    Timeout {
+        /// The agent.
+        url: String,
+        /// The limit.
+        timeout: Duration,
+    },
+    /// Connection or HTTP failure.
+    #[error("agent {url}: {reason}")]
+    Http {
+        /// The agent.
+        url: String,
+        /// What happened.
+        reason: String,
+    },
+    /// The body was not a feed.
+    #[error("agent {url} sent a body that is not a feed: {source}")]
+    Decode {
+        /// The agent.
+        url: String,
+        /// Why.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+/// Polling settings.
+#[derive(Clone, Debug)]
+pub struct PollSettings {
+    /// Time between rounds.
+    pub interval: Duration,
+    /// Time one agent may take.
+    pub timeout: Duration,
+    /// Largest feed accepted, bytes.
+    pub max_body_bytes: usize,
+}
+
+/// Polls agents into the store.
+pub struct Collector {
+    settings: PollSettings,
+    client: Client<HttpConnector, Empty<Bytes>>,
+    store: Arc<MetricStore>,
+    agents: watch::Receiver<Vec<String>>,
+    last: HashMap<String, Arc<NodeFeed>>,
+    failing: HashMap<String, bool>,
+    /// Set after the first round.
+    pub polled_once: Arc<AtomicBool>,
+}
+
+/// Decodes a feed body.
+pub fn decode_feed(url: &str, body: &[u8]) -> Result<NodeFeed, CollectError> {
+    serde_json::from_slice(body).map_err(|source| CollectError::Decode { url: url.to_string(), source })
+}
+
+impl Collector {
+    /// A collector of the agents `agents` lists (base URLs like
+    /// `http://10.42.0.7:9402`), publishing into `store`.
+    pub fn new(settings: PollSettings, store: Arc<MetricStore>, agents: watch::Receiver<Vec<String>>) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(settings.timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
+        Self {
+            settings,
+            client,
+            store,
+            agents,
+            last: HashMap::new(),
+            failing: HashMap::new(),
+            polled_once: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Fetches one agent's feed.
+    pub async fn fetch(&self, base: &str) -> Result<NodeFeed, CollectError> {
+        let url = format!("{}/v1/pods", base.trim_end_matches('/'));
+        let uri: http::Uri = url
+            .parse()
+            .map_err(|e: http::uri::InvalidUri| CollectError::Url { url: base.to_string(), reason: e.to_string() })?;
+        let timeout = self.settings.timeout;
+        let work = async {
+            let response = self
+                .client
+                .get(uri)
+                .await
+                .map_err(|e| CollectError::Http { url: base.to_string(), reason: e.to_string() })?;
+            if !response.status().is_success() {
+                return Err(CollectError::Http {
+                    url: base.to_string(),
+                    reason: format!("HTTP {}", response.status()),
+                });
+            }
+            let limited = Limited::new(response.into_body(), self.settings.max_body_bytes);
+            let body = limited.collect().await.map_err(|e| CollectError::Http {
+                url: base.to_string(),
+                reason: format!("reading the body (limit {} bytes): {e}", self.settings.max_body_bytes),
+            })?;
+            decode_feed(base, &body.to_bytes())
+        };
+        tokio::time::timeout(timeout, work)
+            .await
+            .unwrap_or(Err(CollectError::Timeout { url: base.to_string(), timeout }))
+    }
+
+    /// One round: every agent at once, then one publish.
+    pub async fn poll_once(&mut self) {
+        let agents = self.agents.borrow().clone();
+        let results = futures::future::join_all(agents.iter().map(|a| self.fetch(a))).await;
+        for (agent, result) in agents.iter().zip(results) {
+            match result {
+                Ok(feed) => {
+                    if self.failing.remove(agent) == Some(true) {
+                        tracing::info!(agent, "agent answers again");
+                    }
+                    self.last.insert(agent.clone(), Arc::new(feed));
+                }
+                Err(e) => {
+                    if !self.failing.insert(agent.clone(), true).unwrap_or(false) {
+                        tracing::warn!(error = %e, "agent feed unavailable; its pods drop out after --max-age");
+                    }
+                }
+            }
+        }
+        self.last.retain(|agent, _| agents.contains(agent));
+        self.failing.retain(|agent, _| agents.contains(agent));
+        let feeds: Vec<Arc<NodeFeed>> = self.last.values().cloned().collect();
+        self.store.publish(&feeds);
+        self.polled_once.store(true, Ordering::Release);
+    }
+
+    /// Polls until `shutdown` turns true.
+    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
+        let mut tick = tokio::time::interval(self.settings.interval);
+        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.poll_once().await,
+                _ = crate::agent::stopped(&mut shutdown) => return,
+            }
+        }
+    }
+}

@@ -1,0 +1,174 @@
+//! The adapter's HTTPS server: TLS, then authentication, method, route,
+//! authorization and the answer, every failure a Kubernetes `Status`.
+//!
+//! Order of checks, as kube-apiserver does it: health endpoints answer
+//! anyone (probes carry no certificate); everything else needs an
+//! authenticated user (401); only GET is served (405); an unknown path is
+//! 404; a query needs authorization (403); discovery and OpenAPI documents
+//! are served to any authenticated user, as the aggregator's availability
+//! check expects.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, SystemTime};
+
+use bytes::Bytes;
+use http::{HeaderValue, Method, Request, Response, StatusCode, header};
+use http_body_util::Full;
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use rustls::pki_types::CertificateDer;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+use tokio_rustls::TlsAcceptor;
+
+use super::api::{ApiError, MetricsApi, Query, Route, route};
+use super::auth::{Attributes, Authenticator, Authorizer};
+use super::tls::ClientCa;
+
+/// How long a client may take for the TLS handshake and its headers.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Request heads beyond this are refused (431).
+const MAX_HEAD_BYTES: usize = 32 * 1024;
+/// GET needs no body; one announced beyond this is refused (413).
+const MAX_BODY_BYTES: u64 = 64 * 1024;
+/// How long in-flight requests get on shutdown.
+const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
+
+/// What a request is answered with.
+pub struct AdapterService {
+    /// The API.
+    pub api: MetricsApi,
+    /// Authentication.
+    pub authenticator: Authenticator,
+    /// Authorization.
+    pub authorizer: Authorizer,
+    /// Ready once the first poll round finished.
+    pub ready: Arc<AtomicBool>,
+}
+
+fn json(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(body));
+    *response.status_mut() = status;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}
+
+fn status(error: &ApiError) -> Response<Full<Bytes>> {
+    json(error.code, error.to_body())
+}
+
+impl AdapterService {
+    /// Answers one request from a client with the given verified certificate.
+    pub async fn handle<B>(&self, req: &Request<B>, peer: Option<&CertificateDer<'_>>) -> Response<Full<Bytes>> {
+        match self.answer(req, peer).await {
+            Ok(response) => response,
+            Err(error) => {
+                tracing::debug!(
+                    path = req.uri().path(),
+                    code = error.code.as_u16(),
+                    message = error.message,
+                    "refused"
+                );
+                status(&error)
+            }
+        }
+    }
+
+    async fn answer<B>(
+        &self,
+        req: &Request<B>,
+        peer: Option<&CertificateDer<'_>>,
+    ) -> Result<Response<Full<Bytes>>, ApiError> {
+        let path = req.uri().path();
+        if matches!(path, "/healthz" | "/livez" | "/readyz") {
+            let ready = path != "/readyz" || self.ready.load(Ordering::Acquire);
+            return Ok(if ready {
+                json(StatusCode::OK, Bytes::from_static(b"ok"))
+            } else {
+                status(&ApiError::unavailable("not ready: no agent poll round has finished yet"))
+            });
+        }
+        let user = self.authenticator.authenticate(peer, req.headers())?;
+        if req.method() != Method::GET {
+            return Err(ApiError::method_not_allowed(req.method().as_str()));
+        }
+        let announced = req.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+        if announced.is_some_and(|n| n > MAX_BODY_BYTES) {
+            return Err(ApiError::too_large(format!("request body larger than {MAX_BODY_BYTES} bytes")));
+        }
+        let route: Route = route(path)?;
+        let query = Query::parse(req.uri().query())?;
+        if let Some(attrs) = Attributes::of(&route) {
+            self.authorizer.authorize(&user, &attrs).await?;
+        }
+        Ok(json(StatusCode::OK, self.api.respond(&route, &query, SystemTime::now())?))
+    }
+}
+
+/// Serves HTTPS until `shutdown` turns true, then drains connections.
+pub async fn serve(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    client_ca: ClientCa,
+    service: Arc<AdapterService>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let graceful = GracefulShutdown::new();
+    let mut builder = http1::Builder::new();
+    builder.timer(TokioTimer::new()).header_read_timeout(HANDSHAKE_TIMEOUT).max_buf_size(MAX_HEAD_BYTES);
+    let builder = Arc::new(builder);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, _) = match accepted {
+                    Ok(conn) => conn,
+                    Err(e) => {
+                        tracing::warn!(error = %e, "accept failed");
+                        tokio::time::sleep(Duration::from_millis(100)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let (acceptor, service, watcher, builder) = (acceptor.clone(), service.clone(), graceful.watcher(), builder.clone());
+                let client_ca = client_ca.clone();
+                tokio::spawn(async move {
+                    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(tls)) => tls,
+                        Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
+                        Err(_) => return tracing::debug!("TLS handshake timed out"),
+                    };
+                    // Only a certificate the trusted CA signed names a user.
+                    let peer: Option<CertificateDer<'static>> = match tls.get_ref().1.peer_certificates() {
+                        Some(chain) => match client_ca.verify(chain) {
+                            Ok(()) => chain.first().map(|c| c.clone().into_owned()),
+                            Err(e) => {
+                                tracing::debug!(error = %e, "client certificate not trusted");
+                                None
+                            }
+                        },
+                        None => None,
+                    };
+                    let peer = Arc::new(peer);
+                    let svc = service_fn(move |req| {
+                        let (service, peer) = (service.clone(), peer.clone());
+                        async move { Ok::<_, Infallible>(service.handle(&req, peer.as_ref().as_ref()).await) }
+                    });
+                    let conn = watcher.watch(builder.serve_connection(TokioIo::new(tls), svc));
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                });
+            }
+            _ = crate::agent::stopped(&mut shutdown) => break,
+        }
+    }
+    drop(listener);
+    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
+        tracing::warn!("connections still open after the shutdown grace period; closing");
+    }
+}
