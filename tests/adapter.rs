@@ -1,0 +1,466 @@
+//! The real `kube-gpu-metrics adapter` binary over HTTPS: certificates made
+//! with rcgen, agents and a kube-apiserver faked on loopback, every answer
+//! checked as bytes and JSON.
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use kube_gpu_metrics::adapter::tls::{LocalCa, PemPair};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const BIN: &str = env!("CARGO_BIN_EXE_kube-gpu-metrics");
+const PODS: &str = "/apis/custom.metrics.k8s.io/v1beta2/namespaces/ai-system-gpu/pods";
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64
+}
+
+/// A node feed as an agent serves it, sampled `age_ms` ago.
+fn feed(node: &str, age_ms: u64, pods: &[(&str, f64)]) -> Vec<u8> {
+    let uuid = format!("GPU-{node}");
+    let pods: Vec<Value> = pods
+        .iter()
+        .map(|(name, util)| json!({"namespace": "ai-system-gpu", "pod": name, "gpus": [uuid], "sharing": "exclusive", "utilizationPercent": util}))
+        .collect();
+    serde_json::to_vec(&json!({
+        "node": node,
+        "timestampMs": now_ms() - age_ms,
+        "intervalMs": 1000,
+        "gpus": [{"index": 0, "uuid": uuid, "model": "NVIDIA GeForce RTX 4090", "up": true, "utilizationPercent": 55.0, "memoryUsedBytes": 1024}],
+        "pods": pods,
+    }))
+    .unwrap()
+}
+
+type Handler = Arc<dyn Fn(&http::Request<hyper::body::Incoming>) -> (u16, Vec<u8>) + Send + Sync>;
+
+/// A plain HTTP server on loopback, answering with `handler`, on its own thread.
+fn serve_http(handler: Handler) -> SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let handler = handler.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let (status, body) = handler(&req);
+                        async move {
+                            let mut response = http::Response::new(Full::new(Bytes::from(body)));
+                            *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                            response.headers_mut().insert("content-type", "application/json".parse().unwrap());
+                            Ok::<_, std::convert::Infallible>(response)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+    });
+    rx.recv_timeout(Duration::from_secs(5)).unwrap()
+}
+
+/// What a fake agent answers: a feed stamped at request time, or raw bytes.
+#[derive(Clone)]
+enum AgentAnswer {
+    Feed { node: &'static str, age_ms: u64, pods: Vec<(&'static str, f64)> },
+    Raw(u16, Vec<u8>),
+}
+
+/// An agent whose answer the test sets.
+#[derive(Clone)]
+struct FakeAgent(Arc<Mutex<AgentAnswer>>);
+
+impl FakeAgent {
+    fn start(node: &'static str, pods: &[(&'static str, f64)]) -> (FakeAgent, SocketAddr) {
+        let agent = FakeAgent(Arc::new(Mutex::new(AgentAnswer::Feed { node, age_ms: 0, pods: pods.to_vec() })));
+        let state = agent.0.clone();
+        let addr = serve_http(Arc::new(move |req| {
+            assert_eq!(req.uri().path(), "/v1/pods");
+            match state.lock().unwrap().clone() {
+                AgentAnswer::Feed { node, age_ms, pods } => (200, feed(node, age_ms, &pods)),
+                AgentAnswer::Raw(status, body) => (status, body),
+            }
+        }));
+        (agent, addr)
+    }
+
+    fn set(&self, answer: AgentAnswer) {
+        *self.0.lock().unwrap() = answer;
+    }
+}
+
+/// The certificates of a test cluster.
+struct Pki {
+    dir: tempfile::TempDir,
+    serving_ca: LocalCa,
+    front_proxy_ca: LocalCa,
+    aggregator: PemPair,
+}
+
+impl Pki {
+    fn new() -> Pki {
+        let dir = tempfile::tempdir().unwrap();
+        let serving_ca = LocalCa::new("serving-ca").unwrap();
+        let front_proxy_ca = LocalCa::new("front-proxy-ca").unwrap();
+        let aggregator = front_proxy_ca.client("front-proxy-client", &[]).unwrap();
+        let serving = serving_ca.serving(&["localhost", "127.0.0.1"]).unwrap();
+        std::fs::write(dir.path().join("tls.crt"), &serving.cert).unwrap();
+        std::fs::write(dir.path().join("tls.key"), &serving.key).unwrap();
+        std::fs::write(dir.path().join("front-proxy-ca.crt"), &front_proxy_ca.cert_pem).unwrap();
+        Pki { dir, serving_ca, front_proxy_ca, aggregator }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn flags(&self) -> Vec<String> {
+        let p = |n: &str| self.path(n).display().to_string();
+        vec![
+            "--tls-cert-file".into(),
+            p("tls.crt"),
+            "--tls-private-key-file".into(),
+            p("tls.key"),
+            "--tls-reload-interval".into(),
+            "200ms".into(),
+            "--requestheader-client-ca-file".into(),
+            p("front-proxy-ca.crt"),
+            "--requestheader-allowed-names".into(),
+            "front-proxy-client".into(),
+        ]
+    }
+}
+
+struct Adapter {
+    child: Child,
+    addr: SocketAddr,
+}
+
+impl Adapter {
+    fn start(pki: &Pki, agents: &[SocketAddr], extra: &[&str], kubeconfig: Option<&Path>) -> Adapter {
+        let agents: Vec<String> = agents.iter().map(|a| format!("http://{a}")).collect();
+        let mut cmd = Command::new(BIN);
+        cmd.args(["adapter", "--secure-listen", "127.0.0.1:0", "--discover-agents=false", "--poll-interval", "200ms"])
+            .args(pki.flags())
+            .args(["--agent", &agents.join(",")])
+            .args(extra)
+            .env("KGM_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        match kubeconfig {
+            Some(path) => cmd.env("KUBECONFIG", path),
+            None => cmd.env_remove("KUBECONFIG"),
+        };
+        let mut child = cmd.spawn().unwrap();
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(addr) = line.split("adapter listening on https://").nth(1) {
+                    let _ = tx.send(addr.trim().parse::<SocketAddr>().unwrap());
+                }
+                eprintln!("adapter: {line}");
+            }
+        });
+        let addr = rx.recv_timeout(Duration::from_secs(20)).expect("adapter printed its address");
+        Adapter { child, addr }
+    }
+}
+
+impl Drop for Adapter {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+struct Answer {
+    status: u16,
+    body: Value,
+    server_cert: Vec<u8>,
+}
+
+/// One HTTPS request, trusting `ca`, presenting `client` if given.
+async fn https(
+    addr: SocketAddr,
+    ca: &str,
+    client: Option<&PemPair>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Answer {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(ca.as_bytes()).unwrap()).unwrap();
+    let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+    let config = match client {
+        Some(pair) => builder
+            .with_client_auth_cert(
+                vec![CertificateDer::from_pem_slice(pair.cert.as_bytes()).unwrap()],
+                PrivateKeyDer::from_pem_slice(pair.key.as_bytes()).unwrap(),
+            )
+            .unwrap(),
+        None => builder.with_no_client_auth(),
+    };
+    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut tls = connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
+    let server_cert = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+    let mut request = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    tls.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    let _ = tls.read_to_end(&mut raw).await;
+    let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head");
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let status = head.split(' ').nth(1).unwrap().parse().unwrap();
+    assert!(head.to_ascii_lowercase().contains("content-type: application/json"), "{head}");
+    let body = serde_json::from_slice(&raw[split + 4..]).unwrap_or(Value::Null);
+    Answer { status, body, server_cert }
+}
+
+/// A request through the aggregation layer, as kube-apiserver sends it.
+async fn via_aggregator(pki: &Pki, adapter: &Adapter, path: &str) -> Answer {
+    let headers = [
+        ("X-Remote-User", "system:serviceaccount:kube-system:horizontal-pod-autoscaler"),
+        ("X-Remote-Group", "system:serviceaccounts"),
+    ];
+    https(adapter.addr, &pki.serving_ca.cert_pem, Some(&pki.aggregator), "GET", path, &headers).await
+}
+
+async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !check().await {
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn assert_status(answer: &Answer, code: u16, reason: &str) {
+    assert_eq!(answer.status, code, "{}", answer.body);
+    assert_eq!(answer.body["kind"], "Status");
+    assert_eq!(answer.body["apiVersion"], "v1");
+    assert_eq!(answer.body["status"], "Failure");
+    assert_eq!(answer.body["reason"], reason);
+    assert_eq!(answer.body["code"], code);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serves_discovery_and_values_through_the_aggregation_layer() {
+    let pki = Pki::new();
+    let (_agent, agent_addr) = FakeAgent::start("mainpc", &[("reasoning-suite-a", 42.5), ("reasoning-suite-b", 70.0)]);
+    let adapter = Adapter::start(&pki, &[agent_addr], &["--authorization-mode", "always-allow"], None);
+
+    // The aggregator's availability check: discovery, authenticated, no SAR.
+    let discovery = via_aggregator(&pki, &adapter, "/apis/custom.metrics.k8s.io/v1beta2").await;
+    assert_eq!(discovery.status, 200);
+    assert_eq!(discovery.body["kind"], "APIResourceList");
+    assert!(
+        discovery.body["resources"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|r| r["name"] == "pods/nvidia_gpu_utilization_percent")
+    );
+    assert_eq!(via_aggregator(&pki, &adapter, "/apis/external.metrics.k8s.io/v1beta1").await.status, 200);
+    assert_eq!(via_aggregator(&pki, &adapter, "/openapi/v2").await.body["swagger"], "2.0");
+
+    let path = format!("{PODS}/%2A/nvidia_gpu_utilization_percent");
+    let mut body = Value::Null;
+    until("values", async || {
+        body = via_aggregator(&pki, &adapter, &path).await.body;
+        body["items"].as_array().is_some_and(|i| i.len() == 2)
+    })
+    .await;
+    assert_eq!(body["kind"], "MetricValueList");
+    assert_eq!(body["items"][0]["describedObject"]["name"], "reasoning-suite-a");
+    assert_eq!(body["items"][0]["value"], "42500m");
+    assert_eq!(body["items"][1]["value"], "70");
+    assert_eq!(body["items"][0]["windowSeconds"], 1);
+
+    let v1 = via_aggregator(&pki, &adapter, "/apis/custom.metrics.k8s.io/v1beta1/namespaces/ai-system-gpu/pods/reasoning-suite-b/nvidia_gpu_utilization_percent").await;
+    assert_eq!(v1.body["items"][0]["metricName"], "nvidia_gpu_utilization_percent");
+    assert_eq!(v1.body["items"][0]["window"], 1);
+    let node = via_aggregator(
+        &pki,
+        &adapter,
+        "/apis/custom.metrics.k8s.io/v1beta2/nodes/mainpc/nvidia_gpu_utilization_percent",
+    )
+    .await;
+    assert_eq!(node.body["items"][0]["value"], "55");
+
+    // Health endpoints answer probes, which carry no certificate.
+    let health = https(adapter.addr, &pki.serving_ca.cert_pem, None, "GET", "/readyz", &[]).await;
+    assert_eq!(health.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_is_a_status_with_the_right_code() {
+    let pki = Pki::new();
+    let (_agent, agent_addr) = FakeAgent::start("mainpc", &[("p", 1.0)]);
+    let adapter = Adapter::start(&pki, &[agent_addr], &["--authorization-mode", "always-allow"], None);
+    let ca = pki.serving_ca.cert_pem.as_str();
+    let path = format!("{PODS}/%2A/nvidia_gpu_utilization_percent");
+
+    // No certificate, a certificate from another CA, a name not allowed, no user header: 401.
+    assert_status(&https(adapter.addr, ca, None, "GET", &path, &[]).await, 401, "Unauthorized");
+    let stranger = LocalCa::new("evil-ca").unwrap().client("front-proxy-client", &[]).unwrap();
+    let answer = https(adapter.addr, ca, Some(&stranger), "GET", &path, &[("X-Remote-User", "admin")]).await;
+    assert_status(&answer, 401, "Unauthorized");
+    let other_name = pki.front_proxy_ca.client("someone-else", &[]).unwrap();
+    let answer = https(adapter.addr, ca, Some(&other_name), "GET", &path, &[("X-Remote-User", "admin")]).await;
+    assert_status(&answer, 401, "Unauthorized");
+    assert_status(&https(adapter.addr, ca, Some(&pki.aggregator), "GET", &path, &[]).await, 401, "Unauthorized");
+
+    let user = [("X-Remote-User", "admin")];
+    let answer = https(adapter.addr, ca, Some(&pki.aggregator), "POST", &path, &user).await;
+    assert_status(&answer, 405, "MethodNotAllowed");
+    let answer = via_aggregator(&pki, &adapter, &format!("{path}?labelSelector=app%3D%3D%3Dx")).await;
+    assert_status(&answer, 400, "BadRequest");
+    assert!(answer.body["message"].as_str().unwrap().contains("labelSelector"));
+    assert_status(&via_aggregator(&pki, &adapter, &format!("{PODS}/%2A/cpu")).await, 404, "NotFound");
+    assert_status(&via_aggregator(&pki, &adapter, "/apis/custom.metrics.k8s.io/v9").await, 404, "NotFound");
+    assert_status(
+        &via_aggregator(&pki, &adapter, "/apis/custom.metrics.k8s.io/v1beta2/namespaces/x/pods/..%2Fsecret/m").await,
+        404,
+        "NotFound",
+    );
+    let big = https(
+        adapter.addr,
+        ca,
+        Some(&pki.aggregator),
+        "GET",
+        &path,
+        &[("X-Remote-User", "a"), ("Content-Length", "10000000")],
+    )
+    .await;
+    assert_status(&big, 413, "RequestEntityTooLarge");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_subject_access_review_denial_is_403() {
+    let pki = Pki::new();
+    let (_agent, agent_addr) = FakeAgent::start("mainpc", &[("p", 1.0)]);
+    // kube-apiserver, as far as the adapter sees it: SubjectAccessReviews
+    // answered from a recorded denial.
+    let reviews = Arc::new(AtomicBool::new(false));
+    let seen = reviews.clone();
+    let apiserver = serve_http(Arc::new(move |req| {
+        if req.uri().path() == "/apis/authorization.k8s.io/v1/subjectaccessreviews" {
+            seen.store(true, Ordering::SeqCst);
+            (
+                201,
+                serde_json::to_vec(&json!({
+                    "kind": "SubjectAccessReview", "apiVersion": "authorization.k8s.io/v1",
+                    "metadata": {}, "spec": {}, "status": {"allowed": false, "reason": "no RBAC policy matched"}
+                }))
+                .unwrap(),
+            )
+        } else {
+            (404, serde_json::to_vec(&json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound"})).unwrap())
+        }
+    }));
+    let kubeconfig = pki.path("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://{apiserver}\nusers:\n- name: u\n  user:\n    token: test\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\n"
+        ),
+    )
+    .unwrap();
+    let adapter =
+        Adapter::start(&pki, &[agent_addr], &["--authorization-mode", "subject-access-review"], Some(&kubeconfig));
+    let path = format!("{PODS}/%2A/nvidia_gpu_utilization_percent");
+    let answer = via_aggregator(&pki, &adapter, &path).await;
+    assert_status(&answer, 403, "Forbidden");
+    let message = answer.body["message"].as_str().unwrap();
+    assert!(message.contains("horizontal-pod-autoscaler") && message.contains("no RBAC policy matched"), "{message}");
+    assert!(reviews.load(Ordering::SeqCst));
+    // Discovery needs no review.
+    assert_eq!(via_aggregator(&pki, &adapter, "/apis/custom.metrics.k8s.io/v1beta1").await.status, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_garbled_and_oversized_feeds_are_never_served() {
+    let pki = Pki::new();
+    let (good, good_addr) = FakeAgent::start("mainpc", &[("fresh", 10.0)]);
+    let (bad, bad_addr) = FakeAgent::start("pc2", &[("soon-stale", 20.0)]);
+    let adapter = Adapter::start(
+        &pki,
+        &[good_addr, bad_addr],
+        &["--authorization-mode", "always-allow", "--max-feed-bytes", "4096"],
+        None,
+    );
+    let path = format!("{PODS}/%2A/nvidia_gpu_utilization_percent");
+    let names = async || -> Vec<String> {
+        let body = via_aggregator(&pki, &adapter, &path).await.body;
+        body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["describedObject"]["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    until("both agents", async || names().await.len() == 2).await;
+
+    // The second agent starts sending garbage: its pods drop out after max-age (3 s).
+    bad.set(AgentAnswer::Raw(200, b"{not json".to_vec()));
+    let started = Instant::now();
+    until("stale pods dropped", async || names().await == ["fresh"]).await;
+    assert!(started.elapsed() >= Duration::from_millis(1500), "dropped before max-age: {:?}", started.elapsed());
+    let by_name = via_aggregator(&pki, &adapter, &format!("{PODS}/soon-stale/nvidia_gpu_utilization_percent")).await;
+    assert_status(&by_name, 404, "NotFound");
+
+    // An oversized body is refused whole; an old sample is refused at once.
+    bad.set(AgentAnswer::Feed { node: "pc2", age_ms: 0, pods: vec![("huge", 1.0); 200] });
+    good.set(AgentAnswer::Feed { node: "mainpc", age_ms: 60_000, pods: vec![("fresh", 10.0)] });
+    until("nothing served", async || names().await.is_empty()).await;
+
+    good.set(AgentAnswer::Feed { node: "mainpc", age_ms: 0, pods: vec![("fresh", 11.0)] });
+    until("fresh again", async || names().await == ["fresh"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replaced_certificate_is_served_without_restart() {
+    let pki = Pki::new();
+    let (_agent, agent_addr) = FakeAgent::start("mainpc", &[]);
+    let adapter = Adapter::start(&pki, &[agent_addr], &["--authorization-mode", "always-allow"], None);
+    let before = via_aggregator(&pki, &adapter, "/apis").await.server_cert;
+
+    // An invalid replacement is refused; the old certificate keeps serving.
+    std::fs::write(pki.path("tls.crt"), "garbage").unwrap();
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    assert_eq!(via_aggregator(&pki, &adapter, "/apis").await.server_cert, before);
+
+    let rotated = pki.serving_ca.serving(&["localhost", "127.0.0.1"]).unwrap();
+    std::fs::write(pki.path("tls.key"), &rotated.key).unwrap();
+    std::fs::write(pki.path("tls.crt"), &rotated.cert).unwrap();
+    let mut after = before.clone();
+    until("the new certificate", async || {
+        after = via_aggregator(&pki, &adapter, "/apis").await.server_cert;
+        after != before
+    })
+    .await;
+    assert_eq!(after, CertificateDer::from_pem_slice(rotated.cert.as_bytes()).unwrap().to_vec());
+}
