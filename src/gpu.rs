@@ -6,6 +6,7 @@
 
 pub mod model;
 pub mod nvml;
+pub mod scenario;
 pub mod sim;
 
 use std::path::PathBuf;

@@ -11,6 +11,9 @@
 //! - [`attribution`] works out which pod uses which GPU.
 //! - [`agent`] samples both on an interval into an immutable [`agent::snapshot::Snapshot`]
 //!   and serves it: Prometheus `/metrics` and the per-pod [`feed`].
+//! - [`adapter`] polls the agents and serves the custom and external metrics
+//!   APIs over HTTPS.
+//! - [`hpa`] is the HorizontalPodAutoscaler's algorithm, for `hpa-preview`.
 //! - [`standalone`] runs the whole pipeline on localhost with simulated GPUs.
 #![forbid(unsafe_code)]
 
@@ -19,4 +22,5 @@ pub mod agent;
 pub mod attribution;
 pub mod feed;
 pub mod gpu;
+pub mod hpa;
 pub mod standalone;

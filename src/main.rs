@@ -11,6 +11,7 @@ use kube_gpu_metrics::adapter::{self, AdapterArgs, AdapterSetup};
 use kube_gpu_metrics::agent::{self, AgentArgs, AgentSetup};
 use kube_gpu_metrics::attribution::AttributionArgs;
 use kube_gpu_metrics::gpu::GpuArgs;
+use kube_gpu_metrics::hpa::preview::{self, PreviewArgs};
 use kube_gpu_metrics::standalone::{self, StandaloneArgs};
 
 /// GPU-aware autoscaling metrics for Kubernetes.
@@ -40,6 +41,8 @@ enum Command {
     Adapter(AdapterArgs),
     /// The whole pipeline on localhost with simulated RTX 4090 and RTX 3060 nodes.
     Standalone(StandaloneArgs),
+    /// What an HPA manifest would decide with the served metrics, and why.
+    HpaPreview(PreviewArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -80,6 +83,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let running = adapter::start(setup, shutdown_rx).await?;
             tracing::info!("adapter listening on https://{}", running.addr);
             running.done.await.context("adapter task failed")?;
+        }
+        Command::HpaPreview(args) => {
+            println!("{}", preview::run(&args).await?);
         }
         Command::Standalone(args) => {
             standalone::run(args, shutdown_tx).await.context("standalone failed")?;

@@ -30,7 +30,10 @@ use crate::agent::{AgentArgs, AgentSetup, RunningAgent};
 use crate::gpu::GpuSourceKind;
 use crate::gpu::model::GpuModelId;
 use crate::gpu::nvml::NvmlOpener;
+use crate::gpu::scenario::{Scenario, ScenarioError};
 use crate::gpu::sim::{SimNode, SimOpener};
+use crate::hpa::preview::{HpaSpec, MetricSpec, parse_hpa};
+use crate::hpa::{Autoscaler, PodValue};
 
 /// Flags of `standalone`.
 #[derive(Clone, Debug, Args)]
@@ -68,6 +71,11 @@ pub struct StandaloneArgs {
     #[arg(long, env = "KGM_KUBECONFIG_OUT", default_value = "standalone.kubeconfig")]
     pub kubeconfig_out: PathBuf,
 
+    /// A YAML file scripting the simulated load per workload (see
+    /// `hack/scenarios/`); unnamed workloads keep their moving load.
+    #[arg(long, env = "KGM_SCENARIO")]
+    pub scenario: Option<PathBuf>,
+
     /// Stop after this long (default: run until interrupted).
     #[arg(long, env = "KGM_DURATION", value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
@@ -89,14 +97,20 @@ fn agent_args(args: &StandaloneArgs, node: &str, offset: u16) -> AgentArgs {
 
 /// The agents `standalone` runs, and the labels of their simulated pods and
 /// nodes.
-pub fn setups(args: &StandaloneArgs) -> (Vec<AgentSetup>, LabelMaps) {
+pub fn setups(args: &StandaloneArgs) -> Result<(Vec<AgentSetup>, LabelMaps), ScenarioError> {
+    let scenario = args.scenario.as_deref().map(Scenario::read).transpose()?;
+    let start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
     let mut labels = LabelMaps::default();
     let agents = match args.gpu_source {
         GpuSourceKind::Sim => REFERENCE_NODES
             .iter()
             .zip(0..)
             .map(|(&(node, model), offset)| {
-                let sim = Arc::new(SimNode::new(node, &[model], args.seed));
+                let mut sim = SimNode::new(node, &[model], args.seed);
+                if let Some(scenario) = &scenario {
+                    sim = sim.with_scenario(scenario.clone(), start);
+                }
+                let sim = Arc::new(sim);
                 let (pods, node_labels) = sim.labels();
                 for (namespace, pod, pod_labels) in pods {
                     labels.pods.entry(namespace).or_default().insert(pod, pod_labels);
@@ -120,7 +134,7 @@ pub fn setups(args: &StandaloneArgs) -> (Vec<AgentSetup>, LabelMaps) {
             }]
         }
     };
-    (agents, labels)
+    Ok((agents, labels))
 }
 
 /// A kubeconfig for the adapter: its CA, and a client certificate from it.
@@ -188,7 +202,7 @@ async fn start_adapter(
 pub async fn run(args: StandaloneArgs, shutdown_tx: watch::Sender<bool>) -> anyhow::Result<()> {
     let shutdown = shutdown_tx.subscribe();
     let mut agents: Vec<RunningAgent> = Vec::new();
-    let (setups, labels) = setups(&args);
+    let (setups, labels) = setups(&args)?;
     for setup in setups {
         let listen = setup.agent.listen;
         let agent = crate::agent::start(setup, shutdown.clone())
@@ -221,7 +235,7 @@ pub async fn run(args: StandaloneArgs, shutdown_tx: watch::Sender<bool>) -> anyh
             let _ = tx.send(true);
         });
     }
-    status_loop(&agents, shutdown.clone()).await;
+    status_loop(&agents, &adapter, shutdown.clone()).await;
     let _ = adapter.done.await;
     for agent in agents {
         let _ = agent.done.await;
@@ -231,9 +245,13 @@ pub async fn run(args: StandaloneArgs, shutdown_tx: watch::Sender<bool>) -> anyh
 
 /// Prints one status line per second: rewritten in place on a terminal,
 /// every tenth second otherwise (logs stay readable).
-async fn status_loop(agents: &[RunningAgent], mut shutdown: watch::Receiver<bool>) {
+async fn status_loop(agents: &[RunningAgent], adapter: &RunningAdapter, mut shutdown: watch::Receiver<bool>) {
     let tty = std::io::stdout().is_terminal();
-    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    let hpa = parse_hpa(REFERENCE_HPA).expect("the embedded reference HPA parses");
+    let mut autoscaler = Autoscaler::default();
+    // The first line waits for the first poll round to reach the adapter.
+    let mut tick =
+        tokio::time::interval_at(tokio::time::Instant::now() + Duration::from_secs(2), Duration::from_secs(1));
     let mut n: u64 = 0;
     loop {
         tokio::select! {
@@ -244,13 +262,46 @@ async fn status_loop(agents: &[RunningAgent], mut shutdown: watch::Receiver<bool
         if !tty && n % 10 != 1 {
             continue;
         }
-        let line = status_line(agents);
+        let mut line = status_line(agents);
+        line.push_str(" | ");
+        line.push_str(&hpa_status(&hpa, adapter, &mut autoscaler));
         let mut out = std::io::stdout().lock();
         let _ = if tty { write!(out, "\r\x1b[2K{line}") } else { writeln!(out, "{line}") };
         let _ = out.flush();
     }
     if tty {
         println!();
+    }
+}
+
+/// The reference HPA of the cluster plan, which the status line evaluates.
+pub const REFERENCE_HPA: &str = include_str!("../deploy/examples/reasoning-gpu-hpa.yaml");
+
+/// `reasoning-gpu-hpa 61/70 → 1 replica`: what the reference HPA would
+/// decide from the adapter's current values, with its stabilization history.
+fn hpa_status(hpa: &HpaSpec, adapter: &RunningAdapter, autoscaler: &mut Autoscaler) -> String {
+    let Some(MetricSpec::Pods { name, target }) = hpa.metrics.first() else { return String::new() };
+    let metric = crate::adapter::store::Metric::from_name(name).expect("the reference HPA's metric is served");
+    let view = adapter.store.view();
+    let now = std::time::SystemTime::now();
+    let prefix = format!("{}-", hpa.target_name);
+    let values: Vec<PodValue> = view
+        .pods
+        .get(&hpa.namespace)
+        .into_iter()
+        .flatten()
+        .filter(|p| p.name.starts_with(&prefix) && adapter.store.is_fresh(&p.sample, now))
+        .map(|p| PodValue { pod: p.name.clone(), value: p.sample.get(metric) })
+        .collect();
+    let running = values.len() as u32;
+    match crate::hpa::pods_average_value(&values, *target, running) {
+        Ok(p) => {
+            let decision =
+                autoscaler.decide(std::time::Instant::now(), p.replicas, running, hpa.min, hpa.max, &hpa.behavior);
+            let verb = if decision.replicas == running { "keeps" } else { "→" };
+            format!("{} {:.0}/{target} {verb} {} replica(s)", hpa.name, p.current, decision.replicas)
+        }
+        Err(e) => format!("{}: {e}", hpa.name),
     }
 }
 

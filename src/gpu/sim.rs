@@ -11,6 +11,7 @@ use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use super::model::{GpuModelId, GpuProfile};
+use super::scenario::Scenario;
 use super::{
     GpuIdentity, GpuRead, GpuReading, GpuSource, GpuSourceError, GpuSourceOpener, ProcessSample, ProcessUsage,
     ReadRequest,
@@ -62,6 +63,8 @@ pub struct SimNode {
     /// Its GPUs.
     pub gpus: Vec<SimGpu>,
     seed: u64,
+    /// Scripted loads, and when the script started (seconds since the epoch).
+    scenario: Option<(Scenario, f64)>,
 }
 
 /// The seed workloads each reference GPU model runs, from the cluster plan:
@@ -114,7 +117,14 @@ impl SimNode {
                 }
             })
             .collect();
-        Self { node: node.to_string(), gpus, seed }
+        Self { node: node.to_string(), gpus, seed, scenario: None }
+    }
+
+    /// Scripts the load of the workloads `scenario` names, from `start`
+    /// (seconds since the epoch).
+    pub fn with_scenario(mut self, scenario: Scenario, start: f64) -> Self {
+        self.scenario = Some((scenario, start));
+        self
     }
 
     /// The kubelet's view: one container per workload, holding a time-slice
@@ -169,6 +179,12 @@ impl SimNode {
     /// drawn from the seed and the second, clamped to 0..=100.
     fn load(&self, gpu: usize, workload: usize, t: f64) -> f64 {
         let w = &self.gpus[gpu].workloads[workload];
+        if let Some((scenario, start)) = &self.scenario {
+            let elapsed = std::time::Duration::from_secs_f64((t - start).max(0.0));
+            if let Some(load) = scenario.load(&w.app, elapsed) {
+                return load;
+            }
+        }
         let wave = (t / w.period_seconds * std::f64::consts::TAU + w.phase).sin();
         let second = t.floor() as u64;
         let mut rng = fastrand::Rng::with_seed(

@@ -63,3 +63,23 @@ fn allocations_are_time_slice_replicas_of_the_gpu() {
     assert!(allocations.iter().all(|a| a.namespace == GPU_NAMESPACE));
     assert!(allocations[0].pod.starts_with("reasoning-suite-"));
 }
+
+#[test]
+fn a_scenario_scripts_its_workloads_and_leaves_the_others_moving() {
+    let scenario = Scenario::parse(
+        "workloads:\n  reasoning-suite:\n    - {for: 30s, load: 40}\n    - {load: 95}\n",
+        std::path::Path::new("s.yaml"),
+    )
+    .unwrap();
+    let node = SimNode::new("mainpc", &[GpuModelId::Rtx4090], 5).with_scenario(scenario, 1000.0);
+    let reasoning = node.gpus[0].workloads.iter().find(|w| w.app == "reasoning-suite").unwrap().pid;
+    let share = |t: f64| {
+        let read = node.read_at(0, ReadRequest { processes: true, processes_since_us: 0 }, t);
+        let ProcessUsage::Samples(samples) = read.processes else { panic!("no samples") };
+        samples.iter().find(|s| s.pid == reasoning).unwrap().sm_percent
+    };
+    assert_eq!(share(1010.0), 40);
+    // 95 % plus the coordination suite's load exceeds the GPU: time-slicing scales both down.
+    let at_95 = share(1040.0);
+    assert!((75..=95).contains(&at_95), "{at_95}");
+}

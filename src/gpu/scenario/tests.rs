@@ -1,0 +1,36 @@
+use super::*;
+
+const STEP_UP: &str =
+    "workloads:\n  reasoning-suite:\n    - {for: 30s, load: 40}\n    - {for: 1m, load: 95}\n    - {load: 20}\n";
+
+#[test]
+fn steps_follow_each_other_and_the_last_holds() {
+    let s = Scenario::parse(STEP_UP, Path::new("s.yaml")).unwrap();
+    let at = |secs| s.load("reasoning-suite", Duration::from_secs(secs));
+    assert_eq!(at(0), Some(40.0));
+    assert_eq!(at(29), Some(40.0));
+    assert_eq!(at(30), Some(95.0));
+    assert_eq!(at(89), Some(95.0));
+    assert_eq!(at(90), Some(20.0));
+    assert_eq!(at(100_000), Some(20.0));
+    assert_eq!(s.load("tutoring-suite", Duration::ZERO), None);
+}
+
+#[test]
+fn a_last_step_with_a_duration_still_holds() {
+    let s = Scenario::parse("workloads:\n  a:\n    - {for: 10s, load: 5}\n", Path::new("s")).unwrap();
+    assert_eq!(s.load("a", Duration::from_secs(60)), Some(5.0));
+}
+
+#[test]
+fn mistakes_are_named() {
+    for (text, needle) in [
+        ("workloads:\n  a:\n    - {for: 10s, load: 150}\n", "within 0..=100"),
+        ("workloads:\n  a:\n    - {for: soon, load: 5}\n", "for \"soon\""),
+        ("workloads:\n  a: []\n", "no steps"),
+        ("workloads:\n  a:\n    - {lod: 5}\n", "unknown field"),
+    ] {
+        let err = Scenario::parse(text, Path::new("s.yaml")).unwrap_err().to_string();
+        assert!(err.contains(needle) && err.contains("--scenario"), "{text}: {err}");
+    }
+}

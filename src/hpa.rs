@@ -1,0 +1,347 @@
+//! The HorizontalPodAutoscaler's autoscaling/v2 replica algorithm, as the
+//! kube-controller-manager runs it, so that `hpa-preview` and `standalone`
+//! can say what an HPA would do with the metrics this project serves, and
+//! why.
+//!
+//! Per metric: `desired = ceil(current × value / target)`, unless the ratio
+//! is within the tolerance (0.1) of 1. For `Pods` metrics, pods without a
+//! value count as at the target when scaling down and as 0 when scaling up,
+//! and a decision they would reverse is dropped. The largest proposal across
+//! metrics wins, is held back by the stabilization windows (scale-up 0 s,
+//! scale-down 300 s by default) and the rate policies, and is clamped to
+//! `minReplicas..=maxReplicas`.
+
+pub mod preview;
+
+use std::collections::VecDeque;
+use std::time::{Duration, Instant};
+
+/// The controller's default tolerance.
+pub const TOLERANCE: f64 = 0.1;
+
+/// A target the ratio can be taken against: finite and above zero (NaN is not).
+fn valid_target(target: f64) -> bool {
+    target.is_finite() && target > 0.0
+}
+
+/// One pod's metric value, or none (missing).
+#[derive(Clone, Debug, PartialEq)]
+pub struct PodValue {
+    /// Pod name.
+    pub pod: String,
+    /// Its value, if the API returned one.
+    pub value: Option<f64>,
+}
+
+/// A metric's proposal, with the numbers behind it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Proposal {
+    /// Replicas this metric asks for.
+    pub replicas: u32,
+    /// The current value the HPA compares (average for `AverageValue`).
+    pub current: f64,
+    /// current / target, before missing pods are filled in.
+    pub ratio: f64,
+    /// Why it came out this way.
+    pub reason: String,
+}
+
+/// `Pods` metric with an `AverageValue` target (the reference HPA's kind).
+/// `current_replicas` is the scale target's ready replica count; pods the
+/// API returned no value for are `value: None`.
+pub fn pods_average_value(values: &[PodValue], target: f64, current_replicas: u32) -> Result<Proposal, String> {
+    if !valid_target(target) {
+        return Err(format!("target must be above 0, not {target}"));
+    }
+    let known: Vec<f64> = values.iter().filter_map(|p| p.value).collect();
+    if known.is_empty() {
+        return Err("no metrics returned for the targeted pods".to_string());
+    }
+    let missing = values.len().saturating_sub(known.len()) + (current_replicas as usize).saturating_sub(values.len());
+    let average = known.iter().sum::<f64>() / known.len() as f64;
+    let ratio = average / target;
+    let ready = (known.len() + missing) as u32;
+
+    if missing == 0 {
+        if (1.0 - ratio).abs() <= TOLERANCE {
+            return Ok(Proposal {
+                replicas: current_replicas,
+                current: average,
+                ratio,
+                reason: format!("ratio {ratio:.3} is within the {TOLERANCE} tolerance: no change"),
+            });
+        }
+        let replicas = (ratio * known.len() as f64).ceil() as u32;
+        return Ok(Proposal {
+            replicas,
+            current: average,
+            ratio,
+            reason: format!("ceil({ratio:.3} × {} pods) = {replicas}", known.len()),
+        });
+    }
+
+    // Missing pods: at the target when scaling down, at 0 when scaling up.
+    let fill = if ratio < 1.0 { target } else { 0.0 };
+    let total = known.iter().sum::<f64>() + fill * missing as f64;
+    let new_ratio = total / ready as f64 / target;
+    let reversed = (ratio < 1.0 && new_ratio > 1.0) || (ratio > 1.0 && new_ratio < 1.0);
+    if (1.0 - new_ratio).abs() <= TOLERANCE || reversed {
+        return Ok(Proposal {
+            replicas: current_replicas,
+            current: average,
+            ratio,
+            reason: format!(
+                "{missing} pod(s) without a value counted as {}: ratio {new_ratio:.3} {}: no change",
+                if ratio < 1.0 { "at the target" } else { "0" },
+                if reversed { "reverses the direction" } else { "is within the tolerance" },
+            ),
+        });
+    }
+    let replicas = (new_ratio * ready as f64).ceil() as u32;
+    let against = (new_ratio < 1.0 && replicas > current_replicas) || (new_ratio > 1.0 && replicas < current_replicas);
+    let replicas = if against { current_replicas } else { replicas };
+    Ok(Proposal {
+        replicas,
+        current: average,
+        ratio,
+        reason: format!(
+            "{missing} pod(s) without a value counted as {}: ceil({new_ratio:.3} × {ready} pods) = {replicas}",
+            if ratio < 1.0 { "at the target" } else { "0" }
+        ),
+    })
+}
+
+/// `Object` or `External` metric with a `Value` target.
+pub fn value_target(value: f64, target: f64, ready_replicas: u32) -> Result<Proposal, String> {
+    if !valid_target(target) {
+        return Err(format!("target must be above 0, not {target}"));
+    }
+    let ratio = value / target;
+    if (1.0 - ratio).abs() <= TOLERANCE {
+        return Ok(Proposal {
+            replicas: ready_replicas,
+            current: value,
+            ratio,
+            reason: format!("ratio {ratio:.3} within tolerance"),
+        });
+    }
+    let replicas = (ratio * f64::from(ready_replicas)).ceil() as u32;
+    Ok(Proposal {
+        replicas,
+        current: value,
+        ratio,
+        reason: format!("ceil({ratio:.3} × {ready_replicas}) = {replicas}"),
+    })
+}
+
+/// `Object` or `External` metric with an `AverageValue` target: the value is
+/// shared by the current replicas.
+pub fn average_value_target(value: f64, target: f64, current_replicas: u32) -> Result<Proposal, String> {
+    if !valid_target(target) || current_replicas == 0 {
+        return Err(format!(
+            "target must be above 0 and replicas at least 1 (target {target}, replicas {current_replicas})"
+        ));
+    }
+    let ratio = value / (target * f64::from(current_replicas));
+    if (1.0 - ratio).abs() <= TOLERANCE {
+        return Ok(Proposal {
+            replicas: current_replicas,
+            current: value,
+            ratio,
+            reason: format!("ratio {ratio:.3} within tolerance"),
+        });
+    }
+    let replicas = (value / target).ceil() as u32;
+    Ok(Proposal { replicas, current: value, ratio, reason: format!("ceil({value:.3} / {target}) = {replicas}") })
+}
+
+/// A scaling policy: how much may change within a period.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Policy {
+    /// At most this many pods per period.
+    Pods(u32, Duration),
+    /// At most this percent of the current replicas per period.
+    Percent(u32, Duration),
+}
+
+/// How several policies combine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Select {
+    /// The policy allowing the largest change.
+    Max,
+    /// The policy allowing the smallest change.
+    Min,
+    /// No change in this direction.
+    Disabled,
+}
+
+/// One direction's rules.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Rules {
+    /// Stabilization window.
+    pub window: Duration,
+    /// Policies.
+    pub policies: Vec<Policy>,
+    /// How they combine.
+    pub select: Select,
+}
+
+/// An HPA's behavior, with the Kubernetes defaults.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Behavior {
+    /// Scale-up rules.
+    pub up: Rules,
+    /// Scale-down rules.
+    pub down: Rules,
+}
+
+impl Default for Behavior {
+    fn default() -> Self {
+        let period = Duration::from_secs(15);
+        Behavior {
+            up: Rules {
+                window: Duration::ZERO,
+                policies: vec![Policy::Percent(100, period), Policy::Pods(4, period)],
+                select: Select::Max,
+            },
+            down: Rules {
+                window: Duration::from_secs(300),
+                policies: vec![Policy::Percent(100, period)],
+                select: Select::Max,
+            },
+        }
+    }
+}
+
+/// The controller's memory between decisions: past recommendations (for
+/// stabilization) and past scale changes (for rate policies).
+#[derive(Debug, Default)]
+pub struct Autoscaler {
+    recommendations: VecDeque<(Instant, u32)>,
+    scale_ups: VecDeque<(Instant, u32)>,
+    scale_downs: VecDeque<(Instant, u32)>,
+}
+
+/// A decision and how it was reached.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Decision {
+    /// Replicas to run.
+    pub replicas: u32,
+    /// The steps that led there.
+    pub steps: Vec<String>,
+}
+
+impl Autoscaler {
+    /// Decides the replicas from the metrics' largest proposal, as the
+    /// controller does at `now`, and remembers the decision.
+    pub fn decide(
+        &mut self,
+        now: Instant,
+        proposal: u32,
+        current: u32,
+        min: u32,
+        max: u32,
+        behavior: &Behavior,
+    ) -> Decision {
+        let mut steps = vec![format!("metrics propose {proposal} replica(s); {current} running")];
+        let (up, down) = (&behavior.up, &behavior.down);
+
+        // Stabilization: the lowest recommendation within the scale-up window
+        // bounds a scale-up, the highest within the scale-down window bounds a
+        // scale-down.
+        let (mut up_to, mut down_to) = (proposal, proposal);
+        for &(at, recommendation) in &self.recommendations {
+            let age = now.duration_since(at);
+            if age < up.window {
+                up_to = up_to.min(recommendation);
+            }
+            if age < down.window {
+                down_to = down_to.max(recommendation);
+            }
+        }
+        let longest = up.window.max(down.window);
+        self.recommendations.retain(|(at, _)| now.duration_since(*at) < longest);
+        self.recommendations.push_back((now, proposal));
+        let stabilized = current.max(up_to).min(down_to);
+        if stabilized != proposal {
+            steps.push(format!(
+                "stabilization holds {stabilized} (highest recommendation in the last {}s, lowest in the last {}s)",
+                down.window.as_secs(),
+                up.window.as_secs()
+            ));
+        }
+
+        // Rate policies, counting the changes already made in their periods.
+        let mut desired = stabilized;
+        if stabilized > current {
+            let limit = self.scale_limit(now, current, up, true).max(current);
+            let allowed = max.min(limit);
+            if desired > allowed {
+                steps.push(if limit < max {
+                    format!("scale-up policies allow at most {limit}")
+                } else {
+                    format!("maxReplicas is {max}")
+                });
+                desired = allowed;
+            }
+        } else if stabilized < current {
+            let limit = self.scale_limit(now, current, down, false).min(current);
+            let allowed = min.max(limit);
+            if desired < allowed {
+                steps.push(if limit > min {
+                    format!("scale-down policies allow no fewer than {limit}")
+                } else {
+                    format!("minReplicas is {min}")
+                });
+                desired = allowed;
+            }
+        }
+        let clamped = desired.clamp(min, max.max(min));
+        if clamped != desired {
+            steps.push(format!("clamped to minReplicas {min} .. maxReplicas {max}"));
+        }
+        if clamped > current {
+            self.scale_ups.push_back((now, clamped - current));
+        } else if clamped < current {
+            self.scale_downs.push_back((now, current - clamped));
+        }
+        steps.push(format!("decision: {clamped} replica(s)"));
+        Decision { replicas: clamped, steps }
+    }
+
+    /// The furthest the policies let the replicas go in one direction.
+    fn scale_limit(&mut self, now: Instant, current: u32, rules: &Rules, up: bool) -> u32 {
+        if rules.select == Select::Disabled || rules.policies.is_empty() {
+            return current;
+        }
+        let period_of = |p: &Policy| match *p {
+            Policy::Pods(_, d) | Policy::Percent(_, d) => d,
+        };
+        let longest = rules.policies.iter().map(period_of).max().unwrap_or_default();
+        self.scale_ups.retain(|(at, _)| now.duration_since(*at) <= longest.max(Duration::from_secs(600)));
+        self.scale_downs.retain(|(at, _)| now.duration_since(*at) <= longest.max(Duration::from_secs(600)));
+        let changed = |events: &VecDeque<(Instant, u32)>, period: Duration| -> i64 {
+            events.iter().filter(|(at, _)| now.duration_since(*at) <= period).map(|(_, n)| i64::from(*n)).sum()
+        };
+        let proposals = rules.policies.iter().map(|policy| {
+            let period = period_of(policy);
+            let (added, deleted) = (changed(&self.scale_ups, period), changed(&self.scale_downs, period));
+            let start = if up { i64::from(current) - added + deleted } else { i64::from(current) + deleted - added };
+            match (*policy, up) {
+                (Policy::Pods(n, _), true) => start + i64::from(n),
+                (Policy::Pods(n, _), false) => start - i64::from(n),
+                (Policy::Percent(p, _), true) => (start as f64 * (1.0 + f64::from(p) / 100.0)).ceil() as i64,
+                (Policy::Percent(p, _), false) => (start as f64 * (1.0 - f64::from(p) / 100.0)) as i64,
+            }
+        });
+        // "Max" selects the policy allowing the largest change.
+        let limit = match (rules.select, up) {
+            (Select::Max, true) | (Select::Min, false) => proposals.max(),
+            _ => proposals.min(),
+        };
+        limit.unwrap_or(i64::from(current)).clamp(0, i64::from(u32::MAX)) as u32
+    }
+}
+
+#[cfg(test)]
+mod tests;
