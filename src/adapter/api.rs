@@ -347,11 +347,43 @@ fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
+/// A list document: `kind`, `apiVersion`, empty `metadata`, `items`.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct List<'a, T> {
+    kind: &'static str,
+    api_version: &'a str,
+    metadata: Empty,
+    items: Vec<T>,
+}
+
+#[derive(Serialize)]
+struct Empty {}
+
+/// Formats sample times, reusing the last answer: the items of one agent
+/// share a timestamp.
+#[derive(Default)]
+struct Timestamps(Option<(SystemTime, String)>);
+
+impl Timestamps {
+    fn format(&mut self, t: SystemTime) -> String {
+        match &self.0 {
+            Some((last, text)) if *last == t => text.clone(),
+            _ => {
+                let text = rfc3339(t);
+                self.0 = Some((t, text.clone()));
+                text
+            }
+        }
+    }
+}
+
 fn list_body(version: CustomVersion, metric: &str, items: &[Described<'_>]) -> Bytes {
     let api_version = format!("{CUSTOM_GROUP}/{}", version.as_str());
     fn reference<'a>(d: &Described<'a>) -> ObjectReference<'a> {
         ObjectReference { kind: d.kind, namespace: d.namespace, name: d.name, api_version: "v1" }
     }
+    let mut times = Timestamps::default();
     let body = match version {
         CustomVersion::V1beta2 => {
             let items: Vec<ItemV1beta2<'_>> = items
@@ -359,14 +391,12 @@ fn list_body(version: CustomVersion, metric: &str, items: &[Described<'_>]) -> B
                 .map(|d| ItemV1beta2 {
                     described_object: reference(d),
                     metric: MetricIdentifier { name: metric, selector: None },
-                    timestamp: rfc3339(d.sample.timestamp),
+                    timestamp: times.format(d.sample.timestamp),
                     window_seconds: d.sample.window.as_secs().max(1),
                     value: format_quantity(d.value),
                 })
                 .collect();
-            serde_json::to_vec(
-                &json!({"kind": "MetricValueList", "apiVersion": api_version, "metadata": {}, "items": items}),
-            )
+            serde_json::to_vec(&List { kind: "MetricValueList", api_version: &api_version, metadata: Empty {}, items })
         }
         CustomVersion::V1beta1 => {
             let items: Vec<ItemV1beta1<'_>> = items
@@ -374,15 +404,13 @@ fn list_body(version: CustomVersion, metric: &str, items: &[Described<'_>]) -> B
                 .map(|d| ItemV1beta1 {
                     described_object: reference(d),
                     metric_name: metric,
-                    timestamp: rfc3339(d.sample.timestamp),
+                    timestamp: times.format(d.sample.timestamp),
                     window: d.sample.window.as_secs().max(1),
                     value: format_quantity(d.value),
                     selector: None,
                 })
                 .collect();
-            serde_json::to_vec(
-                &json!({"kind": "MetricValueList", "apiVersion": api_version, "metadata": {}, "items": items}),
-            )
+            serde_json::to_vec(&List { kind: "MetricValueList", api_version: &api_version, metadata: Empty {}, items })
         }
     };
     body.expect("a MetricValueList serializes").into()
@@ -461,10 +489,16 @@ impl MetricsApi {
                 items.push(Described { kind: "Pod", namespace, name: &pod.name, value, sample: &pod.sample });
             }
             Target::Pods { namespace, name: None } => {
+                let labels = self.labels.snapshot();
+                let namespace_labels = labels.pods.get(namespace);
+                let select_all = selector.selects_all();
                 if metric_matches && let Some(pods) = view.pods.get(namespace) {
                     for pod in pods {
                         let Some(value) = pod.sample.get(metric) else { continue };
-                        if fresh(&pod.sample) && self.labels.pod_matches(namespace, &pod.name, &selector) {
+                        // A pod whose labels are unknown matches only the empty selector.
+                        let selected = select_all
+                            || namespace_labels.and_then(|l| l.get(&pod.name)).is_some_and(|l| selector.matches(l));
+                        if selected && fresh(&pod.sample) {
                             items.push(Described {
                                 kind: "Pod",
                                 namespace,

@@ -41,19 +41,18 @@ impl LabelIndex {
         self.maps.store(Arc::new(maps));
     }
 
+    /// The current maps, for many lookups in one query.
+    pub fn snapshot(&self) -> Arc<LabelMaps> {
+        self.maps.load_full()
+    }
+
     /// How many pods have labels.
     pub fn pod_count(&self) -> usize {
         self.maps.load().pods.values().map(HashMap::len).sum()
     }
 
-    /// Whether a pod's labels match. An empty selector matches every pod;
-    /// a pod with unknown labels matches no other selector.
-    pub fn pod_matches(&self, namespace: &str, name: &str, selector: &Selector) -> bool {
-        selector.selects_all()
-            || self.maps.load().pods.get(namespace).and_then(|pods| pods.get(name)).is_some_and(|l| selector.matches(l))
-    }
-
-    /// Whether a node's labels match (same rules as pods).
+    /// Whether a node's labels match. An empty selector matches every node;
+    /// a node with unknown labels matches no other selector.
     pub fn node_matches(&self, name: &str, selector: &Selector) -> bool {
         selector.selects_all() || self.maps.load().nodes.get(name).is_some_and(|l| selector.matches(l))
     }
