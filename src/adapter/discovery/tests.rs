@@ -44,3 +44,69 @@ fn only_running_agents_with_an_ip_are_polled() {
     ];
     assert_eq!(agent_urls(&pods, 9402), ["http://10.42.0.7:9402", "http://[fd00::7]:9402"]);
 }
+
+/// A kube client whose apiserver answers lists from recorded responses and
+/// holds watches open.
+fn recorded_cluster() -> kube::Client {
+    let service = tower::service_fn(|req: http::Request<kube::client::Body>| async move {
+        let uri = req.uri().to_string();
+        if uri.contains("watch=true") {
+            // Nothing changes during the test.
+            tokio::time::sleep(std::time::Duration::from_secs(60)).await;
+        }
+        let body = if uri.starts_with("/api/v1/namespaces/kube-gpu-metrics/pods") {
+            assert!(uri.contains("labelSelector=app.kubernetes.io%2Fcomponent%3Dagent"), "{uri}");
+            serde_json::json!({
+                "kind": "PodList", "apiVersion": "v1", "metadata": {"resourceVersion": "41"},
+                "items": [
+                    {"metadata": {"name": "agent-mainpc", "namespace": "kube-gpu-metrics", "labels": {"app.kubernetes.io/component": "agent"}},
+                     "status": {"phase": "Running", "podIP": "10.42.0.7"}},
+                    {"metadata": {"name": "agent-pc2", "namespace": "kube-gpu-metrics", "labels": {"app.kubernetes.io/component": "agent"}},
+                     "status": {"phase": "Running", "podIP": "10.42.1.3"}}
+                ]
+            })
+        } else if uri.starts_with("/api/v1/pods") {
+            serde_json::json!({
+                "kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": "42"},
+                "items": [{"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": {
+                    "name": "reasoning-suite-7d9f8b6c4-x2k9p", "namespace": "ai-system-gpu",
+                    "labels": {"app": "reasoning-suite", "pod-template-hash": "7d9f8b6c4"},
+                    "annotations": {"kubectl.kubernetes.io/restartedAt": "2026-11-23T10:00:00Z"},
+                    "managedFields": [{"manager": "kube-controller-manager", "operation": "Update"}]
+                }}]
+            })
+        } else if uri.starts_with("/api/v1/nodes") {
+            serde_json::json!({
+                "kind": "PartialObjectMetadataList", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": "43"},
+                "items": [{"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": {
+                    "name": "pc2", "labels": {"nvidia.com/gpu.product": "NVIDIA-GeForce-RTX-3060"}
+                }}]
+            })
+        } else {
+            panic!("unexpected request {uri}");
+        };
+        let body = kube::client::Body::from(serde_json::to_vec(&body).unwrap());
+        Ok::<_, std::convert::Infallible>(http::Response::builder().status(200).body(body).unwrap())
+    });
+    kube::Client::new(service, "default")
+}
+
+#[tokio::test]
+async fn agents_and_labels_come_from_the_cluster() {
+    let labels = Arc::new(LabelIndex::default());
+    let (tx, mut rx) = watch::channel(Vec::new());
+    let discovery = AgentDiscovery {
+        namespace: "kube-gpu-metrics".into(),
+        selector: "app.kubernetes.io/component=agent".into(),
+        port: 9402,
+    };
+    let task =
+        tokio::spawn(run(recorded_cluster(), Some(discovery), vec!["http://10.0.0.9:9402".into()], tx, labels.clone()));
+    tokio::time::timeout(Duration::from_secs(10), rx.wait_for(|urls| urls.len() == 3)).await.unwrap().unwrap();
+    assert_eq!(*rx.borrow(), ["http://10.0.0.9:9402", "http://10.42.0.7:9402", "http://10.42.1.3:9402"]);
+    let maps = labels.snapshot();
+    let pod = &maps.pods["ai-system-gpu"]["reasoning-suite-7d9f8b6c4-x2k9p"];
+    assert_eq!(pod.get("app").map(String::as_str), Some("reasoning-suite"));
+    assert_eq!(maps.nodes["pc2"].get("nvidia.com/gpu.product").map(String::as_str), Some("NVIDIA-GeForce-RTX-3060"));
+    task.abort();
+}
