@@ -139,22 +139,6 @@ impl GpuCall {
         GpuCall::Processes,
     ];
 
-    /// The `call="…"` label pair, as the exposition writes it.
-    pub fn label(self) -> &'static str {
-        match self {
-            GpuCall::Init => "call=\"init\"",
-            GpuCall::Count => "call=\"device_count\"",
-            GpuCall::Handle => "call=\"device_handle\"",
-            GpuCall::Identity => "call=\"identity\"",
-            GpuCall::Utilization => "call=\"utilization\"",
-            GpuCall::Memory => "call=\"memory\"",
-            GpuCall::Temperature => "call=\"temperature\"",
-            GpuCall::Power => "call=\"power\"",
-            GpuCall::Clock => "call=\"clock\"",
-            GpuCall::Processes => "call=\"process_utilization\"",
-        }
-    }
-
     /// The `call` label value.
     pub fn as_str(self) -> &'static str {
         match self {

@@ -190,8 +190,10 @@ fn a_lost_gpu_reports_down_while_the_other_keeps_reporting() {
     assert_eq!(value(&text, &format!("nvidia_gpu_power_watts{{{LABELS_3060}}}")), None);
     assert_eq!(value(&text, &format!("nvidia_gpu_utilization_percent{{{LABELS_4090}}}")).as_deref(), Some("42.0"));
     assert_eq!(value(&text, &format!("nvidia_gpu_up{{{LABELS_4090}}}")).as_deref(), Some("1"));
-    let errors: u64 =
-        value(&text, "kube_gpu_metrics_nvml_errors_total{call=\"device_handle\"}").unwrap().parse().unwrap();
+    let errors: u64 = value(&text, "kube_gpu_metrics_nvml_errors_total{node=\"testnode\",call=\"device_handle\"}")
+        .unwrap()
+        .parse()
+        .unwrap();
     assert!(errors >= 1, "{text}");
 
     // The GPU comes back: values return.
@@ -210,7 +212,10 @@ fn an_unsupported_field_is_omitted_not_zero() {
     assert_eq!(value(&text, &format!("nvidia_gpu_power_watts{{{LABELS_4090}}}")).as_deref(), Some("312.0"));
     assert_eq!(value(&text, &format!("nvidia_gpu_sm_clock_hertz{{{LABELS_4090}}}")), None);
     assert_eq!(value(&text, &format!("nvidia_gpu_up{{{LABELS_3060}}}")).as_deref(), Some("1"));
-    assert_eq!(value(&text, "kube_gpu_metrics_nvml_errors_total{call=\"power\"}").as_deref(), Some("0"));
+    assert_eq!(
+        value(&text, "kube_gpu_metrics_nvml_errors_total{node=\"testnode\",call=\"power\"}").as_deref(),
+        Some("0")
+    );
 }
 
 #[test]
@@ -230,7 +235,7 @@ fn init_failure_keeps_health_up_and_recovers_when_the_driver_loads() {
     assert!(reason.contains("NVML init failed") && reason.contains("driver is not loaded"), "{reason}");
     assert_eq!(agent.get("/healthz").status, 200);
     let text = agent.metrics();
-    assert!(text.contains("kube_gpu_metrics_gpu_source_up 0"));
+    assert!(text.contains("kube_gpu_metrics_gpu_source_up{node=\"testnode\"} 0"));
     assert!(!text.contains("nvidia_gpu_utilization_percent{"));
 
     agent.set_config(TWO_GPUS);
@@ -425,7 +430,7 @@ fn kubelet_pods_label_gpus_and_shared_pods_get_their_process_shares() {
         format!("{LABELS_3060},namespace=\"ai-system-gpu\",pod=\"tutor-b\",container=\"tutor\",sharing=\"shared\"");
     assert_eq!(value(&text, &format!("nvidia_gpu_pod_utilization_percent{{{vision}}}")).as_deref(), Some("30.0"));
     assert_eq!(value(&text, &format!("nvidia_gpu_pod_utilization_percent{{{tutor}}}")).as_deref(), Some("20.0"));
-    assert!(text.contains("kube_gpu_metrics_pod_resources_up 1"));
+    assert!(text.contains("kube_gpu_metrics_pod_resources_up{node=\"testnode\"} 1"));
     assert!(!text.contains("kube_gpu_metrics_pod_attribution_unresolved{"), "{text}");
 
     let feed: serde_json::Value = serde_json::from_slice(&agent.get("/v1/pods").body).unwrap();
@@ -449,14 +454,15 @@ fn a_missing_kubelet_socket_degrades_to_unlabelled_series_then_reconnects() {
     let flags = attribution_flags(dir.path());
     let agent = Agent::start_in(dir, &flags.iter().map(String::as_str).collect::<Vec<_>>());
 
-    let text = agent.metrics_until("a sample", |t| t.contains("kube_gpu_metrics_pod_resources_up 0"));
+    let text =
+        agent.metrics_until("a sample", |t| t.contains("kube_gpu_metrics_pod_resources_up{node=\"testnode\"} 0"));
     assert_eq!(value(&text, &format!("nvidia_gpu_utilization_percent{{{LABELS_4090}}}")).as_deref(), Some("42.0"));
     assert!(!text.contains("pod=\""));
 
     // The kubelet comes up: the agent reconnects on its own (backoff ≤ 2 s here).
     serve_kubelet(&socket, kubelet);
     let text = agent.metrics_until("pod labels", |t| t.contains("pod=\"trainer-0\""));
-    assert!(text.contains("kube_gpu_metrics_pod_resources_up 1"));
+    assert!(text.contains("kube_gpu_metrics_pod_resources_up{node=\"testnode\"} 1"));
     let errors: u64 = value(&text, "kube_gpu_metrics_pod_resources_errors_total").unwrap().parse().unwrap();
     assert!(errors >= 1);
 }

@@ -331,53 +331,63 @@ pub fn render_plain(data: &SampleData) -> (Vec<u8>, Vec<u8>) {
         unresolved.iter().map(|l| (l.as_str(), Value::U64(1))),
     );
 
-    // The agent's own state.
-    let mut version = String::new();
-    push_label(&mut version, "version", env!("CARGO_PKG_VERSION"));
+    // The agent's own state, labelled with its node like every GPU series.
+    let mut own = String::with_capacity(32);
+    push_label(&mut own, "node", node);
+    let with = |name: &str, value: &str| {
+        let mut l = own.clone();
+        push_label(&mut l, name, value);
+        l
+    };
+    let version = with("version", env!("CARGO_PKG_VERSION"));
     e.gauge("kube_gpu_metrics_build_info", "Build of the agent", [(version.as_str(), Value::U64(1))]);
     e.gauge(
         "kube_gpu_metrics_gpu_source_up",
         "1 when the GPU source (NVML) is initialised",
-        [("", Value::U64(u64::from(data.gpu_source_up)))],
+        [(own.as_str(), Value::U64(u64::from(data.gpu_source_up)))],
     );
     e.gauge(
         "kube_gpu_metrics_pod_resources_up",
         "1 when the kubelet answered the last PodResources call",
-        data.pod_resources_up.map(|up| ("", Value::U64(u64::from(up)))),
+        data.pod_resources_up.map(|up| (own.as_str(), Value::U64(u64::from(up)))),
     );
     e.gauge(
         "kube_gpu_metrics_sample_duration_seconds",
         "Duration of the last sample pass",
-        [("", Value::F64(data.sample_duration.as_secs_f64()))],
+        [(own.as_str(), Value::F64(data.sample_duration.as_secs_f64()))],
     );
     let taken_at = data.taken_at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
     e.gauge(
         "kube_gpu_metrics_last_sample_timestamp_seconds",
         "When the last sample pass started, seconds since the Unix epoch",
-        [("", Value::F64(taken_at))],
+        [(own.as_str(), Value::F64(taken_at))],
     );
 
     let c = &data.counters;
-    e.counter("kube_gpu_metrics_samples", "Sample passes finished", [("", c.samples)]);
+    e.counter("kube_gpu_metrics_samples", "Sample passes finished", [(own.as_str(), c.samples)]);
+    let calls: Vec<String> = GpuCall::ALL.iter().map(|call| with("call", call.as_str())).collect();
     e.counter(
         "kube_gpu_metrics_nvml_errors",
         "Failed NVML calls, by call (not-supported answers are not errors)",
-        GpuCall::ALL.iter().zip(c.gpu_errors).map(|(call, n)| (call.label(), n)),
+        calls.iter().zip(c.gpu_errors).map(|(l, n)| (l.as_str(), n)),
     );
     e.counter(
         "kube_gpu_metrics_gpu_read_timeouts",
         "GPU reads that missed their deadline; the GPU is reported down for that sample",
-        [("", c.gpu_read_timeouts)],
+        [(own.as_str(), c.gpu_read_timeouts)],
     );
     e.counter(
         "kube_gpu_metrics_pod_resources_errors",
         "Failed kubelet PodResources calls",
-        [("", c.pod_resources_errors)],
+        [(own.as_str(), c.pod_resources_errors)],
     );
     e.counter(
         "kube_gpu_metrics_scrapes",
         "Scrapes of /metrics, by format, as of this sample",
-        [("format=\"text\"", c.scrapes_text), ("format=\"openmetrics\"", c.scrapes_openmetrics)],
+        [
+            (with("format", "text").as_str(), c.scrapes_text),
+            (with("format", "openmetrics").as_str(), c.scrapes_openmetrics),
+        ],
     );
 
     let mut text = Vec::with_capacity(e.gauges.len() + e.text_counters.len());

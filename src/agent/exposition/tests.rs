@@ -178,58 +178,67 @@ fn reference_openmetrics(data: &SampleData) -> String {
         &mut registry,
         "kube_gpu_metrics_build_info",
         "Build of the agent",
-        vec![(labels(&[("version", env!("CARGO_PKG_VERSION"))]), 1)],
+        vec![(labels(&[("node", node), ("version", env!("CARGO_PKG_VERSION"))]), 1)],
     );
-    let single_i = |registry: &mut Registry, name: &str, help: &str, v: i64| {
-        let g = Gauge::<i64>::default();
-        g.set(v);
-        registry.register(name, help, g);
-    };
-    let single_f = |registry: &mut Registry, name: &str, help: &str, v: f64| {
-        let g = Gauge::<f64, AtomicU64>::default();
-        g.set(v);
-        registry.register(name, help, g);
-    };
-    single_i(&mut registry, "kube_gpu_metrics_gpu_source_up", "1 when the GPU source (NVML) is initialised", 1);
-    single_i(
+    // The agent's own series carry its node label.
+    let own = labels(&[("node", node)]);
+    let own_with = |k: &str, v: &str| labels(&[("node", node), (k, v)]);
+    gauge_i(
+        &mut registry,
+        "kube_gpu_metrics_gpu_source_up",
+        "1 when the GPU source (NVML) is initialised",
+        vec![(own.clone(), 1)],
+    );
+    gauge_i(
         &mut registry,
         "kube_gpu_metrics_pod_resources_up",
         "1 when the kubelet answered the last PodResources call",
-        1,
+        vec![(own.clone(), 1)],
     );
-    single_f(&mut registry, "kube_gpu_metrics_sample_duration_seconds", "Duration of the last sample pass", 0.0015);
-    single_f(
+    gauge_f(
+        &mut registry,
+        "kube_gpu_metrics_sample_duration_seconds",
+        "Duration of the last sample pass",
+        vec![(own.clone(), 0.0015)],
+    );
+    gauge_f(
         &mut registry,
         "kube_gpu_metrics_last_sample_timestamp_seconds",
         "When the last sample pass started, seconds since the Unix epoch",
-        1_795_430_000.25,
+        vec![(own.clone(), 1_795_430_000.25)],
     );
-    let counter = |registry: &mut Registry, name: &str, help: &str, v: u64| {
-        let c = Counter::<u64>::default();
-        c.inc_by(v);
-        registry.register(name, help, c);
+    let counter = |registry: &mut Registry, name: &str, help: &str, series: Vec<(Labels, u64)>| {
+        let family = Family::<Labels, Counter>::default();
+        for (l, v) in series {
+            family.get_or_create(&l).inc_by(v);
+        }
+        registry.register(name, help, family);
     };
-    counter(&mut registry, "kube_gpu_metrics_samples", "Sample passes finished", 7);
-    let errors = Family::<Labels, Counter>::default();
-    for call in GpuCall::ALL {
-        drop(errors.get_or_create(&labels(&[("call", call.as_str())])));
-    }
-    registry.register(
+    counter(&mut registry, "kube_gpu_metrics_samples", "Sample passes finished", vec![(own.clone(), 7)]);
+    counter(
+        &mut registry,
         "kube_gpu_metrics_nvml_errors",
         "Failed NVML calls, by call (not-supported answers are not errors)",
-        errors,
+        GpuCall::ALL.iter().map(|call| (own_with("call", call.as_str()), 0)).collect(),
     );
     counter(
         &mut registry,
         "kube_gpu_metrics_gpu_read_timeouts",
         "GPU reads that missed their deadline; the GPU is reported down for that sample",
-        0,
+        vec![(own.clone(), 0)],
     );
-    counter(&mut registry, "kube_gpu_metrics_pod_resources_errors", "Failed kubelet PodResources calls", 0);
-    let scrapes = Family::<Labels, Counter>::default();
-    scrapes.get_or_create(&labels(&[("format", "text")])).inc_by(3);
-    scrapes.get_or_create(&labels(&[("format", "openmetrics")])).inc_by(2);
-    registry.register("kube_gpu_metrics_scrapes", "Scrapes of /metrics, by format, as of this sample", scrapes);
+    counter(
+        &mut registry,
+        "kube_gpu_metrics_pod_resources_errors",
+        "Failed kubelet PodResources calls",
+        vec![(own.clone(), 0)],
+    );
+    counter(
+        &mut registry,
+        "kube_gpu_metrics_scrapes",
+        "Scrapes of /metrics, by format, as of this sample",
+        vec![(own_with("format", "text"), 3), (own_with("format", "openmetrics"), 2)],
+    );
 
     let mut out = String::new();
     encode(&mut out, &registry).unwrap();
@@ -308,8 +317,13 @@ fn exclusive_gpus_carry_pod_labels_and_shared_ones_do_not() {
 fn counters_are_named_per_format() {
     let (text, openmetrics) = render_plain(&sample_data());
     let (text, openmetrics) = (String::from_utf8(text).unwrap(), String::from_utf8(openmetrics).unwrap());
-    assert!(text.contains("# TYPE kube_gpu_metrics_samples_total counter\nkube_gpu_metrics_samples_total 7\n"));
-    assert!(openmetrics.contains("# TYPE kube_gpu_metrics_samples counter\nkube_gpu_metrics_samples_total 7\n"));
+    assert!(text.contains(
+        "# TYPE kube_gpu_metrics_samples_total counter\nkube_gpu_metrics_samples_total{node=\"mainpc\"} 7\n"
+    ));
+    assert!(
+        openmetrics
+            .contains("# TYPE kube_gpu_metrics_samples counter\nkube_gpu_metrics_samples_total{node=\"mainpc\"} 7\n")
+    );
     assert!(openmetrics.ends_with("# EOF\n"));
     assert!(!text.contains("# EOF"));
 }
