@@ -175,3 +175,6 @@ impl Collector {
         }
     }
 }
+
+#[cfg(test)]
+mod tests;

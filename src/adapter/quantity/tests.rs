@@ -57,3 +57,23 @@ fn formatting_round_trips_at_milli_precision() {
         assert!((parsed - v).abs() <= 0.0005 + 1e-9, "{v} -> {} -> {parsed}", format_quantity(v));
     }
 }
+
+mod properties {
+    use proptest::prelude::*;
+
+    use super::super::{format_quantity, parse_quantity};
+
+    proptest! {
+        #[test]
+        fn formatted_values_parse_back_at_milli_precision(value in -1e12f64..1e12) {
+            let text = format_quantity(value);
+            let back = parse_quantity(&text).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert!((back - value).abs() <= 0.0005 + value.abs() * 1e-12, "{} -> {} -> {}", value, text, back);
+        }
+
+        #[test]
+        fn any_string_parses_or_is_refused_without_panic(text in "\\PC{0,30}") {
+            let _ = parse_quantity(&text);
+        }
+    }
+}

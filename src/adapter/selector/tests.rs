@@ -88,3 +88,82 @@ fn arbitrary_input_never_panics() {
         let _ = parse_selector(&s);
     }
 }
+
+mod properties {
+    use std::collections::{BTreeMap, BTreeSet};
+
+    use kube::core::SelectorExt;
+    use proptest::prelude::*;
+
+    use super::super::parse_selector;
+
+    #[derive(Clone, Debug)]
+    enum Req {
+        Eq(String, String),
+        NotEq(String, String),
+        In(String, BTreeSet<String>),
+        NotIn(String, BTreeSet<String>),
+        Exists(String),
+        Absent(String),
+    }
+
+    fn key() -> impl Strategy<Value = String> {
+        prop_oneof!["[a-c]", "[a-c]\\.io/[a-c]"]
+    }
+
+    fn value() -> impl Strategy<Value = String> {
+        "[xyz]{0,2}"
+    }
+
+    fn requirement() -> impl Strategy<Value = Req> {
+        prop_oneof![
+            (key(), value()).prop_map(|(k, v)| Req::Eq(k, v)),
+            (key(), value()).prop_map(|(k, v)| Req::NotEq(k, v)),
+            (key(), prop::collection::btree_set("[xyz]{1,2}", 1..3)).prop_map(|(k, v)| Req::In(k, v)),
+            (key(), prop::collection::btree_set("[xyz]{1,2}", 1..3)).prop_map(|(k, v)| Req::NotIn(k, v)),
+            key().prop_map(Req::Exists),
+            key().prop_map(Req::Absent),
+        ]
+    }
+
+    fn render(r: &Req) -> String {
+        let set = |s: &BTreeSet<String>| s.iter().cloned().collect::<Vec<_>>().join(" , ");
+        match r {
+            Req::Eq(k, v) => format!("{k} == {v}"),
+            Req::NotEq(k, v) => format!("{k}!={v}"),
+            Req::In(k, s) => format!("{k} in ( {} )", set(s)),
+            Req::NotIn(k, s) => format!("{k} notin ({})", set(s)),
+            Req::Exists(k) => k.clone(),
+            Req::Absent(k) => format!("!{k}"),
+        }
+    }
+
+    /// Kubernetes' semantics, written out independently of kube-core.
+    fn holds(r: &Req, labels: &BTreeMap<String, String>) -> bool {
+        match r {
+            Req::Eq(k, v) => labels.get(k) == Some(v),
+            Req::NotEq(k, v) => labels.get(k) != Some(v),
+            Req::In(k, s) => labels.get(k).is_some_and(|v| s.contains(v)),
+            Req::NotIn(k, s) => labels.get(k).is_none_or(|v| !s.contains(v)),
+            Req::Exists(k) => labels.contains_key(k),
+            Req::Absent(k) => !labels.contains_key(k),
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn valid_selectors_parse_and_match_as_kubernetes_does(
+            reqs in prop::collection::vec(requirement(), 1..4),
+            labels in prop::collection::btree_map(key(), value(), 0..4),
+        ) {
+            let text = reqs.iter().map(render).collect::<Vec<_>>().join(",");
+            let selector = parse_selector(&text).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(selector.matches(&labels), reqs.iter().all(|r| holds(r, &labels)), "{}", text);
+        }
+
+        #[test]
+        fn any_string_is_refused_or_accepted_without_panic(text in "\\PC{0,40}") {
+            let _ = parse_selector(&text);
+        }
+    }
+}
