@@ -113,6 +113,7 @@ fn state_for(data: SampleData) -> AgentState {
     AgentState {
         snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::new(data))),
         metrics: Arc::new(AgentMetrics::default()),
+        feed_token: None,
     }
 }
 

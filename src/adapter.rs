@@ -89,6 +89,11 @@ pub struct AdapterArgs {
     #[arg(long, env = "KGM_POLL_TIMEOUT", default_value = "800ms", value_parser = humantime::parse_duration)]
     pub poll_timeout: Duration,
 
+    /// A file holding the token the agents' `/v1/pods` requires (their
+    /// `--feed-token-file`).
+    #[arg(long, env = "KGM_AGENT_TOKEN_FILE")]
+    pub agent_token_file: Option<PathBuf>,
+
     /// Largest feed accepted from an agent, bytes.
     #[arg(long, env = "KGM_MAX_FEED_BYTES", default_value_t = 8 << 20)]
     pub max_feed_bytes: usize,
@@ -128,6 +133,9 @@ pub enum AdapterError {
     /// The front-proxy settings could not be read.
     #[error(transparent)]
     Discovery(#[from] discovery::DiscoveryError),
+    /// The agent token file is unusable.
+    #[error(transparent)]
+    Token(std::io::Error),
     /// The listener could not bind.
     #[error("cannot listen on {addr} (--secure-listen): {source}")]
     Bind {
@@ -258,6 +266,12 @@ impl AdapterSetup {
                 interval: args.poll_interval,
                 timeout: args.poll_timeout,
                 max_body_bytes: args.max_feed_bytes,
+                token: args
+                    .agent_token_file
+                    .as_deref()
+                    .map(|p| crate::agent::read_token(p, "--agent-token-file"))
+                    .transpose()
+                    .map_err(AdapterError::Token)?,
             },
             max_age: args.max_age,
             agents: agents_rx,

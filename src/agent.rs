@@ -44,6 +44,27 @@ pub struct AgentArgs {
     /// Turn pod attribution off (no kubelet on this host).
     #[arg(long, env = "KGM_NO_ATTRIBUTION")]
     pub no_attribution: bool,
+
+    /// A file holding a token that `/v1/pods` requires as
+    /// `Authorization: Bearer <token>` (the adapter's `--agent-token-file`).
+    /// `/metrics` and the health endpoints stay open.
+    #[arg(long, env = "KGM_FEED_TOKEN_FILE")]
+    pub feed_token_file: Option<std::path::PathBuf>,
+}
+
+/// Reads a token file: its content without surrounding whitespace, which
+/// must not be empty.
+pub fn read_token(path: &std::path::Path, flag: &str) -> std::io::Result<Arc<str>> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot read {} ({flag}): {e}", path.display())))?;
+    let token = text.trim();
+    if token.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{} ({flag}) is empty", path.display()),
+        ));
+    }
+    Ok(token.into())
 }
 
 /// A running agent's shared state: the latest snapshot and the counters.
@@ -53,6 +74,8 @@ pub struct AgentState {
     pub snapshot: Arc<ArcSwap<Snapshot>>,
     /// Self-metrics, bumped by the sampler and the server.
     pub metrics: Arc<AgentMetrics>,
+    /// The bearer token `/v1/pods` requires, if any.
+    pub feed_token: Option<Arc<str>>,
 }
 
 /// Everything an agent runs with.
@@ -112,7 +135,8 @@ pub async fn start(setup: AgentSetup, shutdown: watch::Receiver<bool>) -> std::i
     let metrics = Arc::new(AgentMetrics::default());
     let snapshot =
         Arc::new(ArcSwap::from_pointee(Snapshot::empty(&setup.agent.node_name, setup.agent.interval, &metrics)));
-    let state = AgentState { snapshot, metrics };
+    let feed_token = setup.agent.feed_token_file.as_deref().map(|p| read_token(p, "--feed-token-file")).transpose()?;
+    let state = AgentState { snapshot, metrics, feed_token };
     let listener = tokio::net::TcpListener::bind(setup.agent.listen).await?;
     let addr = listener.local_addr()?;
     let sampler = Sampler::new(&setup.agent, setup.opener, setup.allocations, setup.pids, state.clone());

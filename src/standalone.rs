@@ -92,6 +92,7 @@ fn agent_args(args: &StandaloneArgs, node: &str, offset: u16) -> AgentArgs {
         interval: args.interval,
         gpu_read_timeout: None,
         no_attribution: true,
+        feed_token_file: None,
     }
 }
 
@@ -186,7 +187,12 @@ async fn start_adapter(
         client_ca: ca.cert_pem.clone(),
         authenticator: Authenticator::ClientCertificate,
         authorizer: Authorizer::AllowAll,
-        poll: PollSettings { interval: args.interval, timeout: Duration::from_millis(800), max_body_bytes: 8 << 20 },
+        poll: PollSettings {
+            interval: args.interval,
+            timeout: Duration::from_millis(800),
+            max_body_bytes: 8 << 20,
+            token: None,
+        },
         max_age: None,
         agents: agents_rx,
         labels: Arc::new(LabelIndex::new(labels)),

@@ -156,7 +156,11 @@ impl Adapter {
     fn start(pki: &Pki, agents: &[SocketAddr], extra: &[&str], kubeconfig: Option<&Path>) -> Adapter {
         let agents: Vec<String> = agents.iter().map(|a| format!("http://{a}")).collect();
         let mut cmd = Command::new(BIN);
-        cmd.args(["adapter", "--secure-listen", "127.0.0.1:0", "--discover-agents=false", "--poll-interval", "200ms"])
+        cmd.arg("adapter");
+        if !extra.contains(&"--secure-listen") {
+            cmd.args(["--secure-listen", "127.0.0.1:0"]);
+        }
+        cmd.args(["--discover-agents=false", "--poll-interval", "200ms"])
             .args(pki.flags())
             .args(["--agent", &agents.join(",")])
             .args(extra)
@@ -463,4 +467,83 @@ async fn a_replaced_certificate_is_served_without_restart() {
     })
     .await;
     assert_eq!(after, CertificateDer::from_pem_slice(rotated.cert.as_bytes()).unwrap().to_vec());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restarted_adapter_serves_again_and_sigterm_stops_it_cleanly() {
+    let pki = Pki::new();
+    let (_agent, agent_addr) = FakeAgent::start("mainpc", &[("reasoning-suite-a", 33.0)]);
+    let first = Adapter::start(&pki, &[agent_addr], &["--authorization-mode", "always-allow"], None);
+    let port = first.addr.port().to_string();
+    let path = format!("{PODS}/reasoning-suite-a/nvidia_gpu_utilization_percent");
+    until("values", async || via_aggregator(&pki, &first, &path).await.status == 200).await;
+
+    // SIGTERM: the process exits 0.
+    let mut first = first;
+    let pid = first.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = first.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "still running 15 s after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}");
+
+    // A new process on the same port: empty store first (a Status, not a
+    // 500), then values after its first poll.
+    let listen = format!("127.0.0.1:{port}");
+    let second = Adapter::start(
+        &pki,
+        &[agent_addr],
+        &["--authorization-mode", "always-allow", "--secure-listen", &listen],
+        None,
+    );
+    let first_answer = via_aggregator(&pki, &second, &path).await;
+    assert!(first_answer.status == 200 || first_answer.status == 404, "{}", first_answer.body);
+    until("values again", async || via_aggregator(&pki, &second, &path).await.body["items"][0]["value"] == "33").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_request_heads_get_431() {
+    let pki = Pki::new();
+    let (_agent, agent_addr) = FakeAgent::start("mainpc", &[]);
+    let adapter = Adapter::start(&pki, &[agent_addr], &["--authorization-mode", "always-allow"], None);
+    let huge = "x".repeat(64 * 1024);
+    let headers = [("X-Remote-User", "a"), ("X-Padding", huge.as_str())];
+    let ca = pki.serving_ca.cert_pem.as_str();
+    let status = https_status(adapter.addr, ca, &pki.aggregator, &headers).await;
+    assert_eq!(status, 431);
+    assert_eq!(via_aggregator(&pki, &adapter, "/apis").await.status, 200);
+}
+
+/// Only the status line: hyper's 431 answer has no JSON body.
+async fn https_status(addr: SocketAddr, ca: &str, client: &PemPair, headers: &[(&str, &str)]) -> u16 {
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(ca.as_bytes()).unwrap()).unwrap();
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            vec![CertificateDer::from_pem_slice(client.cert.as_bytes()).unwrap()],
+            PrivateKeyDer::from_pem_slice(client.key.as_bytes()).unwrap(),
+        )
+        .unwrap();
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
+    let mut request = "GET /apis HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n".to_string();
+    for (k, v) in headers {
+        request.push_str(&format!("{k}: {v}\r\n"));
+    }
+    request.push_str("\r\n");
+    let _ = tls.write_all(request.as_bytes()).await;
+    let mut raw = Vec::new();
+    let _ = tls.read_to_end(&mut raw).await;
+    String::from_utf8_lossy(&raw).split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
 }

@@ -530,3 +530,72 @@ fn the_real_nvml_library_reports_every_gpu() {
     let duration: f64 = value(&text, "kube_gpu_metrics_sample_duration_seconds").unwrap().parse().unwrap();
     println!("sample pass: {:.1} us for {} GPU(s)", duration * 1e6, up.len());
 }
+
+// ---- hostile clients and the feed token ----
+
+#[test]
+fn the_feed_can_require_a_token_that_the_adapter_sends() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("nvml.conf"), TWO_GPUS).unwrap();
+    std::fs::write(dir.path().join("token"), "s3cret-token\n").unwrap();
+    let token_file = dir.path().join("token").display().to_string();
+    let agent = Agent::start_in(dir, &["--no-attribution", "--feed-token-file", &token_file]);
+    agent.metrics_until("a sample", |t| t.contains("nvidia_gpu_utilization_percent{"));
+
+    assert_eq!(agent.get("/v1/pods").status, 401);
+    let wrong = request(agent.addr, "GET", "/v1/pods", &[("Authorization", "Bearer s3cret-tokeN")]);
+    assert_eq!(wrong.status, 401);
+    assert_eq!(wrong.header("www-authenticate"), Some("Bearer"));
+    let right = request(agent.addr, "GET", "/v1/pods", &[("Authorization", "Bearer s3cret-token")]);
+    assert_eq!(right.status, 200);
+    // Prometheus and the probes need no token.
+    assert_eq!(agent.get("/metrics").status, 200);
+    assert_eq!(agent.get("/readyz").status, 200);
+
+    // The adapter's collector, with and without the token.
+    use kube_gpu_metrics::adapter::collector::{Collector, PollSettings};
+    use kube_gpu_metrics::adapter::store::MetricStore;
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let base = format!("http://{}", agent.addr);
+    let collector = |token: Option<&str>| {
+        let settings = PollSettings {
+            interval: Duration::from_secs(1),
+            timeout: Duration::from_secs(2),
+            max_body_bytes: 1 << 20,
+            token: token.map(Into::into),
+        };
+        let (_tx, rx) = tokio::sync::watch::channel(Vec::new());
+        Collector::new(settings, Arc::new(MetricStore::new(None)), rx)
+    };
+    runtime.block_on(async {
+        let feed = collector(Some("s3cret-token")).fetch(&base).await.unwrap();
+        assert_eq!(feed.node, "testnode");
+        let err = collector(None).fetch(&base).await.unwrap_err();
+        assert!(err.to_string().contains("401"), "{err}");
+    });
+}
+
+#[test]
+fn oversized_headers_get_431() {
+    let agent = Agent::start(TWO_GPUS, &["--no-attribution"]);
+    let huge = "x".repeat(64 * 1024);
+    let answer = request(agent.addr, "GET", "/metrics", &[("X-Padding", &huge)]);
+    assert_eq!(answer.status, 431);
+    // The agent is unharmed.
+    assert_eq!(agent.get("/healthz").status, 200);
+}
+
+#[test]
+fn a_slowloris_client_is_cut_off_by_the_header_read_timeout() {
+    let agent = Agent::start(TWO_GPUS, &["--no-attribution"]);
+    let mut stream = TcpStream::connect(agent.addr).unwrap();
+    // Half a request head, then nothing.
+    stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n").unwrap();
+    stream.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let started = Instant::now();
+    let mut rest = Vec::new();
+    let closed = stream.read_to_end(&mut rest).is_ok();
+    assert!(closed, "the connection was not closed");
+    assert!(started.elapsed() < Duration::from_secs(29), "closed only by the client's own timeout");
+    assert_eq!(agent.get("/healthz").status, 200);
+}

@@ -68,6 +68,8 @@ pub struct PollSettings {
     pub timeout: Duration,
     /// Largest feed accepted, bytes.
     pub max_body_bytes: usize,
+    /// Bearer token the agents' feeds require, if any.
+    pub token: Option<Arc<str>>,
 }
 
 /// Polls agents into the store.
@@ -114,9 +116,16 @@ impl Collector {
             .map_err(|e: http::uri::InvalidUri| CollectError::Url { url: base.to_string(), reason: e.to_string() })?;
         let timeout = self.settings.timeout;
         let work = async {
+            let mut request = http::Request::get(uri);
+            if let Some(token) = &self.settings.token {
+                request = request.header(http::header::AUTHORIZATION, format!("Bearer {token}"));
+            }
+            let request = request
+                .body(Empty::new())
+                .map_err(|e| CollectError::Url { url: base.to_string(), reason: e.to_string() })?;
             let response = self
                 .client
-                .get(uri)
+                .request(request)
                 .await
                 .map_err(|e| CollectError::Http { url: base.to_string(), reason: e.to_string() })?;
             if !response.status().is_success() {

@@ -68,6 +68,13 @@ pub async fn serve(listener: TcpListener, state: AgentState, mut shutdown: watch
     }
 }
 
+/// Whether `Authorization: Bearer <token>` carries `token`, compared in
+/// constant time.
+fn bearer_matches(header: Option<&HeaderValue>, token: &str) -> bool {
+    let Some(given) = header.and_then(|v| v.as_bytes().strip_prefix(b"Bearer ")) else { return false };
+    given.len() == token.len() && given.iter().zip(token.as_bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
 fn plain(status: StatusCode, body: &'static str) -> Response<Full<Bytes>> {
     let mut response = Response::new(Full::new(Bytes::from_static(body.as_bytes())));
     *response.status_mut() = status;
@@ -104,7 +111,14 @@ pub fn handle<B>(state: &AgentState, req: &Request<B>) -> Response<Full<Bytes>> 
             headers.insert(header::VARY, HeaderValue::from_static("Accept, Accept-Encoding"));
             response
         }
-        "/v1/pods" => with_body(HeaderValue::from_static("application/json"), state.snapshot.load().feed.clone()),
+        "/v1/pods" => match &state.feed_token {
+            Some(token) if !bearer_matches(req.headers().get(header::AUTHORIZATION), token) => {
+                let mut response = plain(StatusCode::UNAUTHORIZED, "unauthorized: /v1/pods needs the feed token\n");
+                response.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+                response
+            }
+            _ => with_body(HeaderValue::from_static("application/json"), state.snapshot.load().feed.clone()),
+        },
         "/healthz" | "/livez" => plain(StatusCode::OK, "ok\n"),
         "/readyz" => match &state.snapshot.load().data.readiness {
             Readiness::Ready => plain(StatusCode::OK, "ok\n"),

@@ -56,13 +56,14 @@ fn args(read_timeout: Duration) -> AgentArgs {
         interval: Duration::from_secs(1),
         gpu_read_timeout: Some(read_timeout),
         no_attribution: true,
+        feed_token_file: None,
     }
 }
 
 fn sampler(failures: u32, hang: Duration, read_timeout: Duration) -> (Sampler, AgentState, Arc<ScriptedSource>) {
     let metrics = Arc::new(AgentMetrics::default());
     let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::empty("n", Duration::from_secs(1), &metrics)));
-    let state = AgentState { snapshot, metrics };
+    let state = AgentState { snapshot, metrics, feed_token: None };
     let source = Arc::new(ScriptedSource { hang, reads: AtomicU32::new(0) });
     let opener = Arc::new(FlakyOpener { failures: Mutex::new(failures), source: source.clone() });
     let pids = PidResolver::proc("/nonexistent".into());

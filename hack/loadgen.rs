@@ -1,0 +1,210 @@
+//! A bounded HTTP(S) load generator for loopback targets: N requests over C
+//! keep-alive connections, reporting throughput, latency percentiles, errors
+//! and the target's RSS before and after.
+//!
+//! ```text
+//! cargo run --release --example loadgen -- --url http://127.0.0.1:9402/metrics \
+//!     --requests 1000000 --concurrency 64 --pid "$(pgrep -f 'standalone')"
+//! cargo run --release --example loadgen -- --url "https://127.0.0.1:6443/apis/custom.metrics.k8s.io/v1beta2/..." \
+//!     --requests 100000 --concurrency 64 --kubeconfig standalone.kubeconfig
+//! ```
+//!
+//! Only loopback addresses are accepted, and every run stops after
+//! `--requests` or `--max-seconds`, whichever comes first.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use base64::Engine;
+use bytes::Bytes;
+use clap::Parser;
+use http_body_util::{BodyExt, Empty};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+
+/// Load on a loopback URL, bounded in count and time.
+#[derive(Debug, Parser)]
+struct Args {
+    /// Target URL (http or https, loopback only).
+    #[arg(long)]
+    url: http::Uri,
+    /// Requests in total.
+    #[arg(long, default_value_t = 100_000)]
+    requests: u64,
+    /// Connections (and requests in flight).
+    #[arg(long, default_value_t = 64)]
+    concurrency: usize,
+    /// Stop after this many seconds even if requests remain.
+    #[arg(long, default_value_t = 300)]
+    max_seconds: u64,
+    /// PID of the target, to report its RSS before and after.
+    #[arg(long)]
+    pid: Option<u32>,
+    /// For https: a kubeconfig holding the CA and a client certificate
+    /// (as `standalone` writes it).
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Extra request headers, `Name: value`.
+    #[arg(long = "header")]
+    headers: Vec<String>,
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("VmRSS:"))
+        .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse().ok())
+}
+
+/// The CA and client certificate of a kubeconfig written by `standalone`.
+fn tls_config(kubeconfig: &PathBuf) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    let text = std::fs::read_to_string(kubeconfig).with_context(|| format!("reading {}", kubeconfig.display()))?;
+    let field = |name: &str| -> anyhow::Result<Vec<u8>> {
+        let line = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix(&format!("{name}: ")))
+            .with_context(|| format!("no {name}"))?;
+        Ok(base64::engine::general_purpose::STANDARD.decode(line.trim())?)
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(&field("certificate-authority-data")?)?)?;
+    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_client_auth_cert(
+            vec![CertificateDer::from_pem_slice(&field("client-certificate-data")?)?],
+            PrivateKeyDer::from_pem_slice(&field("client-key-data")?)?,
+        )?;
+    Ok(Arc::new(config))
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
+
+async fn connect(addr: SocketAddr, tls: Option<&Arc<rustls::ClientConfig>>) -> anyhow::Result<Sender> {
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
+    tcp.set_nodelay(true)?;
+    let sender = match tls {
+        Some(config) => {
+            let stream = tokio_rustls::TlsConnector::from(config.clone())
+                .connect(ServerName::try_from("localhost")?, tcp)
+                .await?;
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream)).await?;
+            tokio::spawn(conn);
+            sender
+        }
+        None => {
+            let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+            tokio::spawn(conn);
+            sender
+        }
+    };
+    Ok(sender)
+}
+
+#[tokio::main(flavor = "multi_thread", worker_threads = 1)]
+async fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    let host = args.url.host().context("the URL needs a host")?;
+    let https = args.url.scheme_str() == Some("https");
+    let port = args.url.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let addr: SocketAddr = tokio::net::lookup_host((host, port)).await?.next().context("no address")?;
+    if !addr.ip().is_loopback() {
+        bail!("{addr} is not a loopback address: load is only ever sent to this machine");
+    }
+    let tls = match (https, &args.kubeconfig) {
+        (true, Some(path)) => Some(tls_config(path)?),
+        (true, None) => bail!("https needs --kubeconfig for the CA and client certificate"),
+        (false, _) => None,
+    };
+    let headers: Vec<(String, String)> = args
+        .headers
+        .iter()
+        .map(|h| {
+            h.split_once(':').map(|(k, v)| (k.trim().to_string(), v.trim().to_string())).context("header: Name: value")
+        })
+        .collect::<anyhow::Result<_>>()?;
+    let path = args.url.path_and_query().map_or("/", |p| p.as_str()).to_string();
+
+    let rss_before = args.pid.and_then(rss_kib);
+    let issued = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs(args.max_seconds);
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for _ in 0..args.concurrency {
+        let (issued, errors, tls, headers, path) =
+            (issued.clone(), errors.clone(), tls.clone(), headers.clone(), path.clone());
+        let total = args.requests;
+        tasks.push(tokio::spawn(async move {
+            let mut latencies: Vec<u32> = Vec::new();
+            let mut sender: Option<Sender> = None;
+            while issued.fetch_add(1, Ordering::Relaxed) < total && Instant::now() < deadline {
+                if sender.as_ref().is_none_or(|s| s.is_closed()) {
+                    match connect(addr, tls.as_ref()).await {
+                        Ok(s) => sender = Some(s),
+                        Err(_) => {
+                            errors.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                    }
+                }
+                let s = sender.as_mut().expect("connected above");
+                let mut req = http::Request::get(path.as_str()).header(http::header::HOST, "localhost");
+                for (k, v) in &headers {
+                    req = req.header(k.as_str(), v.as_str());
+                }
+                let req = req.body(Empty::new()).expect("a valid request");
+                let t = Instant::now();
+                let ok = match s.send_request(req).await {
+                    Ok(response) => {
+                        let success = response.status().is_success();
+                        response.into_body().collect().await.is_ok() && success
+                    }
+                    Err(_) => false,
+                };
+                latencies.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
+                if !ok {
+                    errors.fetch_add(1, Ordering::Relaxed);
+                    sender = None;
+                }
+            }
+            latencies
+        }));
+    }
+    let mut latencies: Vec<u32> = Vec::new();
+    for task in tasks {
+        latencies.extend(task.await?);
+    }
+    let elapsed = started.elapsed();
+    let rss_after = args.pid.and_then(rss_kib);
+    latencies.sort_unstable();
+    let at = |q: f64| {
+        latencies
+            .get(((latencies.len() as f64 * q) as usize).min(latencies.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0)
+    };
+    println!("target       {}", args.url);
+    println!(
+        "requests     {} in {:.1} s over {} connections",
+        latencies.len(),
+        elapsed.as_secs_f64(),
+        args.concurrency
+    );
+    println!("throughput   {:.0} req/s", latencies.len() as f64 / elapsed.as_secs_f64());
+    println!("latency      p50 {} µs, p99 {} µs, max {} µs", at(0.5), at(0.99), latencies.last().copied().unwrap_or(0));
+    println!("errors       {}", errors.load(Ordering::Relaxed));
+    if let (Some(before), Some(after)) = (rss_before, rss_after) {
+        println!("target RSS   {before} KiB before, {after} KiB after ({:+} KiB)", after as i64 - before as i64);
+    }
+    if errors.load(Ordering::Relaxed) > 0 {
+        bail!("requests failed");
+    }
+    Ok(())
+}
