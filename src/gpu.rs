@@ -186,6 +186,9 @@ pub trait GpuSource: Send + Sync {
     fn gpu_count(&self) -> u32;
     /// Reads one GPU.
     fn read(&self, index: u32, request: ReadRequest) -> GpuRead;
+    /// A GPU's identity if already known, without blocking: a GPU whose
+    /// read hangs keeps its labels.
+    fn known_identity(&self, index: u32) -> Option<GpuIdentity>;
     /// The driver version, where known.
     fn driver_version(&self) -> Option<String> {
         None

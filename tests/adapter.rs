@@ -78,8 +78,14 @@ fn serve_http(handler: Handler) -> SocketAddr {
 /// What a fake agent answers: a feed stamped at request time, or raw bytes.
 #[derive(Clone)]
 enum AgentAnswer {
-    Feed { node: &'static str, age_ms: u64, pods: Vec<(&'static str, f64)> },
+    Feed {
+        node: &'static str,
+        age_ms: u64,
+        pods: Vec<(&'static str, f64)>,
+    },
     Raw(u16, Vec<u8>),
+    /// A fresh feed, after a delay.
+    Slow(Duration, &'static str, Vec<(&'static str, f64)>),
 }
 
 /// An agent whose answer the test sets.
@@ -95,6 +101,11 @@ impl FakeAgent {
             match state.lock().unwrap().clone() {
                 AgentAnswer::Feed { node, age_ms, pods } => (200, feed(node, age_ms, &pods)),
                 AgentAnswer::Raw(status, body) => (status, body),
+                AgentAnswer::Slow(delay, node, pods) => {
+                    // Blocks this fake agent's own thread only.
+                    std::thread::sleep(delay);
+                    (200, feed(node, 0, &pods))
+                }
             }
         }));
         (agent, addr)
@@ -546,4 +557,37 @@ async fn https_status(addr: SocketAddr, ca: &str, client: &PemPair, headers: &[(
     let mut raw = Vec::new();
     let _ = tls.read_to_end(&mut raw).await;
     String::from_utf8_lossy(&raw).split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_agent_drops_out_without_holding_up_the_others() {
+    let pki = Pki::new();
+    let (fast, fast_addr) = FakeAgent::start("mainpc", &[("fast", 10.0)]);
+    let (slow, slow_addr) = FakeAgent::start("pc2", &[("slow", 20.0)]);
+    let adapter = Adapter::start(
+        &pki,
+        &[fast_addr, slow_addr],
+        &["--authorization-mode", "always-allow", "--poll-timeout", "300ms"],
+        None,
+    );
+    let path = format!("{PODS}/%2A/nvidia_gpu_utilization_percent");
+    let values = async || -> Vec<(String, String)> {
+        let body = via_aggregator(&pki, &adapter, &path).await.body;
+        body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| {
+                (i["describedObject"]["name"].as_str().unwrap().to_string(), i["value"].as_str().unwrap().to_string())
+            })
+            .collect()
+    };
+    until("both agents", async || values().await.len() == 2).await;
+
+    // pc2's agent now answers after 2 s, past the 300 ms poll timeout.
+    slow.set(AgentAnswer::Slow(Duration::from_secs(2), "pc2", vec![("slow", 20.0)]));
+    until("the slow agent's pod dropped", async || values().await == [("fast".to_string(), "10".to_string())]).await;
+    // The fast agent keeps being polled: a new value shows up.
+    fast.set(AgentAnswer::Feed { node: "mainpc", age_ms: 0, pods: vec![("fast", 12.5)] });
+    until("the fast agent's new value", async || values().await == [("fast".to_string(), "12500m".to_string())]).await;
 }

@@ -599,3 +599,26 @@ fn a_slowloris_client_is_cut_off_by_the_header_read_timeout() {
     assert!(started.elapsed() < Duration::from_secs(29), "closed only by the client's own timeout");
     assert_eq!(agent.get("/healthz").status, 200);
 }
+
+#[test]
+fn a_hung_nvml_call_marks_only_its_gpu_down_and_blocks_no_scrape() {
+    // GPU 1's utilization call takes 3 s; the read deadline is 400 ms.
+    let agent = Agent::start(
+        &format!("{TWO_GPUS}delay 1 utilization 3000\n"),
+        &["--no-attribution", "--gpu-read-timeout", "400ms"],
+    );
+    let text = agent.metrics_until("GPU 1 reported down", |t| t.contains(&format!("nvidia_gpu_up{{{LABELS_3060}}} 0")));
+    assert_eq!(value(&text, &format!("nvidia_gpu_utilization_percent{{{LABELS_4090}}}")).as_deref(), Some("42.0"));
+    assert_eq!(value(&text, &format!("nvidia_gpu_utilization_percent{{{LABELS_3060}}}")), None);
+    // Scrapes answer at once while the call hangs.
+    let started = Instant::now();
+    for _ in 0..20 {
+        assert_eq!(agent.get("/metrics").status, 200);
+    }
+    let scrape_time = started.elapsed();
+    eprintln!("20 scrapes during a hung NVML call: {scrape_time:?}");
+    let text = agent.metrics_until("the timeout counted", |t| {
+        value(t, "kube_gpu_metrics_gpu_read_timeouts_total").is_some_and(|v| v != "0")
+    });
+    assert_eq!(value(&text, &format!("nvidia_gpu_up{{{LABELS_4090}}}")).as_deref(), Some("1"));
+}

@@ -354,6 +354,9 @@ impl Sampler {
             let Some(mut read) = outcome else {
                 self.state.metrics.gpu_read_timeout();
                 tracing::warn!(gpu = index, "GPU read missed its deadline; reported down");
+                if slot.identity.is_none() {
+                    slot.identity = source.known_identity(index as u32);
+                }
                 reads.push(GpuRead { identity: slot.identity.clone(), ..GpuRead::default() });
                 continue;
             };

@@ -89,6 +89,10 @@ impl GpuSource for NvmlSource {
         self.driver_version.clone()
     }
 
+    fn known_identity(&self, index: u32) -> Option<GpuIdentity> {
+        self.identities.get(index as usize).and_then(|i| i.get().cloned())
+    }
+
     fn read(&self, index: u32, request: ReadRequest) -> GpuRead {
         let mut read = GpuRead {
             identity: self.identities.get(index as usize).and_then(|i| i.get().cloned()),

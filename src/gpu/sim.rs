@@ -257,6 +257,10 @@ impl GpuSource for SimNode {
     fn driver_version(&self) -> Option<String> {
         Some("simulated".to_string())
     }
+
+    fn known_identity(&self, index: u32) -> Option<GpuIdentity> {
+        self.gpus.get(index as usize).map(|g| g.identity.clone())
+    }
 }
 
 /// Opens a [`SimNode`]; it never fails.

@@ -18,6 +18,10 @@ impl GpuSource for ScriptedSource {
         2
     }
 
+    fn known_identity(&self, _: u32) -> Option<GpuIdentity> {
+        None
+    }
+
     fn read(&self, index: u32, _: ReadRequest) -> GpuRead {
         self.reads.fetch_add(1, Ordering::SeqCst);
         if index == 1 {
