@@ -148,8 +148,3 @@ pub async fn start(setup: AgentSetup, shutdown: watch::Receiver<bool>) -> std::i
     });
     Ok(RunningAgent { addr, state, done })
 }
-
-/// Resolves once `shutdown` turns true (or its sender is gone).
-pub async fn stopped(shutdown: &mut watch::Receiver<bool>) {
-    let _ = shutdown.wait_for(|stop| *stop).await;
-}

@@ -23,4 +23,5 @@ pub mod attribution;
 pub mod feed;
 pub mod gpu;
 pub mod hpa;
+pub mod listener;
 pub mod standalone;

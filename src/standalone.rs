@@ -262,7 +262,7 @@ async fn status_loop(agents: &[RunningAgent], adapter: &RunningAdapter, mut shut
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = crate::agent::stopped(&mut shutdown) => break,
+            _ = crate::listener::stopped(&mut shutdown) => break,
         }
         n += 1;
         if !tty && n % 10 != 1 {

@@ -211,15 +211,8 @@ struct Answer {
     server_cert: Vec<u8>,
 }
 
-/// One HTTPS request, trusting `ca`, presenting `client` if given.
-async fn https(
-    addr: SocketAddr,
-    ca: &str,
-    client: Option<&PemPair>,
-    method: &str,
-    path: &str,
-    headers: &[(&str, &str)],
-) -> Answer {
+/// A client config trusting `ca`, presenting `client` if given.
+fn client_config(ca: &str, client: Option<&PemPair>) -> Arc<rustls::ClientConfig> {
     let mut roots = rustls::RootCertStore::empty();
     roots.add(CertificateDer::from_pem_slice(ca.as_bytes()).unwrap()).unwrap();
     let builder = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
@@ -235,16 +228,43 @@ async fn https(
             .unwrap(),
         None => builder.with_no_client_auth(),
     };
-    let connector = tokio_rustls::TlsConnector::from(Arc::new(config));
+    Arc::new(config)
+}
+
+/// Connects over TLS and sends one request with `Connection: close`; returns
+/// the stream to read the answer from.
+async fn send(
+    addr: SocketAddr,
+    config: Arc<rustls::ClientConfig>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> tokio_rustls::client::TlsStream<tokio::net::TcpStream> {
     let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut tls = connector.connect(ServerName::try_from("localhost").unwrap(), tcp).await.unwrap();
-    let server_cert = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
+    let mut tls = tokio_rustls::TlsConnector::from(config)
+        .connect(ServerName::try_from("localhost").unwrap(), tcp)
+        .await
+        .unwrap();
     let mut request = format!("{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n");
     for (k, v) in headers {
         request.push_str(&format!("{k}: {v}\r\n"));
     }
     request.push_str("\r\n");
-    tls.write_all(request.as_bytes()).await.unwrap();
+    let _ = tls.write_all(request.as_bytes()).await;
+    tls
+}
+
+/// One HTTPS request, trusting `ca`, presenting `client` if given.
+async fn https(
+    addr: SocketAddr,
+    ca: &str,
+    client: Option<&PemPair>,
+    method: &str,
+    path: &str,
+    headers: &[(&str, &str)],
+) -> Answer {
+    let mut tls = send(addr, client_config(ca, client), method, path, headers).await;
+    let server_cert = tls.get_ref().1.peer_certificates().unwrap()[0].to_vec();
     let mut raw = Vec::new();
     let _ = tls.read_to_end(&mut raw).await;
     let split = raw.windows(4).position(|w| w == b"\r\n\r\n").expect("a response head");
@@ -532,28 +552,7 @@ async fn oversized_request_heads_get_431() {
 
 /// Only the status line: hyper's 431 answer has no JSON body.
 async fn https_status(addr: SocketAddr, ca: &str, client: &PemPair, headers: &[(&str, &str)]) -> u16 {
-    let mut roots = rustls::RootCertStore::empty();
-    roots.add(CertificateDer::from_pem_slice(ca.as_bytes()).unwrap()).unwrap();
-    let config = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_client_auth_cert(
-            vec![CertificateDer::from_pem_slice(client.cert.as_bytes()).unwrap()],
-            PrivateKeyDer::from_pem_slice(client.key.as_bytes()).unwrap(),
-        )
-        .unwrap();
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let mut tls = tokio_rustls::TlsConnector::from(Arc::new(config))
-        .connect(ServerName::try_from("localhost").unwrap(), tcp)
-        .await
-        .unwrap();
-    let mut request = "GET /apis HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n".to_string();
-    for (k, v) in headers {
-        request.push_str(&format!("{k}: {v}\r\n"));
-    }
-    request.push_str("\r\n");
-    let _ = tls.write_all(request.as_bytes()).await;
+    let mut tls = send(addr, client_config(ca, Some(client)), "GET", "/apis", headers).await;
     let mut raw = Vec::new();
     let _ = tls.read_to_end(&mut raw).await;
     String::from_utf8_lossy(&raw).split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0)

@@ -29,6 +29,29 @@ gpu name=\"NVIDIA GeForce RTX 3060\" uuid=GPU-3060-0001 util=17 mem_util=9 mem_t
 const LABELS_4090: &str = "node=\"testnode\",gpu=\"0\",uuid=\"GPU-4090-0000\",model=\"NVIDIA GeForce RTX 4090\"";
 const LABELS_3060: &str = "node=\"testnode\",gpu=\"1\",uuid=\"GPU-3060-0001\",model=\"NVIDIA GeForce RTX 3060\"";
 
+/// Starts the binary with `args` (and the fake NVML config, if any) and
+/// waits for the address it announces.
+fn spawn(args: &[&str], nvml_config: Option<&Path>) -> (Child, SocketAddr) {
+    let mut command = Command::new(BIN);
+    command.args(args).env("KGM_LOG", "info").stdout(Stdio::null()).stderr(Stdio::piped());
+    if let Some(config) = nvml_config {
+        command.env("FAKE_NVML_CONFIG", config);
+    }
+    let mut child = command.spawn().expect("start the agent");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = line.split("agent listening on http://").nth(1) {
+                let _ = tx.send(addr.trim().parse::<SocketAddr>().unwrap());
+            }
+            eprintln!("agent: {line}");
+        }
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(20)).expect("agent printed its address");
+    (child, addr)
+}
+
 /// A running agent process, killed on drop.
 struct Agent {
     child: Child,
@@ -46,27 +69,10 @@ impl Agent {
     }
 
     fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Agent {
-        let mut child = Command::new(BIN)
-            .args(["agent", "--gpu-source", "nvml", "--nvml-lib", fake_nvml()])
-            .args(["--listen", "127.0.0.1:0", "--node-name", "testnode", "--interval", "200ms"])
-            .args(extra)
-            .env("FAKE_NVML_CONFIG", dir.path().join("nvml.conf"))
-            .env("KGM_LOG", "info")
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start the agent");
-        let stderr = child.stderr.take().unwrap();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if let Some(addr) = line.split("agent listening on http://").nth(1) {
-                    let _ = tx.send(addr.trim().parse::<SocketAddr>().unwrap());
-                }
-                eprintln!("agent: {line}");
-            }
-        });
-        let addr = rx.recv_timeout(Duration::from_secs(20)).expect("agent printed its address");
+        let mut args = vec!["agent", "--gpu-source", "nvml", "--nvml-lib", fake_nvml()];
+        args.extend(["--listen", "127.0.0.1:0", "--node-name", "testnode", "--interval", "200ms"]);
+        args.extend(extra);
+        let (child, addr) = spawn(&args, Some(&dir.path().join("nvml.conf")));
         Agent { child, addr, dir }
     }
 
@@ -491,24 +497,9 @@ fn a_shared_gpu_without_the_checkpoint_reports_why_not_a_copied_value() {
 #[test]
 #[ignore = "needs GPU"]
 fn the_real_nvml_library_reports_every_gpu() {
-    let mut child = Command::new(BIN)
-        .args(["agent", "--listen", "127.0.0.1:0", "--node-name", "gpu-host", "--no-attribution"])
-        .args(["--interval", "500ms"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = line.split("agent listening on http://").nth(1) {
-                let _ = tx.send(addr.trim().parse::<SocketAddr>().unwrap());
-            }
-            eprintln!("agent: {line}");
-        }
-    });
-    let addr = rx.recv_timeout(Duration::from_secs(20)).unwrap();
+    let args =
+        ["agent", "--listen", "127.0.0.1:0", "--node-name", "gpu-host", "--no-attribution", "--interval", "500ms"];
+    let (mut child, addr) = spawn(&args, None);
     let deadline = Instant::now() + Duration::from_secs(10);
     while request(addr, "GET", "/readyz", &[]).status != 200 {
         assert!(Instant::now() < deadline, "NVML never became ready");

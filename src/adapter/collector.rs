@@ -179,7 +179,7 @@ impl Collector {
         loop {
             tokio::select! {
                 _ = tick.tick() => self.poll_once().await,
-                _ = crate::agent::stopped(&mut shutdown) => return,
+                _ = crate::listener::stopped(&mut shutdown) => return,
             }
         }
     }

@@ -19,7 +19,6 @@ use http_body_util::Full;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use rustls::pki_types::CertificateDer;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -115,60 +114,42 @@ pub async fn serve(
     tls: Arc<rustls::ServerConfig>,
     client_ca: ClientCa,
     service: Arc<AdapterService>,
-    mut shutdown: watch::Receiver<bool>,
+    shutdown: watch::Receiver<bool>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
-    let graceful = GracefulShutdown::new();
     let mut builder = http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(HANDSHAKE_TIMEOUT).max_buf_size(MAX_HEAD_BYTES);
     let builder = Arc::new(builder);
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, _) = match accepted {
-                    Ok(conn) => conn,
+    crate::listener::accept_until(listener, shutdown, SHUTDOWN_GRACE, |stream, watcher| {
+        let (acceptor, service, builder, client_ca) =
+            (acceptor.clone(), service.clone(), builder.clone(), client_ca.clone());
+        tokio::spawn(async move {
+            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                Ok(Ok(tls)) => tls,
+                Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
+                Err(_) => return tracing::debug!("TLS handshake timed out"),
+            };
+            // Only a certificate the trusted CA signed names a user.
+            let peer: Option<CertificateDer<'static>> = match tls.get_ref().1.peer_certificates() {
+                Some(chain) => match client_ca.verify(chain) {
+                    Ok(()) => chain.first().map(|c| c.clone().into_owned()),
                     Err(e) => {
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
+                        tracing::debug!(error = %e, "client certificate not trusted");
+                        None
                     }
-                };
-                let _ = stream.set_nodelay(true);
-                let (acceptor, service, watcher, builder) = (acceptor.clone(), service.clone(), graceful.watcher(), builder.clone());
-                let client_ca = client_ca.clone();
-                tokio::spawn(async move {
-                    let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                        Ok(Ok(tls)) => tls,
-                        Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
-                        Err(_) => return tracing::debug!("TLS handshake timed out"),
-                    };
-                    // Only a certificate the trusted CA signed names a user.
-                    let peer: Option<CertificateDer<'static>> = match tls.get_ref().1.peer_certificates() {
-                        Some(chain) => match client_ca.verify(chain) {
-                            Ok(()) => chain.first().map(|c| c.clone().into_owned()),
-                            Err(e) => {
-                                tracing::debug!(error = %e, "client certificate not trusted");
-                                None
-                            }
-                        },
-                        None => None,
-                    };
-                    let peer = Arc::new(peer);
-                    let svc = service_fn(move |req| {
-                        let (service, peer) = (service.clone(), peer.clone());
-                        async move { Ok::<_, Infallible>(service.handle(&req, peer.as_ref().as_ref()).await) }
-                    });
-                    let conn = watcher.watch(builder.serve_connection(TokioIo::new(tls), svc));
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                });
+                },
+                None => None,
+            };
+            let peer = Arc::new(peer);
+            let svc = service_fn(move |req| {
+                let (service, peer) = (service.clone(), peer.clone());
+                async move { Ok::<_, Infallible>(service.handle(&req, peer.as_ref().as_ref()).await) }
+            });
+            let conn = watcher.watch(builder.serve_connection(TokioIo::new(tls), svc));
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
             }
-            _ = crate::agent::stopped(&mut shutdown) => break,
-        }
-    }
-    drop(listener);
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
-        tracing::warn!("connections still open after the shutdown grace period; closing");
-    }
+        });
+    })
+    .await;
 }

@@ -234,7 +234,7 @@ impl Sampler {
         loop {
             tokio::select! {
                 _ = ticker.tick() => self.sample_once().await,
-                _ = super::stopped(&mut shutdown) => return,
+                _ = crate::listener::stopped(&mut shutdown) => return,
             }
         }
     }

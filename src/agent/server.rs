@@ -13,7 +13,6 @@ use http_body_util::Full;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -29,43 +28,23 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 const MAX_HEADER_BYTES: usize = 16 * 1024;
 
 /// Serves until `shutdown` turns true, then drains connections.
-pub async fn serve(listener: TcpListener, state: AgentState, mut shutdown: watch::Receiver<bool>) {
-    let graceful = GracefulShutdown::new();
+pub async fn serve(listener: TcpListener, state: AgentState, shutdown: watch::Receiver<bool>) {
     let mut builder = http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).max_buf_size(MAX_HEADER_BYTES.max(8192));
-    loop {
-        tokio::select! {
-            accepted = listener.accept() => {
-                let (stream, _) = match accepted {
-                    Ok(conn) => conn,
-                    Err(e) => {
-                        // Out of file descriptors and the like: back off, keep serving.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(100)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let state = state.clone();
-                let service = service_fn(move |req| {
-                    let response = handle(&state, &req);
-                    async move { Ok::<_, Infallible>(response) }
-                });
-                let conn = builder.serve_connection(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn);
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "connection ended with an error");
-                    }
-                });
+    crate::listener::accept_until(listener, shutdown, SHUTDOWN_GRACE, |stream, watcher| {
+        let state = state.clone();
+        let service = service_fn(move |req| {
+            let response = handle(&state, &req);
+            async move { Ok::<_, Infallible>(response) }
+        });
+        let conn = watcher.watch(builder.serve_connection(TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "connection ended with an error");
             }
-            _ = super::stopped(&mut shutdown) => break,
-        }
-    }
-    drop(listener);
-    if tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await.is_err() {
-        tracing::warn!("connections still open after the shutdown grace period; closing");
-    }
+        });
+    })
+    .await;
 }
 
 /// Whether `Authorization: Bearer <token>` carries `token`, compared in
