@@ -590,3 +590,17 @@ async fn a_slow_agent_drops_out_without_holding_up_the_others() {
     fast.set(AgentAnswer::Feed { node: "mainpc", age_ms: 0, pods: vec![("fast", 12.5)] });
     until("the fast agent's new value", async || values().await == [("fast".to_string(), "12500m".to_string())]).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn plaintext_http_gets_no_answer() {
+    let pki = Pki::new();
+    let (_agent, agent_addr) = FakeAgent::start("mainpc", &[("p", 1.0)]);
+    let adapter = Adapter::start(&pki, &[agent_addr], &["--authorization-mode", "always-allow"], None);
+    let mut tcp = tokio::net::TcpStream::connect(adapter.addr).await.unwrap();
+    let request =
+        format!("GET {PODS}/%2A/nvidia_gpu_utilization_percent HTTP/1.1\r\nHost: x\r\nX-Remote-User: a\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(15), tcp.read_to_end(&mut raw)).await;
+    assert!(!String::from_utf8_lossy(&raw).contains("HTTP/1.1"), "answered in plaintext: {raw:?}");
+}

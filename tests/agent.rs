@@ -315,23 +315,31 @@ impl PodResourcesLister for FakeKubelet {
     }
 }
 
-/// Serves the fake kubelet at `socket` on a thread of its own.
-fn serve_kubelet(socket: &Path, kubelet: FakeKubelet) {
+/// Serves the fake kubelet at `socket` on a thread of its own, until the
+/// returned sender is dropped or sent to (the kubelet stopping: its socket
+/// goes away and every connection closes).
+fn serve_kubelet(socket: &Path, kubelet: FakeKubelet) -> tokio::sync::oneshot::Sender<()> {
     let socket = socket.to_path_buf();
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
+    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(async move {
+            let _ = std::fs::remove_file(&socket);
             let listener = tokio::net::UnixListener::bind(&socket).unwrap();
             ready_tx.send(()).unwrap();
             tonic::transport::Server::builder()
                 .add_service(PodResourcesListerServer::new(kubelet))
-                .serve_with_incoming(tokio_stream::wrappers::UnixListenerStream::new(listener))
+                .serve_with_incoming_shutdown(tokio_stream::wrappers::UnixListenerStream::new(listener), async {
+                    let _ = stop_rx.await;
+                })
                 .await
                 .unwrap();
+            let _ = std::fs::remove_file(&socket);
         });
     });
     ready_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    stop_tx
 }
 
 fn pod(namespace: &str, name: &str, container: &str, device_ids: &[&str]) -> PodResources {
@@ -420,7 +428,7 @@ fn attribution_flags(dir: &Path) -> Vec<String> {
 fn kubelet_pods_label_gpus_and_shared_pods_get_their_process_shares() {
     let dir = tempfile::tempdir().unwrap();
     let kubelet = attribution_fixture(dir.path());
-    serve_kubelet(&dir.path().join("kubelet.sock"), kubelet);
+    let _kubelet = serve_kubelet(&dir.path().join("kubelet.sock"), kubelet);
     let flags = attribution_flags(dir.path());
     let agent = Agent::start_in(dir, &flags.iter().map(String::as_str).collect::<Vec<_>>());
 
@@ -453,7 +461,7 @@ fn kubelet_pods_label_gpus_and_shared_pods_get_their_process_shares() {
 }
 
 #[test]
-fn a_missing_kubelet_socket_degrades_to_unlabelled_series_then_reconnects() {
+fn a_missing_stopped_or_restarted_kubelet_degrades_to_unlabelled_series_then_reconnects() {
     let dir = tempfile::tempdir().unwrap();
     let kubelet = attribution_fixture(dir.path());
     let socket = dir.path().join("kubelet.sock");
@@ -466,11 +474,22 @@ fn a_missing_kubelet_socket_degrades_to_unlabelled_series_then_reconnects() {
     assert!(!text.contains("pod=\""));
 
     // The kubelet comes up: the agent reconnects on its own (backoff ≤ 2 s here).
-    serve_kubelet(&socket, kubelet);
+    let running = serve_kubelet(&socket, kubelet.clone());
     let text = agent.metrics_until("pod labels", |t| t.contains("pod=\"trainer-0\""));
     assert!(text.contains("kube_gpu_metrics_pod_resources_up{node=\"testnode\"} 1"));
     let errors: u64 = value(&text, "kube_gpu_metrics_pod_resources_errors_total").unwrap().parse().unwrap();
     assert!(errors >= 1);
+
+    // The kubelet stops mid-run (socket gone, connections closed): labels go,
+    // GPU series stay.
+    drop(running);
+    let text =
+        agent.metrics_until("labels gone", |t| t.contains("kube_gpu_metrics_pod_resources_up{node=\"testnode\"} 0"));
+    assert!(!text.contains("pod=\""));
+    assert_eq!(value(&text, &format!("nvidia_gpu_utilization_percent{{{LABELS_4090}}}")).as_deref(), Some("42.0"));
+    // It restarts: the agent reconnects by itself.
+    let _restarted = serve_kubelet(&socket, kubelet);
+    agent.metrics_until("labels back", |t| t.contains("pod=\"trainer-0\""));
 }
 
 #[test]
@@ -478,7 +497,7 @@ fn a_shared_gpu_without_the_checkpoint_reports_why_not_a_copied_value() {
     let dir = tempfile::tempdir().unwrap();
     let kubelet = attribution_fixture(dir.path());
     std::fs::remove_file(dir.path().join("checkpoint")).unwrap();
-    serve_kubelet(&dir.path().join("kubelet.sock"), kubelet);
+    let _kubelet = serve_kubelet(&dir.path().join("kubelet.sock"), kubelet);
     let flags = attribution_flags(dir.path());
     let agent = Agent::start_in(dir, &flags.iter().map(String::as_str).collect::<Vec<_>>());
 
@@ -612,4 +631,34 @@ fn a_hung_nvml_call_marks_only_its_gpu_down_and_blocks_no_scrape() {
         value(t, "kube_gpu_metrics_gpu_read_timeouts_total").is_some_and(|v| v != "0")
     });
     assert_eq!(value(&text, &format!("nvidia_gpu_up{{{LABELS_4090}}}")).as_deref(), Some("1"));
+}
+
+#[test]
+fn a_missing_nvml_library_is_not_ready_until_it_appears() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("nvml.conf"), TWO_GPUS).unwrap();
+    let library = dir.path().join("driver/libnvidia-ml.so.1");
+    let library_flag = library.display().to_string();
+    let mut args = vec!["agent", "--gpu-source", "nvml", "--nvml-lib", library_flag.as_str()];
+    args.extend(["--listen", "127.0.0.1:0", "--node-name", "testnode", "--no-attribution", "--interval", "200ms"]);
+    let (child, addr) = spawn(&args, Some(&dir.path().join("nvml.conf")));
+    let agent = Agent { child, addr, dir };
+    let deadline = Instant::now() + Duration::from_secs(5);
+    let reason = loop {
+        let r = agent.get("/readyz");
+        let body = String::from_utf8_lossy(&r.body).to_string();
+        if r.status == 503 && body.contains("NVML init failed") {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "never reported the missing library");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(reason.contains(&library_flag), "{reason}");
+    assert_eq!(agent.get("/healthz").status, 200);
+
+    // The driver gets installed: the agent picks it up without a restart.
+    std::fs::create_dir_all(library.parent().unwrap()).unwrap();
+    std::fs::copy(fake_nvml(), &library).unwrap();
+    agent.metrics_until("recovery", |t| t.contains(&format!("nvidia_gpu_utilization_percent{{{LABELS_4090}}} 42.0")));
+    assert_eq!(agent.get("/readyz").status, 200);
 }
