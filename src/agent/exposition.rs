@@ -14,7 +14,7 @@ use flate2::write::GzEncoder;
 use http::HeaderValue;
 
 use super::snapshot::{GpuState, SampleData};
-use crate::attribution::{PodGpuUsage, Sharing};
+use crate::attribution::{PodGpuUsage, Sharing, Unresolved};
 use crate::gpu::GpuCall;
 
 /// `Content-Type` of the text format.
@@ -118,6 +118,11 @@ enum Value {
     U64(u64),
 }
 
+/// A series' labels as two pre-rendered parts, written comma-joined: a label
+/// set shared by many series (a GPU's, a pod's, the agent's) and one that
+/// tells this series apart (often a static string). Either may be empty.
+type LabelParts<'a> = (&'a str, &'a str);
+
 /// Writes gauge families into one buffer and counter families into two (the
 /// formats differ only in how counters are named).
 struct Encoder {
@@ -128,7 +133,7 @@ struct Encoder {
 
 impl Encoder {
     /// Writes a gauge family; its header only if it has a series.
-    fn gauge<'a>(&mut self, name: &str, help: &str, series: impl IntoIterator<Item = (&'a str, Value)>) {
+    fn gauge<'a>(&mut self, name: &str, help: &str, series: impl IntoIterator<Item = (LabelParts<'a>, Value)>) {
         let mut series = series.into_iter().peekable();
         if series.peek().is_none() {
             return;
@@ -142,7 +147,7 @@ impl Encoder {
 
     /// Writes a counter family: `name_total` samples, typed `name` in
     /// OpenMetrics and `name_total` in the text format.
-    fn counter<'a>(&mut self, name: &str, help: &str, series: impl IntoIterator<Item = (&'a str, u64)>) {
+    fn counter<'a>(&mut self, name: &str, help: &str, series: impl IntoIterator<Item = (LabelParts<'a>, u64)>) {
         let total = [name, "_total"].concat();
         header(&mut self.text_counters, &total, help, "counter");
         header(&mut self.openmetrics_counters, name, help, "counter");
@@ -159,12 +164,16 @@ fn header(out: &mut Vec<u8>, name: &str, help: &str, kind: &str) {
     }
 }
 
-fn sample(out: &mut Vec<u8>, name: &str, suffix: &str, labels: &str, value: Value) {
+fn sample(out: &mut Vec<u8>, name: &str, suffix: &str, (shared, own): LabelParts<'_>, value: Value) {
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(suffix.as_bytes());
-    if !labels.is_empty() {
+    if !shared.is_empty() || !own.is_empty() {
         out.push(b'{');
-        out.extend_from_slice(labels.as_bytes());
+        out.extend_from_slice(shared.as_bytes());
+        if !shared.is_empty() && !own.is_empty() {
+            out.push(b',');
+        }
+        out.extend_from_slice(own.as_bytes());
         out.push(b'}');
     }
     out.push(b' ');
@@ -222,6 +231,39 @@ fn pod_labels(gpu_labels: &str, usage: &PodGpuUsage) -> String {
     labels
 }
 
+/// `sharing="…"`, ready to write.
+fn sharing_label(sharing: Sharing) -> &'static str {
+    match sharing {
+        Sharing::Exclusive => "sharing=\"exclusive\"",
+        Sharing::Shared => "sharing=\"shared\"",
+    }
+}
+
+/// `reason="…"`, ready to write.
+fn reason_label(reason: Unresolved) -> &'static str {
+    match reason {
+        Unresolved::GpuDown => "reason=\"gpu-down\"",
+        Unresolved::ProcessUtilizationUnsupported => "reason=\"process-utilization-unsupported\"",
+        Unresolved::PodUidUnknown => "reason=\"pod-uid-unknown\"",
+    }
+}
+
+/// `call="…"`, ready to write.
+fn call_label(call: GpuCall) -> &'static str {
+    match call {
+        GpuCall::Init => "call=\"init\"",
+        GpuCall::Count => "call=\"device_count\"",
+        GpuCall::Handle => "call=\"device_handle\"",
+        GpuCall::Identity => "call=\"identity\"",
+        GpuCall::Utilization => "call=\"utilization\"",
+        GpuCall::Memory => "call=\"memory\"",
+        GpuCall::Temperature => "call=\"temperature\"",
+        GpuCall::Power => "call=\"power\"",
+        GpuCall::Clock => "call=\"clock\"",
+        GpuCall::Processes => "call=\"process_utilization\"",
+    }
+}
+
 /// Renders the plain text and OpenMetrics bodies.
 pub fn render_plain(data: &SampleData) -> (Vec<u8>, Vec<u8>) {
     let node = data.node.as_str();
@@ -237,15 +279,7 @@ pub fn render_plain(data: &SampleData) -> (Vec<u8>, Vec<u8>) {
         })
         .collect();
     let device: Vec<&str> = base.iter().zip(&exclusive).map(|(b, e)| e.as_deref().unwrap_or(b)).collect();
-    let pods: Vec<String> = data
-        .usages
-        .iter()
-        .map(|u| {
-            let mut l = pod_labels(&base[u.gpu], u);
-            push_label(&mut l, "sharing", u.sharing.as_str());
-            l
-        })
-        .collect();
+    let pods: Vec<String> = data.usages.iter().map(|u| pod_labels(&base[u.gpu], u)).collect();
 
     let estimate = 64 + data.gpus.len() * 1800 + data.usages.len() * 700;
     let mut e = Encoder {
@@ -260,134 +294,121 @@ pub fn render_plain(data: &SampleData) -> (Vec<u8>, Vec<u8>) {
     e.gauge(
         "nvidia_gpu_info",
         "GPU identity, 1 for every GPU the agent found",
-        device.iter().map(|&l| (l, Value::U64(1))),
+        device.iter().map(|&l| ((l, ""), Value::U64(1))),
     );
     e.gauge(
         "nvidia_gpu_up",
         "1 when the GPU answered this sample, 0 when it stopped answering",
-        data.gpus.iter().zip(&device).map(|(g, &l)| (l, Value::U64(u64::from(g.up)))),
+        data.gpus.iter().zip(&device).map(|(g, &l)| ((l, ""), Value::U64(u64::from(g.up)))),
     );
     e.gauge(
         "nvidia_gpu_utilization_percent",
         "Percent of time a kernel ran on the GPU over the driver's sample period",
-        up().filter_map(|(g, &l)| Some((l, f(g.reading.utilization_percent)?))),
+        up().filter_map(|(g, &l)| Some(((l, ""), f(g.reading.utilization_percent)?))),
     );
     e.gauge(
         "nvidia_gpu_memory_utilization_percent",
         "Percent of time device memory was read or written",
-        up().filter_map(|(g, &l)| Some((l, f(g.reading.memory_utilization_percent)?))),
+        up().filter_map(|(g, &l)| Some(((l, ""), f(g.reading.memory_utilization_percent)?))),
     );
     e.gauge(
         "nvidia_gpu_memory_used_bytes",
         "Device memory in use",
-        up().filter_map(|(g, &l)| Some((l, u(g.reading.memory_used_bytes)?))),
+        up().filter_map(|(g, &l)| Some(((l, ""), u(g.reading.memory_used_bytes)?))),
     );
     e.gauge(
         "nvidia_gpu_memory_total_bytes",
         "Device memory in total",
-        up().filter_map(|(g, &l)| Some((l, u(g.reading.memory_total_bytes)?))),
+        up().filter_map(|(g, &l)| Some(((l, ""), u(g.reading.memory_total_bytes)?))),
     );
     e.gauge(
         "nvidia_gpu_temperature_celsius",
         "GPU core temperature",
-        up().filter_map(|(g, &l)| Some((l, f(g.reading.temperature_celsius)?))),
+        up().filter_map(|(g, &l)| Some(((l, ""), f(g.reading.temperature_celsius)?))),
     );
     e.gauge(
         "nvidia_gpu_power_watts",
         "Board power draw",
-        up().filter_map(|(g, &l)| Some((l, f(g.reading.power_watts)?))),
+        up().filter_map(|(g, &l)| Some(((l, ""), f(g.reading.power_watts)?))),
     );
     e.gauge(
         "nvidia_gpu_sm_clock_hertz",
         "Current SM clock",
-        up().filter_map(|(g, &l)| Some((l, f(g.reading.sm_clock_hertz)?))),
+        up().filter_map(|(g, &l)| Some(((l, ""), f(g.reading.sm_clock_hertz)?))),
     );
     e.gauge(
         "nvidia_gpu_pod_utilization_percent",
         "A pod's utilization of a GPU: the device value on an exclusive GPU, its processes' share on a shared one",
-        data.usages
-            .iter()
-            .zip(&pods)
-            .filter_map(|(usage, l)| Some((l.as_str(), Value::F64(usage.utilization_percent.ok()?)))),
+        data.usages.iter().zip(&pods).filter_map(|(u, l)| {
+            Some(((l.as_str(), sharing_label(u.sharing)), Value::F64(u.utilization_percent.ok()?)))
+        }),
     );
     e.gauge(
         "nvidia_gpu_pod_memory_utilization_percent",
         "A pod's memory-controller utilization of a GPU",
-        data.usages.iter().zip(&pods).filter_map(|(usage, l)| Some((l.as_str(), f(usage.memory_utilization_percent)?))),
+        data.usages
+            .iter()
+            .zip(&pods)
+            .filter_map(|(u, l)| Some(((l.as_str(), sharing_label(u.sharing)), f(u.memory_utilization_percent)?))),
     );
-    let unresolved: Vec<String> = data
-        .usages
-        .iter()
-        .filter_map(|usage| {
-            let reason = usage.utilization_percent.err()?;
-            let mut l = pod_labels(&base[usage.gpu], usage);
-            push_label(&mut l, "reason", reason.as_str());
-            Some(l)
-        })
-        .collect();
     e.gauge(
         "kube_gpu_metrics_pod_attribution_unresolved",
         "1 for a pod whose share of a GPU cannot be measured, with the reason",
-        unresolved.iter().map(|l| (l.as_str(), Value::U64(1))),
+        data.usages
+            .iter()
+            .zip(&pods)
+            .filter_map(|(u, l)| Some(((l.as_str(), reason_label(u.utilization_percent.err()?)), Value::U64(1)))),
     );
 
     // The agent's own state, labelled with its node like every GPU series.
     let mut own = String::with_capacity(32);
     push_label(&mut own, "node", node);
-    let with = |name: &str, value: &str| {
-        let mut l = own.clone();
-        push_label(&mut l, name, value);
-        l
-    };
-    let version = with("version", env!("CARGO_PKG_VERSION"));
-    e.gauge("kube_gpu_metrics_build_info", "Build of the agent", [(version.as_str(), Value::U64(1))]);
+    let own = own.as_str();
+    let version = concat!("version=\"", env!("CARGO_PKG_VERSION"), "\"");
+    e.gauge("kube_gpu_metrics_build_info", "Build of the agent", [((own, version), Value::U64(1))]);
     e.gauge(
         "kube_gpu_metrics_gpu_source_up",
         "1 when the GPU source (NVML) is initialised",
-        [(own.as_str(), Value::U64(u64::from(data.gpu_source_up)))],
+        [((own, ""), Value::U64(u64::from(data.gpu_source_up)))],
     );
     e.gauge(
         "kube_gpu_metrics_pod_resources_up",
         "1 when the kubelet answered the last PodResources call",
-        data.pod_resources_up.map(|up| (own.as_str(), Value::U64(u64::from(up)))),
+        data.pod_resources_up.map(|up| ((own, ""), Value::U64(u64::from(up)))),
     );
     e.gauge(
         "kube_gpu_metrics_sample_duration_seconds",
         "Duration of the last sample pass",
-        [(own.as_str(), Value::F64(data.sample_duration.as_secs_f64()))],
+        [((own, ""), Value::F64(data.sample_duration.as_secs_f64()))],
     );
     let taken_at = data.taken_at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
     e.gauge(
         "kube_gpu_metrics_last_sample_timestamp_seconds",
         "When the last sample pass started, seconds since the Unix epoch",
-        [(own.as_str(), Value::F64(taken_at))],
+        [((own, ""), Value::F64(taken_at))],
     );
 
     let c = &data.counters;
-    e.counter("kube_gpu_metrics_samples", "Sample passes finished", [(own.as_str(), c.samples)]);
-    let calls: Vec<String> = GpuCall::ALL.iter().map(|call| with("call", call.as_str())).collect();
+    e.counter("kube_gpu_metrics_samples", "Sample passes finished", [((own, ""), c.samples)]);
     e.counter(
         "kube_gpu_metrics_nvml_errors",
         "Failed NVML calls, by call (not-supported answers are not errors)",
-        calls.iter().zip(c.gpu_errors).map(|(l, n)| (l.as_str(), n)),
+        GpuCall::ALL.iter().zip(c.gpu_errors).map(|(call, n)| ((own, call_label(*call)), n)),
     );
     e.counter(
         "kube_gpu_metrics_gpu_read_timeouts",
         "GPU reads that missed their deadline; the GPU is reported down for that sample",
-        [(own.as_str(), c.gpu_read_timeouts)],
+        [((own, ""), c.gpu_read_timeouts)],
     );
     e.counter(
         "kube_gpu_metrics_pod_resources_errors",
         "Failed kubelet PodResources calls",
-        [(own.as_str(), c.pod_resources_errors)],
+        [((own, ""), c.pod_resources_errors)],
     );
     e.counter(
         "kube_gpu_metrics_scrapes",
         "Scrapes of /metrics, by format, as of this sample",
-        [
-            (with("format", "text").as_str(), c.scrapes_text),
-            (with("format", "openmetrics").as_str(), c.scrapes_openmetrics),
-        ],
+        [((own, "format=\"text\""), c.scrapes_text), ((own, "format=\"openmetrics\""), c.scrapes_openmetrics)],
     );
 
     let mut text = Vec::with_capacity(e.gauges.len() + e.text_counters.len());
