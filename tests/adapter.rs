@@ -604,3 +604,54 @@ async fn plaintext_http_gets_no_answer() {
     let _ = tokio::time::timeout(Duration::from_secs(15), tcp.read_to_end(&mut raw)).await;
     assert!(!String::from_utf8_lossy(&raw).contains("HTTP/1.1"), "answered in plaintext: {raw:?}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_lets_a_request_in_flight_finish() {
+    let pki = Pki::new();
+    let (_agent, agent_addr) = FakeAgent::start("mainpc", &[("p", 1.0)]);
+    // A kube-apiserver that takes 2 s over every SubjectAccessReview.
+    let apiserver = serve_http(Arc::new(|req| {
+        if req.uri().path() == "/apis/authorization.k8s.io/v1/subjectaccessreviews" {
+            std::thread::sleep(Duration::from_secs(2));
+            let review = json!({"kind": "SubjectAccessReview", "apiVersion": "authorization.k8s.io/v1", "metadata": {}, "spec": {}, "status": {"allowed": true}});
+            (201, serde_json::to_vec(&review).unwrap())
+        } else {
+            (404, b"{}".to_vec())
+        }
+    }));
+    let kubeconfig = pki.path("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://{apiserver}\nusers:\n- name: u\n  user:\n    token: test\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\n"
+        ),
+    )
+    .unwrap();
+    let mut adapter =
+        Adapter::start(&pki, &[agent_addr], &["--authorization-mode", "subject-access-review"], Some(&kubeconfig));
+    let path = format!("{PODS}/p/nvidia_gpu_utilization_percent");
+    // Wait for data through a first (slow) request, then start the one to interrupt.
+    until("values", async || via_aggregator(&pki, &adapter, &path).await.status == 200).await;
+    let in_flight = {
+        let (addr, ca, aggregator) = (adapter.addr, pki.serving_ca.cert_pem.clone(), pki.aggregator.clone());
+        let path = path.replace("/p/", "/p2/");
+        tokio::spawn(async move {
+            https(addr, &ca, Some(&aggregator), "GET", &path, &[("X-Remote-User", "someone-else")]).await
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let pid = adapter.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    // The request in flight gets its answer (404: no pod p2), not a reset.
+    let answer = in_flight.await.unwrap();
+    assert_status(&answer, 404, "NotFound");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = adapter.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(Instant::now() < deadline, "still running 15 s after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(status.success(), "{status}");
+}
