@@ -205,6 +205,24 @@ impl Drop for Adapter {
     }
 }
 
+/// Sends SIGTERM.
+fn sigterm(adapter: &Adapter) {
+    let pid = adapter.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+}
+
+/// Waits for the process to exit (at most 15 s).
+async fn exit_status(adapter: &mut Adapter) -> std::process::ExitStatus {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        if let Some(status) = adapter.child.try_wait().unwrap() {
+            return status;
+        }
+        assert!(Instant::now() < deadline, "still running 15 s after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
 struct Answer {
     status: u16,
     body: Value,
@@ -511,16 +529,8 @@ async fn a_restarted_adapter_serves_again_and_sigterm_stops_it_cleanly() {
 
     // SIGTERM: the process exits 0.
     let mut first = first;
-    let pid = first.child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = first.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "still running 15 s after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    sigterm(&first);
+    let status = exit_status(&mut first).await;
     assert!(status.success(), "{status}");
 
     // A new process on the same port: empty store first (a Status, not a
@@ -640,18 +650,10 @@ async fn sigterm_lets_a_request_in_flight_finish() {
         })
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let pid = adapter.child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    sigterm(&adapter);
     // The request in flight gets its answer (404: no pod p2), not a reset.
     let answer = in_flight.await.unwrap();
     assert_status(&answer, 404, "NotFound");
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let status = loop {
-        if let Some(status) = adapter.child.try_wait().unwrap() {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "still running 15 s after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let status = exit_status(&mut adapter).await;
     assert!(status.success(), "{status}");
 }
