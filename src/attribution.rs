@@ -73,10 +73,16 @@ impl ContainerAllocation {
     }
 }
 
+/// The GPU a device plugin ID names: `GPU-x` for `GPU-x::N` (a time-slice
+/// replica), the ID itself otherwise.
+pub fn device_base(device_id: &str) -> &str {
+    device_id.split_once("::").map_or(device_id, |(base, _)| base)
+}
+
 /// Matches a device plugin ID against a GPU: `GPU-x`, `GPU-x::N` (a
 /// time-slice replica) or, with the plugin's index strategy, `0`.
 pub fn device_matches(device_id: &str, gpu: &GpuIdentity) -> bool {
-    let base = device_id.split_once("::").map_or(device_id, |(base, _)| base);
+    let base = device_base(device_id);
     base == gpu.uuid || base.parse::<u32>() == Ok(gpu.index)
 }
 

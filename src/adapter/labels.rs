@@ -46,11 +46,6 @@ impl LabelIndex {
         self.maps.load_full()
     }
 
-    /// How many pods have labels.
-    pub fn pod_count(&self) -> usize {
-        self.maps.load().pods.values().map(HashMap::len).sum()
-    }
-
     /// Whether a node's labels match. An empty selector matches every node;
     /// a node with unknown labels matches no other selector.
     pub fn node_matches(&self, name: &str, selector: &Selector) -> bool {

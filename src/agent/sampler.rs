@@ -140,11 +140,8 @@ impl AllocationSource {
 
 /// Whether two allocations name the same GPU (time-slicing).
 fn any_gpu_shared(allocations: &[ContainerAllocation]) -> bool {
-    let mut bases: Vec<&str> = allocations
-        .iter()
-        .flat_map(|a| &a.device_ids)
-        .map(|id| id.split_once("::").map_or(id.as_str(), |(base, _)| base))
-        .collect();
+    let mut bases: Vec<&str> =
+        allocations.iter().flat_map(|a| &a.device_ids).map(|id| crate::attribution::device_base(id)).collect();
     let n = bases.len();
     bases.sort_unstable();
     bases.dedup();
