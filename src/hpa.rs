@@ -214,7 +214,8 @@ impl Default for Behavior {
 }
 
 /// The controller's memory between decisions: past recommendations (for
-/// stabilization) and past scale changes (for rate policies).
+/// stabilization, kept by [`Autoscaler::decide`]) and past scale changes (for
+/// rate policies, kept by [`Autoscaler::record_scale`]).
 #[derive(Debug, Default)]
 pub struct Autoscaler {
     recommendations: VecDeque<(Instant, u32)>,
@@ -300,13 +301,19 @@ impl Autoscaler {
         if clamped != desired {
             steps.push(format!("clamped to minReplicas {min} .. maxReplicas {max}"));
         }
-        if clamped > current {
-            self.scale_ups.push_back((now, clamped - current));
-        } else if clamped < current {
-            self.scale_downs.push_back((now, current - clamped));
-        }
         steps.push(format!("decision: {clamped} replica(s)"));
         Decision { replicas: clamped, steps }
+    }
+
+    /// Records that the target was scaled from `from` to `to` replicas at
+    /// `now`, for the rate policies. Only a scale that happened counts, as in
+    /// the controller: a decision nobody carried out (a preview) does not.
+    pub fn record_scale(&mut self, now: Instant, from: u32, to: u32) {
+        if to > from {
+            self.scale_ups.push_back((now, to - from));
+        } else if to < from {
+            self.scale_downs.push_back((now, from - to));
+        }
     }
 
     /// The furthest the policies let the replicas go in one direction.

@@ -122,6 +122,7 @@ fn rate_policies_limit_each_period() {
     let d = hpa.decide(t0, 10, 2, 1, 20, &behavior);
     assert_eq!(d.replicas, 3);
     assert!(d.steps.iter().any(|s| s.contains("policies allow at most 3")));
+    hpa.record_scale(t0, 2, 3);
     // Within the same minute the one pod is spent.
     assert_eq!(hpa.decide(t0 + Duration::from_secs(30), 10, 3, 1, 20, &behavior).replicas, 3);
     assert_eq!(hpa.decide(t0 + Duration::from_secs(61), 10, 3, 1, 20, &behavior).replicas, 4);
@@ -145,4 +146,16 @@ fn decisions_stay_within_min_and_max() {
         &Behavior { down: Rules { window: Duration::ZERO, ..Behavior::default().down }, ..Behavior::default() },
     );
     assert_eq!(d.replicas, 2);
+}
+
+#[test]
+fn a_decision_nobody_carried_out_does_not_spend_the_rate_budget() {
+    // A preview decides every second while the target stays at 1 replica:
+    // each decision must still allow the scale-up.
+    let mut hpa = Autoscaler::default();
+    let t0 = Instant::now();
+    for second in 0..30 {
+        let d = hpa.decide(t0 + Duration::from_secs(second), 2, 1, 1, 3, &Behavior::default());
+        assert_eq!(d.replicas, 2, "at {second} s: {:?}", d.steps);
+    }
 }
