@@ -17,7 +17,7 @@ use http::{HeaderValue, Request, Response, header};
 use http_body_util::Full;
 
 use kube_gpu_metrics::agent::AgentState;
-use kube_gpu_metrics::agent::exposition::{Representation, render, render_plain};
+use kube_gpu_metrics::agent::exposition::{MetricNames, Representation, render, render_plain};
 use kube_gpu_metrics::agent::self_metrics::AgentMetrics;
 use kube_gpu_metrics::agent::server::handle;
 use kube_gpu_metrics::agent::snapshot::{GpuState, Readiness, SampleData, Snapshot};
@@ -106,6 +106,7 @@ fn sample(gpus: u32, pods_per_gpu: u32) -> SampleData {
         pod_resources_up: Some(true),
         sample_duration: Duration::from_micros(900),
         counters: Default::default(),
+        names: MetricNames::Native,
     }
 }
 
@@ -225,6 +226,12 @@ fn benches(c: &mut Criterion) {
             .bench_function(format!("{name}, text + OpenMetrics"), |b| b.iter(|| render_plain(black_box(&data))));
         render_group
             .bench_function(format!("{name}, text + OpenMetrics + gzip"), |b| b.iter(|| render(black_box(&data))));
+    }
+    for (names, label) in [(MetricNames::Dcgm, "dcgm"), (MetricNames::Both, "native + dcgm")] {
+        let data = SampleData { names, ..sample(8, 2) };
+        render_group.bench_function(format!("8 GPUs x 16 pods, {label} names, text + OpenMetrics"), |b| {
+            b.iter(|| render_plain(black_box(&data)))
+        });
     }
     let data = sample(8, 2);
     let registry = prometheus_client_registry(&data);

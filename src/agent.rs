@@ -41,6 +41,11 @@ pub struct AgentArgs {
     #[arg(long, env = "KGM_GPU_READ_TIMEOUT", value_parser = humantime::parse_duration)]
     pub gpu_read_timeout: Option<Duration>,
 
+    /// Which metric names `/metrics` uses: `native` (`nvidia_gpu_*`),
+    /// `dcgm` (dcgm-exporter's `DCGM_FI_DEV_*`), or `both`.
+    #[arg(long, env = "KGM_NAMES", value_enum, default_value = "native")]
+    pub names: exposition::MetricNames,
+
     /// Turn pod attribution off (no kubelet on this host).
     #[arg(long, env = "KGM_NO_ATTRIBUTION")]
     pub no_attribution: bool,

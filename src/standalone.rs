@@ -25,6 +25,7 @@ use crate::adapter::collector::PollSettings;
 use crate::adapter::labels::{LabelIndex, LabelMaps};
 use crate::adapter::tls::{CertSource, LocalCa, PemPair};
 use crate::adapter::{AdapterSetup, RunningAdapter};
+use crate::agent::exposition::MetricNames;
 use crate::agent::sampler::{AllocationSource, PidResolver};
 use crate::agent::{AgentArgs, AgentSetup, RunningAgent};
 use crate::gpu::GpuSourceKind;
@@ -63,6 +64,10 @@ pub struct StandaloneArgs {
     #[arg(long, env = "KGM_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub interval: Duration,
 
+    /// Metric names on the agents' `/metrics`: `native`, `dcgm` or `both`.
+    #[arg(long, env = "KGM_NAMES", value_enum, default_value = "native")]
+    pub names: MetricNames,
+
     /// Port of the adapter (HTTPS). 0 picks a free port.
     #[arg(long, env = "KGM_ADAPTER_PORT", default_value_t = 6443)]
     pub adapter_port: u16,
@@ -91,6 +96,7 @@ fn agent_args(args: &StandaloneArgs, node: &str, offset: u16) -> AgentArgs {
         node_name: node.to_string(),
         interval: args.interval,
         gpu_read_timeout: None,
+        names: args.names,
         no_attribution: true,
         feed_token_file: None,
     }

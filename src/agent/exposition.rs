@@ -15,7 +15,7 @@ use http::HeaderValue;
 
 use super::snapshot::{GpuState, SampleData};
 use crate::attribution::{PodGpuUsage, Sharing, Unresolved};
-use crate::gpu::GpuCall;
+use crate::gpu::{GpuCall, GpuReading};
 
 /// `Content-Type` of the text format.
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -33,6 +33,29 @@ pub struct Exposition {
     pub openmetrics: Bytes,
     /// OpenMetrics, gzipped.
     pub openmetrics_gzip: Bytes,
+}
+
+/// Which metric names `/metrics` uses.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum MetricNames {
+    /// `nvidia_gpu_*` with `node`, `gpu`, `uuid`, `model` labels.
+    #[default]
+    Native,
+    /// dcgm-exporter's `DCGM_FI_DEV_*` names, units and labels, so that its
+    /// dashboards and alerts keep working.
+    Dcgm,
+    /// Both, for running the two side by side during a move.
+    Both,
+}
+
+impl MetricNames {
+    fn native(self) -> bool {
+        self != MetricNames::Dcgm
+    }
+
+    fn dcgm(self) -> bool {
+        self != MetricNames::Native
+    }
 }
 
 /// Which body a scrape gets.
@@ -267,6 +290,82 @@ fn call_label(call: GpuCall) -> &'static str {
 /// Renders the plain text and OpenMetrics bodies.
 pub fn render_plain(data: &SampleData) -> (Vec<u8>, Vec<u8>) {
     let node = data.node.as_str();
+    let estimate = 64 + data.gpus.len() * 1800 + data.usages.len() * 700;
+    let mut e = Encoder {
+        gauges: Vec::with_capacity(estimate),
+        text_counters: Vec::with_capacity(2048),
+        openmetrics_counters: Vec::with_capacity(2048),
+    };
+    if data.names.native() {
+        native_families(&mut e, data);
+    }
+    if data.names.dcgm() {
+        dcgm_families(&mut e, data);
+    }
+
+    // The agent's own state, labelled with its node like every GPU series.
+    let mut own = String::with_capacity(32);
+    push_label(&mut own, "node", node);
+    let own = own.as_str();
+    let version = concat!("version=\"", env!("CARGO_PKG_VERSION"), "\"");
+    e.gauge("kube_gpu_metrics_build_info", "Build of the agent", [((own, version), Value::U64(1))]);
+    e.gauge(
+        "kube_gpu_metrics_gpu_source_up",
+        "1 when the GPU source (NVML) is initialised",
+        [((own, ""), Value::U64(u64::from(data.gpu_source_up)))],
+    );
+    e.gauge(
+        "kube_gpu_metrics_pod_resources_up",
+        "1 when the kubelet answered the last PodResources call",
+        data.pod_resources_up.map(|up| ((own, ""), Value::U64(u64::from(up)))),
+    );
+    e.gauge(
+        "kube_gpu_metrics_sample_duration_seconds",
+        "Duration of the last sample pass",
+        [((own, ""), Value::F64(data.sample_duration.as_secs_f64()))],
+    );
+    let taken_at = data.taken_at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+    e.gauge(
+        "kube_gpu_metrics_last_sample_timestamp_seconds",
+        "When the last sample pass started, seconds since the Unix epoch",
+        [((own, ""), Value::F64(taken_at))],
+    );
+
+    let c = &data.counters;
+    e.counter("kube_gpu_metrics_samples", "Sample passes finished", [((own, ""), c.samples)]);
+    e.counter(
+        "kube_gpu_metrics_nvml_errors",
+        "Failed NVML calls, by call (not-supported answers are not errors)",
+        GpuCall::ALL.iter().zip(c.gpu_errors).map(|(call, n)| ((own, call_label(*call)), n)),
+    );
+    e.counter(
+        "kube_gpu_metrics_gpu_read_timeouts",
+        "GPU reads that missed their deadline; the GPU is reported down for that sample",
+        [((own, ""), c.gpu_read_timeouts)],
+    );
+    e.counter(
+        "kube_gpu_metrics_pod_resources_errors",
+        "Failed kubelet PodResources calls",
+        [((own, ""), c.pod_resources_errors)],
+    );
+    e.counter(
+        "kube_gpu_metrics_scrapes",
+        "Scrapes of /metrics, by format, as of this sample",
+        [((own, "format=\"text\""), c.scrapes_text), ((own, "format=\"openmetrics\""), c.scrapes_openmetrics)],
+    );
+
+    let mut text = Vec::with_capacity(e.gauges.len() + e.text_counters.len());
+    text.extend_from_slice(&e.gauges);
+    text.extend_from_slice(&e.text_counters);
+    let mut openmetrics = e.gauges;
+    openmetrics.extend_from_slice(&e.openmetrics_counters);
+    openmetrics.extend_from_slice(b"# EOF\n");
+    (text, openmetrics)
+}
+
+/// The `nvidia_gpu_*` families.
+fn native_families(e: &mut Encoder, data: &SampleData) {
+    let node = data.node.as_str();
     let base: Vec<String> = data.gpus.iter().map(|g| gpu_labels(node, g)).collect();
     // A GPU held by exactly one container carries that container's labels.
     let exclusive: Vec<Option<String>> = (0..data.gpus.len())
@@ -281,12 +380,6 @@ pub fn render_plain(data: &SampleData) -> (Vec<u8>, Vec<u8>) {
     let device: Vec<&str> = base.iter().zip(&exclusive).map(|(b, e)| e.as_deref().unwrap_or(b)).collect();
     let pods: Vec<String> = data.usages.iter().map(|u| pod_labels(&base[u.gpu], u)).collect();
 
-    let estimate = 64 + data.gpus.len() * 1800 + data.usages.len() * 700;
-    let mut e = Encoder {
-        gauges: Vec::with_capacity(estimate),
-        text_counters: Vec::with_capacity(2048),
-        openmetrics_counters: Vec::with_capacity(2048),
-    };
     let up = || data.gpus.iter().zip(&device).filter(|(g, _)| g.up);
     let f = |v: Option<f64>| v.map(Value::F64);
     let u = |v: Option<u64>| v.map(Value::U64);
@@ -359,65 +452,58 @@ pub fn render_plain(data: &SampleData) -> (Vec<u8>, Vec<u8>) {
             .zip(&pods)
             .filter_map(|(u, l)| Some(((l.as_str(), reason_label(u.utilization_percent.err()?)), Value::U64(1)))),
     );
+}
 
-    // The agent's own state, labelled with its node like every GPU series.
-    let mut own = String::with_capacity(32);
-    push_label(&mut own, "node", node);
-    let own = own.as_str();
-    let version = concat!("version=\"", env!("CARGO_PKG_VERSION"), "\"");
-    e.gauge("kube_gpu_metrics_build_info", "Build of the agent", [((own, version), Value::U64(1))]);
-    e.gauge(
-        "kube_gpu_metrics_gpu_source_up",
-        "1 when the GPU source (NVML) is initialised",
-        [((own, ""), Value::U64(u64::from(data.gpu_source_up)))],
-    );
-    e.gauge(
-        "kube_gpu_metrics_pod_resources_up",
-        "1 when the kubelet answered the last PodResources call",
-        data.pod_resources_up.map(|up| ((own, ""), Value::U64(u64::from(up)))),
-    );
-    e.gauge(
-        "kube_gpu_metrics_sample_duration_seconds",
-        "Duration of the last sample pass",
-        [((own, ""), Value::F64(data.sample_duration.as_secs_f64()))],
-    );
-    let taken_at = data.taken_at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
-    e.gauge(
-        "kube_gpu_metrics_last_sample_timestamp_seconds",
-        "When the last sample pass started, seconds since the Unix epoch",
-        [((own, ""), Value::F64(taken_at))],
-    );
+/// dcgm-exporter's labels of one GPU.
+fn dcgm_gpu_labels(node: &str, gpu: &GpuState) -> String {
+    let mut labels = String::with_capacity(160);
+    let index = itoa::Buffer::new().format(gpu.identity.index).to_owned();
+    push_label(&mut labels, "gpu", &index);
+    push_label(&mut labels, "UUID", &gpu.identity.uuid);
+    push_label(&mut labels, "device", &["nvidia", &index].concat());
+    push_label(&mut labels, "modelName", &gpu.identity.model);
+    push_label(&mut labels, "Hostname", node);
+    labels
+}
 
-    let c = &data.counters;
-    e.counter("kube_gpu_metrics_samples", "Sample passes finished", [((own, ""), c.samples)]);
-    e.counter(
-        "kube_gpu_metrics_nvml_errors",
-        "Failed NVML calls, by call (not-supported answers are not errors)",
-        GpuCall::ALL.iter().zip(c.gpu_errors).map(|(call, n)| ((own, call_label(*call)), n)),
-    );
-    e.counter(
-        "kube_gpu_metrics_gpu_read_timeouts",
-        "GPU reads that missed their deadline; the GPU is reported down for that sample",
-        [((own, ""), c.gpu_read_timeouts)],
-    );
-    e.counter(
-        "kube_gpu_metrics_pod_resources_errors",
-        "Failed kubelet PodResources calls",
-        [((own, ""), c.pod_resources_errors)],
-    );
-    e.counter(
-        "kube_gpu_metrics_scrapes",
-        "Scrapes of /metrics, by format, as of this sample",
-        [((own, "format=\"text\""), c.scrapes_text), ((own, "format=\"openmetrics\""), c.scrapes_openmetrics)],
-    );
-
-    let mut text = Vec::with_capacity(e.gauges.len() + e.text_counters.len());
-    text.extend_from_slice(&e.gauges);
-    text.extend_from_slice(&e.text_counters);
-    let mut openmetrics = e.gauges;
-    openmetrics.extend_from_slice(&e.openmetrics_counters);
-    openmetrics.extend_from_slice(b"# EOF\n");
-    (text, openmetrics)
+/// The dcgm-exporter families for the fields the agent reads, in its names,
+/// units (MiB, MHz, W) and labels. As with dcgm-exporter's pod mapping, a GPU
+/// held by pods has one series per holding container, each with the
+/// device's value; a GPU no pod holds has one series without pod labels.
+fn dcgm_families(e: &mut Encoder, data: &SampleData) {
+    let mut series: Vec<(&GpuReading, String)> = Vec::new();
+    for (i, gpu) in data.gpus.iter().enumerate().filter(|(_, g)| g.up) {
+        let labels = dcgm_gpu_labels(&data.node, gpu);
+        let mut holders = data.usages.iter().filter(|u| u.gpu == i).peekable();
+        if holders.peek().is_none() {
+            series.push((&gpu.reading, labels));
+            continue;
+        }
+        for usage in holders {
+            let mut pod = labels.clone();
+            push_label(&mut pod, "container", &usage.container);
+            push_label(&mut pod, "namespace", &usage.namespace);
+            push_label(&mut pod, "pod", &usage.pod);
+            series.push((&gpu.reading, pod));
+        }
+    }
+    const MIB: u64 = 1 << 20;
+    // dcgm-exporter writes whole numbers for integer fields.
+    let whole = |v: f64| Value::U64(v.max(0.0).round() as u64);
+    let mut family = |name: &str, help: &str, value: &dyn Fn(&GpuReading) -> Option<Value>| {
+        e.gauge(name, help, series.iter().filter_map(|(r, l)| Some(((l.as_str(), ""), value(r)?))));
+    };
+    family("DCGM_FI_DEV_SM_CLOCK", "SM clock frequency (in MHz)", &|r| Some(whole(r.sm_clock_hertz? / 1e6)));
+    family("DCGM_FI_DEV_GPU_TEMP", "GPU temperature (in C)", &|r| Some(whole(r.temperature_celsius?)));
+    family("DCGM_FI_DEV_POWER_USAGE", "Power draw (in W)", &|r| r.power_watts.map(Value::F64));
+    family("DCGM_FI_DEV_GPU_UTIL", "GPU utilization (in %)", &|r| Some(whole(r.utilization_percent?)));
+    family("DCGM_FI_DEV_MEM_COPY_UTIL", "Memory utilization (in %)", &|r| Some(whole(r.memory_utilization_percent?)));
+    family("DCGM_FI_DEV_FB_FREE", "Framebuffer memory free (in MiB)", &|r| {
+        Some(Value::U64(r.memory_total_bytes?.saturating_sub(r.memory_used_bytes?) / MIB))
+    });
+    family("DCGM_FI_DEV_FB_USED", "Framebuffer memory used (in MiB)", &|r| {
+        Some(Value::U64(r.memory_used_bytes? / MIB))
+    });
 }
 
 #[cfg(test)]

@@ -13,6 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 
 use super::AgentState;
+use super::exposition::MetricNames;
 use super::snapshot::{GpuState, Readiness, SampleData, Snapshot};
 use crate::attribution::checkpoint::Checkpoint;
 use crate::attribution::podresources::PodResourcesClient;
@@ -189,6 +190,7 @@ struct GpuSlot {
 pub struct Sampler {
     node: String,
     interval: Duration,
+    names: MetricNames,
     read_timeout: Duration,
     opener: Arc<dyn GpuSourceOpener>,
     source: Option<Arc<dyn GpuSource>>,
@@ -212,6 +214,7 @@ impl Sampler {
         Self {
             node: args.node_name.clone(),
             interval: args.interval,
+            names: args.names,
             read_timeout: args.gpu_read_timeout.unwrap_or(args.interval),
             opener,
             source: None,
@@ -313,6 +316,7 @@ impl Sampler {
             pod_resources_up,
             sample_duration: started.elapsed(),
             counters: self.state.metrics.counters(),
+            names: self.names,
         };
         self.state.snapshot.store(Arc::new(Snapshot::new(data)));
     }

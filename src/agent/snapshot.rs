@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::Bytes;
 
-use super::exposition::{self, Exposition};
+use super::exposition::{self, Exposition, MetricNames};
 use super::self_metrics::{AgentCounters, AgentMetrics};
 use crate::attribution::{PodGpuUsage, Sharing};
 use crate::feed::{FeedGpu, FeedPod, NodeFeed};
@@ -56,6 +56,8 @@ pub struct SampleData {
     pub sample_duration: Duration,
     /// The agent's counters when the pass ended.
     pub counters: AgentCounters,
+    /// Which metric names `/metrics` uses.
+    pub names: MetricNames,
 }
 
 /// A sample and its pre-rendered forms.
@@ -90,6 +92,7 @@ impl Snapshot {
             pod_resources_up: None,
             sample_duration: Duration::ZERO,
             counters: metrics.counters(),
+            names: MetricNames::default(),
         })
     }
 }

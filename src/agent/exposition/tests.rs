@@ -67,6 +67,7 @@ fn sample_data() -> SampleData {
         pod_resources_up: Some(true),
         sample_duration: Duration::from_micros(1500),
         counters: AgentCounters { samples: 7, scrapes_text: 3, scrapes_openmetrics: 2, ..AgentCounters::default() },
+        names: MetricNames::Native,
     }
 }
 
@@ -275,12 +276,61 @@ fn openmetrics_output_matches_prometheus_client() {
 #[test]
 fn text_output_matches_the_golden_file() {
     let (text, _) = render_plain(&sample_data());
-    let golden = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/golden/exposition.txt");
+    check_golden("exposition.txt", &text);
+}
+
+fn check_golden(name: &str, text: &[u8]) {
+    let golden = format!("{}/tests/golden/{name}", env!("CARGO_MANIFEST_DIR"));
     if std::env::var_os("UPDATE_GOLDEN").is_some() {
-        std::fs::write(golden, &text).unwrap();
+        std::fs::write(&golden, text).unwrap();
     }
-    let expected = std::fs::read_to_string(golden).expect("golden file (UPDATE_GOLDEN=1 writes it)");
-    assert_eq!(String::from_utf8(text).unwrap(), expected);
+    let expected = std::fs::read_to_string(&golden).expect("golden file (UPDATE_GOLDEN=1 writes it)");
+    assert_eq!(String::from_utf8_lossy(text), expected, "{name}");
+}
+
+fn with_names(names: MetricNames) -> SampleData {
+    SampleData { names, ..sample_data() }
+}
+
+#[test]
+fn dcgm_names_match_the_golden_file() {
+    let (text, _) = render_plain(&with_names(MetricNames::Dcgm));
+    check_golden("exposition-dcgm.txt", &text);
+}
+
+#[test]
+fn dcgm_names_use_dcgm_exporter_units_and_labels() {
+    let (text, _) = render_plain(&with_names(MetricNames::Dcgm));
+    let text = String::from_utf8(text).unwrap();
+    let gpu0 = r#"gpu="0",UUID="GPU-aaaa",device="nvidia0",modelName="NVIDIA GeForce RTX 4090",Hostname="mainpc""#;
+    let pod = r#"container="main",namespace="ai-system-gpu",pod="reasoning-suite-7d9f-x2k9p""#;
+    // 8 GiB used of 24: MiB, as dcgm-exporter reports framebuffer memory.
+    assert!(text.contains(&format!("DCGM_FI_DEV_FB_USED{{{gpu0},{pod}}} 8192\n")), "{text}");
+    assert!(text.contains(&format!("DCGM_FI_DEV_FB_FREE{{{gpu0},{pod}}} 16384\n")), "{text}");
+    assert!(text.contains(&format!("DCGM_FI_DEV_SM_CLOCK{{{gpu0},{pod}}} 2520\n")), "{text}");
+    assert!(text.contains(&format!("DCGM_FI_DEV_POWER_USAGE{{{gpu0},{pod}}} 312.5\n")), "{text}");
+    // NVML reports whole percents; dcgm-exporter writes them as integers.
+    assert!(text.contains(&format!("DCGM_FI_DEV_GPU_UTIL{{{gpu0},{pod}}} 43\n")), "{text}");
+    // A GPU shared by two pods: a series per pod, each with the device's value.
+    assert_eq!(text.lines().filter(|l| l.starts_with("DCGM_FI_DEV_GPU_UTIL{") && l.contains("GPU-bbbb")).count(), 2);
+    // The lost GPU has no series; no native name is written.
+    assert!(!text.contains("GPU-cccc"), "{text}");
+    assert!(!text.contains("nvidia_gpu_"), "{text}");
+    assert!(text.contains("kube_gpu_metrics_samples_total"), "the agent's own metrics stay");
+}
+
+#[test]
+fn both_names_write_native_and_dcgm_families_once_each() {
+    let lines = |names| {
+        let (text, _) = render_plain(&with_names(names));
+        String::from_utf8(text).unwrap().lines().map(str::to_string).collect::<std::collections::BTreeSet<_>>()
+    };
+    let (native, dcgm, both) = (lines(MetricNames::Native), lines(MetricNames::Dcgm), lines(MetricNames::Both));
+    let union: std::collections::BTreeSet<_> = native.union(&dcgm).cloned().collect();
+    assert_eq!(both, union);
+    let (text, _) = render_plain(&with_names(MetricNames::Both));
+    let text = String::from_utf8(text).unwrap();
+    assert_eq!(text.matches("# TYPE kube_gpu_metrics_samples_total counter").count(), 1);
 }
 
 #[test]

@@ -59,6 +59,7 @@ fn args(read_timeout: Duration) -> AgentArgs {
         node_name: "n".into(),
         interval: Duration::from_secs(1),
         gpu_read_timeout: Some(read_timeout),
+        names: Default::default(),
         no_attribution: true,
         feed_token_file: None,
     }
