@@ -7,6 +7,7 @@ pub mod auth;
 pub mod collector;
 pub mod discovery;
 pub mod labels;
+pub mod prometheus;
 pub mod quantity;
 pub mod selector;
 pub mod server;
@@ -24,6 +25,7 @@ use tokio::sync::watch;
 use auth::{AuthArgs, Authenticator, Authorizer};
 use collector::{Collector, PollSettings};
 use labels::LabelIndex;
+use prometheus::{PrometheusSettings, PrometheusSource, QueryConfig};
 use store::MetricStore;
 use tls::{CertResolver, CertSource, LocalCa, TlsError};
 
@@ -34,6 +36,15 @@ pub enum AuthorizationMode {
     SubjectAccessReview,
     /// Every authenticated user (no cluster; tests and demos).
     AlwaysAllow,
+}
+
+/// Where the adapter's values come from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum Source {
+    /// Poll the kube-gpu-metrics agents' feeds (freshest: one sample interval).
+    Agents,
+    /// Query an existing Prometheus (e.g. one scraping dcgm-exporter).
+    Prometheus,
 }
 
 /// Flags of the adapter.
@@ -55,6 +66,20 @@ pub struct AdapterArgs {
     /// How often the certificate files are checked for changes.
     #[arg(long, env = "KGM_TLS_RELOAD_INTERVAL", default_value = "10s", value_parser = humantime::parse_duration)]
     pub tls_reload_interval: Duration,
+
+    /// Where values come from: the agents, or an existing Prometheus.
+    #[arg(long, env = "KGM_SOURCE", value_enum, default_value = "agents")]
+    pub source: Source,
+
+    /// Prometheus' base URL, with `--source prometheus`
+    /// (`http://prometheus-operated.monitoring.svc:9090`).
+    #[arg(long, env = "KGM_PROMETHEUS_URL", required_if_eq("source", "prometheus"))]
+    pub prometheus_url: Option<String>,
+
+    /// The PromQL per metric, with `--source prometheus` (default: the
+    /// built-in dcgm-exporter queries, deploy/prometheus/dcgm-queries.yaml).
+    #[arg(long, env = "KGM_PROMETHEUS_QUERIES")]
+    pub prometheus_queries: Option<PathBuf>,
 
     /// Agents to poll, as base URLs (`http://10.0.0.5:9402`), besides the
     /// discovered ones.
@@ -81,11 +106,11 @@ pub struct AdapterArgs {
     #[arg(long, env = "KGM_AGENT_PORT", default_value_t = 9402)]
     pub agent_port: u16,
 
-    /// Time between poll rounds.
+    /// Time between poll rounds (of the agents or of Prometheus).
     #[arg(long, env = "KGM_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub poll_interval: Duration,
 
-    /// Time one agent may take to answer.
+    /// Time one agent (or one Prometheus query) may take to answer.
     #[arg(long, env = "KGM_POLL_TIMEOUT", default_value = "800ms", value_parser = humantime::parse_duration)]
     pub poll_timeout: Duration,
 
@@ -94,11 +119,12 @@ pub struct AdapterArgs {
     #[arg(long, env = "KGM_AGENT_TOKEN_FILE")]
     pub agent_token_file: Option<PathBuf>,
 
-    /// Largest feed accepted from an agent, bytes.
+    /// Largest feed accepted from an agent (or answer from Prometheus), bytes.
     #[arg(long, env = "KGM_MAX_FEED_BYTES", default_value_t = 8 << 20)]
     pub max_feed_bytes: usize,
 
-    /// Oldest sample served (default: three of the agent's sample intervals).
+    /// Oldest sample served (default: three of the agent's sample intervals,
+    /// or of the Prometheus queries' `scrapeInterval`).
     #[arg(long, env = "KGM_MAX_AGE", value_parser = humantime::parse_duration)]
     pub max_age: Option<Duration>,
 
@@ -133,6 +159,9 @@ pub enum AdapterError {
     /// The front-proxy settings could not be read.
     #[error(transparent)]
     Discovery(#[from] discovery::DiscoveryError),
+    /// The Prometheus source is misconfigured.
+    #[error(transparent)]
+    Prometheus(#[from] prometheus::PrometheusError),
     /// The agent token file is unusable.
     #[error(transparent)]
     Token(std::io::Error),
@@ -165,6 +194,8 @@ pub struct AdapterSetup {
     pub poll: PollSettings,
     /// Oldest sample served.
     pub max_age: Option<Duration>,
+    /// Query Prometheus instead of polling agents.
+    pub prometheus: Option<PrometheusSettings>,
     /// Agents to poll; updated by discovery when there is one.
     pub agents: watch::Receiver<Vec<String>>,
     /// Labels for selectors.
@@ -189,7 +220,26 @@ impl AdapterSetup {
     /// Resolves the flags: reads the front-proxy CA, makes the kube client
     /// and starts discovery as the flags ask.
     pub async fn from_args(args: AdapterArgs) -> Result<Self, AdapterError> {
-        let needs_kube = args.discover_agents
+        let from_agents = args.source == Source::Agents;
+        let prometheus = match (args.source, &args.prometheus_url) {
+            (Source::Prometheus, Some(url)) => {
+                PrometheusSettings::check_url(url)?;
+                let config = match &args.prometheus_queries {
+                    Some(path) => QueryConfig::read(path)?,
+                    None => QueryConfig::dcgm(),
+                };
+                Some(PrometheusSettings {
+                    url: url.clone(),
+                    config,
+                    interval: args.poll_interval,
+                    timeout: args.poll_timeout,
+                    max_body_bytes: args.max_feed_bytes,
+                })
+            }
+            _ => None,
+        };
+        let discover_agents = args.discover_agents && from_agents;
+        let needs_kube = discover_agents
             || args.authorization_mode == AuthorizationMode::SubjectAccessReview
             || args.auth.requestheader_client_ca_file.is_none();
         let client = if needs_kube {
@@ -247,7 +297,7 @@ impl AdapterSetup {
         let labels = Arc::new(LabelIndex::default());
         let (agents_tx, agents_rx) = watch::channel(args.agents.clone());
         if let Some(client) = client {
-            let discovery = args.discover_agents.then(|| discovery::AgentDiscovery {
+            let discovery = discover_agents.then(|| discovery::AgentDiscovery {
                 namespace: args.agent_namespace.clone(),
                 selector: args.agent_selector.clone(),
                 port: args.agent_port,
@@ -274,6 +324,7 @@ impl AdapterSetup {
                     .map_err(AdapterError::Token)?,
             },
             max_age: args.max_age,
+            prometheus,
             agents: agents_rx,
             labels,
         })
@@ -293,15 +344,22 @@ pub async fn start(setup: AdapterSetup, shutdown: watch::Receiver<bool>) -> Resu
     let addr = listener.local_addr().map_err(|source| AdapterError::Bind { addr: setup.listen, source })?;
 
     let store = Arc::new(MetricStore::new(setup.max_age));
-    let collector = Collector::new(setup.poll, store.clone(), setup.agents);
-    let ready = collector.polled_once.clone();
+    let (ready, collector_task) = match setup.prometheus {
+        Some(settings) => {
+            let source = PrometheusSource::new(settings, store.clone());
+            (source.answered_once.clone(), tokio::spawn(source.run(shutdown.clone())))
+        }
+        None => {
+            let collector = Collector::new(setup.poll, store.clone(), setup.agents);
+            (collector.polled_once.clone(), tokio::spawn(collector.run(shutdown.clone())))
+        }
+    };
     let service = Arc::new(server::AdapterService {
         api: api::MetricsApi::new(store.clone(), setup.labels),
         authenticator: setup.authenticator,
         authorizer: setup.authorizer,
         ready,
     });
-    let collector_task = tokio::spawn(collector.run(shutdown.clone()));
     let server_task = tokio::spawn(server::serve(listener, tls, client_ca, service, shutdown));
     let done = tokio::spawn(async move {
         let _ = server_task.await;

@@ -23,6 +23,7 @@ use base64::Engine;
 use crate::adapter::auth::{Authenticator, Authorizer};
 use crate::adapter::collector::PollSettings;
 use crate::adapter::labels::{LabelIndex, LabelMaps};
+use crate::adapter::prometheus::{PrometheusError, PrometheusSettings, QueryConfig};
 use crate::adapter::tls::{CertSource, LocalCa, PemPair};
 use crate::adapter::{AdapterSetup, RunningAdapter};
 use crate::agent::exposition::MetricNames;
@@ -67,6 +68,16 @@ pub struct StandaloneArgs {
     /// Metric names on the agents' `/metrics`: `native`, `dcgm` or `both`.
     #[arg(long, env = "KGM_NAMES", value_enum, default_value = "native")]
     pub names: MetricNames,
+
+    /// Serve the API from this Prometheus (which should scrape the agents)
+    /// instead of polling the agents: the migration path, on localhost.
+    #[arg(long, env = "KGM_PROMETHEUS_URL")]
+    pub prometheus_url: Option<String>,
+
+    /// PromQL per metric with `--prometheus-url` (default: the built-in
+    /// dcgm-exporter queries; pair them with `--names dcgm`).
+    #[arg(long, env = "KGM_PROMETHEUS_QUERIES", requires = "prometheus_url")]
+    pub prometheus_queries: Option<PathBuf>,
 
     /// Port of the adapter (HTTPS). 0 picks a free port.
     #[arg(long, env = "KGM_ADAPTER_PORT", default_value_t = 6443)]
@@ -200,6 +211,7 @@ async fn start_adapter(
             token: None,
         },
         max_age: None,
+        prometheus: prometheus_settings(args)?,
         agents: agents_rx,
         labels: Arc::new(LabelIndex::new(labels)),
     };
@@ -208,6 +220,22 @@ async fn start_adapter(
     std::fs::write(&args.kubeconfig_out, kubeconfig(&server, &ca.cert_pem, &client))
         .map_err(|e| anyhow::anyhow!("cannot write {} (--kubeconfig-out): {e}", args.kubeconfig_out.display()))?;
     Ok(adapter)
+}
+
+fn prometheus_settings(args: &StandaloneArgs) -> Result<Option<PrometheusSettings>, PrometheusError> {
+    let Some(url) = &args.prometheus_url else { return Ok(None) };
+    PrometheusSettings::check_url(url)?;
+    let config = match &args.prometheus_queries {
+        Some(path) => QueryConfig::read(path)?,
+        None => QueryConfig::dcgm(),
+    };
+    Ok(Some(PrometheusSettings {
+        url: url.clone(),
+        config,
+        interval: args.interval,
+        timeout: Duration::from_millis(800),
+        max_body_bytes: 8 << 20,
+    }))
 }
 
 /// Runs until `shutdown` turns true or `--duration` passes.
@@ -231,8 +259,13 @@ pub async fn run(args: StandaloneArgs, shutdown_tx: watch::Sender<bool>) -> anyh
     }
     let kubeconfig = args.kubeconfig_out.display();
     println!("  adapter        https://{}   (kubeconfig: {kubeconfig})", adapter.addr);
+    if let Some(url) = &args.prometheus_url {
+        println!("  values from    {url} (the agents are not polled; Prometheus must scrape them)");
+    }
     let first = agents[0].addr;
-    println!("\nTry:\n  curl -s http://{first}/metrics | grep nvidia_gpu_utilization_percent");
+    let series =
+        if args.names == MetricNames::Dcgm { "DCGM_FI_DEV_GPU_UTIL" } else { "nvidia_gpu_utilization_percent" };
+    println!("\nTry:\n  curl -s http://{first}/metrics | grep {series}");
     println!(
         "  kubectl --kubeconfig {kubeconfig} get --raw \"/apis/custom.metrics.k8s.io/v1beta2/namespaces/ai-system-gpu/pods/*/nvidia_gpu_utilization_percent?labelSelector=app%3Dreasoning-suite\""
     );

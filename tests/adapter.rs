@@ -657,3 +657,157 @@ async fn sigterm_lets_a_request_in_flight_finish() {
     let status = exit_status(&mut adapter).await;
     assert!(status.success(), "{status}");
 }
+
+/// What a fake Prometheus answers to `/api/v1/query`.
+#[derive(Clone, Copy)]
+enum PrometheusAnswer {
+    /// Pod `p1` on node `n1` at `value`, scraped `age_ms` ago.
+    Scraped { value: f64, age_ms: u64 },
+    /// A refused query, as Prometheus explains bad PromQL.
+    BadData,
+}
+
+/// A Prometheus HTTP API on loopback answering the adapter's queries in
+/// Prometheus' own format; every PromQL it was sent is kept.
+fn fake_prometheus(answer: Arc<Mutex<PrometheusAnswer>>, seen: Arc<Mutex<Vec<String>>>) -> SocketAddr {
+    serve_http(Arc::new(move |req| {
+        assert_eq!(req.uri().path(), "/api/v1/query");
+        let promql = form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+            .find(|(k, _)| k == "query")
+            .map(|(_, v)| v.into_owned())
+            .expect("a query parameter");
+        seen.lock().unwrap().push(promql.clone());
+        let (value, age_ms) = match *answer.lock().unwrap() {
+            PrometheusAnswer::BadData => {
+                let body =
+                    json!({"status": "error", "errorType": "bad_data", "error": "1:13: parse error: unexpected \"(\""});
+                return (400, serde_json::to_vec(&body).unwrap());
+            }
+            PrometheusAnswer::Scraped { value, age_ms } => (value, age_ms),
+        };
+        let now = now_ms() as f64 / 1000.0;
+        let labels = if promql.contains("namespace!=\"\"") {
+            json!({"namespace": "ai-system-gpu", "pod": "p1", "Hostname": "n1"})
+        } else {
+            json!({"Hostname": "n1", "modelName": "NVIDIA GeForce RTX 4090"})
+        };
+        let value = if promql.starts_with("count by") {
+            1.0
+        } else if promql.contains("timestamp(") {
+            now - age_ms as f64 / 1000.0
+        } else {
+            value
+        };
+        let result = json!([{"metric": labels, "value": [now, value.to_string()]}]);
+        (
+            200,
+            serde_json::to_vec(&json!({"status": "success", "data": {"resultType": "vector", "result": result}}))
+                .unwrap(),
+        )
+    }))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_prometheus_source_serves_the_same_api_and_never_a_stale_or_refused_value() {
+    let pki = Pki::new();
+    let answer = Arc::new(Mutex::new(PrometheusAnswer::Scraped { value: 63.0, age_ms: 500 }));
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let prometheus = fake_prometheus(answer.clone(), seen.clone());
+    let url = format!("http://{prometheus}");
+    let adapter = Adapter::start(
+        &pki,
+        &[],
+        &[
+            "--source",
+            "prometheus",
+            "--prometheus-url",
+            &url,
+            "--authorization-mode",
+            "always-allow",
+            "--max-age",
+            "3s",
+        ],
+        None,
+    );
+    let path = format!("{PODS}/%2A/nvidia_gpu_utilization_percent");
+    let values = async || -> Vec<(String, String)> {
+        let answer = via_aggregator(&pki, &adapter, &path).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        answer.body["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| (i["describedObject"]["name"].as_str().unwrap().into(), i["value"].as_str().unwrap().into()))
+            .collect()
+    };
+    until("the value from Prometheus", async || values().await == [("p1".to_string(), "63".to_string())]).await;
+    let node =
+        via_aggregator(&pki, &adapter, "/apis/custom.metrics.k8s.io/v1beta1/nodes/n1/nvidia_gpu_utilization_percent")
+            .await;
+    assert_eq!(node.body["items"][0]["value"], "63", "{}", node.body);
+    assert_eq!(node.body["items"][0]["window"], 15, "the scrape interval is the window");
+    assert!(seen.lock().unwrap().iter().any(|q| q.contains("DCGM_FI_DEV_GPU_UTIL{namespace!=\"\",pod!=\"\"}")));
+
+    // Bad PromQL: the last good value is served only until it ages out (3 s),
+    // then the pod is NotFound; the process keeps running.
+    *answer.lock().unwrap() = PrometheusAnswer::BadData;
+    let refused_at = Instant::now();
+    until("the refused value ages out", async || values().await.is_empty()).await;
+    assert!(refused_at.elapsed() >= Duration::from_millis(1500), "dropped early: {:?}", refused_at.elapsed());
+    let by_name = via_aggregator(&pki, &adapter, &format!("{PODS}/p1/nvidia_gpu_utilization_percent")).await;
+    assert_status(&by_name, 404, "NotFound");
+
+    // Prometheus answers again, but with a series it last scraped a minute ago.
+    *answer.lock().unwrap() = PrometheusAnswer::Scraped { value: 70.0, age_ms: 60_000 };
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(values().await.is_empty(), "a stale series is not served");
+    *answer.lock().unwrap() = PrometheusAnswer::Scraped { value: 71.0, age_ms: 0 };
+    until("fresh again", async || values().await == [("p1".to_string(), "71".to_string())]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_prometheus_is_not_ready_and_serves_nothing() {
+    let pki = Pki::new();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let url = format!("http://{closed}");
+    let adapter = Adapter::start(
+        &pki,
+        &[],
+        &["--source", "prometheus", "--prometheus-url", &url, "--authorization-mode", "always-allow"],
+        None,
+    );
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    let ready = via_aggregator(&pki, &adapter, "/readyz").await;
+    assert_status(&ready, 503, "ServiceUnavailable");
+    let by_name = via_aggregator(&pki, &adapter, &format!("{PODS}/p1/nvidia_gpu_utilization_percent")).await;
+    assert_status(&by_name, 404, "NotFound");
+}
+
+#[test]
+fn a_bad_prometheus_url_or_query_file_stops_the_start_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let queries = dir.path().join("queries.yaml");
+    std::fs::write(&queries, "labels: {}\n").unwrap();
+    for (args, want) in [
+        (vec!["--prometheus-url", "https://prometheus:9090"], "https is not supported"),
+        (vec!["--prometheus-url", "http://p:9090", "--prometheus-queries", queries.to_str().unwrap()], "queries.yaml"),
+        (vec![], "--prometheus-url"),
+    ] {
+        let output = Command::new(BIN)
+            .args([
+                "adapter",
+                "--source",
+                "prometheus",
+                "--discover-agents=false",
+                "--authorization-mode",
+                "always-allow",
+            ])
+            .args(["--requestheader-client-ca-file", "/nonexistent"])
+            .args(args)
+            .env_remove("KUBECONFIG")
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert!(!output.status.success() && stderr.contains(want), "{stderr}");
+    }
+}

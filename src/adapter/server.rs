@@ -88,7 +88,7 @@ impl AdapterService {
             return Ok(if ready {
                 json(StatusCode::OK, Bytes::from_static(b"ok"))
             } else {
-                status(&ApiError::unavailable("not ready: no agent poll round has finished yet"))
+                status(&ApiError::unavailable("not ready: no values polled yet (agents or Prometheus)"))
             });
         }
         let user = self.authenticator.authenticate(peer, req.headers())?;

@@ -131,6 +131,11 @@ impl MetricStore {
         self.view.store(Arc::new(build_view(feeds)));
     }
 
+    /// Replaces the view with one built elsewhere (the Prometheus source).
+    pub fn publish_view(&self, view: StoreView) {
+        self.view.store(Arc::new(view));
+    }
+
     /// The current view.
     pub fn view(&self) -> Arc<StoreView> {
         self.view.load_full()
