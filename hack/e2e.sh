@@ -81,6 +81,12 @@ printf 'resources: [../../deploy/base]\ncomponents: [../../deploy/components/pod
 "$kubectl" kustomize "$component_check" >"$manifests/podmonitor.yaml" || fail "kustomize with the podmonitor component"
 grep -q "kind: PodMonitor" "$manifests/podmonitor.yaml" && ! grep -q "kind: ServiceMonitor" "$manifests/podmonitor.yaml" \
     || fail "the podmonitor component must replace the ServiceMonitor"
+# The without-apiservices component, for running beside prometheus-adapter.
+printf 'resources: [../../deploy/base]\ncomponents: [../../deploy/components/without-apiservices]\n' \
+    >"$component_check/kustomization.yaml"
+"$kubectl" kustomize "$component_check" >"$manifests/without-apiservices.yaml" || fail "kustomize without-apiservices"
+! grep -q "kind: APIService" "$manifests/without-apiservices.yaml" && grep -q "kind: Deployment" "$manifests/without-apiservices.yaml" \
+    || fail "the without-apiservices component must drop the APIServices only"
 # The Helm chart: lint, the default render (the base's objects, spec for spec),
 # and the migration settings (dcgm names, Prometheus source, cert-manager TLS)
 # and a provided TLS secret.
