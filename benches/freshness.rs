@@ -1,10 +1,19 @@
-//! Freshness: how long after a GPU's value changes the custom metrics API
-//! shows it, at default settings (1 s sampling, 1 s polling), through the
-//! real binaries: the agent over the fake libnvidia-ml, and the adapter over
-//! HTTPS.
+//! Freshness: how long after a GPU's value changes it can be seen, through
+//! the real binaries (the agent over the fake libnvidia-ml, adapters over
+//! HTTPS), by three routes measured on the same changes:
 //!
-//! `cargo bench --bench freshness` takes 20 measurements; in test mode
-//! (`cargo test --benches`) it takes one, as a smoke run.
+//! - direct: agent → adapter polling the agents → custom metrics API, at
+//!   defaults (1 s sampling, 1 s polling);
+//! - Prometheus: agent → a real Prometheus scraping every 15 s → a PromQL
+//!   instant query (what prometheus-adapter answers from);
+//! - Prometheus-backed adapter: the same Prometheus → `adapter --source
+//!   prometheus` (1 s polling) → custom metrics API.
+//!
+//! The Prometheus routes run when a `prometheus` binary is found (PATH or
+//! `KGM_PROMETHEUS_BIN`); `KGM_SCRAPE_INTERVAL` changes the 15 s.
+//! `cargo bench --bench freshness` takes 20 measurements (`KGM_CHANGES`
+//! changes it); in test mode (`cargo test --benches`) it takes one, as a
+//! smoke run.
 
 use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
@@ -59,6 +68,51 @@ fn config(util: u32) -> String {
     )
 }
 
+/// A plain HTTP GET on loopback; the body of a 200.
+async fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
+    let mut stream = tokio::net::TcpStream::connect(addr).await.ok()?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    stream.write_all(request.as_bytes()).await.ok()?;
+    let mut raw = Vec::new();
+    let _ = stream.read_to_end(&mut raw).await;
+    let text = String::from_utf8_lossy(&raw);
+    text.starts_with("HTTP/1.1 200").then(|| text.split("\r\n\r\n").nth(1).map(str::to_string))?
+}
+
+/// The value PromQL gives for the GPU right now.
+async fn promql_value(prometheus: SocketAddr) -> Option<String> {
+    let query: String = form_urlencoded::Serializer::new(String::new())
+        .append_pair("query", "DCGM_FI_DEV_GPU_UTIL{Hostname=\"fresh-node\"}")
+        .finish();
+    let body = http_get(prometheus, &format!("/api/v1/query?{query}")).await?;
+    let json: serde_json::Value = serde_json::from_str(&body).ok()?;
+    json["data"]["result"][0]["value"][1].as_str().map(str::to_string)
+}
+
+/// Starts a real Prometheus scraping the agent, if one is installed.
+fn start_prometheus(dir: &Path, agent: SocketAddr, scrape: &str) -> Option<(Process, SocketAddr)> {
+    let bin = std::env::var("KGM_PROMETHEUS_BIN").unwrap_or_else(|_| "prometheus".into());
+    if Command::new(&bin).arg("--version").output().is_err() {
+        println!("freshness: no prometheus binary ({bin}); the Prometheus routes are not measured");
+        return None;
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let config = dir.join("prometheus.yml");
+    let text = format!(
+        "global: {{scrape_interval: {scrape}, scrape_timeout: 1s}}\nscrape_configs:\n  - job_name: agent\n    static_configs: [{{targets: [\"{agent}\"]}}]\n"
+    );
+    std::fs::write(&config, text).unwrap();
+    let child = Command::new(&bin)
+        .arg(format!("--config.file={}", config.display()))
+        .arg(format!("--storage.tsdb.path={}", dir.join("tsdb").display()))
+        .arg(format!("--web.listen-address={port}"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start prometheus");
+    Some((Process(child), port))
+}
+
 async fn node_value(addr: SocketAddr, tls: &Arc<rustls::ClientConfig>) -> Option<String> {
     let connector = tokio_rustls::TlsConnector::from(tls.clone());
     let tcp = tokio::net::TcpStream::connect(addr).await.ok()?;
@@ -88,8 +142,48 @@ fn client_config(ca: &LocalCa, client: &PemPair) -> Arc<rustls::ClientConfig> {
     Arc::new(config)
 }
 
+fn adapter_args<'a>(path: &'a dyn Fn(&str) -> String, extra: &[&'a str]) -> Vec<String> {
+    let mut args: Vec<String> = [
+        "adapter",
+        "--secure-listen",
+        "127.0.0.1:0",
+        "--discover-agents=false",
+        "--authorization-mode",
+        "always-allow",
+        "--tls-cert-file",
+        &path("tls.crt"),
+        "--tls-private-key-file",
+        &path("tls.key"),
+        "--requestheader-client-ca-file",
+        &path("ca.crt"),
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    args.extend(extra.iter().map(|a| a.to_string()));
+    args
+}
+
+fn summary(name: &str, mut latencies: Vec<Duration>) {
+    latencies.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    println!(
+        "freshness, {name}, {} changes: min {:.0} ms, median {:.0} ms, max {:.0} ms",
+        latencies.len(),
+        ms(latencies[0]),
+        ms(latencies[latencies.len() / 2]),
+        ms(latencies[latencies.len() - 1])
+    );
+}
+
 fn main() {
-    let measurements = if std::env::args().any(|a| a == "--bench") { 20 } else { 1 };
+    let bench = std::env::args().any(|a| a == "--bench");
+    let measurements: usize = match std::env::var("KGM_CHANGES") {
+        Ok(n) => n.parse().expect("KGM_CHANGES is a count"),
+        Err(_) if bench => 20,
+        Err(_) => 1,
+    };
+    let scrape = std::env::var("KGM_SCRAPE_INTERVAL").unwrap_or_else(|_| "15s".into());
     let dir = tempfile::tempdir().unwrap();
     let nvml_config = dir.path().join("nvml.conf");
     std::fs::write(&nvml_config, config(10)).unwrap();
@@ -105,6 +199,8 @@ fn main() {
             "--node-name",
             "fresh-node",
             "--no-attribution",
+            "--names",
+            "both",
         ],
         &[("FAKE_NVML_CONFIG", &nvml_config)],
         "agent listening on http://",
@@ -118,59 +214,75 @@ fn main() {
     }
     let path = |n: &str| dir.path().join(n).display().to_string();
     let agent_url = format!("http://{agent}");
-    let (_adapter, adapter) = start(
-        &[
-            "adapter",
-            "--secure-listen",
-            "127.0.0.1:0",
-            "--discover-agents=false",
-            "--authorization-mode",
-            "always-allow",
-            "--agent",
-            &agent_url,
-            "--tls-cert-file",
-            &path("tls.crt"),
-            "--tls-private-key-file",
-            &path("tls.key"),
-            "--requestheader-client-ca-file",
-            &path("ca.crt"),
-        ],
-        &[],
-        "adapter listening on https://",
-    );
+    let direct_args = adapter_args(&path, &["--agent", &agent_url]);
+    let direct_args: Vec<&str> = direct_args.iter().map(String::as_str).collect();
+    let (_direct, direct) = start(&direct_args, &[], "adapter listening on https://");
+
+    let prometheus = start_prometheus(dir.path(), agent, &scrape);
+    let backed = prometheus.as_ref().map(|(_, prometheus)| {
+        let url = format!("http://{prometheus}");
+        let args = adapter_args(&path, &["--source", "prometheus", "--prometheus-url", &url]);
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        start(&args, &[], "adapter listening on https://")
+    });
     let tls = client_config(&ca, &client);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
 
-    let mut latencies: Vec<Duration> = Vec::new();
+    // Per route: (name, its latencies).
+    let mut routes: Vec<(String, Vec<Duration>)> =
+        vec![("GPU change → custom metrics API, direct (1 s sample, 1 s poll)".into(), Vec::new())];
+    if prometheus.is_some() {
+        routes.push((format!("GPU change → PromQL, Prometheus scraping every {scrape}"), Vec::new()));
+        routes.push((
+            format!("GPU change → custom metrics API, --source prometheus ({scrape} scrape, 1 s poll)"),
+            Vec::new(),
+        ));
+    }
+    let limit = humantime::parse_duration(&scrape).unwrap() + Duration::from_secs(15);
     runtime.block_on(async {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while node_value(adapter, &tls).await.as_deref() != Some("10") {
-            assert!(Instant::now() < deadline, "the adapter never served the first value");
+        let values = async |want: &str| -> Vec<bool> {
+            let mut seen = vec![node_value(direct, &tls).await.as_deref() == Some(want)];
+            if let (Some((_, prometheus)), Some((_, backed))) = (&prometheus, &backed) {
+                seen.push(promql_value(*prometheus).await.as_deref() == Some(want));
+                seen.push(node_value(*backed, &tls).await.as_deref() == Some(want));
+            }
+            seen
+        };
+        let started = Instant::now();
+        while !values("10").await.iter().all(|s| *s) {
+            assert!(started.elapsed() < limit + Duration::from_secs(20), "the first value never reached every route");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
         for i in 0..measurements {
             let util = if i % 2 == 0 { 80 } else { 20 };
-            // Land the change at a random point of the sample period.
-            tokio::time::sleep(Duration::from_millis(fastrand::u64(0..1000))).await;
+            // Land the change at a random point of the sample period, and of
+            // the scrape interval when Prometheus is measured: the loop above
+            // ends just after a scrape, which would otherwise bias every
+            // Prometheus route toward a whole interval.
+            let period =
+                if prometheus.is_some() { humantime::parse_duration(&scrape).unwrap() } else { Duration::from_secs(1) };
+            tokio::time::sleep(Duration::from_millis(fastrand::u64(0..period.as_millis() as u64))).await;
             let tmp = dir.path().join("nvml.conf.new");
             std::fs::write(&tmp, config(util)).unwrap();
             std::fs::rename(&tmp, &nvml_config).unwrap();
             let changed = Instant::now();
             let want = util.to_string();
-            while node_value(adapter, &tls).await.as_deref() != Some(want.as_str()) {
-                assert!(changed.elapsed() < Duration::from_secs(15), "value {util} never reached the API");
+            let mut arrived: Vec<Option<Duration>> = vec![None; routes.len()];
+            while arrived.iter().any(Option::is_none) {
+                assert!(changed.elapsed() < limit, "value {util} never reached every route: {arrived:?}");
+                for (slot, seen) in arrived.iter_mut().zip(values(&want).await) {
+                    if seen && slot.is_none() {
+                        *slot = Some(changed.elapsed());
+                    }
+                }
                 tokio::time::sleep(Duration::from_millis(10)).await;
             }
-            latencies.push(changed.elapsed());
+            for ((_, latencies), at) in routes.iter_mut().zip(arrived) {
+                latencies.push(at.expect("every route arrived"));
+            }
         }
     });
-    latencies.sort();
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    println!(
-        "freshness, GPU value change → custom metrics API, defaults (1 s sample, 1 s poll), {} changes: min {:.0} ms, median {:.0} ms, max {:.0} ms",
-        latencies.len(),
-        ms(latencies[0]),
-        ms(latencies[latencies.len() / 2]),
-        ms(latencies[latencies.len() - 1])
-    );
+    for (name, latencies) in routes {
+        summary(&name, latencies);
+    }
 }
