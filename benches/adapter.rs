@@ -2,13 +2,14 @@
 //! Quantity formatting, each against a baseline in the same run.
 //!
 //! `cargo bench --bench adapter` also prints p50/p99 of the query from 2 000
-//! timed runs (criterion reports means and medians only).
+//! timed runs (criterion reports means and medians only), and measures the
+//! query's scaling from 100 to 100 000 pods (group `scaling-query`).
 
 use std::hint::black_box;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 
 use kube_gpu_metrics::adapter::api::{MetricsApi, Query, route};
 use kube_gpu_metrics::adapter::labels::{LabelIndex, LabelMaps};
@@ -17,20 +18,21 @@ use kube_gpu_metrics::adapter::store::MetricStore;
 use kube_gpu_metrics::feed::{FeedGpu, FeedPod, NodeFeed};
 
 const PODS: usize = 10_000;
-const NODES: usize = 100;
+const PODS_PER_NODE: usize = 100;
 const APPS: usize = 50;
 
-/// 10 000 pods on 100 nodes, 50 Deployments (`app=app-N`, 200 pods each).
-fn fixture() -> (MetricsApi, SystemTime) {
+/// `pods` pods, 100 per node, in 50 Deployments (`app=app-N`): for 10 000
+/// pods, 100 nodes and 200 pods per Deployment.
+fn fixture(pods: usize) -> (MetricsApi, SystemTime) {
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
     let mut labels = LabelMaps::default();
     let namespace = labels.pods.entry("ai-system-gpu".into()).or_default();
-    let feeds: Vec<Arc<NodeFeed>> = (0..NODES)
+    let feeds: Vec<Arc<NodeFeed>> = (0..pods.div_ceil(PODS_PER_NODE))
         .map(|n| {
             let uuid = format!("GPU-{n:08}");
-            let pods = (0..PODS / NODES)
+            let pods = (0..PODS_PER_NODE.min(pods))
                 .map(|p| {
-                    let i = n * (PODS / NODES) + p;
+                    let i = n * PODS_PER_NODE + p;
                     let pod = format!("app-{}-7d9f8b6c4-{i:05}", i % APPS);
                     namespace.insert(
                         pod.clone(),
@@ -104,7 +106,7 @@ fn percentiles(api: &MetricsApi, now: SystemTime) {
 }
 
 fn benches(c: &mut Criterion) {
-    let (api, now) = fixture();
+    let (api, now) = fixture(PODS);
     percentiles(&api, now);
     let selected = query(&api, now, "labelSelector=app%3Dapp-7");
     let selected_json: serde_json::Value = serde_json::from_slice(&selected).unwrap();
@@ -122,6 +124,17 @@ fn benches(c: &mut Criterion) {
         b.iter(|| query(&api, now, black_box("labelSelector=app+in+%28app-7%2Capp-8%29%2C%21canary")))
     });
     group.bench_function("no selector (all 10000 match)", |b| b.iter(|| query(&api, now, black_box(""))));
+    group.finish();
+
+    // Scaling: the same query (2 % of the pods match) from 100 to 100 000 pods.
+    let mut group = c.benchmark_group("scaling-query");
+    group.sample_size(10);
+    for pods in [100, 1_000, 10_000, 100_000] {
+        let (api, now) = fixture(pods);
+        group.bench_with_input(BenchmarkId::from_parameter(pods), &pods, |b, _| {
+            b.iter(|| query(&api, now, black_box("labelSelector=app%3Dapp-7")))
+        });
+    }
     group.finish();
 
     let mut group = c.benchmark_group("quantity");

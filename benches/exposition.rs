@@ -12,7 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
-use criterion::{Criterion, criterion_group, criterion_main};
+use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use http::{HeaderValue, Request, Response, header};
 use http_body_util::Full;
 
@@ -243,6 +243,17 @@ fn benches(c: &mut Criterion) {
         })
     });
     render_group.finish();
+
+    // Scaling: both formats for 100 to 100 000 pods on 8 GPUs.
+    let mut scaling = c.benchmark_group("scaling-render");
+    scaling.sample_size(10);
+    for pods in [100u32, 1_000, 10_000, 100_000] {
+        let data = sample(8, pods / 8);
+        scaling.bench_with_input(BenchmarkId::from_parameter(pods), &pods, |b, _| {
+            b.iter(|| render_plain(black_box(&data)))
+        });
+    }
+    scaling.finish();
 
     let mut scrape = c.benchmark_group("scrape");
     let state = state_for(sample(8, 2));

@@ -9,6 +9,10 @@
 //!     --requests 100000 --concurrency 64 --kubeconfig standalone.kubeconfig
 //! ```
 //!
+//! With `--rate R` the load is an open loop: request k is due at k/R seconds,
+//! and its latency counts from when it was due, not from when a connection
+//! was free to send it (no coordinated omission).
+//!
 //! Only loopback addresses are accepted, and every run stops after
 //! `--requests` or `--max-seconds`, whichever comes first.
 
@@ -39,6 +43,10 @@ struct Args {
     /// Connections (and requests in flight).
     #[arg(long, default_value_t = 64)]
     concurrency: usize,
+    /// Requests per second, open loop (default: closed loop, as fast as the
+    /// connections go).
+    #[arg(long)]
+    rate: Option<f64>,
     /// Stop after this many seconds even if requests remain.
     #[arg(long, default_value_t = 300)]
     max_seconds: u64,
@@ -137,6 +145,7 @@ async fn main() -> anyhow::Result<()> {
     let deadline = Instant::now() + Duration::from_secs(args.max_seconds);
     let started = Instant::now();
     let mut tasks = Vec::new();
+    let rate = args.rate.filter(|r| *r > 0.0);
     for _ in 0..args.concurrency {
         let (issued, errors, tls, headers, path) =
             (issued.clone(), errors.clone(), tls.clone(), headers.clone(), path.clone());
@@ -144,7 +153,15 @@ async fn main() -> anyhow::Result<()> {
         tasks.push(tokio::spawn(async move {
             let mut latencies: Vec<u32> = Vec::new();
             let mut sender: Option<Sender> = None;
-            while issued.fetch_add(1, Ordering::Relaxed) < total && Instant::now() < deadline {
+            loop {
+                let k = issued.fetch_add(1, Ordering::Relaxed);
+                if k >= total || Instant::now() >= deadline {
+                    break;
+                }
+                let due = rate.map(|r| started + Duration::from_secs_f64(k as f64 / r));
+                if let Some(due) = due {
+                    tokio::time::sleep_until(due.into()).await;
+                }
                 if sender.as_ref().is_none_or(|s| s.is_closed()) {
                     match connect(addr, tls.as_ref()).await {
                         Ok(s) => sender = Some(s),
@@ -160,7 +177,7 @@ async fn main() -> anyhow::Result<()> {
                     req = req.header(k.as_str(), v.as_str());
                 }
                 let req = req.body(Empty::new()).expect("a valid request");
-                let t = Instant::now();
+                let t = due.unwrap_or_else(Instant::now);
                 let ok = match s.send_request(req).await {
                     Ok(response) => {
                         let success = response.status().is_success();
@@ -197,7 +214,13 @@ async fn main() -> anyhow::Result<()> {
         elapsed.as_secs_f64(),
         args.concurrency
     );
-    println!("throughput   {:.0} req/s", latencies.len() as f64 / elapsed.as_secs_f64());
+    match rate {
+        Some(r) => println!(
+            "throughput   {:.0} req/s (open loop at {r:.0} req/s; latency from each request's due time)",
+            latencies.len() as f64 / elapsed.as_secs_f64()
+        ),
+        None => println!("throughput   {:.0} req/s", latencies.len() as f64 / elapsed.as_secs_f64()),
+    }
     println!("latency      p50 {} µs, p99 {} µs, max {} µs", at(0.5), at(0.99), latencies.last().copied().unwrap_or(0));
     println!("errors       {}", errors.load(Ordering::Relaxed));
     if let (Some(before), Some(after)) = (rss_before, rss_after) {

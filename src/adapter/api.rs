@@ -25,7 +25,7 @@ use serde_json::json;
 use super::labels::LabelIndex;
 use super::quantity::format_quantity;
 use super::selector::parse_selector;
-use super::store::{Metric, MetricStore, Sample};
+use super::store::{Metric, MetricStore, PodSample, Sample};
 
 /// `custom.metrics.k8s.io`.
 pub const CUSTOM_GROUP: &str = "custom.metrics.k8s.io";
@@ -493,7 +493,16 @@ impl MetricsApi {
                 let namespace_labels = labels.pods.get(namespace);
                 let select_all = selector.selects_all();
                 if metric_matches && let Some(pods) = view.pods.get(namespace) {
-                    for pod in pods {
+                    // A selector requiring a label value looks only at the pods
+                    // that have it (both lists are sorted by name).
+                    let scan: Box<dyn Iterator<Item = &PodSample>> =
+                        match (!select_all).then(|| labels.candidates(namespace, &selector)).flatten() {
+                            Some(names) => Box::new(names.into_iter().filter_map(|name| {
+                                pods.binary_search_by(|p| p.name.as_str().cmp(name)).ok().map(|i| &pods[i])
+                            })),
+                            None => Box::new(pods.iter()),
+                        };
+                    for pod in scan {
                         let Some(value) = pod.sample.get(metric) else { continue };
                         // A pod whose labels are unknown matches only the empty selector.
                         let selected = select_all

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 
 use arc_swap::ArcSwap;
-use kube::core::{Selector, SelectorExt};
+use kube::core::{Expression, Selector, SelectorExt};
 
 /// Labels by object.
 pub type Labels = BTreeMap<String, String>;
@@ -27,22 +27,88 @@ pub struct LabelMaps {
 /// The current label maps.
 #[derive(Debug, Default)]
 pub struct LabelIndex {
-    maps: ArcSwap<LabelMaps>,
+    maps: ArcSwap<IndexedLabels>,
+}
+
+/// Label maps with the pods of each namespace also listed by label, so that
+/// a selector that requires a value (`app=web`, `tier in (a,b)`, what an HPA
+/// sends) looks at the pods that have it instead of every pod.
+#[derive(Debug, Default)]
+pub struct IndexedLabels {
+    /// The maps.
+    pub maps: LabelMaps,
+    /// namespace → (key, value) → pod names, sorted.
+    by_label: HashMap<String, HashMap<(String, String), Vec<String>>>,
+}
+
+impl IndexedLabels {
+    fn new(maps: LabelMaps) -> Self {
+        let mut by_label: HashMap<String, HashMap<(String, String), Vec<String>>> = HashMap::new();
+        for (namespace, pods) in &maps.pods {
+            let index = by_label.entry(namespace.clone()).or_default();
+            for (pod, labels) in pods {
+                for (key, value) in labels {
+                    index.entry((key.clone(), value.clone())).or_default().push(pod.clone());
+                }
+            }
+            for names in index.values_mut() {
+                names.sort_unstable();
+            }
+        }
+        Self { maps, by_label }
+    }
+
+    /// The pods of `namespace` that can match `selector`, sorted by name,
+    /// from its most selective `key=value` or `key in (…)` requirement;
+    /// `None` when it has none and every pod must be checked. Candidates
+    /// still need the whole selector checked.
+    pub fn candidates(&self, namespace: &str, selector: &Selector) -> Option<Vec<&str>> {
+        let index = self.by_label.get(namespace);
+        let pods_with = |key: &str, value: &str| -> &[String] {
+            index.and_then(|i| i.get(&(key.to_string(), value.to_string()))).map_or(&[], Vec::as_slice)
+        };
+        let mut best: Option<Vec<&str>> = None;
+        for expression in selector.clone() {
+            let mut names: Vec<&str> = match &expression {
+                Expression::Equal(key, value) => pods_with(key, value).iter().map(String::as_str).collect(),
+                Expression::In(key, values) => {
+                    values.iter().flat_map(|v| pods_with(key, v)).map(String::as_str).collect()
+                }
+                _ => continue,
+            };
+            if matches!(expression, Expression::In(..)) {
+                names.sort_unstable();
+                names.dedup();
+            }
+            if best.as_ref().is_none_or(|b| names.len() < b.len()) {
+                best = Some(names);
+            }
+        }
+        best
+    }
+}
+
+impl std::ops::Deref for IndexedLabels {
+    type Target = LabelMaps;
+
+    fn deref(&self) -> &LabelMaps {
+        &self.maps
+    }
 }
 
 impl LabelIndex {
     /// An index holding `maps`.
     pub fn new(maps: LabelMaps) -> Self {
-        Self { maps: ArcSwap::from_pointee(maps) }
+        Self { maps: ArcSwap::from_pointee(IndexedLabels::new(maps)) }
     }
 
     /// Replaces the maps.
     pub fn replace(&self, maps: LabelMaps) {
-        self.maps.store(Arc::new(maps));
+        self.maps.store(Arc::new(IndexedLabels::new(maps)));
     }
 
     /// The current maps, for many lookups in one query.
-    pub fn snapshot(&self) -> Arc<LabelMaps> {
+    pub fn snapshot(&self) -> Arc<IndexedLabels> {
         self.maps.load_full()
     }
 
@@ -52,3 +118,6 @@ impl LabelIndex {
         selector.selects_all() || self.maps.load().nodes.get(name).is_some_and(|l| selector.matches(l))
     }
 }
+
+#[cfg(test)]
+mod tests;

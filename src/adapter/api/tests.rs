@@ -280,3 +280,57 @@ fn discovery_documents_list_every_metric_on_every_resource() {
     assert_eq!(get(&api, "/openapi/v2").unwrap()["swagger"], "2.0");
     assert_eq!(get(&api, "/openapi/v3").unwrap(), serde_json::json!({"paths": {}}));
 }
+
+/// The label index only narrows where to look: over many pods and every
+/// kind of selector, the answer is the pods a full scan would select.
+#[test]
+fn indexed_and_scanned_selection_agree() {
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut maps = LabelMaps::default();
+    let mut pods = Vec::new();
+    let namespace = maps.pods.entry("ai-system-gpu".into()).or_default();
+    for i in 0..300 {
+        let name = format!("pod-{i:03}");
+        let mut l = labels(&[("app", ["a", "b", "c"][rng.usize(0..3)])]);
+        if rng.bool() {
+            l.insert("tier".into(), ["x", "y"][rng.usize(0..2)].into());
+        }
+        if rng.u8(0..10) == 0 {
+            l.insert("canary".into(), "true".into());
+        }
+        // Some pods have values but no known labels, some labels but no values.
+        if i % 17 != 0 {
+            namespace.insert(name.clone(), l);
+        }
+        if i % 13 != 0 {
+            pods.push((name, f64::from(i % 100)));
+        }
+    }
+    let known = namespace.clone();
+    let pods: Vec<(&str, f64)> = pods.iter().map(|(n, v)| (n.as_str(), *v)).collect();
+    let store = Arc::new(MetricStore::new(None));
+    store.publish(&[feed("mainpc", "NVIDIA GeForce RTX 4090", T0_MS, &pods)]);
+    let api = MetricsApi::new(store, Arc::new(LabelIndex::new(maps)));
+    for selector in [
+        "app=a",
+        "app==b,tier!=x",
+        "app in (a,c),!canary",
+        "tier=y,app=b",
+        "app in (a,b),tier in (x)",
+        "app=nope",
+        "app=a,app=b",
+        "!canary",
+        "tier",
+        "app notin (a)",
+    ] {
+        let query = form_urlencoded::Serializer::new(String::new()).append_pair("labelSelector", selector).finish();
+        let body = get(&api, &format!("{PODS_V2}/*/nvidia_gpu_utilization_percent?{query}")).unwrap();
+        let got: Vec<&str> =
+            body["items"].as_array().unwrap().iter().map(|i| i["describedObject"]["name"].as_str().unwrap()).collect();
+        let parsed = crate::adapter::selector::parse_selector(selector).unwrap();
+        let mut want: Vec<&str> =
+            pods.iter().map(|(n, _)| *n).filter(|n| known.get(*n).is_some_and(|l| parsed.matches(l))).collect();
+        want.sort_unstable();
+        assert_eq!(got, want, "{selector}");
+    }
+}
