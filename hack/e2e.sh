@@ -167,7 +167,7 @@ remarks=$(promtool check metrics <"$work/metrics-19404.txt" 2>&1 \
     | grep -v "label names should be written in 'snake_case' not 'camelCase'" || true)
 [ -z "$remarks" ] || fail "promtool check metrics on the dcgm names: $remarks"
 log "promtool check metrics: clean on 4 agents (one with dcgm names)"
-grep -q '^DCGM_FI_DEV_GPU_UTIL{gpu="0",UUID="GPU-[^"]*",device="nvidia0",modelName="NVIDIA GeForce RTX 4090",Hostname="mainpc",container="reasoning-suite",namespace="ai-system-gpu",pod="reasoning-suite-[^"]*"} 80$' \
+grep -q '^DCGM_FI_DEV_GPU_UTIL{gpu="0",UUID="GPU-[^"]*",device="nvidia0",modelName="NVIDIA GeForce RTX 4090",Hostname="mainpc",namespace="ai-system-gpu",pod="reasoning-suite-[^"]*",container="reasoning-suite"} 80$' \
     "$work/metrics-19404.txt" || fail "dcgm names: no DCGM_FI_DEV_GPU_UTIL with dcgm-exporter's labels"
 ! grep -q '^nvidia_gpu_' "$work/metrics-19404.txt" || fail "dcgm names: native names written too"
 # GPU 2 was lost before it could name itself: it is down, with no UUID or model.

@@ -72,10 +72,17 @@ pub struct PollSettings {
     pub token: Option<Arc<str>>,
 }
 
-/// Polls agents into the store.
-pub struct Collector {
+/// What fetching one feed needs; cheap to clone into a task per agent.
+#[derive(Clone)]
+struct Fetcher {
     settings: PollSettings,
     client: Client<HttpConnector, Empty<Bytes>>,
+}
+
+/// Polls agents into the store.
+pub struct Collector {
+    fetcher: Fetcher,
+    interval: Duration,
     store: Arc<MetricStore>,
     agents: watch::Receiver<Vec<String>>,
     last: HashMap<String, Arc<NodeFeed>>,
@@ -89,27 +96,8 @@ pub fn decode_feed(url: &str, body: &[u8]) -> Result<NodeFeed, CollectError> {
     serde_json::from_slice(body).map_err(|source| CollectError::Decode { url: url.to_string(), source })
 }
 
-impl Collector {
-    /// A collector of the agents `agents` lists (base URLs like
-    /// `http://10.42.0.7:9402`), publishing into `store`.
-    pub fn new(settings: PollSettings, store: Arc<MetricStore>, agents: watch::Receiver<Vec<String>>) -> Self {
-        let mut connector = HttpConnector::new();
-        connector.set_connect_timeout(Some(settings.timeout));
-        connector.set_nodelay(true);
-        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
-        Self {
-            settings,
-            client,
-            store,
-            agents,
-            last: HashMap::new(),
-            failing: HashMap::new(),
-            polled_once: Arc::new(AtomicBool::new(false)),
-        }
-    }
-
-    /// Fetches one agent's feed.
-    pub async fn fetch(&self, base: &str) -> Result<NodeFeed, CollectError> {
+impl Fetcher {
+    async fn fetch(&self, base: &str) -> Result<NodeFeed, CollectError> {
         let url = format!("{}/v1/pods", base.trim_end_matches('/'));
         let uri: http::Uri = url
             .parse()
@@ -145,12 +133,50 @@ impl Collector {
             .await
             .unwrap_or(Err(CollectError::Timeout { url: base.to_string(), timeout }))
     }
+}
 
-    /// One round: every agent at once, then one publish.
+impl Collector {
+    /// A collector of the agents `agents` lists (base URLs like
+    /// `http://10.42.0.7:9402`), publishing into `store`.
+    pub fn new(settings: PollSettings, store: Arc<MetricStore>, agents: watch::Receiver<Vec<String>>) -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(settings.timeout));
+        connector.set_nodelay(true);
+        let client = Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector);
+        Self {
+            interval: settings.interval,
+            fetcher: Fetcher { settings, client },
+            store,
+            agents,
+            last: HashMap::new(),
+            failing: HashMap::new(),
+            polled_once: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Fetches one agent's feed.
+    pub async fn fetch(&self, base: &str) -> Result<NodeFeed, CollectError> {
+        self.fetcher.fetch(base).await
+    }
+    /// One round: every agent at once, each fetched and decoded in its own
+    /// task (so decoding spreads over the workers and never holds up the
+    /// API's requests for long), then one publish.
     pub async fn poll_once(&mut self) {
         let agents = self.agents.borrow().clone();
-        let results = futures::future::join_all(agents.iter().map(|a| self.fetch(a))).await;
+        let mut tasks = tokio::task::JoinSet::new();
+        for (i, agent) in agents.iter().enumerate() {
+            let (fetcher, agent) = (self.fetcher.clone(), agent.clone());
+            tasks.spawn(async move { (i, fetcher.fetch(&agent).await) });
+        }
+        let mut results: Vec<Option<Result<NodeFeed, CollectError>>> = (0..agents.len()).map(|_| None).collect();
+        while let Some(joined) = tasks.join_next().await {
+            match joined {
+                Ok((i, result)) => results[i] = Some(result),
+                Err(e) => tracing::error!(error = %e, "an agent fetch task failed"),
+            }
+        }
         for (agent, result) in agents.iter().zip(results) {
+            let Some(result) = result else { continue };
             match result {
                 Ok(feed) => {
                     if self.failing.remove(agent) == Some(true) {
@@ -165,8 +191,9 @@ impl Collector {
                 }
             }
         }
-        self.last.retain(|agent, _| agents.contains(agent));
-        self.failing.retain(|agent, _| agents.contains(agent));
+        let current: std::collections::HashSet<&String> = agents.iter().collect();
+        self.last.retain(|agent, _| current.contains(agent));
+        self.failing.retain(|agent, _| current.contains(agent));
         let feeds: Vec<Arc<NodeFeed>> = self.last.values().cloned().collect();
         self.store.publish(&feeds);
         self.polled_once.store(true, Ordering::Release);
@@ -174,7 +201,7 @@ impl Collector {
 
     /// Polls until `shutdown` turns true.
     pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        let mut tick = tokio::time::interval(self.settings.interval);
+        let mut tick = tokio::time::interval(self.interval);
         tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {

@@ -141,10 +141,41 @@ enum Value {
     U64(u64),
 }
 
-/// A series' labels as two pre-rendered parts, written comma-joined: a label
-/// set shared by many series (a GPU's, a pod's, the agent's) and one that
-/// tells this series apart (often a static string). Either may be empty.
-type LabelParts<'a> = (&'a str, &'a str);
+/// A series' labels as three pre-rendered parts, written comma-joined: the
+/// GPU's (or the agent's) set, the pod's set, and one that tells this series
+/// apart (often a static string). Any may be empty. Sets are rendered once
+/// per sample and shared by every series that carries them.
+type LabelParts<'a> = [&'a str; 3];
+
+/// Label sets rendered back to back into one buffer: one allocation for all
+/// the GPUs (or pods) of a sample instead of one per set.
+struct LabelSets {
+    text: String,
+    ends: Vec<usize>,
+}
+
+impl LabelSets {
+    fn with_capacity(sets: usize, bytes_each: usize) -> Self {
+        Self { text: String::with_capacity(sets * bytes_each), ends: Vec::with_capacity(sets) }
+    }
+
+    /// Adds one set of `name="value"` pairs.
+    fn push<'v>(&mut self, pairs: impl IntoIterator<Item = (&'static str, &'v str)>) {
+        let start = self.text.len();
+        for (name, value) in pairs {
+            if self.text.len() > start {
+                self.text.push(',');
+            }
+            push_label(&mut self.text, name, value);
+        }
+        self.ends.push(self.text.len());
+    }
+
+    fn get(&self, i: usize) -> &str {
+        let start = if i == 0 { 0 } else { self.ends[i - 1] };
+        &self.text[start..self.ends[i]]
+    }
+}
 
 /// Writes gauge families into one buffer and counter families into two (the
 /// formats differ only in how counters are named).
@@ -187,16 +218,26 @@ fn header(out: &mut Vec<u8>, name: &str, help: &str, kind: &str) {
     }
 }
 
-fn sample(out: &mut Vec<u8>, name: &str, suffix: &str, (shared, own): LabelParts<'_>, value: Value) {
+fn sample(out: &mut Vec<u8>, name: &str, suffix: &str, parts: LabelParts<'_>, value: Value) {
     out.extend_from_slice(name.as_bytes());
     out.extend_from_slice(suffix.as_bytes());
-    if !shared.is_empty() || !own.is_empty() {
+    // Written out rather than looped: this runs for every series.
+    let [gpu, pod, own] = parts;
+    if !(gpu.is_empty() && pod.is_empty() && own.is_empty()) {
         out.push(b'{');
-        out.extend_from_slice(shared.as_bytes());
-        if !shared.is_empty() && !own.is_empty() {
-            out.push(b',');
+        out.extend_from_slice(gpu.as_bytes());
+        if !pod.is_empty() {
+            if !gpu.is_empty() {
+                out.push(b',');
+            }
+            out.extend_from_slice(pod.as_bytes());
         }
-        out.extend_from_slice(own.as_bytes());
+        if !own.is_empty() {
+            if !(gpu.is_empty() && pod.is_empty()) {
+                out.push(b',');
+            }
+            out.extend_from_slice(own.as_bytes());
+        }
         out.push(b'}');
     }
     out.push(b' ');
@@ -213,11 +254,8 @@ fn sample(out: &mut Vec<u8>, name: &str, suffix: &str, (shared, own): LabelParts
     out.push(b'\n');
 }
 
-/// Appends `name="value"` (comma-separated), escaping the value.
+/// Appends `name="value"`, escaping the value.
 fn push_label(labels: &mut String, name: &str, value: &str) {
-    if !labels.is_empty() {
-        labels.push(',');
-    }
     labels.push_str(name);
     labels.push_str("=\"");
     for c in value.chars() {
@@ -231,27 +269,27 @@ fn push_label(labels: &mut String, name: &str, value: &str) {
     labels.push('"');
 }
 
-fn gpu_labels(node: &str, gpu: &GpuState) -> String {
-    let mut labels = String::with_capacity(160);
-    push_label(&mut labels, "node", node);
-    push_label(&mut labels, "gpu", itoa::Buffer::new().format(gpu.identity.index));
-    // A GPU lost before it could name itself has no UUID or model: an empty
-    // label is no label to Prometheus, so none is written.
-    for (name, value) in [("uuid", &gpu.identity.uuid), ("model", &gpu.identity.model)] {
-        if !value.is_empty() {
-            push_label(&mut labels, name, value);
-        }
+/// Every GPU's native labels: `node`, `gpu`, and `uuid`, `model` when known.
+fn gpu_label_sets(node: &str, gpus: &[GpuState]) -> LabelSets {
+    let mut sets = LabelSets::with_capacity(gpus.len(), 160);
+    for gpu in gpus {
+        let mut index = itoa::Buffer::new();
+        let index = index.format(gpu.identity.index);
+        // A GPU lost before it could name itself has no UUID or model: an
+        // empty label is no label to Prometheus, so none is written.
+        let named = [("uuid", gpu.identity.uuid.as_str()), ("model", gpu.identity.model.as_str())];
+        sets.push([("node", node), ("gpu", index)].into_iter().chain(named.into_iter().filter(|(_, v)| !v.is_empty())));
     }
-    labels
+    sets
 }
 
-fn pod_labels(gpu_labels: &str, usage: &PodGpuUsage) -> String {
-    let mut labels = String::with_capacity(gpu_labels.len() + 96);
-    labels.push_str(gpu_labels);
-    push_label(&mut labels, "namespace", &usage.namespace);
-    push_label(&mut labels, "pod", &usage.pod);
-    push_label(&mut labels, "container", &usage.container);
-    labels
+/// Every usage's pod labels: `namespace`, `pod`, `container`.
+fn pod_label_sets(usages: &[PodGpuUsage]) -> LabelSets {
+    let mut sets = LabelSets::with_capacity(usages.len(), 112);
+    for u in usages {
+        sets.push([("namespace", u.namespace.as_str()), ("pod", u.pod.as_str()), ("container", u.container.as_str())]);
+    }
+    sets
 }
 
 /// `sharing="…"`, ready to write.
@@ -296,11 +334,12 @@ pub fn render_plain(data: &SampleData) -> (Vec<u8>, Vec<u8>) {
         text_counters: Vec::with_capacity(2048),
         openmetrics_counters: Vec::with_capacity(2048),
     };
+    let pods = pod_label_sets(&data.usages);
     if data.names.native() {
-        native_families(&mut e, data);
+        native_families(&mut e, data, &pods);
     }
     if data.names.dcgm() {
-        dcgm_families(&mut e, data);
+        dcgm_families(&mut e, data, &pods);
     }
 
     // The agent's own state, labelled with its node like every GPU series.
@@ -308,50 +347,50 @@ pub fn render_plain(data: &SampleData) -> (Vec<u8>, Vec<u8>) {
     push_label(&mut own, "node", node);
     let own = own.as_str();
     let version = concat!("version=\"", env!("CARGO_PKG_VERSION"), "\"");
-    e.gauge("kube_gpu_metrics_build_info", "Build of the agent", [((own, version), Value::U64(1))]);
+    e.gauge("kube_gpu_metrics_build_info", "Build of the agent", [([own, "", version], Value::U64(1))]);
     e.gauge(
         "kube_gpu_metrics_gpu_source_up",
         "1 when the GPU source (NVML) is initialised",
-        [((own, ""), Value::U64(u64::from(data.gpu_source_up)))],
+        [([own, "", ""], Value::U64(u64::from(data.gpu_source_up)))],
     );
     e.gauge(
         "kube_gpu_metrics_pod_resources_up",
         "1 when the kubelet answered the last PodResources call",
-        data.pod_resources_up.map(|up| ((own, ""), Value::U64(u64::from(up)))),
+        data.pod_resources_up.map(|up| ([own, "", ""], Value::U64(u64::from(up)))),
     );
     e.gauge(
         "kube_gpu_metrics_sample_duration_seconds",
         "Duration of the last sample pass",
-        [((own, ""), Value::F64(data.sample_duration.as_secs_f64()))],
+        [([own, "", ""], Value::F64(data.sample_duration.as_secs_f64()))],
     );
     let taken_at = data.taken_at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
     e.gauge(
         "kube_gpu_metrics_last_sample_timestamp_seconds",
         "When the last sample pass started, seconds since the Unix epoch",
-        [((own, ""), Value::F64(taken_at))],
+        [([own, "", ""], Value::F64(taken_at))],
     );
 
     let c = &data.counters;
-    e.counter("kube_gpu_metrics_samples", "Sample passes finished", [((own, ""), c.samples)]);
+    e.counter("kube_gpu_metrics_samples", "Sample passes finished", [([own, "", ""], c.samples)]);
     e.counter(
         "kube_gpu_metrics_nvml_errors",
         "Failed NVML calls, by call (not-supported answers are not errors)",
-        GpuCall::ALL.iter().zip(c.gpu_errors).map(|(call, n)| ((own, call_label(*call)), n)),
+        GpuCall::ALL.iter().zip(c.gpu_errors).map(|(call, n)| ([own, "", call_label(*call)], n)),
     );
     e.counter(
         "kube_gpu_metrics_gpu_read_timeouts",
         "GPU reads that missed their deadline; the GPU is reported down for that sample",
-        [((own, ""), c.gpu_read_timeouts)],
+        [([own, "", ""], c.gpu_read_timeouts)],
     );
     e.counter(
         "kube_gpu_metrics_pod_resources_errors",
         "Failed kubelet PodResources calls",
-        [((own, ""), c.pod_resources_errors)],
+        [([own, "", ""], c.pod_resources_errors)],
     );
     e.counter(
         "kube_gpu_metrics_scrapes",
         "Scrapes of /metrics, by format, as of this sample",
-        [((own, "format=\"text\""), c.scrapes_text), ((own, "format=\"openmetrics\""), c.scrapes_openmetrics)],
+        [([own, "", "format=\"text\""], c.scrapes_text), ([own, "", "format=\"openmetrics\""], c.scrapes_openmetrics)],
     );
 
     let mut text = Vec::with_capacity(e.gauges.len() + e.text_counters.len());
@@ -363,22 +402,19 @@ pub fn render_plain(data: &SampleData) -> (Vec<u8>, Vec<u8>) {
     (text, openmetrics)
 }
 
-/// The `nvidia_gpu_*` families.
-fn native_families(e: &mut Encoder, data: &SampleData) {
-    let node = data.node.as_str();
-    let base: Vec<String> = data.gpus.iter().map(|g| gpu_labels(node, g)).collect();
+/// The `nvidia_gpu_*` families; `pods` holds each usage's pod labels.
+fn native_families(e: &mut Encoder, data: &SampleData, pods: &LabelSets) {
+    let gpus = gpu_label_sets(&data.node, &data.gpus);
     // A GPU held by exactly one container carries that container's labels.
-    let exclusive: Vec<Option<String>> = (0..data.gpus.len())
+    let device: Vec<[&str; 2]> = (0..data.gpus.len())
         .map(|i| {
-            let mut holders = data.usages.iter().filter(|u| u.gpu == i);
+            let mut holders = data.usages.iter().enumerate().filter(|(_, u)| u.gpu == i);
             match (holders.next(), holders.next()) {
-                (Some(only), None) if only.sharing == Sharing::Exclusive => Some(pod_labels(&base[i], only)),
-                _ => None,
+                (Some((k, only)), None) if only.sharing == Sharing::Exclusive => [gpus.get(i), pods.get(k)],
+                _ => [gpus.get(i), ""],
             }
         })
         .collect();
-    let device: Vec<&str> = base.iter().zip(&exclusive).map(|(b, e)| e.as_deref().unwrap_or(b)).collect();
-    let pods: Vec<String> = data.usages.iter().map(|u| pod_labels(&base[u.gpu], u)).collect();
 
     let up = || data.gpus.iter().zip(&device).filter(|(g, _)| g.up);
     let f = |v: Option<f64>| v.map(Value::F64);
@@ -387,111 +423,111 @@ fn native_families(e: &mut Encoder, data: &SampleData) {
     e.gauge(
         "nvidia_gpu_info",
         "GPU identity, 1 for every GPU the agent found",
-        device.iter().map(|&l| ((l, ""), Value::U64(1))),
+        device.iter().map(|&[g, p]| ([g, p, ""], Value::U64(1))),
     );
     e.gauge(
         "nvidia_gpu_up",
         "1 when the GPU answered this sample, 0 when it stopped answering",
-        data.gpus.iter().zip(&device).map(|(g, &l)| ((l, ""), Value::U64(u64::from(g.up)))),
+        data.gpus.iter().zip(&device).map(|(g, &[gl, p])| ([gl, p, ""], Value::U64(u64::from(g.up)))),
     );
     e.gauge(
         "nvidia_gpu_utilization_percent",
         "Percent of time a kernel ran on the GPU over the driver's sample period",
-        up().filter_map(|(g, &l)| Some(((l, ""), f(g.reading.utilization_percent)?))),
+        up().filter_map(|(g, &[gl, p])| Some(([gl, p, ""], f(g.reading.utilization_percent)?))),
     );
     e.gauge(
         "nvidia_gpu_memory_utilization_percent",
         "Percent of time device memory was read or written",
-        up().filter_map(|(g, &l)| Some(((l, ""), f(g.reading.memory_utilization_percent)?))),
+        up().filter_map(|(g, &[gl, p])| Some(([gl, p, ""], f(g.reading.memory_utilization_percent)?))),
     );
     e.gauge(
         "nvidia_gpu_memory_used_bytes",
         "Device memory in use",
-        up().filter_map(|(g, &l)| Some(((l, ""), u(g.reading.memory_used_bytes)?))),
+        up().filter_map(|(g, &[gl, p])| Some(([gl, p, ""], u(g.reading.memory_used_bytes)?))),
     );
     e.gauge(
         "nvidia_gpu_memory_total_bytes",
         "Device memory in total",
-        up().filter_map(|(g, &l)| Some(((l, ""), u(g.reading.memory_total_bytes)?))),
+        up().filter_map(|(g, &[gl, p])| Some(([gl, p, ""], u(g.reading.memory_total_bytes)?))),
     );
     e.gauge(
         "nvidia_gpu_temperature_celsius",
         "GPU core temperature",
-        up().filter_map(|(g, &l)| Some(((l, ""), f(g.reading.temperature_celsius)?))),
+        up().filter_map(|(g, &[gl, p])| Some(([gl, p, ""], f(g.reading.temperature_celsius)?))),
     );
     e.gauge(
         "nvidia_gpu_power_watts",
         "Board power draw",
-        up().filter_map(|(g, &l)| Some(((l, ""), f(g.reading.power_watts)?))),
+        up().filter_map(|(g, &[gl, p])| Some(([gl, p, ""], f(g.reading.power_watts)?))),
     );
     e.gauge(
         "nvidia_gpu_sm_clock_hertz",
         "Current SM clock",
-        up().filter_map(|(g, &l)| Some(((l, ""), f(g.reading.sm_clock_hertz)?))),
+        up().filter_map(|(g, &[gl, p])| Some(([gl, p, ""], f(g.reading.sm_clock_hertz)?))),
     );
     e.gauge(
         "nvidia_gpu_pod_utilization_percent",
         "A pod's utilization of a GPU: the device value on an exclusive GPU, its processes' share on a shared one",
-        data.usages.iter().zip(&pods).filter_map(|(u, l)| {
-            Some(((l.as_str(), sharing_label(u.sharing)), Value::F64(u.utilization_percent.ok()?)))
+        data.usages.iter().enumerate().filter_map(|(k, u)| {
+            Some(([gpus.get(u.gpu), pods.get(k), sharing_label(u.sharing)], Value::F64(u.utilization_percent.ok()?)))
         }),
     );
     e.gauge(
         "nvidia_gpu_pod_memory_utilization_percent",
         "A pod's memory-controller utilization of a GPU",
-        data.usages
-            .iter()
-            .zip(&pods)
-            .filter_map(|(u, l)| Some(((l.as_str(), sharing_label(u.sharing)), f(u.memory_utilization_percent)?))),
+        data.usages.iter().enumerate().filter_map(|(k, u)| {
+            Some(([gpus.get(u.gpu), pods.get(k), sharing_label(u.sharing)], f(u.memory_utilization_percent)?))
+        }),
     );
     e.gauge(
         "kube_gpu_metrics_pod_attribution_unresolved",
         "1 for a pod whose share of a GPU cannot be measured, with the reason",
-        data.usages
-            .iter()
-            .zip(&pods)
-            .filter_map(|(u, l)| Some(((l.as_str(), reason_label(u.utilization_percent.err()?)), Value::U64(1)))),
+        data.usages.iter().enumerate().filter_map(|(k, u)| {
+            Some(([gpus.get(u.gpu), pods.get(k), reason_label(u.utilization_percent.err()?)], Value::U64(1)))
+        }),
     );
 }
 
-/// dcgm-exporter's labels of one GPU.
-fn dcgm_gpu_labels(node: &str, gpu: &GpuState) -> String {
-    let mut labels = String::with_capacity(160);
-    let index = itoa::Buffer::new().format(gpu.identity.index).to_owned();
-    push_label(&mut labels, "gpu", &index);
-    push_label(&mut labels, "UUID", &gpu.identity.uuid);
-    push_label(&mut labels, "device", &["nvidia", &index].concat());
-    push_label(&mut labels, "modelName", &gpu.identity.model);
-    push_label(&mut labels, "Hostname", node);
-    labels
+/// Every GPU's dcgm-exporter labels: `gpu`, `UUID`, `device`, `modelName`,
+/// `Hostname`.
+fn dcgm_label_sets(node: &str, gpus: &[GpuState]) -> LabelSets {
+    let mut sets = LabelSets::with_capacity(gpus.len(), 160);
+    for gpu in gpus {
+        let mut index = itoa::Buffer::new();
+        let index = index.format(gpu.identity.index);
+        let device = ["nvidia", index].concat();
+        sets.push([
+            ("gpu", index),
+            ("UUID", gpu.identity.uuid.as_str()),
+            ("device", device.as_str()),
+            ("modelName", gpu.identity.model.as_str()),
+            ("Hostname", node),
+        ]);
+    }
+    sets
 }
 
 /// The dcgm-exporter families for the fields the agent reads, in its names,
 /// units (MiB, MHz, W) and labels. As with dcgm-exporter's pod mapping, a GPU
 /// held by pods has one series per holding container, each with the
 /// device's value; a GPU no pod holds has one series without pod labels.
-fn dcgm_families(e: &mut Encoder, data: &SampleData) {
-    let mut series: Vec<(&GpuReading, String)> = Vec::new();
+fn dcgm_families(e: &mut Encoder, data: &SampleData, pods: &LabelSets) {
+    let gpus = dcgm_label_sets(&data.node, &data.gpus);
+    let mut series: Vec<(&GpuReading, [&str; 2])> = Vec::with_capacity(data.gpus.len() + data.usages.len());
     for (i, gpu) in data.gpus.iter().enumerate().filter(|(_, g)| g.up) {
-        let labels = dcgm_gpu_labels(&data.node, gpu);
-        let mut holders = data.usages.iter().filter(|u| u.gpu == i).peekable();
-        if holders.peek().is_none() {
-            series.push((&gpu.reading, labels));
-            continue;
+        let before = series.len();
+        for (k, _) in data.usages.iter().enumerate().filter(|(_, u)| u.gpu == i) {
+            series.push((&gpu.reading, [gpus.get(i), pods.get(k)]));
         }
-        for usage in holders {
-            let mut pod = labels.clone();
-            push_label(&mut pod, "container", &usage.container);
-            push_label(&mut pod, "namespace", &usage.namespace);
-            push_label(&mut pod, "pod", &usage.pod);
-            series.push((&gpu.reading, pod));
+        if series.len() == before {
+            series.push((&gpu.reading, [gpus.get(i), ""]));
         }
     }
     const MIB: u64 = 1 << 20;
     // dcgm-exporter writes whole numbers for integer fields.
     let whole = |v: f64| Value::U64(v.max(0.0).round() as u64);
     let mut family = |name: &str, help: &str, value: &dyn Fn(&GpuReading) -> Option<Value>| {
-        e.gauge(name, help, series.iter().filter_map(|(r, l)| Some(((l.as_str(), ""), value(r)?))));
+        e.gauge(name, help, series.iter().filter_map(|&(r, [g, p])| Some(([g, p, ""], value(r)?))));
     };
     family("DCGM_FI_DEV_SM_CLOCK", "SM clock frequency (in MHz)", &|r| Some(whole(r.sm_clock_hertz? / 1e6)));
     family("DCGM_FI_DEV_GPU_TEMP", "GPU temperature (in C)", &|r| Some(whole(r.temperature_celsius?)));

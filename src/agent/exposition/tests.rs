@@ -303,7 +303,7 @@ fn dcgm_names_use_dcgm_exporter_units_and_labels() {
     let (text, _) = render_plain(&with_names(MetricNames::Dcgm));
     let text = String::from_utf8(text).unwrap();
     let gpu0 = r#"gpu="0",UUID="GPU-aaaa",device="nvidia0",modelName="NVIDIA GeForce RTX 4090",Hostname="mainpc""#;
-    let pod = r#"container="main",namespace="ai-system-gpu",pod="reasoning-suite-7d9f-x2k9p""#;
+    let pod = r#"namespace="ai-system-gpu",pod="reasoning-suite-7d9f-x2k9p",container="main""#;
     // 8 GiB used of 24: MiB, as dcgm-exporter reports framebuffer memory.
     assert!(text.contains(&format!("DCGM_FI_DEV_FB_USED{{{gpu0},{pod}}} 8192\n")), "{text}");
     assert!(text.contains(&format!("DCGM_FI_DEV_FB_FREE{{{gpu0},{pod}}} 16384\n")), "{text}");
