@@ -197,21 +197,24 @@ emit(f"Polling every agent each second for {fleet_seconds} s: adapter {adapter_t
      f"the feed server serving those 1 000 feeds/s (baseline): {feeds_ticks / hz / fleet_seconds:.3f} cores "
      f"(ratio {ratio(adapter_ticks, feeds_ticks)}).")
 emit("")
-emit("HTTPS at 1 000 req/s, open loop (latency from each request's due time), 16 connections, client certificates:")
+emit("HTTPS at 1 000 req/s, open loop (a late request counts from its due time), 16 connections, client certificates:")
 emit("")
-emit("| Request | p50 | p99 | max | errors | adapter CPU under load |")
-emit("| --- | --- | --- | --- | --- | --- |")
+emit("| Adapter | Request | p50 | p99 | max | errors | adapter CPU |")
+emit("| --- | --- | --- | --- | --- | --- | --- |")
 p99s = {}
-for name, label in (("discovery", "discovery document (baseline: TLS + HTTP + auth)"), ("hpa", "HPA query, `app=app-7` (200 of 10 000 pods)")):
-    text = read(f"fleet-{name}.txt")
-    p50, p99, mx = map(int, re.search(r"p50 (\d+) µs, p99 (\d+) µs, max (\d+) µs", text).groups())
-    errors = int(re.search(r"errors\s+(\d+)", text).group(1))
-    ticks = int(read(f"fleet-{name}-ticks.txt"))
-    seconds = 2 if quick else 10
-    p99s[name] = p99
-    emit(f"| {label} | {p50} µs | {p99} µs | {mx} µs | {errors} | {ticks / hz / seconds:.2f} cores (polling included) |")
-emit(f"p99 ratio HPA query ÷ discovery: {ratio(p99s['hpa'], p99s['discovery'])}; goal p99 ≤ 5 ms: "
-     f"{'met' if p99s['hpa'] <= 5000 else 'MISSED'}.")
+seconds = 2 if quick else 10
+for mode, what in (("polling", "polling 1 000 agents every second"), ("alone", "query path alone (no polling)")):
+    for name, label in (("discovery", "discovery (baseline: TLS + HTTP + auth)"), ("hpa", "HPA query `app=app-7` (200 of 10 000 pods)")):
+        text = read(f"fleet-{mode}-{name}.txt")
+        p50, p99, mx = map(int, re.search(r"p50 (\d+) µs, p99 (\d+) µs, max (\d+) µs", text).groups())
+        errors = int(re.search(r"errors\s+(\d+)", text).group(1))
+        ticks = int(read(f"fleet-{mode}-{name}-ticks.txt"))
+        p99s[(mode, name)] = p99
+        emit(f"| {what} | {label} | {p50} µs | {p99} µs | {mx} µs | {errors} | {ticks / hz / seconds:.2f} cores |")
+for mode in ("polling", "alone"):
+    hpa_p99 = p99s[(mode, "hpa")]
+    emit(f"- {mode}: p99 HPA query ÷ discovery {ratio(hpa_p99, p99s[(mode, 'discovery')])}; "
+         f"goal p99 ≤ 5 ms: {'met' if hpa_p99 <= 5000 else 'MISSED'} ({hpa_p99 / 1000:.2f} ms).")
 
 # 5. Freshness.
 emit("")

@@ -75,6 +75,13 @@ enum Command {
         /// Where the kubeconfig (CA, client certificate) for `loadgen` goes.
         #[arg(long, default_value = "fleet.kubeconfig")]
         kubeconfig_out: PathBuf,
+        /// Time between poll rounds; a long one measures the query path
+        /// alone (values then stay servable for `--max-age`).
+        #[arg(long, default_value = "1s", value_parser = humantime::parse_duration)]
+        poll_interval: Duration,
+        /// Oldest value served.
+        #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
+        max_age: Duration,
     },
 }
 
@@ -168,13 +175,18 @@ async fn feeds(agents: usize, pods: usize, listen: SocketAddr) -> anyhow::Result
     }
 }
 
-async fn adapter(
+struct FleetAdapter {
     feeds: String,
     agents: usize,
     pods: usize,
     listen: SocketAddr,
     kubeconfig_out: PathBuf,
-) -> anyhow::Result<()> {
+    poll_interval: Duration,
+    max_age: Duration,
+}
+
+async fn adapter(fleet: FleetAdapter) -> anyhow::Result<()> {
+    let FleetAdapter { feeds, agents, pods, listen, kubeconfig_out, poll_interval, max_age } = fleet;
     let mut labels = LabelMaps::default();
     let namespace = labels.pods.entry(NAMESPACE.into()).or_default();
     for a in 0..agents {
@@ -195,12 +207,12 @@ async fn adapter(
         authenticator: Authenticator::ClientCertificate,
         authorizer: Authorizer::AllowAll,
         poll: PollSettings {
-            interval: Duration::from_secs(1),
+            interval: poll_interval,
             timeout: Duration::from_millis(800),
             max_body_bytes: 8 << 20,
             token: None,
         },
-        max_age: None,
+        max_age: Some(max_age),
         prometheus: None,
         agents: agents_rx,
         labels: Arc::new(LabelIndex::new(labels)),
@@ -227,8 +239,8 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Feeds { agents, pods, listen } => feeds(agents, pods, listen).await,
-            Command::Adapter { feeds: url, agents, pods, listen, kubeconfig_out } => {
-                adapter(url, agents, pods, listen, kubeconfig_out).await
+            Command::Adapter { feeds, agents, pods, listen, kubeconfig_out, poll_interval, max_age } => {
+                adapter(FleetAdapter { feeds, agents, pods, listen, kubeconfig_out, poll_interval, max_age }).await
             }
         }
     })
