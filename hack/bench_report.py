@@ -165,6 +165,7 @@ set logscale xy
 set xlabel "pods"
 set ylabel "time (µs), median"
 set key top left
+set rmargin 8
 set grid
 set xtics ("100" 100, "1 000" 1000, "10 000" 10000, "100 000" 100000)
 plot "{csv}" every ::1 using 1:($2/1000) with linespoints lw 2 title "render, text + OpenMetrics (8 GPUs)", \\
