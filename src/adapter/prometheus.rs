@@ -574,14 +574,10 @@ impl PrometheusSource {
     }
 
     /// Polls until `shutdown` turns true.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        let mut tick = tokio::time::interval(self.settings.interval);
-        tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = tick.tick() => self.poll_once().await,
-                _ = crate::listener::stopped(&mut shutdown) => return,
-            }
+    pub async fn run(mut self, shutdown: watch::Receiver<bool>) {
+        let mut rounds = crate::listener::Rounds::new(self.settings.interval, shutdown);
+        while rounds.next().await {
+            self.poll_once().await;
         }
     }
 }

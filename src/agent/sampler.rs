@@ -228,14 +228,10 @@ impl Sampler {
     }
 
     /// Samples until `shutdown` turns true.
-    pub async fn run(mut self, mut shutdown: watch::Receiver<bool>) {
-        let mut ticker = tokio::time::interval(self.interval);
-        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            tokio::select! {
-                _ = ticker.tick() => self.sample_once().await,
-                _ = crate::listener::stopped(&mut shutdown) => return,
-            }
+    pub async fn run(mut self, shutdown: watch::Receiver<bool>) {
+        let mut rounds = crate::listener::Rounds::new(self.interval, shutdown);
+        while rounds.next().await {
+            self.sample_once().await;
         }
     }
 
