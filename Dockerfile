@@ -26,9 +26,12 @@ ENV CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_LINKER=x86_64-linux-gnu-gcc \
 WORKDIR /src
 COPY Cargo.toml Cargo.lock build.rs ./
 COPY proto proto
-COPY hack/fake-nvml hack/fake-nvml
+# hack/ holds the fake NVML that build.rs compiles and the manifest's
+# examples; src/ embeds files from deploy/ (the reference HPA, the built-in
+# Prometheus queries).
+COPY hack hack
 COPY src src
-COPY deploy/examples deploy/examples
+COPY deploy deploy
 COPY benches benches
 COPY tests tests
 RUN --mount=type=cache,target=/usr/local/cargo/registry \

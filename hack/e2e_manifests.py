@@ -109,6 +109,20 @@ for line in dockerfile.splitlines():
     if m:
         for source in m.group(1).split()[:-1]:
             need(os.path.exists(source), f"Dockerfile: COPY source {source} is missing")
+# What the build reads must be copied: files src/ embeds, and every target
+# path the manifest names (cargo reads them all).
+copied = [m.group(1).split()[:-1] for m in re.finditer(r"^COPY\s+(?!--from)(.*)$", dockerfile, re.M)]
+copied = [c.rstrip("/") for group in copied for c in group]
+under_copy = lambda path: any(path == c or path.startswith(c + "/") for c in copied)
+for root, _, files in os.walk("src"):
+    for name in files:
+        if name.endswith(".rs"):
+            source = os.path.join(root, name)
+            for included in re.findall(r'include_(?:str|bytes)!\("([^"]+)"\)', open(source).read()):
+                path = os.path.normpath(os.path.join(root, included))
+                need(under_copy(path), f"Dockerfile: {source} embeds {path}, which is not copied")
+for path in re.findall(r'^path = "([^"]+)"', open("Cargo.toml").read(), re.M):
+    need(under_copy(path), f"Dockerfile: Cargo.toml names {path}, which is not copied")
 need(re.search(r"^USER 65532", dockerfile, re.M), "Dockerfile: final stage runs as non-root")
 need('ENTRYPOINT ["kube-gpu-metrics"]' in dockerfile, "Dockerfile: ENTRYPOINT")
 need("--platform=$BUILDPLATFORM" in dockerfile, "Dockerfile: cross-compiles on the build platform")
