@@ -310,6 +310,16 @@ async fn until(what: &str, mut check: impl AsyncFnMut() -> bool) {
     }
 }
 
+/// A list answer's described objects and values, in order.
+fn pod_values(body: &Value) -> Vec<(String, String)> {
+    body["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| (i["describedObject"]["name"].as_str().unwrap().into(), i["value"].as_str().unwrap().into()))
+        .collect()
+}
+
 fn assert_status(answer: &Answer, code: u16, reason: &str) {
     assert_eq!(answer.status, code, "{}", answer.body);
     assert_eq!(answer.body["kind"], "Status");
@@ -467,13 +477,7 @@ async fn stale_garbled_and_oversized_feeds_are_never_served() {
     );
     let path = format!("{PODS}/%2A/nvidia_gpu_utilization_percent");
     let names = async || -> Vec<String> {
-        let body = via_aggregator(&pki, &adapter, &path).await.body;
-        body["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| i["describedObject"]["name"].as_str().unwrap().to_string())
-            .collect()
+        pod_values(&via_aggregator(&pki, &adapter, &path).await.body).into_iter().map(|(name, _)| name).collect()
     };
     until("both agents", async || names().await.len() == 2).await;
 
@@ -580,17 +584,7 @@ async fn a_slow_agent_drops_out_without_holding_up_the_others() {
         None,
     );
     let path = format!("{PODS}/%2A/nvidia_gpu_utilization_percent");
-    let values = async || -> Vec<(String, String)> {
-        let body = via_aggregator(&pki, &adapter, &path).await.body;
-        body["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| {
-                (i["describedObject"]["name"].as_str().unwrap().to_string(), i["value"].as_str().unwrap().to_string())
-            })
-            .collect()
-    };
+    let values = async || -> Vec<(String, String)> { pod_values(&via_aggregator(&pki, &adapter, &path).await.body) };
     until("both agents", async || values().await.len() == 2).await;
 
     // pc2's agent now answers after 2 s, past the 300 ms poll timeout.
@@ -733,12 +727,7 @@ async fn a_prometheus_source_serves_the_same_api_and_never_a_stale_or_refused_va
     let values = async || -> Vec<(String, String)> {
         let answer = via_aggregator(&pki, &adapter, &path).await;
         assert_eq!(answer.status, 200, "{}", answer.body);
-        answer.body["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| (i["describedObject"]["name"].as_str().unwrap().into(), i["value"].as_str().unwrap().into()))
-            .collect()
+        pod_values(&answer.body)
     };
     until("the value from Prometheus", async || values().await == [("p1".to_string(), "63".to_string())]).await;
     let node =

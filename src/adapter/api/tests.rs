@@ -78,6 +78,11 @@ fn get(api: &MetricsApi, path_and_query: &str) -> Result<Value, ApiError> {
     Ok(serde_json::from_slice(&body).unwrap())
 }
 
+/// The names of a list answer's described objects, in order.
+fn item_names(body: &Value) -> Vec<&str> {
+    body["items"].as_array().unwrap().iter().map(|i| i["describedObject"]["name"].as_str().unwrap()).collect()
+}
+
 const PODS_V2: &str = "/apis/custom.metrics.k8s.io/v1beta2/namespaces/ai-system-gpu/pods";
 
 #[test]
@@ -133,12 +138,7 @@ fn selectors_of_every_kind_pick_pods() {
     let api = api();
     let names = |q: &str| -> Vec<String> {
         let body = get(&api, &format!("{PODS_V2}/*/nvidia_gpu_utilization_percent?labelSelector={q}")).unwrap();
-        body["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| i["describedObject"]["name"].as_str().unwrap().to_string())
-            .collect()
+        item_names(&body).into_iter().map(str::to_string).collect()
     };
     assert_eq!(names("tier"), ["reasoning-suite-a"]);
     assert_eq!(names("app+in+(coordination-suite,other)"), ["coordination-suite-b"]);
@@ -154,9 +154,7 @@ fn stale_values_are_never_served() {
     let err = get(&api, &format!("{PODS_V2}/reasoning-suite-old/nvidia_gpu_utilization_percent")).unwrap_err();
     assert_eq!(err.code, 404);
     let body = get(&api, "/apis/custom.metrics.k8s.io/v1beta2/nodes/*/nvidia_gpu_utilization_percent").unwrap();
-    let nodes: Vec<&str> =
-        body["items"].as_array().unwrap().iter().map(|i| i["describedObject"]["name"].as_str().unwrap()).collect();
-    assert_eq!(nodes, ["mainpc", "pc2"]);
+    assert_eq!(item_names(&body), ["mainpc", "pc2"]);
 }
 
 #[test]
@@ -325,8 +323,7 @@ fn indexed_and_scanned_selection_agree() {
     ] {
         let query = form_urlencoded::Serializer::new(String::new()).append_pair("labelSelector", selector).finish();
         let body = get(&api, &format!("{PODS_V2}/*/nvidia_gpu_utilization_percent?{query}")).unwrap();
-        let got: Vec<&str> =
-            body["items"].as_array().unwrap().iter().map(|i| i["describedObject"]["name"].as_str().unwrap()).collect();
+        let got = item_names(&body);
         let parsed = crate::adapter::selector::parse_selector(selector).unwrap();
         let mut want: Vec<&str> =
             pods.iter().map(|(n, _)| *n).filter(|n| known.get(*n).is_some_and(|l| parsed.matches(l))).collect();
