@@ -23,7 +23,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 use clap::{Parser, Subcommand};
@@ -32,13 +32,9 @@ use http_body_util::Full;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use kube_gpu_metrics::adapter::auth::{Authenticator, Authorizer};
-use kube_gpu_metrics::adapter::collector::PollSettings;
-use kube_gpu_metrics::adapter::labels::{LabelIndex, LabelMaps};
-use kube_gpu_metrics::adapter::tls::{CertSource, LocalCa};
-use kube_gpu_metrics::adapter::{AdapterSetup, start};
+use kube_gpu_metrics::adapter::labels::LabelMaps;
 use kube_gpu_metrics::feed::{FeedGpu, FeedPod, NodeFeed};
-use kube_gpu_metrics::standalone::kubeconfig;
+use kube_gpu_metrics::standalone::{LocalAdapter, start_local_adapter};
 use tokio::sync::watch;
 
 const NAMESPACE: &str = "fleet";
@@ -194,33 +190,18 @@ async fn adapter(fleet: FleetAdapter) -> anyhow::Result<()> {
             namespace.insert(pod_name(a, n), [("app".to_string(), app_of(a, pods, n))].into_iter().collect());
         }
     }
-    let ca = LocalCa::new("fleet CA")?;
-    let serving = ca.serving(&["localhost", "127.0.0.1"])?;
-    let client = ca.client("fleet-admin", &["system:masters"])?;
     let urls: Vec<String> = (0..agents).map(|a| format!("{}/agent-{a}", feeds.trim_end_matches('/'))).collect();
-    let (_agents_tx, agents_rx) = watch::channel(urls);
-    let setup = AdapterSetup {
+    let local = LocalAdapter {
         listen,
-        cert: CertSource::Fixed(serving),
-        tls_reload_interval: Duration::from_secs(3600),
-        client_ca: ca.cert_pem.clone(),
-        authenticator: Authenticator::ClientCertificate,
-        authorizer: Authorizer::AllowAll,
-        poll: PollSettings {
-            interval: poll_interval,
-            timeout: Duration::from_millis(800),
-            max_body_bytes: 8 << 20,
-            token: None,
-        },
+        agents: urls,
+        labels,
+        poll_interval,
         max_age: Some(max_age),
         prometheus: None,
-        agents: agents_rx,
-        labels: Arc::new(LabelIndex::new(labels)),
+        kubeconfig_out,
     };
     let (_shutdown_tx, shutdown) = watch::channel(false);
-    let running = start(setup, shutdown).await?;
-    std::fs::write(&kubeconfig_out, kubeconfig(&format!("https://{}", running.addr), &ca.cert_pem, &client))
-        .with_context(|| format!("writing {}", kubeconfig_out.display()))?;
+    let running = start_local_adapter(local, shutdown).await?;
     eprintln!("fleet adapter listening on https://{} ({agents} agents × {pods} pods)", running.addr);
     running.done.await?;
     Ok(())

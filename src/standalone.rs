@@ -184,41 +184,57 @@ current-context: kube-gpu-metrics-standalone
     )
 }
 
-/// Starts the adapter over the agents, with its own CA, and writes the
-/// kubeconfig.
-async fn start_adapter(
-    args: &StandaloneArgs,
-    agents: &[RunningAgent],
-    labels: LabelMaps,
+/// An adapter on this machine with its own CA: client-certificate auth,
+/// every user allowed, and a kubeconfig written for kubectl and clients.
+pub struct LocalAdapter {
+    /// HTTPS address.
+    pub listen: SocketAddr,
+    /// Agent base URLs to poll.
+    pub agents: Vec<String>,
+    /// Pod and node labels, for selectors.
+    pub labels: LabelMaps,
+    /// Time between poll rounds.
+    pub poll_interval: Duration,
+    /// Oldest value served (default: three of the agents' intervals).
+    pub max_age: Option<Duration>,
+    /// Values from Prometheus instead of the agents.
+    pub prometheus: Option<PrometheusSettings>,
+    /// Where the kubeconfig goes.
+    pub kubeconfig_out: PathBuf,
+}
+
+/// Starts a [`LocalAdapter`] and writes its kubeconfig.
+pub async fn start_local_adapter(
+    local: LocalAdapter,
     shutdown: watch::Receiver<bool>,
 ) -> anyhow::Result<RunningAdapter> {
     let ca = LocalCa::new("kube-gpu-metrics standalone CA")?;
-    let host = args.host.to_string();
+    let host = local.listen.ip().to_string();
     let serving = ca.serving(&["localhost", host.as_str()])?;
     let client = ca.client("standalone-admin", &["system:masters"])?;
-    let (_tx, agents_rx) = watch::channel(agents.iter().map(|a| format!("http://{}", a.addr)).collect());
+    let (_tx, agents_rx) = watch::channel(local.agents);
     let setup = AdapterSetup {
-        listen: SocketAddr::new(args.host, args.adapter_port),
+        listen: local.listen,
         cert: CertSource::Fixed(serving),
         tls_reload_interval: Duration::from_secs(3600),
         client_ca: ca.cert_pem.clone(),
         authenticator: Authenticator::ClientCertificate,
         authorizer: Authorizer::AllowAll,
         poll: PollSettings {
-            interval: args.interval,
+            interval: local.poll_interval,
             timeout: Duration::from_millis(800),
             max_body_bytes: 8 << 20,
             token: None,
         },
-        max_age: None,
-        prometheus: prometheus_settings(args)?,
+        max_age: local.max_age,
+        prometheus: local.prometheus,
         agents: agents_rx,
-        labels: Arc::new(LabelIndex::new(labels)),
+        labels: Arc::new(LabelIndex::new(local.labels)),
     };
     let adapter = crate::adapter::start(setup, shutdown).await?;
     let server = format!("https://{}", adapter.addr);
-    std::fs::write(&args.kubeconfig_out, kubeconfig(&server, &ca.cert_pem, &client))
-        .map_err(|e| anyhow::anyhow!("cannot write {} (--kubeconfig-out): {e}", args.kubeconfig_out.display()))?;
+    std::fs::write(&local.kubeconfig_out, kubeconfig(&server, &ca.cert_pem, &client))
+        .map_err(|e| anyhow::anyhow!("cannot write {} (--kubeconfig-out): {e}", local.kubeconfig_out.display()))?;
     Ok(adapter)
 }
 
@@ -250,7 +266,16 @@ pub async fn run(args: StandaloneArgs, shutdown_tx: watch::Sender<bool>) -> anyh
             .map_err(|e| anyhow::anyhow!("cannot listen on {listen} (--agent-port): {e}"))?;
         agents.push(agent);
     }
-    let adapter = start_adapter(&args, &agents, labels, shutdown.clone()).await?;
+    let local = LocalAdapter {
+        listen: SocketAddr::new(args.host, args.adapter_port),
+        agents: agents.iter().map(|a| format!("http://{}", a.addr)).collect(),
+        labels,
+        poll_interval: args.interval,
+        max_age: None,
+        prometheus: prometheus_settings(&args)?,
+        kubeconfig_out: args.kubeconfig_out.clone(),
+    };
+    let adapter = start_local_adapter(local, shutdown.clone()).await?;
 
     println!("kube-gpu-metrics standalone: the pipeline on localhost\n");
     for agent in &agents {
