@@ -11,11 +11,15 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 
-use kube_gpu_metrics::adapter::api::{MetricsApi, Query, route};
-use kube_gpu_metrics::adapter::labels::{LabelIndex, LabelMaps};
-use kube_gpu_metrics::adapter::quantity::format_quantity;
+use kube_gpu_metrics::adapter::admission::Rejections;
+use kube_gpu_metrics::adapter::http::respond;
+use kube_gpu_metrics::adapter::http::routes::{Query, route};
+use kube_gpu_metrics::adapter::provider::Provider;
+use kube_gpu_metrics::adapter::source::agents::{AgentTarget, build_view};
 use kube_gpu_metrics::adapter::store::MetricStore;
 use kube_gpu_metrics::feed::{FeedGpu, FeedPod, NodeFeed};
+use kube_gpu_metrics::k8s::labels::{LabelIndex, LabelMaps};
+use kube_gpu_metrics::k8s::quantity::format_quantity;
 
 const PODS: usize = 10_000;
 const PODS_PER_NODE: usize = 100;
@@ -23,7 +27,7 @@ const APPS: usize = 50;
 
 /// `pods` pods, 100 per node, in 50 Deployments (`app=app-N`): for 10 000
 /// pods, 100 nodes and 200 pods per Deployment.
-fn fixture(pods: usize) -> (MetricsApi, SystemTime) {
+fn fixture(pods: usize) -> (Provider, SystemTime) {
     let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
     let mut labels = LabelMaps::default();
     let namespace = labels.pods.entry("ai-system-gpu".into()).or_default();
@@ -74,20 +78,23 @@ fn fixture(pods: usize) -> (MetricsApi, SystemTime) {
         })
         .collect();
     let store = Arc::new(MetricStore::new(Some(Duration::from_secs(3600))));
-    store.publish(&feeds);
-    (MetricsApi::new(store, Arc::new(LabelIndex::new(labels))), SystemTime::now())
+    let targets: Vec<_> =
+        feeds.iter().enumerate().map(|(i, f)| (AgentTarget::unbound(format!("http://agent-{i}")), f.clone())).collect();
+    let now = SystemTime::now();
+    store.publish(build_view(&targets, &LabelIndex::new(labels), &Rejections::default(), usize::MAX, now));
+    (Provider::new(store), now)
 }
 
 const HPA_PATH: &str =
     "/apis/custom.metrics.k8s.io/v1beta2/namespaces/ai-system-gpu/pods/%2A/nvidia_gpu_utilization_percent";
 
-fn query(api: &MetricsApi, now: SystemTime, selector: &str) -> bytes::Bytes {
+fn query(api: &Provider, now: SystemTime, selector: &str) -> bytes::Bytes {
     let route = route(HPA_PATH).unwrap();
     let query = Query::parse(Some(selector)).unwrap();
-    api.respond(&route, &query, now).unwrap()
+    respond(api, &route, &query, now).unwrap()
 }
 
-fn percentiles(api: &MetricsApi, now: SystemTime) {
+fn percentiles(api: &Provider, now: SystemTime) {
     let mut times: Vec<Duration> = (0..2000)
         .map(|_| {
             let started = Instant::now();

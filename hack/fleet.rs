@@ -32,8 +32,8 @@ use http_body_util::Full;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
-use kube_gpu_metrics::adapter::labels::LabelMaps;
 use kube_gpu_metrics::feed::{FeedGpu, FeedPod, NodeFeed};
+use kube_gpu_metrics::k8s::labels::LabelMaps;
 use kube_gpu_metrics::standalone::{LocalAdapter, start_local_adapter};
 use tokio::sync::watch;
 

@@ -1,16 +1,27 @@
-//! The custom metrics adapter: polls the agents, keeps the freshest value of
-//! every pod and node, and serves `custom.metrics.k8s.io` (v1beta1, v1beta2)
-//! and `external.metrics.k8s.io` over HTTPS behind an `APIService`.
+//! The custom metrics adapter, laid out along its pipeline:
+//!
+//! ```text
+//! cluster (kube-rs: agents, pod labels + nodes) ─┐
+//! source (agents | prometheus) ─► admission ─────┴► store ─► provider ─► http
+//! ```
+//!
+//! - [`cluster`] watches the agents, pods and nodes (and reads the
+//!   front-proxy CA).
+//! - [`source`] polls the agents' feeds or Prometheus in rounds.
+//! - [`admission`] checks every round against the cluster: node isolation,
+//!   one value per pod, bounded time and values.
+//! - [`store`] holds the admitted view, swapped whole.
+//! - [`provider`] answers queries (select, fresh, aggregate), no HTTP.
+//! - [`http`] serves custom.metrics.k8s.io and external.metrics.k8s.io over
+//!   HTTPS ([`tls`], [`auth`]), with [`readiness`].
 
-pub mod api;
+pub mod admission;
 pub mod auth;
-pub mod collector;
-pub mod discovery;
-pub mod labels;
-pub mod prometheus;
-pub mod quantity;
-pub mod selector;
-pub mod server;
+pub mod cluster;
+pub mod http;
+pub mod provider;
+pub mod readiness;
+pub mod source;
 pub mod store;
 pub mod tls;
 
@@ -22,10 +33,17 @@ use std::time::Duration;
 use clap::{Args, ValueEnum};
 use tokio::sync::watch;
 
+use crate::k8s::labels::{LabelIndex, LabelMaps};
+use crate::shutdown::Tasks;
+use admission::Rejections;
 use auth::{AuthArgs, Authenticator, Authorizer};
-use collector::{Collector, PollSettings};
-use labels::LabelIndex;
-use prometheus::{PrometheusSettings, PrometheusSource, QueryConfig};
+use cluster::{AgentDiscovery, ClusterOutputs};
+use provider::Provider;
+use readiness::Readiness;
+use source::agents::{AgentSource, AgentTarget};
+use source::fetch::{FetchLimits, Fetcher};
+use source::prometheus::config::QueryConfig;
+use source::prometheus::{PrometheusError, PrometheusSettings, PrometheusSource};
 use store::MetricStore;
 use tls::{CertResolver, CertSource, LocalCa, TlsError};
 
@@ -102,7 +120,7 @@ pub struct AdapterArgs {
     )]
     pub agent_selector: String,
 
-    /// The agents' port.
+    /// The discovered agents' port.
     #[arg(long, env = "KGM_AGENT_PORT", default_value_t = 9402)]
     pub agent_port: u16,
 
@@ -123,8 +141,22 @@ pub struct AdapterArgs {
     #[arg(long, env = "KGM_MAX_FEED_BYTES", default_value_t = 8 << 20)]
     pub max_feed_bytes: usize,
 
+    /// Feed and answer bodies read at once across all agents, bytes; the
+    /// rest wait their turn within `--poll-timeout`.
+    #[arg(long, env = "KGM_MAX_ROUND_BYTES", default_value_t = 32 << 20)]
+    pub max_round_bytes: usize,
+
+    /// Pods admitted per poll round across all feeds; a feed that would
+    /// pass the budget is refused whole, with a log line.
+    #[arg(long, env = "KGM_MAX_ROUND_PODS", default_value_t = 100_000)]
+    pub max_round_pods: usize,
+
+    /// Connections open at once on the HTTPS port; more are closed at once.
+    #[arg(long, env = "KGM_MAX_CONNECTIONS", default_value_t = 512)]
+    pub max_connections: usize,
+
     /// Oldest sample served (default: three of the agent's sample intervals,
-    /// or of the Prometheus queries' `scrapeInterval`).
+    /// or of the Prometheus queries' `scrapeInterval`; never over 10 min).
     #[arg(long, env = "KGM_MAX_AGE", value_parser = humantime::parse_duration)]
     pub max_age: Option<Duration>,
 
@@ -158,25 +190,107 @@ pub enum AdapterError {
     },
     /// The front-proxy settings could not be read.
     #[error(transparent)]
-    Discovery(#[from] discovery::DiscoveryError),
+    FrontProxy(#[from] cluster::FrontProxyError),
     /// The Prometheus source is misconfigured.
     #[error(transparent)]
-    Prometheus(#[from] prometheus::PrometheusError),
+    Prometheus(#[from] PrometheusError),
     /// The agent token file is unusable.
     #[error(transparent)]
     Token(std::io::Error),
     /// The listener could not bind.
-    #[error("cannot listen on {addr} (--secure-listen): {source}")]
+    #[error("cannot listen on {addr} ({flag}): {source}")]
     Bind {
         /// The address.
         addr: SocketAddr,
+        /// The flag that set it.
+        flag: &'static str,
         /// Why.
         #[source]
         source: std::io::Error,
     },
 }
 
-/// Everything an adapter runs with, once the flags are resolved.
+/// How clients prove who they are.
+#[derive(Clone, Debug)]
+pub enum ClientAuth {
+    /// The aggregation layer's front proxy; the CA from a file or, when
+    /// `None`, from the cluster's ConfigMap (with its names and headers).
+    FrontProxy {
+        /// The CA, PEM.
+        ca: Option<String>,
+        /// Allowed common names, user and group headers.
+        authenticator: Authenticator,
+    },
+    /// Direct clients with a certificate from this CA (standalone).
+    ClientCertificate {
+        /// The CA, PEM.
+        ca: String,
+    },
+}
+
+/// Where values come from.
+#[derive(Clone, Debug)]
+pub enum SourceSetup {
+    /// The agents.
+    Agents {
+        /// Static agent URLs.
+        urls: Vec<String>,
+        /// Agents found in the cluster, if any.
+        discovery: Option<AgentDiscovery>,
+        /// The feed token.
+        token: Option<Arc<str>>,
+    },
+    /// An existing Prometheus.
+    Prometheus(PrometheusSettings),
+}
+
+/// Limits on what the adapter takes in.
+#[derive(Clone, Debug)]
+pub struct Limits {
+    /// Time between poll rounds.
+    pub poll_interval: Duration,
+    /// Time one agent or query may take.
+    pub poll_timeout: Duration,
+    /// Largest feed or answer, bytes.
+    pub max_feed_bytes: usize,
+    /// Bodies read at once, bytes.
+    pub max_round_bytes: usize,
+    /// Pods admitted per round.
+    pub max_round_pods: usize,
+    /// Connections open at once.
+    pub max_connections: usize,
+}
+
+impl Limits {
+    /// The defaults of the flags, at this poll interval.
+    pub fn defaults(poll_interval: Duration) -> Self {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            adapter: AdapterArgs,
+        }
+        let args = Defaults::parse_from(["adapter"]).adapter;
+        Self { poll_interval, ..Limits::from(&args) }
+    }
+}
+
+impl From<&AdapterArgs> for Limits {
+    fn from(args: &AdapterArgs) -> Self {
+        Self {
+            poll_interval: args.poll_interval,
+            poll_timeout: args.poll_timeout,
+            max_feed_bytes: args.max_feed_bytes,
+            max_round_bytes: args.max_round_bytes,
+            max_round_pods: args.max_round_pods,
+            max_connections: args.max_connections,
+        }
+    }
+}
+
+/// Everything an adapter runs with, once the flags are parsed and the files
+/// read. Parsing starts nothing; [`start`] does.
+#[derive(Clone, Debug)]
 pub struct AdapterSetup {
     /// HTTPS address.
     pub listen: SocketAddr,
@@ -184,186 +298,247 @@ pub struct AdapterSetup {
     pub cert: CertSource,
     /// How often certificate files are checked.
     pub tls_reload_interval: Duration,
-    /// Front-proxy or client CA, PEM.
-    pub client_ca: String,
     /// Authentication.
-    pub authenticator: Authenticator,
-    /// Authorization.
-    pub authorizer: Authorizer,
-    /// Polling.
-    pub poll: PollSettings,
+    pub client_auth: ClientAuth,
+    /// Authorization (SubjectAccessReviews need the cluster), and how long an
+    /// answer is reused.
+    pub authorization: (AuthorizationMode, Duration),
+    /// Where values come from.
+    pub source: SourceSetup,
+    /// Fixed labels and placements (standalone); `None` to watch the cluster
+    /// when one is used, or to trust static agents without one.
+    pub labels: Option<LabelMaps>,
+    /// Limits.
+    pub limits: Limits,
     /// Oldest sample served.
     pub max_age: Option<Duration>,
-    /// Query Prometheus instead of polling agents.
-    pub prometheus: Option<PrometheusSettings>,
-    /// Agents to poll; updated by discovery when there is one.
-    pub agents: watch::Receiver<Vec<String>>,
-    /// Labels for selectors.
-    pub labels: Arc<LabelIndex>,
-}
-
-/// A started adapter.
-pub struct RunningAdapter {
-    /// The bound address.
-    pub addr: SocketAddr,
-    /// The store, for status lines.
-    pub store: Arc<MetricStore>,
-    /// Finishes when the server and collector have stopped.
-    pub done: tokio::task::JoinHandle<()>,
-}
-
-fn kube_error(needed: &'static str, alternative: &'static str) -> impl FnOnce(kube::Error) -> AdapterError {
-    move |source| AdapterError::Kube { needed, alternative, source }
 }
 
 impl AdapterSetup {
-    /// Resolves the flags: reads the front-proxy CA, makes the kube client
-    /// and starts discovery as the flags ask.
-    pub async fn from_args(args: AdapterArgs) -> Result<Self, AdapterError> {
-        let from_agents = args.source == Source::Agents;
-        let prometheus = match (args.source, &args.prometheus_url) {
+    /// Parses the flags and reads the files they name. Starts nothing.
+    pub fn from_args(args: AdapterArgs) -> Result<Self, AdapterError> {
+        let source = match (args.source, &args.prometheus_url) {
             (Source::Prometheus, Some(url)) => {
                 PrometheusSettings::check_url(url)?;
                 let config = match &args.prometheus_queries {
                     Some(path) => QueryConfig::read(path)?,
                     None => QueryConfig::dcgm(),
                 };
-                Some(PrometheusSettings {
-                    url: url.clone(),
-                    config,
-                    interval: args.poll_interval,
-                    timeout: args.poll_timeout,
-                    max_body_bytes: args.max_feed_bytes,
-                })
+                SourceSetup::Prometheus(PrometheusSettings { url: url.clone(), config })
             }
-            _ => None,
+            _ => SourceSetup::Agents {
+                urls: args.agents.clone(),
+                discovery: args.discover_agents.then(|| AgentDiscovery {
+                    namespace: args.agent_namespace.clone(),
+                    selector: args.agent_selector.clone(),
+                    port: args.agent_port,
+                }),
+                token: args
+                    .agent_token_file
+                    .as_deref()
+                    .map(|p| crate::k8s::token::read_token(p, "--agent-token-file"))
+                    .transpose()
+                    .map_err(AdapterError::Token)?,
+            },
         };
-        let discover_agents = args.discover_agents && from_agents;
-        let needs_kube = discover_agents
-            || args.authorization_mode == AuthorizationMode::SubjectAccessReview
-            || args.auth.requestheader_client_ca_file.is_none();
-        let client = if needs_kube {
-            let needed = "agent discovery, SubjectAccessReviews or the front-proxy CA";
-            let alternative =
-                "--discover-agents=false --authorization-mode always-allow --requestheader-client-ca-file";
-            Some(kube::Client::try_default().await.map_err(kube_error(needed, alternative))?)
-        } else {
-            None
+        let ca = match &args.auth.requestheader_client_ca_file {
+            Some(path) => Some(std::fs::read_to_string(path).map_err(|source| TlsError::Read {
+                what: "--requestheader-client-ca-file",
+                path: path.clone(),
+                source,
+            })?),
+            None => None,
         };
-
-        let (client_ca, allowed_names, username_headers, group_headers) = match &args.auth.requestheader_client_ca_file
-        {
-            Some(path) => {
-                let pem = std::fs::read_to_string(path).map_err(|source| TlsError::Read {
-                    what: "--requestheader-client-ca-file",
-                    path: path.clone(),
-                    source,
-                })?;
-                (
-                    pem,
-                    args.auth.requestheader_allowed_names.clone(),
-                    args.auth.requestheader_username_headers.clone(),
-                    args.auth.requestheader_group_headers.clone(),
-                )
-            }
-            None => {
-                let client = client.clone().expect("a client exists when the CA comes from the cluster");
-                let config = discovery::fetch_request_header_config(client).await?;
-                (config.client_ca, config.allowed_names, config.username_headers, config.group_headers)
-            }
-        };
-
         let cert = match (&args.tls_cert_file, &args.tls_private_key_file) {
             (Some(cert), Some(key)) => CertSource::Files { cert: cert.clone(), key: key.clone() },
             _ => {
-                tracing::warn!(
-                    "no --tls-cert-file/--tls-private-key-file: serving a self-signed certificate; \
-                     the APIService then needs insecureSkipTLSVerify, which is not for production"
-                );
                 let ca = LocalCa::new("kube-gpu-metrics self-signed")?;
                 let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
                 CertSource::Fixed(ca.serving(&["localhost", "127.0.0.1", host.as_str()])?)
             }
         };
-
-        let authorizer = match args.authorization_mode {
-            AuthorizationMode::AlwaysAllow => Authorizer::AllowAll,
-            AuthorizationMode::SubjectAccessReview => Authorizer::subject_access_review(
-                client.clone().expect("a client exists for SubjectAccessReviews"),
-                args.auth.authorization_cache_ttl,
-            ),
-        };
-
-        let labels = Arc::new(LabelIndex::default());
-        let (agents_tx, agents_rx) = watch::channel(args.agents.clone());
-        if let Some(client) = client {
-            let discovery = discover_agents.then(|| discovery::AgentDiscovery {
-                namespace: args.agent_namespace.clone(),
-                selector: args.agent_selector.clone(),
-                port: args.agent_port,
-            });
-            tokio::spawn(discovery::run(client, discovery, args.agents.clone(), agents_tx, labels.clone()));
-        }
-
         Ok(Self {
             listen: args.listen,
             cert,
             tls_reload_interval: args.tls_reload_interval,
-            client_ca,
-            authenticator: Authenticator::FrontProxy { allowed_names, username_headers, group_headers },
-            authorizer,
-            poll: PollSettings {
-                interval: args.poll_interval,
-                timeout: args.poll_timeout,
-                max_body_bytes: args.max_feed_bytes,
-                token: args
-                    .agent_token_file
-                    .as_deref()
-                    .map(|p| crate::agent::read_token(p, "--agent-token-file"))
-                    .transpose()
-                    .map_err(AdapterError::Token)?,
+            client_auth: ClientAuth::FrontProxy {
+                ca,
+                authenticator: Authenticator::FrontProxy {
+                    allowed_names: args.auth.requestheader_allowed_names.clone(),
+                    username_headers: args.auth.requestheader_username_headers.clone(),
+                    group_headers: args.auth.requestheader_group_headers.clone(),
+                },
             },
+            authorization: (args.authorization_mode, args.auth.authorization_cache_ttl),
+            source,
+            labels: None,
+            limits: Limits::from(&args),
             max_age: args.max_age,
-            prometheus,
-            agents: agents_rx,
-            labels,
         })
+    }
+
+    fn needs_cluster(&self) -> Option<&'static str> {
+        if matches!(&self.source, SourceSetup::Agents { discovery: Some(_), .. }) {
+            return Some("agent discovery");
+        }
+        if self.authorization.0 == AuthorizationMode::SubjectAccessReview {
+            return Some("SubjectAccessReviews");
+        }
+        if matches!(self.client_auth, ClientAuth::FrontProxy { ca: None, .. }) {
+            return Some("the front-proxy CA");
+        }
+        None
     }
 }
 
-/// Binds, starts polling and serving, and returns once listening.
-pub async fn start(setup: AdapterSetup, shutdown: watch::Receiver<bool>) -> Result<RunningAdapter, AdapterError> {
-    let resolver = CertResolver::new(setup.cert)?;
-    resolver.watch(setup.tls_reload_interval);
-    let roots = tls::root_store(setup.client_ca.as_bytes(), std::path::Path::new("client CA"))?;
-    let client_ca = tls::ClientCa::new(roots)?;
-    let tls = Arc::new(tls::server_config(resolver, client_ca.clone())?);
-    let listener = tokio::net::TcpListener::bind(setup.listen)
-        .await
-        .map_err(|source| AdapterError::Bind { addr: setup.listen, source })?;
-    let addr = listener.local_addr().map_err(|source| AdapterError::Bind { addr: setup.listen, source })?;
+/// A started adapter.
+pub struct RunningAdapter {
+    /// The bound address.
+    pub addr: SocketAddr,
+    /// The values, for status lines.
+    pub provider: Provider,
+    /// What `/readyz` waits for.
+    pub readiness: Readiness,
+    /// Finishes when every task has stopped, in order: the server (after
+    /// draining), the source, the cluster watchers, the certificate reloader.
+    pub done: tokio::task::JoinHandle<()>,
+}
 
-    let store = Arc::new(MetricStore::new(setup.max_age));
-    let (ready, collector_task) = match setup.prometheus {
-        Some(settings) => {
-            let source = PrometheusSource::new(settings, store.clone());
-            (source.answered_once.clone(), tokio::spawn(source.run(shutdown.clone())))
+/// Makes the kube client if the setup needs one, reads the front-proxy
+/// settings, binds, and starts every task; returns once listening.
+pub async fn start(setup: AdapterSetup, shutdown: watch::Receiver<bool>) -> Result<RunningAdapter, AdapterError> {
+    // A cluster is used whenever one is configured (for labels and node
+    // isolation), and required where the flags need it.
+    let client = match (setup.labels.is_some(), kube::Client::try_default().await, setup.needs_cluster()) {
+        (true, _, None) => None,
+        (_, Ok(client), _) => Some(client),
+        (_, Err(source), Some(needed)) => {
+            return Err(AdapterError::Kube {
+                needed,
+                alternative: "--discover-agents=false --authorization-mode always-allow --requestheader-client-ca-file",
+                source,
+            });
         }
-        None => {
-            let collector = Collector::new(setup.poll, store.clone(), setup.agents);
-            (collector.polled_once.clone(), tokio::spawn(collector.run(shutdown.clone())))
+        (_, Err(e), None) => {
+            tracing::warn!(
+                error = %e,
+                "no Kubernetes API: the --agent feeds are trusted for the pods they name, and only an empty label selector matches"
+            );
+            None
         }
     };
-    let service = Arc::new(server::AdapterService {
-        api: api::MetricsApi::new(store.clone(), setup.labels),
-        authenticator: setup.authenticator,
-        authorizer: setup.authorizer,
-        ready,
+    let (client_ca, authenticator) = match setup.client_auth {
+        ClientAuth::ClientCertificate { ca } => (ca, Authenticator::ClientCertificate),
+        ClientAuth::FrontProxy { ca: Some(ca), authenticator } => (ca, authenticator),
+        ClientAuth::FrontProxy { ca: None, .. } => {
+            let client = client.clone().expect("a client exists when the CA comes from the cluster");
+            let config = cluster::fetch_request_header_config(client).await?;
+            let authenticator = Authenticator::FrontProxy {
+                allowed_names: config.allowed_names,
+                username_headers: config.username_headers,
+                group_headers: config.group_headers,
+            };
+            (config.client_ca, authenticator)
+        }
+    };
+    if matches!(setup.cert, CertSource::Fixed(_)) && matches!(authenticator, Authenticator::FrontProxy { .. }) {
+        tracing::warn!(
+            "no --tls-cert-file/--tls-private-key-file: serving a self-signed certificate; \
+             the APIService then needs insecureSkipTLSVerify, which is not for production"
+        );
+    }
+    let authorizer = match setup.authorization {
+        (AuthorizationMode::AlwaysAllow, _) => Authorizer::AllowAll,
+        (AuthorizationMode::SubjectAccessReview, ttl) => {
+            Authorizer::subject_access_review(client.clone().expect("a client exists for SubjectAccessReviews"), ttl)
+        }
+    };
+
+    let resolver = CertResolver::new(setup.cert)?;
+    let roots = tls::root_store(client_ca.as_bytes(), std::path::Path::new("client CA"))?;
+    let client_ca = tls::ClientCa::new(roots)?;
+    let tls = Arc::new(tls::server_config(resolver.clone(), client_ca.clone())?);
+    let bind_error = |source| AdapterError::Bind { addr: setup.listen, flag: "--secure-listen", source };
+    let listener = tokio::net::TcpListener::bind(setup.listen).await.map_err(bind_error)?;
+    let addr = listener.local_addr().map_err(bind_error)?;
+
+    let readiness = Readiness::default();
+    let store = Arc::new(MetricStore::new(setup.max_age));
+    let rejections = Arc::new(Rejections::default());
+    let limits = setup.limits;
+    let fetcher = Fetcher::new(FetchLimits {
+        timeout: limits.poll_timeout,
+        max_body_bytes: limits.max_feed_bytes,
+        max_in_flight_bytes: limits.max_round_bytes,
     });
-    let server_task = tokio::spawn(server::serve(listener, tls, client_ca, service, shutdown));
-    let done = tokio::spawn(async move {
-        let _ = server_task.await;
-        let _ = collector_task.await;
+    let source_ready = readiness.check("source", "no round has been polled yet");
+
+    // The cluster first: the source admits against what it learns.
+    let (static_urls, discovery) = match &setup.source {
+        SourceSetup::Agents { urls, discovery, .. } => (urls.clone(), discovery.clone()),
+        SourceSetup::Prometheus(_) => (Vec::new(), None),
+    };
+    let (targets_tx, targets_rx) = watch::channel(static_urls.iter().map(AgentTarget::unbound).collect::<Vec<_>>());
+    let (synced_tx, synced_rx) = watch::channel(false);
+    let mut background = Tasks::default();
+    let labels = match (setup.labels, client.clone()) {
+        (Some(maps), _) => {
+            synced_tx.send_replace(true);
+            Arc::new(LabelIndex::new(maps))
+        }
+        (None, Some(client)) => {
+            let labels =
+                Arc::new(LabelIndex::new(LabelMaps { placements: Some(Default::default()), ..LabelMaps::default() }));
+            let outputs = ClusterOutputs { targets: targets_tx, labels: labels.clone(), synced: synced_tx };
+            let watch = cluster::run(client, discovery, static_urls, outputs, readiness.clone(), shutdown.clone());
+            background.push("cluster watchers", tokio::spawn(watch));
+            labels
+        }
+        (None, None) => {
+            synced_tx.send_replace(true);
+            Arc::new(LabelIndex::default())
+        }
+    };
+
+    let poll = match setup.source {
+        SourceSetup::Prometheus(settings) => {
+            let source = PrometheusSource::new(settings, fetcher, store.clone(), labels.clone(), rejections.clone());
+            let run = source::run(source, limits.poll_interval, synced_rx, source_ready, shutdown.clone());
+            tokio::spawn(run)
+        }
+        SourceSetup::Agents { token, .. } => {
+            let source = AgentSource::new(
+                fetcher,
+                token,
+                targets_rx,
+                store.clone(),
+                labels.clone(),
+                rejections.clone(),
+                limits.max_round_pods,
+            );
+            let run = source::run(source, limits.poll_interval, synced_rx, source_ready, shutdown.clone());
+            tokio::spawn(run)
+        }
+    };
+
+    let provider = Provider::new(store);
+    let service = Arc::new(http::server::AdapterService {
+        provider: provider.clone(),
+        authenticator,
+        authorizer,
+        readiness: readiness.clone(),
+        rejections,
+        connections_refused: Default::default(),
     });
-    Ok(RunningAdapter { addr, store, done })
+    let server = http::server::serve(listener, tls, client_ca, service, limits.max_connections, shutdown.clone());
+    let reloader = resolver.watch(setup.tls_reload_interval, shutdown);
+    let mut tasks = Tasks::default();
+    tasks.push("https server", tokio::spawn(server));
+    tasks.push("source", poll);
+    for (name, task) in background.into_inner() {
+        tasks.push(name, task);
+    }
+    tasks.push("certificate reloader", tokio::spawn(reloader));
+    let done = tokio::spawn(tasks.drain());
+    Ok(RunningAdapter { addr, provider, readiness, done })
 }

@@ -57,21 +57,6 @@ pub struct AgentArgs {
     pub feed_token_file: Option<std::path::PathBuf>,
 }
 
-/// Reads a token file: its content without surrounding whitespace, which
-/// must not be empty.
-pub fn read_token(path: &std::path::Path, flag: &str) -> std::io::Result<Arc<str>> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| std::io::Error::new(e.kind(), format!("cannot read {} ({flag}): {e}", path.display())))?;
-    let token = text.trim();
-    if token.is_empty() {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::InvalidData,
-            format!("{} ({flag}) is empty", path.display()),
-        ));
-    }
-    Ok(token.into())
-}
-
 /// A running agent's shared state: the latest snapshot and the counters.
 #[derive(Clone)]
 pub struct AgentState {
@@ -140,7 +125,12 @@ pub async fn start(setup: AgentSetup, shutdown: watch::Receiver<bool>) -> std::i
     let metrics = Arc::new(AgentMetrics::default());
     let snapshot =
         Arc::new(ArcSwap::from_pointee(Snapshot::empty(&setup.agent.node_name, setup.agent.interval, &metrics)));
-    let feed_token = setup.agent.feed_token_file.as_deref().map(|p| read_token(p, "--feed-token-file")).transpose()?;
+    let feed_token = setup
+        .agent
+        .feed_token_file
+        .as_deref()
+        .map(|p| crate::k8s::token::read_token(p, "--feed-token-file"))
+        .transpose()?;
     let state = AgentState { snapshot, metrics, feed_token };
     let listener = tokio::net::TcpListener::bind(setup.agent.listen).await?;
     let addr = listener.local_addr()?;

@@ -23,5 +23,7 @@ pub mod attribution;
 pub mod feed;
 pub mod gpu;
 pub mod hpa;
+pub mod k8s;
 pub mod listener;
+pub mod shutdown;
 pub mod standalone;

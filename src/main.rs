@@ -2,9 +2,10 @@
 #![forbid(unsafe_code)]
 
 use std::io::IsTerminal;
+use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::{Parser, Subcommand, ValueEnum};
 use tokio::sync::watch;
 
 use kube_gpu_metrics::adapter::{self, AdapterArgs, AdapterSetup};
@@ -14,6 +15,20 @@ use kube_gpu_metrics::gpu::GpuArgs;
 use kube_gpu_metrics::hpa::preview::{self, PreviewArgs};
 use kube_gpu_metrics::standalone::{self, StandaloneArgs};
 
+/// How long the process may take to exit once its servers have drained: a
+/// GPU read hung inside the driver is left behind rather than waited for.
+const EXIT_GRACE: Duration = Duration::from_secs(2);
+
+/// Log line format.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line, for log pipelines (Kubernetes components'
+    /// `--logging-format=json`).
+    Json,
+}
+
 /// GPU-aware autoscaling metrics for Kubernetes.
 #[derive(Debug, Parser)]
 #[command(version, about)]
@@ -21,6 +36,10 @@ struct Cli {
     /// Log filter, e.g. `info` or `kube_gpu_metrics=debug`.
     #[arg(long, global = true, env = "KGM_LOG", default_value = "info")]
     log: String,
+
+    /// Log line format.
+    #[arg(long, global = true, env = "KGM_LOG_FORMAT", value_enum, default_value = "text")]
+    log_format: LogFormat,
 
     #[command(subcommand)]
     command: Command,
@@ -47,17 +66,21 @@ enum Command {
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_new(&cli.log).context("--log is not a valid filter")?)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_new(&cli.log).context("--log is not a valid filter")?;
+    let logs = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => logs.with_ansi(std::io::stderr().is_terminal()).init(),
+        LogFormat::Json => logs.json().flatten_event(true).with_current_span(false).init(),
+    }
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    runtime.block_on(run(cli.command))
+    let result = runtime.block_on(run(cli.command));
+    // Blocking threads still inside a hung driver call are not waited for.
+    runtime.shutdown_timeout(EXIT_GRACE);
+    result
 }
 
 async fn run(command: Command) -> anyhow::Result<()> {
@@ -79,7 +102,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             running.done.await.context("agent task failed")?;
         }
         Command::Adapter(args) => {
-            let setup = AdapterSetup::from_args(args).await?;
+            let setup = AdapterSetup::from_args(args)?;
             let running = adapter::start(setup, shutdown_rx).await?;
             tracing::info!("adapter listening on https://{}", running.addr);
             running.done.await.context("adapter task failed")?;
@@ -94,11 +117,18 @@ async fn run(command: Command) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Waits for SIGTERM or SIGINT. SIGHUP, which would otherwise end the
+/// process with no drain, is logged and ignored: the serving certificate
+/// is re-read on its own when its files change.
 async fn wait_for_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let mut term = signal(SignalKind::terminate()).expect("install the SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = tokio::signal::ctrl_c() => {}
+    let mut hangup = signal(SignalKind::hangup()).expect("install the SIGHUP handler");
+    loop {
+        tokio::select! {
+            _ = term.recv() => return,
+            _ = tokio::signal::ctrl_c() => return,
+            _ = hangup.recv() => tracing::info!("SIGHUP ignored: nothing to reload by signal (certificates reload when their files change); still running"),
+        }
     }
 }

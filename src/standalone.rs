@@ -20,12 +20,10 @@ use tokio::sync::watch;
 
 use base64::Engine;
 
-use crate::adapter::auth::{Authenticator, Authorizer};
-use crate::adapter::collector::PollSettings;
-use crate::adapter::labels::{LabelIndex, LabelMaps};
-use crate::adapter::prometheus::{PrometheusError, PrometheusSettings, QueryConfig};
+use crate::adapter::source::prometheus::config::QueryConfig;
+use crate::adapter::source::prometheus::{PrometheusError, PrometheusSettings};
 use crate::adapter::tls::{CertSource, LocalCa, PemPair};
-use crate::adapter::{AdapterSetup, RunningAdapter};
+use crate::adapter::{AdapterSetup, AuthorizationMode, ClientAuth, Limits, RunningAdapter, SourceSetup};
 use crate::agent::exposition::MetricNames;
 use crate::agent::sampler::{AllocationSource, PidResolver};
 use crate::agent::{AgentArgs, AgentSetup, RunningAgent};
@@ -36,6 +34,7 @@ use crate::gpu::scenario::{Scenario, ScenarioError};
 use crate::gpu::sim::{SimNode, SimOpener};
 use crate::hpa::preview::{HpaSpec, MetricSpec, parse_hpa};
 use crate::hpa::{Autoscaler, PodValue};
+use crate::k8s::labels::LabelMaps;
 
 /// Flags of `standalone`.
 #[derive(Clone, Debug, Args)]
@@ -46,11 +45,11 @@ pub struct StandaloneArgs {
 
     /// Port of the first agent (`mainpc`); the next node gets the next port.
     /// 0 picks free ports.
-    #[arg(long, env = "KGM_AGENT_PORT", default_value_t = 9402)]
+    #[arg(long, env = "KGM_STANDALONE_AGENT_PORT", default_value_t = 9402)]
     pub agent_port: u16,
 
     /// GPU source: simulated reference nodes, or the local GPUs.
-    #[arg(long, env = "KGM_GPU_SOURCE", value_enum, default_value = "sim")]
+    #[arg(long, env = "KGM_STANDALONE_GPU_SOURCE", value_enum, default_value = "sim")]
     pub gpu_source: GpuSourceKind,
 
     /// NVML library, with `--gpu-source nvml`.
@@ -118,7 +117,7 @@ fn agent_args(args: &StandaloneArgs, node: &str, offset: u16) -> AgentArgs {
 pub fn setups(args: &StandaloneArgs) -> Result<(Vec<AgentSetup>, LabelMaps), ScenarioError> {
     let scenario = args.scenario.as_deref().map(Scenario::read).transpose()?;
     let start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
-    let mut labels = LabelMaps::default();
+    let mut labels = LabelMaps { placements: Some(Default::default()), ..LabelMaps::default() };
     let agents = match args.gpu_source {
         GpuSourceKind::Sim => REFERENCE_NODES
             .iter()
@@ -131,6 +130,9 @@ pub fn setups(args: &StandaloneArgs) -> Result<(Vec<AgentSetup>, LabelMaps), Sce
                 let sim = Arc::new(sim);
                 let (pods, node_labels) = sim.labels();
                 for (namespace, pod, pod_labels) in pods {
+                    if let Some(placements) = labels.placements.as_mut() {
+                        placements.entry(namespace.clone()).or_default().insert(pod.clone(), node.to_string());
+                    }
                     labels.pods.entry(namespace).or_default().insert(pod, pod_labels);
                 }
                 labels.nodes.insert(node.to_string(), node_labels);
@@ -143,6 +145,8 @@ pub fn setups(args: &StandaloneArgs) -> Result<(Vec<AgentSetup>, LabelMaps), Sce
             })
             .collect(),
         GpuSourceKind::Nvml => {
+            // Real GPUs' pods are not known here: the agent is trusted.
+            labels.placements = None;
             let node = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".to_string());
             vec![AgentSetup {
                 agent: agent_args(args, &node, 0),
@@ -212,24 +216,19 @@ pub async fn start_local_adapter(
     let host = local.listen.ip().to_string();
     let serving = ca.serving(&["localhost", host.as_str()])?;
     let client = ca.client("standalone-admin", &["system:masters"])?;
-    let (_tx, agents_rx) = watch::channel(local.agents);
     let setup = AdapterSetup {
         listen: local.listen,
         cert: CertSource::Fixed(serving),
         tls_reload_interval: Duration::from_secs(3600),
-        client_ca: ca.cert_pem.clone(),
-        authenticator: Authenticator::ClientCertificate,
-        authorizer: Authorizer::AllowAll,
-        poll: PollSettings {
-            interval: local.poll_interval,
-            timeout: Duration::from_millis(800),
-            max_body_bytes: 8 << 20,
-            token: None,
+        client_auth: ClientAuth::ClientCertificate { ca: ca.cert_pem.clone() },
+        authorization: (AuthorizationMode::AlwaysAllow, Duration::ZERO),
+        source: match local.prometheus {
+            Some(settings) => SourceSetup::Prometheus(settings),
+            None => SourceSetup::Agents { urls: local.agents, discovery: None, token: None },
         },
+        labels: Some(local.labels),
+        limits: Limits::defaults(local.poll_interval),
         max_age: local.max_age,
-        prometheus: local.prometheus,
-        agents: agents_rx,
-        labels: Arc::new(LabelIndex::new(local.labels)),
     };
     let adapter = crate::adapter::start(setup, shutdown).await?;
     let server = format!("https://{}", adapter.addr);
@@ -245,13 +244,7 @@ fn prometheus_settings(args: &StandaloneArgs) -> Result<Option<PrometheusSetting
         Some(path) => QueryConfig::read(path)?,
         None => QueryConfig::dcgm(),
     };
-    Ok(Some(PrometheusSettings {
-        url: url.clone(),
-        config,
-        interval: args.interval,
-        timeout: Duration::from_millis(800),
-        max_body_bytes: 8 << 20,
-    }))
+    Ok(Some(PrometheusSettings { url: url.clone(), config }))
 }
 
 /// Runs until `shutdown` turns true or `--duration` passes.
@@ -326,7 +319,7 @@ async fn status_loop(agents: &[RunningAgent], adapter: &RunningAdapter, mut shut
     loop {
         tokio::select! {
             _ = tick.tick() => {}
-            _ = crate::listener::stopped(&mut shutdown) => break,
+            _ = crate::shutdown::stopped(&mut shutdown) => break,
         }
         n += 1;
         if !tty && n % 10 != 1 {
@@ -351,17 +344,13 @@ pub const REFERENCE_HPA: &str = include_str!("../deploy/examples/reasoning-gpu-h
 /// decide from the adapter's current values, with its stabilization history.
 fn hpa_status(hpa: &HpaSpec, adapter: &RunningAdapter, autoscaler: &mut Autoscaler) -> String {
     let Some(MetricSpec::Pods { name, target }) = hpa.metrics.first() else { return String::new() };
-    let metric = crate::adapter::store::Metric::from_name(name).expect("the reference HPA's metric is served");
-    let view = adapter.store.view();
-    let now = std::time::SystemTime::now();
-    let prefix = format!("{}-", hpa.target_name);
-    let values: Vec<PodValue> = view
-        .pods
-        .get(&hpa.namespace)
+    let metric = crate::adapter::provider::metric(name).expect("the reference HPA's metric is served");
+    let selector: kube::core::Selector = kube::core::Expression::Equal("app".into(), hpa.target_name.clone()).into();
+    let snapshot = adapter.provider.snapshot(std::time::SystemTime::now());
+    let values: Vec<PodValue> = snapshot
+        .pods(metric, &hpa.namespace, &selector)
         .into_iter()
-        .flatten()
-        .filter(|p| p.name.starts_with(&prefix) && adapter.store.is_fresh(&p.sample, now))
-        .map(|p| PodValue { pod: p.name.clone(), value: p.sample.get(metric) })
+        .map(|v| PodValue { pod: v.name.to_string(), value: Some(v.value) })
         .collect();
     let running = values.len() as u32;
     match crate::hpa::pods_average_value(&values, *target, running) {

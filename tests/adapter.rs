@@ -6,7 +6,7 @@ use std::io::{BufRead, BufReader};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -30,7 +30,11 @@ fn feed(node: &str, age_ms: u64, pods: &[(&str, f64)]) -> Vec<u8> {
     let uuid = format!("GPU-{node}");
     let pods: Vec<Value> = pods
         .iter()
-        .map(|(name, util)| json!({"namespace": "ai-system-gpu", "pod": name, "gpus": [uuid], "sharing": "exclusive", "utilizationPercent": util}))
+        .map(|(name, util)| {
+            // `namespace/pod`, or a pod of ai-system-gpu.
+            let (namespace, pod) = name.split_once('/').unwrap_or(("ai-system-gpu", name));
+            json!({"namespace": namespace, "pod": pod, "gpus": [uuid], "sharing": "exclusive", "utilizationPercent": util})
+        })
         .collect();
     serde_json::to_vec(&json!({
         "node": node,
@@ -46,11 +50,16 @@ type Handler = Arc<dyn Fn(&http::Request<hyper::body::Incoming>) -> (u16, Vec<u8
 
 /// A plain HTTP server on loopback, answering with `handler`, on its own thread.
 fn serve_http(handler: Handler) -> SocketAddr {
+    serve_http_on("127.0.0.1:0".parse().unwrap(), handler)
+}
+
+/// [`serve_http`] on a given address.
+fn serve_http_on(addr: SocketAddr, handler: Handler) -> SocketAddr {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
         runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
             tx.send(listener.local_addr().unwrap()).unwrap();
             loop {
                 let (stream, _) = listener.accept().await.unwrap();
@@ -94,20 +103,27 @@ struct FakeAgent(Arc<Mutex<AgentAnswer>>);
 
 impl FakeAgent {
     fn start(node: &'static str, pods: &[(&'static str, f64)]) -> (FakeAgent, SocketAddr) {
+        Self::start_on("127.0.0.1:0".parse().unwrap(), node, pods)
+    }
+
+    fn start_on(addr: SocketAddr, node: &'static str, pods: &[(&'static str, f64)]) -> (FakeAgent, SocketAddr) {
         let agent = FakeAgent(Arc::new(Mutex::new(AgentAnswer::Feed { node, age_ms: 0, pods: pods.to_vec() })));
         let state = agent.0.clone();
-        let addr = serve_http(Arc::new(move |req| {
-            assert_eq!(req.uri().path(), "/v1/pods");
-            match state.lock().unwrap().clone() {
-                AgentAnswer::Feed { node, age_ms, pods } => (200, feed(node, age_ms, &pods)),
-                AgentAnswer::Raw(status, body) => (status, body),
-                AgentAnswer::Slow(delay, node, pods) => {
-                    // Blocks this fake agent's own thread only.
-                    std::thread::sleep(delay);
-                    (200, feed(node, 0, &pods))
+        let addr = serve_http_on(
+            addr,
+            Arc::new(move |req| {
+                assert_eq!(req.uri().path(), "/v1/pods");
+                match state.lock().unwrap().clone() {
+                    AgentAnswer::Feed { node, age_ms, pods } => (200, feed(node, age_ms, &pods)),
+                    AgentAnswer::Raw(status, body) => (status, body),
+                    AgentAnswer::Slow(delay, node, pods) => {
+                        // Blocks this fake agent's own thread only.
+                        std::thread::sleep(delay);
+                        (200, feed(node, 0, &pods))
+                    }
                 }
-            }
-        }));
+            }),
+        );
         (agent, addr)
     }
 
@@ -171,9 +187,14 @@ impl Adapter {
         if !extra.contains(&"--secure-listen") {
             cmd.args(["--secure-listen", "127.0.0.1:0"]);
         }
-        cmd.args(["--discover-agents=false", "--poll-interval", "200ms"])
+        if !extra.iter().any(|a| a.starts_with("--discover-agents")) {
+            cmd.arg("--discover-agents=false");
+        }
+        if !agents.is_empty() {
+            cmd.args(["--agent", &agents.join(",")]);
+        }
+        cmd.args(["--poll-interval", "200ms"])
             .args(pki.flags())
-            .args(["--agent", &agents.join(",")])
             .args(extra)
             .env("KGM_LOG", "info")
             .stdout(Stdio::null())
@@ -427,31 +448,9 @@ async fn a_subject_access_review_denial_is_403() {
     let (_agent, agent_addr) = FakeAgent::start("mainpc", &[("p", 1.0)]);
     // kube-apiserver, as far as the adapter sees it: SubjectAccessReviews
     // answered from a recorded denial.
-    let reviews = Arc::new(AtomicBool::new(false));
-    let seen = reviews.clone();
-    let apiserver = serve_http(Arc::new(move |req| {
-        if req.uri().path() == "/apis/authorization.k8s.io/v1/subjectaccessreviews" {
-            seen.store(true, Ordering::SeqCst);
-            (
-                201,
-                serde_json::to_vec(&json!({
-                    "kind": "SubjectAccessReview", "apiVersion": "authorization.k8s.io/v1",
-                    "metadata": {}, "spec": {}, "status": {"allowed": false, "reason": "no RBAC policy matched"}
-                }))
-                .unwrap(),
-            )
-        } else {
-            (404, serde_json::to_vec(&json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound"})).unwrap())
-        }
-    }));
-    let kubeconfig = pki.path("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://{apiserver}\nusers:\n- name: u\n  user:\n    token: test\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\n"
-        ),
-    )
-    .unwrap();
+    let cluster = FakeCluster { review: (false, "no RBAC policy matched", Duration::ZERO), ..FakeCluster::reference() };
+    let reviews = cluster.reviews.clone();
+    let kubeconfig = kubeconfig(&pki, fake_apiserver(cluster));
     let adapter =
         Adapter::start(&pki, &[agent_addr], &["--authorization-mode", "subject-access-review"], Some(&kubeconfig));
     let path = format!("{PODS}/%2A/nvidia_gpu_utilization_percent");
@@ -459,7 +458,7 @@ async fn a_subject_access_review_denial_is_403() {
     assert_status(&answer, 403, "Forbidden");
     let message = answer.body["message"].as_str().unwrap();
     assert!(message.contains("horizontal-pod-autoscaler") && message.contains("no RBAC policy matched"), "{message}");
-    assert!(reviews.load(Ordering::SeqCst));
+    assert!(reviews.load(Ordering::SeqCst) > 0);
     // Discovery needs no review.
     assert_eq!(via_aggregator(&pki, &adapter, "/apis/custom.metrics.k8s.io/v1beta1").await.status, 200);
 }
@@ -614,23 +613,8 @@ async fn sigterm_lets_a_request_in_flight_finish() {
     let pki = Pki::new();
     let (_agent, agent_addr) = FakeAgent::start("mainpc", &[("p", 1.0)]);
     // A kube-apiserver that takes 2 s over every SubjectAccessReview.
-    let apiserver = serve_http(Arc::new(|req| {
-        if req.uri().path() == "/apis/authorization.k8s.io/v1/subjectaccessreviews" {
-            std::thread::sleep(Duration::from_secs(2));
-            let review = json!({"kind": "SubjectAccessReview", "apiVersion": "authorization.k8s.io/v1", "metadata": {}, "spec": {}, "status": {"allowed": true}});
-            (201, serde_json::to_vec(&review).unwrap())
-        } else {
-            (404, b"{}".to_vec())
-        }
-    }));
-    let kubeconfig = pki.path("kubeconfig");
-    std::fs::write(
-        &kubeconfig,
-        format!(
-            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://{apiserver}\nusers:\n- name: u\n  user:\n    token: test\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\n"
-        ),
-    )
-    .unwrap();
+    let cluster = FakeCluster { review: (true, "", Duration::from_secs(2)), ..FakeCluster::reference() };
+    let kubeconfig = kubeconfig(&pki, fake_apiserver(cluster));
     let mut adapter =
         Adapter::start(&pki, &[agent_addr], &["--authorization-mode", "subject-access-review"], Some(&kubeconfig));
     let path = format!("{PODS}/p/nvidia_gpu_utilization_percent");
@@ -799,4 +783,309 @@ fn a_bad_prometheus_url_or_query_file_stops_the_start_with_the_reason() {
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert!(!output.status.success() && stderr.contains(want), "{stderr}");
     }
+}
+
+/// What the fake kube-apiserver holds and how it answers.
+#[derive(Clone)]
+struct FakeCluster {
+    /// Pods: `namespace/name`, node, `app` label.
+    pods: Vec<(&'static str, &'static str, &'static str)>,
+    /// Agent pods: node and IP.
+    agents: Vec<(&'static str, &'static str)>,
+    /// How long the first pods list takes.
+    slow_first_list: Duration,
+    /// SubjectAccessReviews: allowed, reason, delay.
+    review: (bool, &'static str, Duration),
+    /// SubjectAccessReviews answered.
+    reviews: Arc<AtomicUsize>,
+    /// Pods lists answered.
+    lists: Arc<AtomicUsize>,
+}
+
+impl FakeCluster {
+    /// The reference cluster: mainpc and pc2, with pods `p`, `p2` and the
+    /// reasoning-suite on mainpc, reasoning-suite-c on pc2, coredns on mainpc.
+    fn reference() -> Self {
+        Self {
+            pods: vec![
+                ("ai-system-gpu/p", "mainpc", "p"),
+                ("ai-system-gpu/p2", "mainpc", "p"),
+                ("ai-system-gpu/reasoning-suite-a", "mainpc", "reasoning-suite"),
+                ("ai-system-gpu/reasoning-suite-c", "pc2", "reasoning-suite"),
+                ("kube-system/coredns-abc", "mainpc", "coredns"),
+            ],
+            agents: Vec::new(),
+            slow_first_list: Duration::ZERO,
+            review: (true, "", Duration::ZERO),
+            reviews: Arc::default(),
+            lists: Arc::default(),
+        }
+    }
+
+    async fn answer(&self, req: &http::Request<hyper::body::Incoming>) -> (u16, Value) {
+        let path = req.uri().path();
+        let query = req.uri().query().unwrap_or_default();
+        if query.contains("watch=true") {
+            // Nothing changes during a test: hold the watch open.
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            return (200, Value::Null);
+        }
+        let list = |kind: &str, items: Vec<Value>| json!({"kind": kind, "apiVersion": "v1", "metadata": {"resourceVersion": "100"}, "items": items});
+        match path {
+            "/apis/authorization.k8s.io/v1/subjectaccessreviews" => {
+                let (allowed, reason, delay) = self.review;
+                tokio::time::sleep(delay).await;
+                self.reviews.fetch_add(1, Ordering::SeqCst);
+                let review = json!({"kind": "SubjectAccessReview", "apiVersion": "authorization.k8s.io/v1",
+                    "metadata": {}, "spec": {}, "status": {"allowed": allowed, "reason": reason}});
+                (201, review)
+            }
+            "/api/v1/pods" => {
+                if self.lists.fetch_add(1, Ordering::SeqCst) == 0 {
+                    tokio::time::sleep(self.slow_first_list).await;
+                }
+                let items = self
+                    .pods
+                    .iter()
+                    .map(|(id, node, app)| {
+                        let (namespace, name) = id.split_once('/').unwrap();
+                        json!({"metadata": {"name": name, "namespace": namespace, "labels": {"app": app},
+                                "managedFields": [{"manager": "kubelet"}]},
+                               "spec": {"nodeName": node, "containers": [{"name": "c", "image": "i"}]},
+                               "status": {"phase": "Running"}})
+                    })
+                    .collect();
+                (200, list("PodList", items))
+            }
+            "/api/v1/namespaces/kube-gpu-metrics/pods" => {
+                let items = self
+                    .agents
+                    .iter()
+                    .map(|(node, ip)| {
+                        json!({"metadata": {"name": format!("agent-{node}"), "namespace": "kube-gpu-metrics"},
+                               "spec": {"nodeName": node, "containers": [{"name": "agent", "image": "i"}]},
+                               "status": {"phase": "Running", "podIP": ip}})
+                    })
+                    .collect();
+                (200, list("PodList", items))
+            }
+            "/api/v1/nodes" => {
+                let items = ["mainpc", "pc2"]
+                    .iter()
+                    .map(|n| json!({"kind": "PartialObjectMetadata", "apiVersion": "meta.k8s.io/v1", "metadata": {"name": n}}))
+                    .collect();
+                let mut nodes = list("PartialObjectMetadataList", items);
+                nodes["apiVersion"] = json!("meta.k8s.io/v1");
+                (200, nodes)
+            }
+            _ => (
+                404,
+                json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "code": 404, "reason": "NotFound"}),
+            ),
+        }
+    }
+}
+
+/// A kube-apiserver on loopback answering from `cluster`, watches held open.
+fn fake_apiserver(cluster: FakeCluster) -> SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                let cluster = cluster.clone();
+                tokio::spawn(async move {
+                    let svc = hyper::service::service_fn(move |req| {
+                        let cluster = cluster.clone();
+                        async move {
+                            let (status, body) = cluster.answer(&req).await;
+                            let mut response =
+                                http::Response::new(Full::new(Bytes::from(serde_json::to_vec(&body).unwrap())));
+                            *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
+                            response.headers_mut().insert("content-type", "application/json".parse().unwrap());
+                            Ok::<_, std::convert::Infallible>(response)
+                        }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+    });
+    rx.recv_timeout(Duration::from_secs(5)).unwrap()
+}
+
+/// A kubeconfig for a plain-HTTP kube-apiserver at `addr`.
+fn kubeconfig(pki: &Pki, addr: SocketAddr) -> PathBuf {
+    let path = pki.path("kubeconfig");
+    std::fs::write(
+        &path,
+        format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: http://{addr}\nusers:\n- name: u\n  user:\n    token: test\ncontexts:\n- name: c\n  context:\n    cluster: c\n    user: u\ncurrent-context: c\n"
+        ),
+    )
+    .unwrap();
+    path
+}
+
+/// A plain-HTTP GET on the adapter's port over TLS without a client
+/// certificate (what probes and scrapers send): status and body text.
+async fn probe(adapter: &Adapter, pki: &Pki, path: &str) -> (u16, String) {
+    let mut tls = send(adapter.addr, client_config(&pki.serving_ca.cert_pem, None), "GET", path, &[]).await;
+    let mut raw = Vec::new();
+    let _ = tls.read_to_end(&mut raw).await;
+    let text = String::from_utf8_lossy(&raw).to_string();
+    let status = text.split(' ').nth(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    (status, text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default())
+}
+
+fn counter(metrics: &str, series: &str) -> f64 {
+    metrics
+        .lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{series} missing:\n{metrics}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_speaks_only_for_its_own_pods() {
+    let pki = Pki::new();
+    // Two agents on the same port, one per node, as a DaemonSet has them.
+    let (_mainpc, mainpc_addr) =
+        FakeAgent::start_on("127.0.0.1:0".parse().unwrap(), "mainpc", &[("reasoning-suite-a", 42.5)]);
+    let pc2_ip = "127.0.0.2";
+    // The agent on pc2 is hostile: it claims kube-system's DNS and a pod on mainpc.
+    let (pc2, _) = FakeAgent::start_on(
+        SocketAddr::new(pc2_ip.parse().unwrap(), mainpc_addr.port()),
+        "pc2",
+        &[("kube-system/coredns-abc", 77.0), ("reasoning-suite-a", 0.5), ("reasoning-suite-c", 80.0), ("ghost", 9.0)],
+    );
+    let cluster = FakeCluster { agents: vec![("mainpc", "127.0.0.1"), ("pc2", pc2_ip)], ..FakeCluster::reference() };
+    let kubeconfig = kubeconfig(&pki, fake_apiserver(cluster));
+    let port = mainpc_addr.port().to_string();
+    let adapter = Adapter::start(
+        &pki,
+        &[],
+        &["--discover-agents=true", "--agent-port", &port, "--authorization-mode", "always-allow"],
+        Some(&kubeconfig),
+    );
+    let selector = format!("{PODS}/%2A/nvidia_gpu_utilization_percent?labelSelector=app%3Dreasoning-suite");
+    until("both nodes' pods", async || pod_values(&via_aggregator(&pki, &adapter, &selector).await.body).len() == 2)
+        .await;
+    let want = vec![("reasoning-suite-a".to_string(), "42500m".to_string()), ("reasoning-suite-c".into(), "80".into())];
+    assert_eq!(pod_values(&via_aggregator(&pki, &adapter, &selector).await.body), want);
+    // By name, the same single value as in the list.
+    let a = via_aggregator(&pki, &adapter, &format!("{PODS}/reasoning-suite-a/nvidia_gpu_utilization_percent")).await;
+    assert_eq!(pod_values(&a.body), want[..1]);
+    let dns =
+        "/apis/custom.metrics.k8s.io/v1beta2/namespaces/kube-system/pods/coredns-abc/nvidia_gpu_utilization_percent";
+    assert_status(&via_aggregator(&pki, &adapter, dns).await, 404, "NotFound");
+    let (_, metrics) = probe(&adapter, &pki, "/metrics").await;
+    let rejected = "kube_gpu_metrics_adapter_feed_items_rejected_total";
+    assert!(counter(&metrics, &format!("{rejected}{{reason=\"pod_on_other_node\"}}")) >= 2.0, "{metrics}");
+    assert!(counter(&metrics, &format!("{rejected}{{reason=\"unknown_pod\"}}")) >= 1.0, "{metrics}");
+
+    // The agent on pc2 now names itself mainpc: refused whole, mainpc's values stand.
+    pc2.set(AgentAnswer::Feed { node: "mainpc", age_ms: 0, pods: vec![("reasoning-suite-a", 1.0)] });
+    let nodes = "/apis/custom.metrics.k8s.io/v1beta2/nodes/pc2/nvidia_gpu_utilization_percent";
+    until("pc2's values to drop out", async || via_aggregator(&pki, &adapter, nodes).await.status == 404).await;
+    assert_eq!(pod_values(&via_aggregator(&pki, &adapter, &selector).await.body), want[..1]);
+    let (_, metrics) = probe(&adapter, &pki, "/metrics").await;
+    assert!(counter(&metrics, &format!("{rejected}{{reason=\"node_mismatch\"}}")) >= 2.0, "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ready_means_synced_caches_and_a_first_round() {
+    let pki = Pki::new();
+    let (_agent, agent_addr) = FakeAgent::start("mainpc", &[("reasoning-suite-a", 42.5)]);
+    let (_agent2, agent2_addr) = FakeAgent::start("pc2", &[("reasoning-suite-c", 80.0)]);
+    // The first pods list takes 2 s.
+    let cluster = FakeCluster { slow_first_list: Duration::from_secs(2), ..FakeCluster::reference() };
+    let kubeconfig = kubeconfig(&pki, fake_apiserver(cluster));
+    let adapter =
+        Adapter::start(&pki, &[agent_addr, agent2_addr], &["--authorization-mode", "always-allow"], Some(&kubeconfig));
+    let (status, body) = probe(&adapter, &pki, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    let body: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(body["reason"], "ServiceUnavailable");
+    assert!(body["message"].as_str().unwrap().contains("pods-cache"), "{body}");
+    until("ready", async || probe(&adapter, &pki, "/readyz").await.0 == 200).await;
+    // Ready: the HPA's selector query lists the fresh pods at once.
+    let selector = format!("{PODS}/%2A/nvidia_gpu_utilization_percent?labelSelector=app%3Dreasoning-suite");
+    assert_eq!(pod_values(&via_aggregator(&pki, &adapter, &selector).await.body).len(), 2);
+    let (_, verbose) = probe(&adapter, &pki, "/readyz?verbose").await;
+    for check in ["[+]pods-cache ok", "[+]nodes-cache ok", "[+]source ok", "readyz check passed"] {
+        assert!(verbose.contains(check), "{verbose}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn agents_that_never_answered_leave_the_adapter_unready() {
+    let pki = Pki::new();
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let adapter = Adapter::start(&pki, &[closed], &["--authorization-mode", "always-allow"], None);
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    let (status, body) = probe(&adapter, &pki, "/readyz").await;
+    assert_eq!(status, 503, "{body}");
+    assert!(body.contains("source"), "{body}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_far_future_or_out_of_range_feed_is_refused_and_breaks_nothing() {
+    let pki = Pki::new();
+    let (_good, good_addr) = FakeAgent::start("mainpc", &[("reasoning-suite-a", 42.5)]);
+    let year_10000 = serde_json::to_vec(&json!({"node": "pc2", "timestampMs": 253_402_300_805_000u64, "intervalMs": 1000,
+        "gpus": [], "pods": [{"namespace": "ai-system-gpu", "pod": "reasoning-suite-c", "gpus": [], "sharing": "exclusive", "utilizationPercent": 50.0}]}))
+    .unwrap();
+    let (_future, future_addr) = FakeAgent::start("pc2", &[]);
+    _future.set(AgentAnswer::Raw(200, year_10000));
+    let (_huge, huge_addr) = FakeAgent::start("n3", &[("reasoning-suite-h", 1e308), ("reasoning-suite-n", -5.0)]);
+    let adapter =
+        Adapter::start(&pki, &[good_addr, future_addr, huge_addr], &["--authorization-mode", "always-allow"], None);
+    let all = format!("{PODS}/%2A/nvidia_gpu_utilization_percent");
+    until("values", async || !pod_values(&via_aggregator(&pki, &adapter, &all).await.body).is_empty()).await;
+    for _ in 0..5 {
+        let answer = via_aggregator(&pki, &adapter, &all).await;
+        assert_eq!(answer.status, 200);
+        assert_eq!(pod_values(&answer.body), [("reasoning-suite-a".to_string(), "42500m".to_string())]);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let ns = "/apis/custom.metrics.k8s.io/v1beta2/namespaces/ai-system-gpu/metrics/nvidia_gpu_utilization_percent";
+    assert_eq!(pod_values(&via_aggregator(&pki, &adapter, ns).await.body)[0].1, "42500m");
+    let (_, metrics) = probe(&adapter, &pki, "/metrics").await;
+    let rejected = "kube_gpu_metrics_adapter_feed_items_rejected_total";
+    assert!(counter(&metrics, &format!("{rejected}{{reason=\"future_timestamp\"}}")) >= 2.0, "{metrics}");
+    assert!(counter(&metrics, &format!("{rejected}{{reason=\"value_out_of_range\"}}")) >= 2.0, "{metrics}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sighup_is_survived_and_connections_over_the_limit_are_closed() {
+    let pki = Pki::new();
+    let (_agent, agent_addr) = FakeAgent::start("mainpc", &[("p", 1.0)]);
+    let mut adapter =
+        Adapter::start(&pki, &[agent_addr], &["--max-connections", "4", "--authorization-mode", "always-allow"], None);
+    let pid = adapter.child.id().to_string();
+    assert!(Command::new("kill").args(["-HUP", &pid]).status().unwrap().success());
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert_eq!(probe(&adapter, &pki, "/healthz").await.0, 200, "the adapter survives SIGHUP");
+    // Four idle connections hold every slot; a fifth is closed at once.
+    let mut idle = Vec::new();
+    for _ in 0..4 {
+        idle.push(tokio::net::TcpStream::connect(adapter.addr).await.unwrap());
+    }
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let mut fifth = tokio::net::TcpStream::connect(adapter.addr).await.unwrap();
+    let mut buf = [0u8; 1];
+    let closed = tokio::time::timeout(Duration::from_secs(2), fifth.read(&mut buf)).await;
+    assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
+    // The idle ones are cut at the handshake deadline, and the port serves again.
+    drop(idle);
+    until("a free slot", async || probe(&adapter, &pki, "/healthz").await.0 == 200).await;
+    let (_, metrics) = probe(&adapter, &pki, "/metrics").await;
+    assert!(counter(&metrics, "kube_gpu_metrics_adapter_connections_refused_total") >= 1.0, "{metrics}");
+    sigterm(&adapter);
+    assert!(exit_status(&mut adapter).await.success());
 }

@@ -562,25 +562,18 @@ fn the_feed_can_require_a_token_that_the_adapter_sends() {
     assert_eq!(agent.get("/metrics").status, 200);
     assert_eq!(agent.get("/readyz").status, 200);
 
-    // The adapter's collector, with and without the token.
-    use kube_gpu_metrics::adapter::collector::{Collector, PollSettings};
-    use kube_gpu_metrics::adapter::store::MetricStore;
+    // The adapter's agent source, with and without the token.
+    use kube_gpu_metrics::adapter::source::agents::AgentSource;
+    use kube_gpu_metrics::adapter::source::fetch::{FetchLimits, Fetcher};
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     let base = format!("http://{}", agent.addr);
-    let collector = |token: Option<&str>| {
-        let settings = PollSettings {
-            interval: Duration::from_secs(1),
-            timeout: Duration::from_secs(2),
-            max_body_bytes: 1 << 20,
-            token: token.map(Into::into),
-        };
-        let (_tx, rx) = tokio::sync::watch::channel(Vec::new());
-        Collector::new(settings, Arc::new(MetricStore::new(None)), rx)
-    };
     runtime.block_on(async {
-        let feed = collector(Some("s3cret-token")).fetch(&base).await.unwrap();
+        let limits =
+            FetchLimits { timeout: Duration::from_secs(2), max_body_bytes: 1 << 20, max_in_flight_bytes: 1 << 20 };
+        let fetcher = Fetcher::new(limits);
+        let feed = AgentSource::fetch(&fetcher, Some("s3cret-token"), &base).await.unwrap();
         assert_eq!(feed.node, "testnode");
-        let err = collector(None).fetch(&base).await.unwrap_err();
+        let err = AgentSource::fetch(&fetcher, None, &base).await.unwrap_err();
         assert!(err.to_string().contains("401"), "{err}");
     });
 }
@@ -661,4 +654,40 @@ fn a_missing_nvml_library_is_not_ready_until_it_appears() {
     std::fs::copy(fake_nvml(), &library).unwrap();
     agent.metrics_until("recovery", |t| t.contains(&format!("nvidia_gpu_utilization_percent{{{LABELS_4090}}} 42.0")));
     assert_eq!(agent.get("/readyz").status, 200);
+}
+
+#[test]
+fn sigterm_exits_in_time_even_while_an_nvml_call_hangs() {
+    // GPU 1's utilization call hangs for 40 s.
+    let mut agent = Agent::start(
+        &format!("{TWO_GPUS}delay 1 utilization 40000\n"),
+        &["--no-attribution", "--gpu-read-timeout", "300ms"],
+    );
+    agent.metrics_until("GPU 1 reported down", |t| t.contains(&format!("nvidia_gpu_up{{{LABELS_3060}}} 0")));
+    // SIGHUP is not a reason to stop.
+    assert!(Command::new("kill").args(["-HUP", &agent.child.id().to_string()]).status().unwrap().success());
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(agent.get("/healthz").status, 200, "the agent survives SIGHUP");
+    let signalled = Instant::now();
+    assert!(Command::new("kill").args(["-TERM", &agent.child.id().to_string()]).status().unwrap().success());
+    let status = loop {
+        if let Some(status) = agent.child.try_wait().unwrap() {
+            break status;
+        }
+        assert!(signalled.elapsed() < Duration::from_secs(10), "still running 10 s after SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "exit status {status}");
+    eprintln!("exit {:?} after SIGTERM with a 40 s NVML hang in flight", signalled.elapsed());
+}
+
+#[test]
+fn a_slow_nvml_open_does_not_mark_every_gpu_down() {
+    // Opening (the device count) takes 1.5 s; each read may take 500 ms.
+    let agent =
+        Agent::start(&format!("{TWO_GPUS}delay * count 1500\n"), &["--no-attribution", "--gpu-read-timeout", "500ms"]);
+    let text = agent.metrics_until("a first sample", |t| t.contains("nvidia_gpu_up{"));
+    assert_eq!(value(&text, &format!("nvidia_gpu_up{{{LABELS_4090}}}")).as_deref(), Some("1"), "{text}");
+    assert_eq!(value(&text, &format!("nvidia_gpu_up{{{LABELS_3060}}}")).as_deref(), Some("1"), "{text}");
+    assert_eq!(value(&text, "kube_gpu_metrics_gpu_read_timeouts_total").as_deref(), Some("0"));
 }

@@ -18,7 +18,8 @@ use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessRevie
 use kube::api::PostParams;
 use rustls::pki_types::CertificateDer;
 
-use super::api::{ApiError, CUSTOM_GROUP, EXTERNAL_GROUP, Route, Target};
+use super::http::routes::{CUSTOM_GROUP, CustomVersion, EXTERNAL_GROUP, Route, Target};
+use super::http::status::ApiError;
 
 /// Flags of authentication and authorization.
 #[derive(Clone, Debug, Args)]
@@ -140,8 +141,8 @@ impl Attributes {
         match route {
             Route::Custom { version, target, metric } => {
                 let version = match version {
-                    super::api::CustomVersion::V1beta1 => "v1beta1",
-                    super::api::CustomVersion::V1beta2 => "v1beta2",
+                    CustomVersion::V1beta1 => "v1beta1",
+                    CustomVersion::V1beta2 => "v1beta2",
                 };
                 let (resource, subresource, namespace, name) = match target {
                     Target::Pods { namespace, name } => ("pods", metric.clone(), namespace.clone(), name.clone()),

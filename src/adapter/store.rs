@@ -1,57 +1,127 @@
-//! The metric store: the latest feed of every agent, indexed for queries and
-//! swapped whole after each poll round.
+//! The metric store: one view of every pod's and node's values, built by a
+//! source after each round (through [`super::admission`]) and swapped whole.
 //!
-//! Every value keeps its sample time. A query never sees a value older than
-//! `max_age`: a pod whose agent stopped answering drops out instead of
-//! showing an old number.
+//! A pod is keyed by namespace and name, so it holds one value by
+//! construction. Every value keeps its sample time; a query never sees one
+//! older than the max age.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 
-use crate::feed::NodeFeed;
 use crate::gpu::model::GpuProfile;
+use crate::k8s::labels::IndexedLabels;
 
-/// The metrics the API serves.
+/// What a metric's values measure, which says how they aggregate and what
+/// range is physical.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Metric {
-    /// `nvidia_gpu_utilization_percent`.
-    Utilization,
-    /// `nvidia_gpu_memory_utilization_percent`.
-    MemoryUtilization,
-    /// `nvidia_gpu_memory_used_bytes`.
-    MemoryUsed,
-    /// `nvidia_gpu_weighted_utilization_percent`: utilization × the GPU
-    /// model's compute relative to an RTX 4090.
-    WeightedUtilization,
+pub enum Unit {
+    /// 0–100; objects average.
+    Percent,
+    /// ≥ 0; objects add up.
+    Bytes,
 }
 
-impl Metric {
-    /// Every metric, in discovery order.
-    pub const ALL: [Metric; 4] =
-        [Metric::Utilization, Metric::MemoryUtilization, Metric::MemoryUsed, Metric::WeightedUtilization];
-
-    /// The metric's name on the API.
-    pub fn name(self) -> &'static str {
-        match self {
-            Metric::Utilization => "nvidia_gpu_utilization_percent",
-            Metric::MemoryUtilization => "nvidia_gpu_memory_utilization_percent",
-            Metric::MemoryUsed => "nvidia_gpu_memory_used_bytes",
-            Metric::WeightedUtilization => "nvidia_gpu_weighted_utilization_percent",
+macro_rules! metrics {
+    ($($(#[$doc:meta])* $variant:ident = $name:literal, $unit:ident;)*) => {
+        /// The metrics the API serves.
+        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+        pub enum Metric {
+            $($(#[$doc])* $variant,)*
         }
-    }
 
+        impl Metric {
+            /// Every metric, in discovery order.
+            pub const ALL: &'static [Metric] = &[$(Metric::$variant,)*];
+
+            /// The metric's name on the API.
+            pub fn name(self) -> &'static str {
+                match self {
+                    $(Metric::$variant => $name,)*
+                }
+            }
+
+            /// What its values measure.
+            pub fn unit(self) -> Unit {
+                match self {
+                    $(Metric::$variant => Unit::$unit,)*
+                }
+            }
+        }
+    };
+}
+
+// Adding a metric is one line here; sources fill what they can measure.
+metrics! {
+    /// `nvidia_gpu_utilization_percent`.
+    Utilization = "nvidia_gpu_utilization_percent", Percent;
+    /// `nvidia_gpu_memory_utilization_percent`.
+    MemoryUtilization = "nvidia_gpu_memory_utilization_percent", Percent;
+    /// `nvidia_gpu_memory_used_bytes`.
+    MemoryUsed = "nvidia_gpu_memory_used_bytes", Bytes;
+    /// `nvidia_gpu_weighted_utilization_percent`: utilization × the GPU
+    /// model's compute relative to an RTX 4090.
+    WeightedUtilization = "nvidia_gpu_weighted_utilization_percent", Percent;
+}
+
+/// The largest magnitude a milli-precision Kubernetes `Quantity` carries
+/// (an int64 of thousandths).
+pub const QUANTITY_MAX: f64 = (i64::MAX / 1000) as f64;
+
+impl Metric {
     /// Looks a metric up by name.
     pub fn from_name(name: &str) -> Option<Metric> {
-        Metric::ALL.into_iter().find(|m| m.name() == name)
+        Metric::ALL.iter().copied().find(|m| m.name() == name)
     }
 
     /// Whether values add up across objects (bytes) rather than average
     /// (percentages).
     pub fn is_additive(self) -> bool {
-        self == Metric::MemoryUsed
+        self.unit() == Unit::Bytes
+    }
+
+    /// Whether `value` is physically possible for this metric and fits a
+    /// `Quantity`: a wrong number is never served.
+    pub fn in_range(self, value: f64) -> bool {
+        value.is_finite()
+            && match self.unit() {
+                Unit::Percent => (0.0..=100.0).contains(&value),
+                Unit::Bytes => (0.0..=QUANTITY_MAX).contains(&value),
+            }
+    }
+}
+
+/// One value per metric, keyed by [`Metric`].
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct MetricValues([Option<f64>; Metric::ALL.len()]);
+
+impl MetricValues {
+    /// The value of one metric.
+    pub fn get(&self, metric: Metric) -> Option<f64> {
+        self.0[metric as usize]
+    }
+
+    /// Sets the value of one metric.
+    pub fn set(&mut self, metric: Metric, value: Option<f64>) {
+        self.0[metric as usize] = value;
+    }
+
+    /// Values with `metric` set.
+    pub fn with(mut self, metric: Metric, value: Option<f64>) -> Self {
+        self.set(metric, value);
+        self
+    }
+
+    /// Whether no metric has a value.
+    pub fn is_empty(&self) -> bool {
+        self.0.iter().all(Option::is_none)
+    }
+
+    /// Every metric with its value.
+    pub fn iter(&self) -> impl Iterator<Item = (Metric, Option<f64>)> + '_ {
+        Metric::ALL.iter().map(|m| (*m, self.get(*m)))
     }
 }
 
@@ -64,28 +134,25 @@ pub fn relative_capacity(model: &str) -> f64 {
 /// One object's values at one sample.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Sample {
-    /// Values by [`Metric`] position in [`Metric::ALL`].
-    pub values: [Option<f64>; 4],
+    /// The values.
+    pub values: MetricValues,
     /// When the sample was taken.
     pub timestamp: SystemTime,
-    /// The agent's sample interval (the value's window).
+    /// The source's sample interval (the value's window).
     pub window: Duration,
 }
 
 impl Sample {
     /// The value of one metric.
     pub fn get(&self, metric: Metric) -> Option<f64> {
-        let i = Metric::ALL.iter().position(|m| *m == metric).expect("every metric is in ALL");
-        self.values[i]
+        self.values.get(metric)
     }
 }
 
 /// A pod's sample.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PodSample {
-    /// Pod name.
-    pub name: String,
-    /// The node it runs on.
+    /// The node that spoke for it.
     pub node: String,
     /// Its values.
     pub sample: Sample,
@@ -102,37 +169,39 @@ pub struct NodeSample {
     pub gpus_up: usize,
 }
 
-/// One poll round's view of every agent.
+/// One round's view of every source.
 #[derive(Debug, Default)]
 pub struct StoreView {
-    /// Pods by namespace.
-    pub pods: HashMap<String, Vec<PodSample>>,
+    /// Pods: namespace → name → sample. One entry per pod.
+    pub pods: HashMap<String, BTreeMap<String, PodSample>>,
     /// Nodes by name.
     pub nodes: BTreeMap<String, NodeSample>,
+    /// The pod and node labels this view was admitted against, for
+    /// selectors: a pod with a value always has its labels here.
+    pub labels: Arc<IndexedLabels>,
 }
+
+/// The longest a value is ever served, whatever a source announces.
+pub const MAX_AGE_LIMIT: Duration = Duration::from_secs(600);
 
 /// The latest view, read lock-free by queries.
 #[derive(Debug)]
 pub struct MetricStore {
     view: ArcSwap<StoreView>,
-    /// `None`: three sample intervals of the sample's agent.
+    /// `None`: three sample intervals of the sample's source.
     max_age: Option<Duration>,
 }
 
 impl MetricStore {
     /// An empty store that refuses values older than `max_age` (by
-    /// default, three of the sample's intervals).
+    /// default, three of the sample's intervals), and never older than
+    /// [`MAX_AGE_LIMIT`].
     pub fn new(max_age: Option<Duration>) -> Self {
         Self { view: ArcSwap::from_pointee(StoreView::default()), max_age }
     }
 
-    /// Replaces the view with one built from the agents' latest feeds.
-    pub fn publish(&self, feeds: &[Arc<NodeFeed>]) {
-        self.view.store(Arc::new(build_view(feeds)));
-    }
-
-    /// Replaces the view with one built elsewhere (the Prometheus source).
-    pub fn publish_view(&self, view: StoreView) {
+    /// Replaces the view.
+    pub fn publish(&self, view: StoreView) {
         self.view.store(Arc::new(view));
     }
 
@@ -141,67 +210,18 @@ impl MetricStore {
         self.view.load_full()
     }
 
-    /// Whether a sample is young enough to serve at `now`.
+    /// The oldest a sample of this window may be.
+    pub fn max_age(&self, window: Duration) -> Duration {
+        self.max_age.unwrap_or(window.saturating_mul(3)).min(MAX_AGE_LIMIT)
+    }
+
+    /// Whether a sample is young enough to serve at `now`. Admission has
+    /// refused samples more than a small skew ahead of the clock; one within
+    /// it counts as age 0.
     pub fn is_fresh(&self, sample: &Sample, now: SystemTime) -> bool {
-        // A timestamp ahead of our clock (skew) counts as fresh, not negative.
-        let max_age = self.max_age.unwrap_or(sample.window * 3);
-        now.duration_since(sample.timestamp).map_or(true, |age| age <= max_age)
+        let age = now.duration_since(sample.timestamp).unwrap_or_default();
+        age <= self.max_age(sample.window)
     }
-}
-
-fn mean(values: impl Iterator<Item = f64>) -> Option<f64> {
-    let (sum, n) = values.fold((0.0, 0usize), |(s, n), v| (s + v, n + 1));
-    (n > 0).then(|| sum / n as f64)
-}
-
-/// Indexes feeds into pods by namespace and nodes by name.
-pub fn build_view(feeds: &[Arc<NodeFeed>]) -> StoreView {
-    let mut view = StoreView::default();
-    for feed in feeds {
-        let timestamp = UNIX_EPOCH + Duration::from_millis(feed.timestamp_ms);
-        let window = Duration::from_millis(feed.interval_ms.max(1));
-        let capacity_of: HashMap<&str, f64> =
-            feed.gpus.iter().map(|g| (g.uuid.as_str(), relative_capacity(&g.model))).collect();
-
-        for pod in &feed.pods {
-            let capacity = mean(pod.gpus.iter().map(|u| capacity_of.get(u.as_str()).copied().unwrap_or(1.0)));
-            let values = [
-                pod.utilization_percent,
-                pod.memory_utilization_percent,
-                pod.memory_used_bytes.map(|b| b as f64),
-                pod.utilization_percent.zip(capacity).map(|(u, c)| u * c),
-            ];
-            view.pods.entry(pod.namespace.clone()).or_default().push(PodSample {
-                name: pod.pod.clone(),
-                node: feed.node.clone(),
-                sample: Sample { values, timestamp, window },
-            });
-        }
-
-        let up: Vec<_> = feed.gpus.iter().filter(|g| g.up).collect();
-        let capacity: f64 = up.iter().map(|g| relative_capacity(&g.model)).sum();
-        let all = |f: fn(&crate::feed::FeedGpu) -> Option<f64>| up.iter().map(|g| f(g)).collect::<Option<Vec<f64>>>();
-        let values = if up.is_empty() {
-            [None; 4]
-        } else {
-            let utilization = all(|g| g.utilization_percent);
-            [
-                utilization.as_ref().and_then(|v| mean(v.iter().copied())),
-                all(|g| g.memory_utilization_percent).and_then(|v| mean(v.into_iter())),
-                all(|g| g.memory_used_bytes.map(|b| b as f64)).map(|v| v.iter().sum()),
-                all(|g| g.utilization_percent.map(|u| u * relative_capacity(&g.model)))
-                    .and_then(|v| mean(v.into_iter())),
-            ]
-        };
-        view.nodes.insert(
-            feed.node.clone(),
-            NodeSample { sample: Sample { values, timestamp, window }, capacity, gpus_up: up.len() },
-        );
-    }
-    for pods in view.pods.values_mut() {
-        pods.sort_by(|a, b| a.name.cmp(&b.name));
-    }
-    view
 }
 
 #[cfg(test)]

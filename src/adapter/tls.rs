@@ -169,24 +169,25 @@ impl CertResolver {
         Ok(true)
     }
 
-    /// Checks the files every `interval` until the process ends.
-    pub fn watch(self: &Arc<Self>, interval: Duration) {
+    /// Checks the files every `interval` until shutdown (at once for fixed
+    /// certificates, which never change).
+    pub async fn watch(self: Arc<Self>, interval: Duration, shutdown: tokio::sync::watch::Receiver<bool>) {
         if !matches!(self.source, CertSource::Files { .. }) {
             return;
         }
-        let resolver = Arc::clone(self);
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(interval);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            loop {
-                tick.tick().await;
-                match resolver.reload_if_changed() {
-                    Ok(true) => tracing::info!("serving certificate reloaded"),
-                    Ok(false) => {}
-                    Err(e) => tracing::error!(error = %e, "new serving certificate refused; the old one stays in use"),
-                }
-            }
-        });
+        let mut rounds = crate::shutdown::Rounds::new(interval, shutdown);
+        while rounds.next().await {
+            self.reload();
+        }
+    }
+
+    /// Reloads the files if they changed, logging the outcome.
+    pub fn reload(&self) {
+        match self.reload_if_changed() {
+            Ok(true) => tracing::info!("serving certificate reloaded"),
+            Ok(false) => {}
+            Err(e) => tracing::error!(error = %e, "new serving certificate refused; the old one stays in use"),
+        }
     }
 }
 

@@ -229,10 +229,9 @@ impl Sampler {
 
     /// Samples until `shutdown` turns true.
     pub async fn run(mut self, shutdown: watch::Receiver<bool>) {
-        let mut rounds = crate::listener::Rounds::new(self.interval, shutdown);
-        while rounds.next().await {
-            self.sample_once().await;
-        }
+        let mut rounds = crate::shutdown::Rounds::new(self.interval, shutdown);
+        // A pass stuck in a hung open is dropped at shutdown, not waited for.
+        while rounds.next().await && rounds.run(self.sample_once()).await {}
     }
 
     /// Opens the GPU source if it is not open and an attempt is due.
@@ -273,7 +272,9 @@ impl Sampler {
         let taken_at = SystemTime::now();
         self.ensure_source().await;
         let (allocations, pod_resources_up) = self.allocations.fetch(&self.state).await;
-        let reads = self.read_gpus(&allocations, started + self.read_timeout).await;
+        // The read deadline starts once the source is open: a slow open
+        // (driver load) must not mark every GPU down.
+        let reads = self.read_gpus(&allocations, Instant::now() + self.read_timeout).await;
 
         let gpus: Vec<GpuState> = reads
             .iter()

@@ -147,7 +147,7 @@ impl SimNode {
 
     /// The simulated pods' labels (`app`, `pod-template-hash`) and the node's
     /// (hostname and the GPU product, as GPU feature discovery labels it).
-    pub fn labels(&self) -> (Vec<(String, String, crate::adapter::labels::Labels)>, crate::adapter::labels::Labels) {
+    pub fn labels(&self) -> (Vec<(String, String, crate::k8s::labels::Labels)>, crate::k8s::labels::Labels) {
         let pods = self
             .gpus
             .iter()
@@ -161,7 +161,7 @@ impl SimNode {
                 (GPU_NAMESPACE.to_string(), w.pod.clone(), labels)
             })
             .collect();
-        let mut node = crate::adapter::labels::Labels::new();
+        let mut node = crate::k8s::labels::Labels::new();
         node.insert("kubernetes.io/hostname".into(), self.node.clone());
         if let Some(gpu) = self.gpus.first() {
             node.insert("nvidia.com/gpu.product".into(), gpu.profile.name.replace(' ', "-"));

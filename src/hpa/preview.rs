@@ -10,7 +10,7 @@ use k8s_openapi::api::autoscaling::v2::{HPAScalingRules, HorizontalPodAutoscaler
 use serde_json::Value;
 
 use super::{Autoscaler, Behavior, PodValue, Policy, Proposal, Rules, Select};
-use crate::adapter::quantity::parse_quantity;
+use crate::k8s::quantity::parse_quantity;
 
 /// Flags of `hpa-preview`.
 #[derive(Clone, Debug, Args)]

@@ -54,7 +54,7 @@ fn client_certificates_name_user_and_groups() {
 
 #[test]
 fn attributes_follow_the_request() {
-    let route = crate::adapter::api::route(
+    let route = crate::adapter::http::routes::route(
         "/apis/custom.metrics.k8s.io/v1beta2/namespaces/ai-system-gpu/pods/%2A/nvidia_gpu_utilization_percent",
     )
     .unwrap();
@@ -62,7 +62,9 @@ fn attributes_follow_the_request() {
     assert_eq!((attrs.verb, attrs.group, attrs.version), ("list", CUSTOM_GROUP, "v1beta2"));
     assert_eq!((attrs.resource.as_str(), attrs.subresource.as_str()), ("pods", "nvidia_gpu_utilization_percent"));
     assert_eq!((attrs.namespace.as_str(), attrs.name.as_str()), ("ai-system-gpu", ""));
-    assert!(Attributes::of(&crate::adapter::api::route("/apis/custom.metrics.k8s.io/v1beta1").unwrap()).is_none());
+    assert!(
+        Attributes::of(&crate::adapter::http::routes::route("/apis/custom.metrics.k8s.io/v1beta1").unwrap()).is_none()
+    );
 }
 
 /// A kube client whose apiserver answers every SubjectAccessReview with the

@@ -1,10 +1,9 @@
-//! Pod and node labels, for `labelSelector`.
+//! Pod and node labels, for `labelSelector`, and where each pod runs.
 //!
-//! In a cluster they come from kube-rs reflectors (see
-//! [`super::discovery`]), which keep only metadata with managed fields and
-//! annotations stripped; in `standalone` they are the simulated pods'. Either
-//! way they are indexed into plain maps and swapped whole, so a query looks a
-//! pod up without allocating.
+//! In a cluster they come from the adapter's kube-rs reflectors, which keep
+//! only labels and `spec.nodeName`; in `standalone` they are the simulated
+//! pods'. Either way they are indexed into plain maps and swapped whole, so
+//! a query looks a pod up without allocating.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -22,6 +21,21 @@ pub struct LabelMaps {
     pub pods: HashMap<String, HashMap<String, Labels>>,
     /// Nodes: name → labels.
     pub nodes: HashMap<String, Labels>,
+    /// Where the API places each scheduled pod (`spec.nodeName`):
+    /// namespace → name → node. `None` when no API is known (static agent
+    /// URLs without a cluster), and then sources are trusted for their pods.
+    pub placements: Option<HashMap<String, HashMap<String, String>>>,
+}
+
+/// Where the API places a pod, as far as the label maps know.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Placement<'a> {
+    /// No API to ask: the source is trusted.
+    Unchecked,
+    /// The API does not know the pod, or has not scheduled it.
+    Unknown,
+    /// The API places it on this node.
+    On(&'a str),
 }
 
 /// The current label maps.
@@ -42,7 +56,8 @@ pub struct IndexedLabels {
 }
 
 impl IndexedLabels {
-    fn new(maps: LabelMaps) -> Self {
+    /// Indexes `maps`.
+    pub fn new(maps: LabelMaps) -> Self {
         let mut by_label: HashMap<String, HashMap<(String, String), Vec<String>>> = HashMap::new();
         for (namespace, pods) in &maps.pods {
             let index = by_label.entry(namespace.clone()).or_default();
@@ -88,6 +103,32 @@ impl IndexedLabels {
     }
 }
 
+impl IndexedLabels {
+    /// Where the API places a pod.
+    pub fn placement(&self, namespace: &str, pod: &str) -> Placement<'_> {
+        match &self.maps.placements {
+            None => Placement::Unchecked,
+            Some(placements) => match placements.get(namespace).and_then(|pods| pods.get(pod)) {
+                Some(node) => Placement::On(node),
+                None => Placement::Unknown,
+            },
+        }
+    }
+
+    /// Whether a pod's labels match. An empty selector matches every pod; a
+    /// pod with unknown labels matches no other selector.
+    pub fn pod_matches(&self, namespace: &str, pod: &str, selector: &Selector) -> bool {
+        selector.selects_all()
+            || self.maps.pods.get(namespace).and_then(|pods| pods.get(pod)).is_some_and(|l| selector.matches(l))
+    }
+
+    /// Whether a node's labels match. An empty selector matches every node;
+    /// a node with unknown labels matches no other selector.
+    pub fn node_matches(&self, name: &str, selector: &Selector) -> bool {
+        selector.selects_all() || self.maps.nodes.get(name).is_some_and(|l| selector.matches(l))
+    }
+}
+
 impl std::ops::Deref for IndexedLabels {
     type Target = LabelMaps;
 
@@ -110,12 +151,6 @@ impl LabelIndex {
     /// The current maps, for many lookups in one query.
     pub fn snapshot(&self) -> Arc<IndexedLabels> {
         self.maps.load_full()
-    }
-
-    /// Whether a node's labels match. An empty selector matches every node;
-    /// a node with unknown labels matches no other selector.
-    pub fn node_matches(&self, name: &str, selector: &Selector) -> bool {
-        selector.selects_all() || self.maps.load().nodes.get(name).is_some_and(|l| selector.matches(l))
     }
 }
 

@@ -2,9 +2,17 @@ use std::time::{Duration, UNIX_EPOCH};
 
 use serde_json::Value;
 
+use std::sync::Arc;
+
+use kube::core::SelectorExt;
+
 use super::*;
-use crate::adapter::labels::{LabelMaps, Labels};
+use crate::adapter::admission::Rejections;
+use crate::adapter::source::agents::{AgentTarget, build_view};
+use crate::adapter::store::MetricStore;
 use crate::feed::{FeedGpu, FeedPod, NodeFeed};
+use crate::k8s::labels::{LabelIndex, LabelMaps, Labels};
+use routes::route;
 
 const T0_MS: u64 = 1_795_430_000_000;
 
@@ -48,9 +56,17 @@ fn feed(node: &str, model: &str, timestamp_ms: u64, pods: &[(&str, f64)]) -> Arc
     })
 }
 
-fn api() -> MetricsApi {
+/// A provider over static agents' feeds, with these labels.
+fn provider(feeds: &[Arc<NodeFeed>], maps: LabelMaps) -> Provider {
+    let targets: Vec<_> =
+        feeds.iter().map(|f| (AgentTarget::unbound(format!("http://{}:9402", f.node)), f.clone())).collect();
     let store = Arc::new(MetricStore::new(None));
-    store.publish(&[
+    store.publish(build_view(&targets, &LabelIndex::new(maps), &Rejections::default(), usize::MAX, now()));
+    Provider::new(store)
+}
+
+fn api() -> Provider {
+    let feeds = [
         feed(
             "mainpc",
             "NVIDIA GeForce RTX 4090",
@@ -60,7 +76,7 @@ fn api() -> MetricsApi {
         feed("pc2", "NVIDIA GeForce RTX 3060", T0_MS, &[("reasoning-suite-c", 80.0)]),
         // An agent whose last feed is 10 s old: its pods must not be served.
         feed("stale", "NVIDIA GeForce RTX 4090", T0_MS - 10_000, &[("reasoning-suite-old", 99.0)]),
-    ]);
+    ];
     let mut maps = LabelMaps::default();
     let pods = maps.pods.entry("ai-system-gpu".into()).or_default();
     pods.insert("reasoning-suite-a".into(), labels(&[("app", "reasoning-suite"), ("tier", "gpu")]));
@@ -69,12 +85,12 @@ fn api() -> MetricsApi {
     pods.insert("coordination-suite-b".into(), labels(&[("app", "coordination-suite")]));
     maps.nodes.insert("mainpc".into(), labels(&[("nvidia.com/gpu.product", "NVIDIA-GeForce-RTX-4090")]));
     maps.nodes.insert("pc2".into(), labels(&[("nvidia.com/gpu.product", "NVIDIA-GeForce-RTX-3060")]));
-    MetricsApi::new(store, Arc::new(LabelIndex::new(maps)))
+    provider(&feeds, maps)
 }
 
-fn get(api: &MetricsApi, path_and_query: &str) -> Result<Value, ApiError> {
+fn get(api: &Provider, path_and_query: &str) -> Result<Value, ApiError> {
     let (path, query) = path_and_query.split_once('?').map_or((path_and_query, None), |(p, q)| (p, Some(q)));
-    let body = api.respond(&route(path)?, &Query::parse(query)?, now())?;
+    let body = respond(api, &route(path)?, &Query::parse(query)?, now())?;
     Ok(serde_json::from_slice(&body).unwrap())
 }
 
@@ -236,7 +252,7 @@ fn errors_have_the_right_codes_and_say_why() {
 
 #[test]
 fn an_empty_store_answers_404_or_empty_lists_never_500() {
-    let api = MetricsApi::new(Arc::new(MetricStore::new(None)), Arc::new(LabelIndex::default()));
+    let api = provider(&[], LabelMaps::default());
     let list = get(&api, &format!("{PODS_V2}/*/nvidia_gpu_utilization_percent")).unwrap();
     assert_eq!(list["items"], serde_json::json!([]));
     assert_eq!(get(&api, &format!("{PODS_V2}/p/nvidia_gpu_utilization_percent")).unwrap_err().code, 404);
@@ -306,9 +322,7 @@ fn indexed_and_scanned_selection_agree() {
     }
     let known = namespace.clone();
     let pods: Vec<(&str, f64)> = pods.iter().map(|(n, v)| (n.as_str(), *v)).collect();
-    let store = Arc::new(MetricStore::new(None));
-    store.publish(&[feed("mainpc", "NVIDIA GeForce RTX 4090", T0_MS, &pods)]);
-    let api = MetricsApi::new(store, Arc::new(LabelIndex::new(maps)));
+    let api = provider(&[feed("mainpc", "NVIDIA GeForce RTX 4090", T0_MS, &pods)], maps);
     for selector in [
         "app=a",
         "app==b,tier!=x",
@@ -324,7 +338,7 @@ fn indexed_and_scanned_selection_agree() {
         let query = form_urlencoded::Serializer::new(String::new()).append_pair("labelSelector", selector).finish();
         let body = get(&api, &format!("{PODS_V2}/*/nvidia_gpu_utilization_percent?{query}")).unwrap();
         let got = item_names(&body);
-        let parsed = crate::adapter::selector::parse_selector(selector).unwrap();
+        let parsed = crate::k8s::selector::parse_selector(selector).unwrap();
         let mut want: Vec<&str> =
             pods.iter().map(|(n, _)| *n).filter(|n| known.get(*n).is_some_and(|l| parsed.matches(l))).collect();
         want.sort_unstable();

@@ -1,16 +1,20 @@
 //! The adapter's HTTPS server: TLS, then authentication, method, route,
 //! authorization and the answer, every failure a Kubernetes `Status`.
 //!
-//! Order of checks, as kube-apiserver does it: health endpoints answer
-//! anyone (probes carry no certificate); everything else needs an
-//! authenticated user (401); only GET is served (405); an unknown path is
-//! 404; a query needs authorization (403); discovery and OpenAPI documents
-//! are served to any authenticated user, as the aggregator's availability
-//! check expects.
+//! Order of checks, as kube-apiserver does it: health endpoints and
+//! `/metrics` answer anyone (probes and scrapers carry no certificate);
+//! everything else needs an authenticated user (401); only GET is served
+//! (405); an unknown path is 404; a query needs authorization (403);
+//! discovery and OpenAPI documents are served to any authenticated user, as
+//! the aggregator's availability check expects.
+//!
+//! At most `max_connections` connections are open at once; one over the
+//! limit is closed at once, and every TLS handshake has a deadline, so idle
+//! or slow clients cannot hold memory.
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -21,15 +25,20 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::pki_types::CertificateDer;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
-use super::api::{ApiError, MetricsApi, Query, Route, route};
-use super::auth::{Attributes, Authenticator, Authorizer};
-use super::tls::ClientCa;
+use super::routes::{Query, Route, route};
+use super::status::ApiError;
+use crate::adapter::admission::Rejections;
+use crate::adapter::auth::{Attributes, Authenticator, Authorizer};
+use crate::adapter::provider::Provider;
+use crate::adapter::readiness::Readiness;
+use crate::adapter::tls::ClientCa;
 
-/// How long a client may take for the TLS handshake and its headers.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client may take for the TLS handshake, and for each request's
+/// headers.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
 /// Request heads beyond this are refused (431).
 const MAX_HEAD_BYTES: usize = 32 * 1024;
 /// GET needs no body; one announced beyond this is refused (413).
@@ -39,14 +48,18 @@ const SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 
 /// What a request is answered with.
 pub struct AdapterService {
-    /// The API.
-    pub api: MetricsApi,
+    /// The values.
+    pub provider: Provider,
     /// Authentication.
     pub authenticator: Authenticator,
     /// Authorization.
     pub authorizer: Authorizer,
-    /// Ready once the first poll round finished.
-    pub ready: Arc<AtomicBool>,
+    /// What `/readyz` waits for.
+    pub readiness: Readiness,
+    /// Items refused from sources, for `/metrics`.
+    pub rejections: Arc<Rejections>,
+    /// Connections closed at the limit, for `/metrics`.
+    pub connections_refused: AtomicU64,
 }
 
 fn json(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
@@ -83,13 +96,11 @@ impl AdapterService {
         peer: Option<&CertificateDer<'_>>,
     ) -> Result<Response<Full<Bytes>>, ApiError> {
         let path = req.uri().path();
-        if matches!(path, "/healthz" | "/livez" | "/readyz") {
-            let ready = path != "/readyz" || self.ready.load(Ordering::Acquire);
-            return Ok(if ready {
-                json(StatusCode::OK, Bytes::from_static(b"ok"))
-            } else {
-                status(&ApiError::unavailable("not ready: no values polled yet (agents or Prometheus)"))
-            });
+        match path {
+            "/healthz" | "/livez" => return Ok(json(StatusCode::OK, Bytes::from_static(b"ok"))),
+            "/readyz" => return Ok(self.readyz(req.uri().query())),
+            "/metrics" => return Ok(self.metrics()),
+            _ => {}
         }
         let user = self.authenticator.authenticate(peer, req.headers())?;
         if req.method() != Method::GET {
@@ -104,26 +115,85 @@ impl AdapterService {
         if let Some(attrs) = Attributes::of(&route) {
             self.authorizer.authorize(&user, &attrs).await?;
         }
-        Ok(json(StatusCode::OK, self.api.respond(&route, &query, SystemTime::now())?))
+        Ok(json(StatusCode::OK, super::respond(&self.provider, &route, &query, SystemTime::now())?))
+    }
+
+    /// `/readyz`: `ok`, or a 503 `Status` naming the failed checks;
+    /// `?verbose` lists every check as kube-apiserver does.
+    fn readyz(&self, query: Option<&str>) -> Response<Full<Bytes>> {
+        let (ready, report) = self.readiness.report();
+        let verbose = query.is_some_and(|q| q.split('&').any(|p| p == "verbose" || p.starts_with("verbose=")));
+        match (ready, verbose) {
+            (true, false) => json(StatusCode::OK, Bytes::from_static(b"ok")),
+            (true, true) => text(StatusCode::OK, report),
+            (false, _) => {
+                let failed: Vec<&str> = report.lines().filter(|l| l.starts_with("[-]")).collect();
+                status(&ApiError::unavailable(format!("not ready: {}", failed.join("; "))))
+            }
+        }
+    }
+
+    /// `/metrics`: the adapter's own counters.
+    fn metrics(&self) -> Response<Full<Bytes>> {
+        let mut out = String::new();
+        self.rejections.write_metrics(&mut out);
+        out.push_str(
+            "# HELP kube_gpu_metrics_adapter_connections_refused_total Connections closed because --max-connections were open.\n\
+             # TYPE kube_gpu_metrics_adapter_connections_refused_total counter\n",
+        );
+        out.push_str(&format!(
+            "kube_gpu_metrics_adapter_connections_refused_total {}\n",
+            self.connections_refused.load(Ordering::Relaxed)
+        ));
+        out.push_str(&format!(
+            "# HELP kube_gpu_metrics_adapter_ready Whether every readiness check passes.\n# TYPE kube_gpu_metrics_adapter_ready gauge\nkube_gpu_metrics_adapter_ready {}\n",
+            u8::from(self.readiness.is_ready())
+        ));
+        let mut response = text(StatusCode::OK, out);
+        response
+            .headers_mut()
+            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+        response
     }
 }
 
-/// Serves HTTPS until `shutdown` turns true, then drains connections.
+fn text(code: StatusCode, body: String) -> Response<Full<Bytes>> {
+    let mut response = Response::new(Full::new(Bytes::from(body)));
+    *response.status_mut() = code;
+    response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    response
+}
+
+/// Serves HTTPS until `shutdown` turns true, then drains connections. At
+/// most `max_connections` are open at once.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     client_ca: ClientCa,
     service: Arc<AdapterService>,
+    max_connections: usize,
     shutdown: watch::Receiver<bool>,
 ) {
+    let slots = Arc::new(Semaphore::new(max_connections.max(1)));
     let acceptor = TlsAcceptor::from(tls);
     let mut builder = http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(HANDSHAKE_TIMEOUT).max_buf_size(MAX_HEAD_BYTES);
     let builder = Arc::new(builder);
     crate::listener::accept_until(listener, shutdown, SHUTDOWN_GRACE, |stream, watcher| {
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            if service.connections_refused.fetch_add(1, Ordering::Relaxed) == 0 {
+                tracing::warn!(
+                    max_connections,
+                    "connection limit reached; closing new connections (--max-connections)"
+                );
+            }
+            drop(stream);
+            return;
+        };
         let (acceptor, service, builder, client_ca) =
             (acceptor.clone(), service.clone(), builder.clone(), client_ca.clone());
         tokio::spawn(async move {
+            let _slot = slot;
             let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                 Ok(Ok(tls)) => tls,
                 Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),

@@ -1,4 +1,18 @@
+use std::time::{Duration, UNIX_EPOCH};
+
+use super::client::decode_vector;
+use super::config::{QueryKind, Scope};
+use super::view::build_view;
 use super::*;
+use crate::adapter::admission::RejectReason;
+use crate::adapter::store::{Metric, StoreView, relative_capacity};
+use crate::k8s::labels::LabelMaps;
+
+/// The view of a round with no cluster to check against, at `now_s`.
+fn view(config: &QueryConfig, queries: &[RoundQuery], answers: &RoundAnswers, now_s: u64) -> StoreView {
+    let now = UNIX_EPOCH + Duration::from_secs(now_s);
+    build_view(config, queries, answers, &LabelIndex::default(), &Rejections::default(), now)
+}
 
 fn recorded(name: &str) -> Vec<u8> {
     let path = format!("{}/tests/recorded/prometheus/{name}", env!("CARGO_MANIFEST_DIR"));
@@ -109,10 +123,10 @@ fn a_round_becomes_the_same_view_the_agents_would_give() {
     let node_time = |node| sample(&[("Hostname", node)], 1_795_447_057.233);
     answers[at(Scope::Nodes, QueryKind::ScrapeTime)] = Some(Arc::new(vec![node_time("mainpc"), node_time("pc2")]));
 
-    let view = build_view(&config, &queries, &answers);
+    let view = view(&config, &queries, &answers, 1_795_447_058);
     let pods = &view.pods["ai-system-gpu"];
     assert_eq!(pods.len(), 4);
-    let reasoning = pods.iter().find(|p| p.name == "reasoning-suite-46b14078d5-hllwt").unwrap();
+    let reasoning = &pods["reasoning-suite-46b14078d5-hllwt"];
     assert_eq!(reasoning.node, "mainpc");
     assert_eq!(reasoning.sample.get(Metric::Utilization), Some(80.0));
     assert_eq!(reasoning.sample.get(Metric::MemoryUsed), None, "no answer, no value");
@@ -144,10 +158,33 @@ fn a_value_is_as_old_as_its_oldest_series_and_needs_one() {
     answers[times[0]] = Some(Arc::new(vec![sample(&pod("timed"), 1000.0)]));
     answers[times[1]] = Some(Arc::new(vec![sample(&pod("timed"), 400.0)]));
 
-    let view = build_view(&config, &queries, &answers);
+    let view = view(&config, &queries, &answers, 2000);
     let pods = &view.pods["ns"];
     assert_eq!(pods.len(), 1, "a value without a scrape time is not served: {pods:?}");
-    assert_eq!(pods[0].sample.timestamp, UNIX_EPOCH + Duration::from_secs(400));
+    assert_eq!(pods["timed"].sample.timestamp, UNIX_EPOCH + Duration::from_secs(400));
+}
+
+#[test]
+fn series_that_place_a_pod_on_another_node_are_refused() {
+    let config = QueryConfig::dcgm();
+    let queries = config.queries();
+    let mut answers: RoundAnswers = vec![None; queries.len()];
+    let pod = |name, node| [("namespace", "ns"), ("pod", name), ("Hostname", node)];
+    let series = [pod("here", "n1"), pod("moved", "n2"), pod("unknown", "n1")];
+    answers[position(&queries, Scope::Pods, value_kind(Metric::Utilization))] =
+        Some(Arc::new(series.iter().map(|s| sample(s, 50.0)).collect()));
+    answers[position(&queries, Scope::Pods, QueryKind::ScrapeTime)] =
+        Some(Arc::new(series.iter().map(|s| sample(s, 1000.0)).collect()));
+    let mut maps = LabelMaps { placements: Some(Default::default()), ..LabelMaps::default() };
+    let placements = maps.placements.as_mut().unwrap().entry("ns".into()).or_default();
+    placements.insert("here".into(), "n1".into());
+    placements.insert("moved".into(), "n1".into());
+    let rejections = Rejections::default();
+    let now = UNIX_EPOCH + Duration::from_secs(1001);
+    let view = build_view(&config, &queries, &answers, &LabelIndex::new(maps), &rejections, now);
+    assert_eq!(view.pods["ns"].keys().collect::<Vec<_>>(), ["here"]);
+    assert_eq!(rejections.count(RejectReason::PodOnOtherNode), 1);
+    assert_eq!(rejections.count(RejectReason::UnknownPod), 1);
 }
 
 #[test]

@@ -11,7 +11,7 @@ fn maps() -> LabelMaps {
 
 fn candidates(selector: &str) -> Option<Vec<String>> {
     let index = IndexedLabels::new(maps());
-    let selector = crate::adapter::selector::parse_selector(selector).unwrap();
+    let selector = crate::k8s::selector::parse_selector(selector).unwrap();
     index.candidates("ns", &selector).map(|names| names.into_iter().map(str::to_string).collect())
 }
 
@@ -30,6 +30,6 @@ fn selectors_without_a_required_value_scan_every_pod() {
         assert_eq!(candidates(selector), None, "{selector}");
     }
     let index = IndexedLabels::new(maps());
-    let selector = crate::adapter::selector::parse_selector("app=web").unwrap();
+    let selector = crate::k8s::selector::parse_selector("app=web").unwrap();
     assert_eq!(index.candidates("other-namespace", &selector), Some(vec![]));
 }
