@@ -5,9 +5,9 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use crate::adapter::http::wire::{ExternalMetricValue, List, MetricValueV1beta1, MetricValueV1beta2};
 use clap::Args;
 use k8s_openapi::api::autoscaling::v2::{HPAScalingRules, HorizontalPodAutoscaler, MetricTarget};
-use serde_json::Value;
 
 use super::{Autoscaler, Behavior, PodValue, Policy, Proposal, Rules, Select};
 use crate::k8s::quantity::parse_quantity;
@@ -192,38 +192,45 @@ pub fn parse_hpa(text: &str) -> Result<HpaSpec, String> {
     })
 }
 
-/// The pods and values of a `MetricValueList` (v1beta1 or v1beta2).
-pub fn pod_values(list: &Value) -> Vec<PodValue> {
-    list["items"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .map(|item| PodValue {
-            pod: item["describedObject"]["name"].as_str().unwrap_or_default().to_string(),
-            value: item["value"].as_str().and_then(|v| parse_quantity(v).ok()),
-        })
-        .collect()
+/// The pods and values of a `MetricValueList` (v1beta1 or v1beta2), read
+/// through the adapter's own wire types.
+pub fn pod_values(body: &[u8]) -> Result<Vec<PodValue>, serde_json::Error> {
+    let head: List<serde::de::IgnoredAny> = serde_json::from_slice(body)?;
+    let value = |v: &str| parse_quantity(v).ok();
+    Ok(if head.api_version.ends_with("/v1beta1") {
+        let list: List<MetricValueV1beta1<'_>> = serde_json::from_slice(body)?;
+        list.items
+            .iter()
+            .map(|i| PodValue { pod: i.described_object.name.to_string(), value: value(&i.value) })
+            .collect()
+    } else {
+        let list: List<MetricValueV1beta2<'_>> = serde_json::from_slice(body)?;
+        list.items
+            .iter()
+            .map(|i| PodValue { pod: i.described_object.name.to_string(), value: value(&i.value) })
+            .collect()
+    })
 }
 
 /// The summed value of an `ExternalMetricValueList`, as the HPA sums it.
-pub fn external_total(list: &Value) -> Option<f64> {
-    let items = list["items"].as_array()?;
-    if items.is_empty() {
-        return None;
+pub fn external_total(body: &[u8]) -> Result<Option<f64>, serde_json::Error> {
+    let list: List<ExternalMetricValue<'_>> = serde_json::from_slice(body)?;
+    if list.items.is_empty() {
+        return Ok(None);
     }
-    items.iter().map(|i| i["value"].as_str().and_then(|v| parse_quantity(v).ok())).sum()
+    Ok(list.items.iter().map(|i| parse_quantity(&i.value).ok()).sum())
 }
 
 /// Where the metric lists come from.
 pub enum MetricsFrom {
     /// One recorded list, used for every metric.
-    Recorded(Value),
+    Recorded(Vec<u8>),
     /// The API, through a kube client.
     Api(kube::Client, PathBuf),
 }
 
 impl MetricsFrom {
-    async fn get(&self, path: &str) -> Result<Value, PreviewError> {
+    async fn get(&self, path: &str) -> Result<Vec<u8>, PreviewError> {
         match self {
             MetricsFrom::Recorded(v) => Ok(v.clone()),
             MetricsFrom::Api(client, kubeconfig) => {
@@ -234,9 +241,17 @@ impl MetricsFrom {
                 };
                 let request = http::Request::get(path).body(Vec::new()).map_err(|e| err(e.to_string()))?;
                 let text = client.request_text(request).await.map_err(|e| err(e.to_string()))?;
-                serde_json::from_str(&text).map_err(|e| err(e.to_string()))
+                Ok(text.into_bytes())
             }
         }
+    }
+}
+
+fn unreadable(path: &str, e: serde_json::Error) -> PreviewError {
+    PreviewError::Query {
+        path: path.to_string(),
+        kubeconfig: PathBuf::new(),
+        reason: format!("not a metric list: {e}"),
     }
 }
 
@@ -263,7 +278,7 @@ pub async fn preview(
                     hpa.namespace,
                     encode(selector)
                 );
-                let values = pod_values(&from.get(&path).await?);
+                let values = pod_values(&from.get(&path).await?).map_err(|e| unreadable(&path, e))?;
                 let replicas = *current_replicas.get_or_insert(values.len() as u32);
                 report.push(format!("  {name} (Pods, averageValue {target}) over pods {selector:?}:"));
                 for v in &values {
@@ -288,7 +303,7 @@ pub async fn preview(
                 let kind = if *average { "averageValue" } else { "value" };
                 report.push(format!("  {name} (External, {kind} {target}):"));
                 let replicas = current_replicas.unwrap_or(1);
-                let result = match external_total(&from.get(&path).await?) {
+                let result = match external_total(&from.get(&path).await?).map_err(|e| unreadable(&path, e))? {
                     None => Err("no value returned".to_string()),
                     Some(v) if *average => super::average_value_target(v, *target, replicas),
                     Some(v) => super::value_target(v, *target, replicas),
@@ -328,7 +343,8 @@ pub async fn run(args: &PreviewArgs) -> Result<String, PreviewError> {
         Some(path) => {
             let recorded_err = |reason: String| PreviewError::Recorded { path: path.clone(), reason };
             let text = std::fs::read_to_string(path).map_err(|e| recorded_err(e.to_string()))?;
-            MetricsFrom::Recorded(serde_json::from_str(&text).map_err(|e| recorded_err(e.to_string()))?)
+            serde_json::from_str::<serde_json::Value>(&text).map_err(|e| recorded_err(e.to_string()))?;
+            MetricsFrom::Recorded(text.into_bytes())
         }
         None => {
             let err = |reason: String| PreviewError::Query {
