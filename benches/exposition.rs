@@ -18,9 +18,10 @@ use http_body_util::Full;
 
 use kube_gpu_metrics::agent::AgentState;
 use kube_gpu_metrics::agent::exposition::{MetricNames, Representation, render, render_plain};
+use kube_gpu_metrics::agent::sample::{GpuState, Readiness, SampleData};
 use kube_gpu_metrics::agent::self_metrics::AgentMetrics;
 use kube_gpu_metrics::agent::server::handle;
-use kube_gpu_metrics::agent::snapshot::{GpuState, Readiness, SampleData, Snapshot};
+use kube_gpu_metrics::agent::snapshot::Snapshot;
 use kube_gpu_metrics::attribution::{PodGpuUsage, Sharing};
 use kube_gpu_metrics::gpu::{GpuIdentity, GpuReading};
 
@@ -106,13 +107,12 @@ fn sample(gpus: u32, pods_per_gpu: u32) -> SampleData {
         pod_resources_up: Some(true),
         sample_duration: Duration::from_micros(900),
         counters: Default::default(),
-        names: MetricNames::Native,
     }
 }
 
 fn state_for(data: SampleData) -> AgentState {
     AgentState {
-        snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::new(data))),
+        snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::new(data, MetricNames::Native))),
         metrics: Arc::new(AgentMetrics::default()),
         feed_token: None,
     }
@@ -208,7 +208,7 @@ fn report_allocations() {
     });
     let handler = allocations_per_call(n, || handle(&state, &req));
     let baseline = allocations_per_call(n, || static_response(&static_body));
-    let render_allocs = allocations_per_call(100, || render_plain(&data));
+    let render_allocs = allocations_per_call(100, || render_plain(&data, MetricNames::Native));
     println!("allocations per scrape, choosing and sharing the body: {select}");
     println!("allocations per scrape, whole handler incl. response headers: {handler}");
     println!("allocations per response, static-bytes baseline: {baseline}");
@@ -222,15 +222,17 @@ fn benches(c: &mut Criterion) {
     let mut render_group = c.benchmark_group("render");
     for (gpus, per_gpu, name) in [(8, 2, "8 GPUs x 16 pods"), (8, 16, "8 GPUs x 128 pods")] {
         let data = sample(gpus, per_gpu);
-        render_group
-            .bench_function(format!("{name}, text + OpenMetrics"), |b| b.iter(|| render_plain(black_box(&data))));
-        render_group
-            .bench_function(format!("{name}, text + OpenMetrics + gzip"), |b| b.iter(|| render(black_box(&data))));
+        render_group.bench_function(format!("{name}, text + OpenMetrics"), |b| {
+            b.iter(|| render_plain(black_box(&data), MetricNames::Native))
+        });
+        render_group.bench_function(format!("{name}, text + OpenMetrics + gzip"), |b| {
+            b.iter(|| render(black_box(&data), MetricNames::Native))
+        });
     }
     for (names, label) in [(MetricNames::Dcgm, "dcgm"), (MetricNames::Both, "native + dcgm")] {
-        let data = SampleData { names, ..sample(8, 2) };
+        let data = sample(8, 2);
         render_group.bench_function(format!("8 GPUs x 16 pods, {label} names, text + OpenMetrics"), |b| {
-            b.iter(|| render_plain(black_box(&data)))
+            b.iter(|| render_plain(black_box(&data), names))
         });
     }
     let data = sample(8, 2);
@@ -250,7 +252,7 @@ fn benches(c: &mut Criterion) {
     for pods in [100u32, 1_000, 10_000, 100_000] {
         let data = sample(8, pods / 8);
         scaling.bench_with_input(BenchmarkId::from_parameter(pods), &pods, |b, _| {
-            b.iter(|| render_plain(black_box(&data)))
+            b.iter(|| render_plain(black_box(&data), MetricNames::Native))
         });
     }
     scaling.finish();

@@ -2,6 +2,8 @@
 //! the result as Prometheus `/metrics` and the `/v1/pods` feed.
 
 pub mod exposition;
+pub mod feed;
+pub mod sample;
 pub mod sampler;
 pub mod self_metrics;
 pub mod server;
@@ -15,9 +17,10 @@ use arc_swap::ArcSwap;
 use clap::Args;
 use tokio::sync::watch;
 
+use crate::attribution::Attribution;
 use crate::attribution::AttributionArgs;
 use crate::gpu::GpuArgs;
-use sampler::{AllocationSource, PidResolver, Sampler};
+use sampler::{Sampler, SamplerSettings};
 use self_metrics::AgentMetrics;
 use snapshot::Snapshot;
 
@@ -74,36 +77,29 @@ pub struct AgentSetup {
     pub agent: AgentArgs,
     /// Where GPU readings come from.
     pub opener: Arc<dyn crate::gpu::GpuSourceOpener>,
-    /// Where allocations come from.
-    pub allocations: AllocationSource,
-    /// How PIDs map to pod UIDs.
-    pub pids: PidResolver,
+    /// Who holds which GPU.
+    pub attribution: Box<dyn Attribution>,
 }
 
 impl AgentSetup {
     /// The setup `agent` runs with: the chosen GPU source, and the kubelet for
     /// attribution unless it is turned off.
     pub fn from_args(agent: AgentArgs, gpu: &GpuArgs, attribution: &AttributionArgs) -> Self {
-        use crate::gpu::{GpuSourceKind, nvml::NvmlOpener, sim::SimNode, sim::SimOpener};
+        use crate::attribution::{Unattributed, kubelet::KubeletAttribution};
+        use crate::gpu::{GpuSourceKind, nvml::NvmlOpener};
+        use crate::sim::{SimAttribution, SimNode, SimOpener};
         match gpu.gpu_source {
             GpuSourceKind::Sim => {
                 let node = Arc::new(SimNode::new(&agent.node_name, &gpu.sim_gpus, gpu.seed));
-                Self {
-                    agent,
-                    opener: Arc::new(SimOpener(node.clone())),
-                    allocations: AllocationSource::Sim(node.clone()),
-                    pids: PidResolver::Sim(node),
-                }
+                Self { agent, opener: Arc::new(SimOpener(node.clone())), attribution: Box::new(SimAttribution(node)) }
             }
             GpuSourceKind::Nvml => {
-                let allocations =
-                    if agent.no_attribution { AllocationSource::None } else { AllocationSource::kubelet(attribution) };
-                Self {
-                    agent,
-                    opener: Arc::new(NvmlOpener::new(gpu.nvml_lib.clone())),
-                    allocations,
-                    pids: PidResolver::proc(attribution.proc_root.clone()),
-                }
+                let attribution: Box<dyn Attribution> = if agent.no_attribution {
+                    Box::new(Unattributed)
+                } else {
+                    Box::new(KubeletAttribution::new(attribution))
+                };
+                Self { agent, opener: Arc::new(NvmlOpener::new(gpu.nvml_lib.clone())), attribution }
             }
         }
     }
@@ -134,7 +130,13 @@ pub async fn start(setup: AgentSetup, shutdown: watch::Receiver<bool>) -> std::i
     let state = AgentState { snapshot, metrics, feed_token };
     let listener = tokio::net::TcpListener::bind(setup.agent.listen).await?;
     let addr = listener.local_addr()?;
-    let sampler = Sampler::new(&setup.agent, setup.opener, setup.allocations, setup.pids, state.clone());
+    let settings = SamplerSettings {
+        node: setup.agent.node_name.clone(),
+        interval: setup.agent.interval,
+        read_timeout: setup.agent.gpu_read_timeout.unwrap_or(setup.agent.interval),
+        names: setup.agent.names,
+    };
+    let sampler = Sampler::new(settings, setup.opener, setup.attribution, state.clone());
     let sampler_task = tokio::spawn(sampler.run(shutdown.clone()));
     let server_task = tokio::spawn(server::serve(listener, state.clone(), shutdown));
     let done = tokio::spawn(async move {

@@ -9,11 +9,14 @@
 //! device value is never copied to every pod.
 
 pub mod checkpoint;
+pub mod kubelet;
 pub mod podresources;
 pub mod process;
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::path::PathBuf;
+use std::pin::Pin;
 use std::time::Duration;
 
 use clap::Args;
@@ -48,6 +51,49 @@ pub struct AttributionArgs {
     /// Where host processes are visible (the host's `/proc`, with `hostPID`).
     #[arg(long, env = "KGM_PROC_ROOT", default_value = "/proc")]
     pub proc_root: PathBuf,
+}
+
+/// What one pass learned of who holds which GPU.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Allocations {
+    /// Attribution is off.
+    Off,
+    /// The holders.
+    Known(Vec<ContainerAllocation>),
+    /// The source did not answer; `attempted` is false while it waits out a
+    /// backoff.
+    Unavailable {
+        /// Whether a call was made (and failed) this pass.
+        attempted: bool,
+    },
+}
+
+/// Where the sampler learns which container holds which GPU and which pod a
+/// PID belongs to: the kubelet and `/proc` on a node
+/// ([`kubelet::KubeletAttribution`]), nothing ([`Unattributed`]), or a
+/// simulated node.
+pub trait Attribution: Send {
+    /// The current allocations.
+    fn allocations(&mut self) -> Pin<Box<dyn Future<Output = Allocations> + Send + '_>>;
+
+    /// The UID of the pod a host PID belongs to, if any.
+    fn pod_uid_of(&mut self, pid: u32) -> Option<String>;
+
+    /// Called after each pass (to forget PIDs that are gone).
+    fn end_pass(&mut self) {}
+}
+
+/// No attribution (`--no-attribution`, or no kubelet on the host).
+pub struct Unattributed;
+
+impl Attribution for Unattributed {
+    fn allocations(&mut self) -> Pin<Box<dyn Future<Output = Allocations> + Send + '_>> {
+        Box::pin(std::future::ready(Allocations::Off))
+    }
+
+    fn pod_uid_of(&mut self, _: u32) -> Option<String> {
+        None
+    }
 }
 
 /// One container's GPU devices, as the kubelet allocated them.

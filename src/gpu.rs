@@ -6,8 +6,6 @@
 
 pub mod model;
 pub mod nvml;
-pub mod scenario;
-pub mod sim;
 
 use std::path::PathBuf;
 use std::sync::Arc;

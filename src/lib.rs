@@ -25,5 +25,7 @@ pub mod gpu;
 pub mod hpa;
 pub mod k8s;
 pub mod listener;
+pub mod retry;
 pub mod shutdown;
+pub mod sim;
 pub mod standalone;

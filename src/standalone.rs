@@ -25,16 +25,16 @@ use crate::adapter::source::prometheus::{PrometheusError, PrometheusSettings};
 use crate::adapter::tls::{CertSource, LocalCa, PemPair};
 use crate::adapter::{AdapterSetup, AuthorizationMode, ClientAuth, Limits, RunningAdapter, SourceSetup};
 use crate::agent::exposition::MetricNames;
-use crate::agent::sampler::{AllocationSource, PidResolver};
 use crate::agent::{AgentArgs, AgentSetup, RunningAgent};
+use crate::attribution::Unattributed;
 use crate::gpu::GpuSourceKind;
 use crate::gpu::model::GpuModelId;
 use crate::gpu::nvml::NvmlOpener;
-use crate::gpu::scenario::{Scenario, ScenarioError};
-use crate::gpu::sim::{SimNode, SimOpener};
 use crate::hpa::preview::{HpaSpec, MetricSpec, parse_hpa};
 use crate::hpa::{Autoscaler, PodValue};
 use crate::k8s::labels::LabelMaps;
+use crate::sim::scenario::{Scenario, ScenarioError};
+use crate::sim::{SimAttribution, SimNode, SimOpener};
 
 /// Flags of `standalone`.
 #[derive(Clone, Debug, Args)]
@@ -139,8 +139,7 @@ pub fn setups(args: &StandaloneArgs) -> Result<(Vec<AgentSetup>, LabelMaps), Sce
                 AgentSetup {
                     agent: agent_args(args, node, offset),
                     opener: Arc::new(SimOpener(sim.clone())),
-                    allocations: AllocationSource::Sim(sim.clone()),
-                    pids: PidResolver::Sim(sim),
+                    attribution: Box::new(SimAttribution(sim)),
                 }
             })
             .collect(),
@@ -151,8 +150,7 @@ pub fn setups(args: &StandaloneArgs) -> Result<(Vec<AgentSetup>, LabelMaps), Sce
             vec![AgentSetup {
                 agent: agent_args(args, &node, 0),
                 opener: Arc::new(NvmlOpener::new(args.nvml_lib.clone())),
-                allocations: AllocationSource::None,
-                pids: PidResolver::proc("/proc".into()),
+                attribution: Box::new(Unattributed),
             }]
         }
     };

@@ -13,7 +13,7 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 use http::HeaderValue;
 
-use super::snapshot::{GpuState, SampleData};
+use super::sample::{GpuState, SampleData};
 use crate::attribution::{PodGpuUsage, Sharing, Unresolved};
 use crate::gpu::{GpuCall, GpuReading};
 
@@ -118,8 +118,8 @@ impl Exposition {
 }
 
 /// Renders a sample in both formats, plain and gzipped.
-pub fn render(data: &SampleData) -> Exposition {
-    let (text, openmetrics) = render_plain(data);
+pub fn render(data: &SampleData, names: MetricNames) -> Exposition {
+    let (text, openmetrics) = render_plain(data, names);
     Exposition {
         text_gzip: gzip(&text),
         openmetrics_gzip: gzip(&openmetrics),
@@ -326,7 +326,7 @@ fn call_label(call: GpuCall) -> &'static str {
 }
 
 /// Renders the plain text and OpenMetrics bodies.
-pub fn render_plain(data: &SampleData) -> (Vec<u8>, Vec<u8>) {
+pub fn render_plain(data: &SampleData, names: MetricNames) -> (Vec<u8>, Vec<u8>) {
     let node = data.node.as_str();
     let estimate = 64 + data.gpus.len() * 1800 + data.usages.len() * 700;
     let mut e = Encoder {
@@ -335,10 +335,10 @@ pub fn render_plain(data: &SampleData) -> (Vec<u8>, Vec<u8>) {
         openmetrics_counters: Vec::with_capacity(2048),
     };
     let pods = pod_label_sets(&data.usages);
-    if data.names.native() {
+    if names.native() {
         native_families(&mut e, data, &pods);
     }
-    if data.names.dcgm() {
+    if names.dcgm() {
         dcgm_families(&mut e, data, &pods);
     }
 

@@ -14,168 +14,11 @@ use tokio::sync::watch;
 
 use super::AgentState;
 use super::exposition::MetricNames;
-use super::snapshot::{GpuState, Readiness, SampleData, Snapshot};
-use crate::attribution::checkpoint::Checkpoint;
-use crate::attribution::podresources::PodResourcesClient;
-use crate::attribution::process::ProcResolver;
-use crate::attribution::{AttributionArgs, ContainerAllocation, GpuView, attribute};
-use crate::gpu::sim::SimNode;
+use super::sample::{GpuState, Readiness, SampleData};
+use super::snapshot::Snapshot;
+use crate::attribution::{Allocations, Attribution, ContainerAllocation, GpuView, attribute};
 use crate::gpu::{GpuCall, GpuIdentity, GpuRead, GpuSource, GpuSourceOpener, ProcessUsage, ReadRequest};
-
-/// Exponential backoff between attempts at something that keeps failing.
-#[derive(Debug)]
-pub struct Backoff {
-    min: Duration,
-    max: Duration,
-    delay: Duration,
-    next: Option<Instant>,
-}
-
-impl Backoff {
-    /// Starts at `min` and doubles to `max`.
-    pub fn new(min: Duration, max: Duration) -> Self {
-        Self { min, max, delay: min, next: None }
-    }
-
-    /// Whether an attempt is due.
-    pub fn due(&self, now: Instant) -> bool {
-        self.next.is_none_or(|next| now >= next)
-    }
-
-    /// Records a failed attempt; returns the wait before the next.
-    pub fn failed(&mut self, now: Instant) -> Duration {
-        let wait = self.delay;
-        self.next = Some(now + wait);
-        self.delay = (self.delay * 2).min(self.max);
-        wait
-    }
-
-    /// Records a success.
-    pub fn succeeded(&mut self) {
-        self.delay = self.min;
-        self.next = None;
-    }
-
-    /// Whether the last attempt failed.
-    pub fn failing(&self) -> bool {
-        self.next.is_some()
-    }
-}
-
-/// The kubelet's PodResources API, and the checkpoint for pod UIDs.
-pub struct KubeletAllocations {
-    client: PodResourcesClient,
-    resource_name: String,
-    checkpoint: Checkpoint,
-    backoff: Backoff,
-    checkpoint_warned: bool,
-}
-
-/// Where the sampler learns which container holds which GPU.
-pub enum AllocationSource {
-    /// Attribution is off.
-    None,
-    /// The kubelet.
-    Kubelet(Box<KubeletAllocations>),
-    /// The simulated node's pods.
-    Sim(Arc<SimNode>),
-}
-
-impl AllocationSource {
-    /// The kubelet, as the flags describe it.
-    pub fn kubelet(args: &AttributionArgs) -> Self {
-        AllocationSource::Kubelet(Box::new(KubeletAllocations {
-            client: PodResourcesClient::new(&args.pod_resources_socket, args.pod_resources_timeout),
-            resource_name: args.gpu_resource_name.clone(),
-            checkpoint: Checkpoint::new(args.kubelet_checkpoint.clone()),
-            backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
-            checkpoint_warned: false,
-        }))
-    }
-
-    /// The current allocations, and whether the kubelet answered (`None` when
-    /// attribution is off). While the kubelet fails, GPUs go unlabelled
-    /// rather than carry possibly stale pod labels.
-    async fn fetch(&mut self, state: &AgentState) -> (Vec<ContainerAllocation>, Option<bool>) {
-        match self {
-            AllocationSource::None => (Vec::new(), None),
-            AllocationSource::Sim(node) => (node.allocations(), Some(true)),
-            AllocationSource::Kubelet(kubelet) => {
-                let now = Instant::now();
-                if !kubelet.backoff.due(now) {
-                    return (Vec::new(), Some(false));
-                }
-                match kubelet.client.list(&kubelet.resource_name).await {
-                    Ok(mut allocations) => {
-                        if kubelet.backoff.failing() {
-                            tracing::info!("kubelet PodResources answers again; pod labels are back");
-                        }
-                        kubelet.backoff.succeeded();
-                        if any_gpu_shared(&allocations) {
-                            if let Err(e) = kubelet.checkpoint.fill_pod_uids(&mut allocations) {
-                                if !std::mem::replace(&mut kubelet.checkpoint_warned, true) {
-                                    tracing::warn!(error = %e, "shared GPUs cannot be split between pods");
-                                }
-                            } else {
-                                kubelet.checkpoint_warned = false;
-                            }
-                        }
-                        (allocations, Some(true))
-                    }
-                    Err(e) => {
-                        state.metrics.pod_resources_error();
-                        let first = !kubelet.backoff.failing();
-                        let wait = kubelet.backoff.failed(now);
-                        if first {
-                            tracing::warn!(error = %e, "GPU series are served without pod labels until the kubelet answers");
-                        } else {
-                            tracing::debug!(error = %e, retry_in = ?wait, "kubelet PodResources still failing");
-                        }
-                        (Vec::new(), Some(false))
-                    }
-                }
-            }
-        }
-    }
-}
-
-/// Whether two allocations name the same GPU (time-slicing).
-fn any_gpu_shared(allocations: &[ContainerAllocation]) -> bool {
-    let mut bases: Vec<&str> =
-        allocations.iter().flat_map(|a| &a.device_ids).map(|id| crate::attribution::device_base(id)).collect();
-    let n = bases.len();
-    bases.sort_unstable();
-    bases.dedup();
-    bases.len() != n
-}
-
-/// How host PIDs map to pod UIDs.
-pub enum PidResolver {
-    /// From `/proc/<pid>/cgroup`.
-    Proc(ProcResolver),
-    /// From the simulation.
-    Sim(Arc<SimNode>),
-}
-
-impl PidResolver {
-    /// Resolves through `proc_root`.
-    pub fn proc(proc_root: std::path::PathBuf) -> Self {
-        PidResolver::Proc(ProcResolver::new(proc_root))
-    }
-
-    fn pod_uid_of(&mut self, pid: u32) -> Option<String> {
-        match self {
-            PidResolver::Proc(r) => r.pod_uid_of(pid),
-            PidResolver::Sim(node) => node.pod_uid_of(pid).map(str::to_string),
-        }
-    }
-
-    fn end_pass(&mut self) {
-        if let PidResolver::Proc(r) = self {
-            r.end_pass();
-        }
-    }
-}
+use crate::retry::Backoff;
 
 /// Per-GPU state kept between passes.
 #[derive(Default)]
@@ -186,42 +29,46 @@ struct GpuSlot {
     last_process_sample_us: u64,
 }
 
+/// How a sampler samples.
+#[derive(Clone, Debug)]
+pub struct SamplerSettings {
+    /// Node name.
+    pub node: String,
+    /// Time between passes.
+    pub interval: Duration,
+    /// Time one GPU's read may take.
+    pub read_timeout: Duration,
+    /// Metric names on `/metrics`.
+    pub names: MetricNames,
+}
+
 /// Samples on an interval and publishes snapshots.
 pub struct Sampler {
-    node: String,
-    interval: Duration,
-    names: MetricNames,
-    read_timeout: Duration,
+    settings: SamplerSettings,
     opener: Arc<dyn GpuSourceOpener>,
     source: Option<Arc<dyn GpuSource>>,
     open_backoff: Backoff,
     not_ready_reason: String,
-    allocations: AllocationSource,
-    pids: PidResolver,
+    attribution: Box<dyn Attribution>,
     slots: Vec<GpuSlot>,
     state: AgentState,
 }
 
 impl Sampler {
-    /// A sampler for the agent's flags and sources.
+    /// A sampler reading GPUs from `opener` and holders from `attribution`.
     pub fn new(
-        args: &super::AgentArgs,
+        settings: SamplerSettings,
         opener: Arc<dyn GpuSourceOpener>,
-        allocations: AllocationSource,
-        pids: PidResolver,
+        attribution: Box<dyn Attribution>,
         state: AgentState,
     ) -> Self {
         Self {
-            node: args.node_name.clone(),
-            interval: args.interval,
-            names: args.names,
-            read_timeout: args.gpu_read_timeout.unwrap_or(args.interval),
+            settings,
             opener,
             source: None,
             open_backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(60)),
             not_ready_reason: "GPU source not opened yet".to_string(),
-            allocations,
-            pids,
+            attribution,
             slots: Vec::new(),
             state,
         }
@@ -229,7 +76,7 @@ impl Sampler {
 
     /// Samples until `shutdown` turns true.
     pub async fn run(mut self, shutdown: watch::Receiver<bool>) {
-        let mut rounds = crate::shutdown::Rounds::new(self.interval, shutdown);
+        let mut rounds = crate::shutdown::Rounds::new(self.settings.interval, shutdown);
         // A pass stuck in a hung open is dropped at shutdown, not waited for.
         while rounds.next().await && rounds.run(self.sample_once()).await {}
     }
@@ -271,10 +118,19 @@ impl Sampler {
         let started = Instant::now();
         let taken_at = SystemTime::now();
         self.ensure_source().await;
-        let (allocations, pod_resources_up) = self.allocations.fetch(&self.state).await;
+        let (allocations, pod_resources_up) = match self.attribution.allocations().await {
+            Allocations::Off => (Vec::new(), None),
+            Allocations::Known(allocations) => (allocations, Some(true)),
+            Allocations::Unavailable { attempted } => {
+                if attempted {
+                    self.state.metrics.pod_resources_error();
+                }
+                (Vec::new(), Some(false))
+            }
+        };
         // The read deadline starts once the source is open: a slow open
         // (driver load) must not mark every GPU down.
-        let reads = self.read_gpus(&allocations, Instant::now() + self.read_timeout).await;
+        let reads = self.read_gpus(&allocations, Instant::now() + self.settings.read_timeout).await;
 
         let gpus: Vec<GpuState> = reads
             .iter()
@@ -293,9 +149,9 @@ impl Sampler {
             .iter()
             .map(|r| GpuView { identity: r.identity.as_ref(), up: r.up, reading: &r.reading, processes: &r.processes })
             .collect();
-        let pids = &mut self.pids;
-        let usages = attribute(&views, &allocations, |pid| pids.pod_uid_of(pid));
-        self.pids.end_pass();
+        let attribution = &mut self.attribution;
+        let usages = attribute(&views, &allocations, |pid| attribution.pod_uid_of(pid));
+        self.attribution.end_pass();
 
         let readiness = match self.source {
             Some(_) => Readiness::Ready,
@@ -303,9 +159,9 @@ impl Sampler {
         };
         self.state.metrics.sample_done();
         let data = SampleData {
-            node: self.node.clone(),
+            node: self.settings.node.clone(),
             taken_at,
-            interval: self.interval,
+            interval: self.settings.interval,
             gpus,
             usages,
             readiness,
@@ -313,9 +169,8 @@ impl Sampler {
             pod_resources_up,
             sample_duration: started.elapsed(),
             counters: self.state.metrics.counters(),
-            names: self.names,
         };
-        self.state.snapshot.store(Arc::new(Snapshot::new(data)));
+        self.state.snapshot.store(Arc::new(Snapshot::new(data, self.settings.names)));
     }
 
     /// Reads every GPU concurrently, each on a blocking thread, until

@@ -18,7 +18,7 @@ use tokio::sync::watch;
 
 use super::AgentState;
 use super::exposition::Representation;
-use super::snapshot::Readiness;
+use super::sample::Readiness;
 
 /// How long a client may take to send its request headers.
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);

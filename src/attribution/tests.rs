@@ -129,3 +129,17 @@ fn containers_of_one_pod_on_a_shared_gpu_are_reported_once() {
     assert_eq!(usages[0].container, "model,sidecar");
     assert_eq!(usages[0].utilization_percent, Ok(30.0));
 }
+
+#[test]
+fn time_slice_replicas_of_one_gpu_count_as_shared() {
+    let a = |ids: &[&str]| ContainerAllocation {
+        namespace: "ns".into(),
+        pod: "p".into(),
+        container: "c".into(),
+        pod_uid: None,
+        device_ids: ids.iter().map(|s| s.to_string()).collect(),
+    };
+    assert!(kubelet::any_gpu_shared(&[a(&["GPU-1::0"]), a(&["GPU-1::1"])]));
+    assert!(!kubelet::any_gpu_shared(&[a(&["GPU-1"]), a(&["GPU-2"])]));
+    assert!(!kubelet::any_gpu_shared(&[]));
+}

@@ -8,8 +8,8 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use super::*;
+use crate::agent::sample::Readiness;
 use crate::agent::self_metrics::AgentCounters;
-use crate::agent::snapshot::Readiness;
 use crate::attribution::{Sharing, Unresolved};
 use crate::gpu::{GpuIdentity, GpuReading};
 
@@ -67,7 +67,6 @@ fn sample_data() -> SampleData {
         pod_resources_up: Some(true),
         sample_duration: Duration::from_micros(1500),
         counters: AgentCounters { samples: 7, scrapes_text: 3, scrapes_openmetrics: 2, ..AgentCounters::default() },
-        names: MetricNames::Native,
     }
 }
 
@@ -268,14 +267,14 @@ fn normalize(text: &str) -> Vec<String> {
 #[test]
 fn openmetrics_output_matches_prometheus_client() {
     let data = sample_data();
-    let (_, openmetrics) = render_plain(&data);
+    let (_, openmetrics) = render_plain(&data, MetricNames::Native);
     let ours = String::from_utf8(openmetrics).unwrap();
     assert_eq!(normalize(&ours), normalize(&reference_openmetrics(&data)));
 }
 
 #[test]
 fn text_output_matches_the_golden_file() {
-    let (text, _) = render_plain(&sample_data());
+    let (text, _) = render_plain(&sample_data(), MetricNames::Native);
     check_golden("exposition.txt", &text);
 }
 
@@ -288,19 +287,15 @@ fn check_golden(name: &str, text: &[u8]) {
     assert_eq!(String::from_utf8_lossy(text), expected, "{name}");
 }
 
-fn with_names(names: MetricNames) -> SampleData {
-    SampleData { names, ..sample_data() }
-}
-
 #[test]
 fn dcgm_names_match_the_golden_file() {
-    let (text, _) = render_plain(&with_names(MetricNames::Dcgm));
+    let (text, _) = render_plain(&sample_data(), MetricNames::Dcgm);
     check_golden("exposition-dcgm.txt", &text);
 }
 
 #[test]
 fn dcgm_names_use_dcgm_exporter_units_and_labels() {
-    let (text, _) = render_plain(&with_names(MetricNames::Dcgm));
+    let (text, _) = render_plain(&sample_data(), MetricNames::Dcgm);
     let text = String::from_utf8(text).unwrap();
     let gpu0 = r#"gpu="0",UUID="GPU-aaaa",device="nvidia0",modelName="NVIDIA GeForce RTX 4090",Hostname="mainpc""#;
     let pod = r#"namespace="ai-system-gpu",pod="reasoning-suite-7d9f-x2k9p",container="main""#;
@@ -322,20 +317,20 @@ fn dcgm_names_use_dcgm_exporter_units_and_labels() {
 #[test]
 fn both_names_write_native_and_dcgm_families_once_each() {
     let lines = |names| {
-        let (text, _) = render_plain(&with_names(names));
+        let (text, _) = render_plain(&sample_data(), names);
         String::from_utf8(text).unwrap().lines().map(str::to_string).collect::<std::collections::BTreeSet<_>>()
     };
     let (native, dcgm, both) = (lines(MetricNames::Native), lines(MetricNames::Dcgm), lines(MetricNames::Both));
     let union: std::collections::BTreeSet<_> = native.union(&dcgm).cloned().collect();
     assert_eq!(both, union);
-    let (text, _) = render_plain(&with_names(MetricNames::Both));
+    let (text, _) = render_plain(&sample_data(), MetricNames::Both);
     let text = String::from_utf8(text).unwrap();
     assert_eq!(text.matches("# TYPE kube_gpu_metrics_samples_total counter").count(), 1);
 }
 
 #[test]
 fn unsupported_fields_and_lost_gpus_have_no_value_series() {
-    let (text, _) = render_plain(&sample_data());
+    let (text, _) = render_plain(&sample_data(), MetricNames::Native);
     let text = String::from_utf8(text).unwrap();
     let power: Vec<&str> = text.lines().filter(|l| l.starts_with("nvidia_gpu_power_watts{")).collect();
     assert_eq!(power.len(), 1, "{power:?}");
@@ -352,7 +347,7 @@ fn unsupported_fields_and_lost_gpus_have_no_value_series() {
 
 #[test]
 fn exclusive_gpus_carry_pod_labels_and_shared_ones_do_not() {
-    let (text, _) = render_plain(&sample_data());
+    let (text, _) = render_plain(&sample_data(), MetricNames::Native);
     let text = String::from_utf8(text).unwrap();
     assert!(text.contains(
         "nvidia_gpu_utilization_percent{node=\"mainpc\",gpu=\"0\",uuid=\"GPU-aaaa\",model=\"NVIDIA GeForce RTX 4090\",namespace=\"ai-system-gpu\",pod=\"reasoning-suite-7d9f-x2k9p\",container=\"main\"} 42.5\n"
@@ -365,7 +360,7 @@ fn exclusive_gpus_carry_pod_labels_and_shared_ones_do_not() {
 
 #[test]
 fn counters_are_named_per_format() {
-    let (text, openmetrics) = render_plain(&sample_data());
+    let (text, openmetrics) = render_plain(&sample_data(), MetricNames::Native);
     let (text, openmetrics) = (String::from_utf8(text).unwrap(), String::from_utf8(openmetrics).unwrap());
     assert!(text.contains(
         "# TYPE kube_gpu_metrics_samples_total counter\nkube_gpu_metrics_samples_total{node=\"mainpc\"} 7\n"
@@ -381,7 +376,7 @@ fn counters_are_named_per_format() {
 #[test]
 fn gzip_bodies_inflate_to_the_plain_ones() {
     use std::io::Read;
-    let exposition = render(&sample_data());
+    let exposition = render(&sample_data(), MetricNames::Native);
     for (plain, zipped) in
         [(&exposition.text, &exposition.text_gzip), (&exposition.openmetrics, &exposition.openmetrics_gzip)]
     {

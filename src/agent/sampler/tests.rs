@@ -2,9 +2,9 @@ use std::sync::Mutex;
 use std::sync::atomic::AtomicU32;
 
 use super::*;
-use crate::agent::AgentArgs;
 use crate::agent::self_metrics::AgentMetrics;
 use crate::gpu::{GpuReading, GpuSourceError};
+use crate::retry::Backoff;
 use arc_swap::ArcSwap;
 
 /// GPU 0 answers at once; GPU 1 sleeps `hang` per read.
@@ -53,16 +53,8 @@ impl GpuSourceOpener for FlakyOpener {
     }
 }
 
-fn args(read_timeout: Duration) -> AgentArgs {
-    AgentArgs {
-        listen: "127.0.0.1:0".parse().unwrap(),
-        node_name: "n".into(),
-        interval: Duration::from_secs(1),
-        gpu_read_timeout: Some(read_timeout),
-        names: Default::default(),
-        no_attribution: true,
-        feed_token_file: None,
-    }
+fn settings(read_timeout: Duration) -> SamplerSettings {
+    SamplerSettings { node: "n".into(), interval: Duration::from_secs(1), read_timeout, names: Default::default() }
 }
 
 fn sampler(failures: u32, hang: Duration, read_timeout: Duration) -> (Sampler, AgentState, Arc<ScriptedSource>) {
@@ -71,8 +63,7 @@ fn sampler(failures: u32, hang: Duration, read_timeout: Duration) -> (Sampler, A
     let state = AgentState { snapshot, metrics, feed_token: None };
     let source = Arc::new(ScriptedSource { hang, reads: AtomicU32::new(0) });
     let opener = Arc::new(FlakyOpener { failures: Mutex::new(failures), source: source.clone() });
-    let pids = PidResolver::proc("/nonexistent".into());
-    let s = Sampler::new(&args(read_timeout), opener, AllocationSource::None, pids, state.clone());
+    let s = Sampler::new(settings(read_timeout), opener, Box::new(crate::attribution::Unattributed), state.clone());
     (s, state, source)
 }
 
@@ -129,18 +120,4 @@ fn backoff_doubles_to_its_cap_and_resets() {
     b.succeeded();
     assert!(b.due(now) && !b.failing());
     assert_eq!(b.failed(now), Duration::from_secs(1));
-}
-
-#[test]
-fn time_slice_replicas_of_one_gpu_count_as_shared() {
-    let a = |ids: &[&str]| ContainerAllocation {
-        namespace: "ns".into(),
-        pod: "p".into(),
-        container: "c".into(),
-        pod_uid: None,
-        device_ids: ids.iter().map(|s| s.to_string()).collect(),
-    };
-    assert!(any_gpu_shared(&[a(&["GPU-1::0"]), a(&["GPU-1::1"])]));
-    assert!(!any_gpu_shared(&[a(&["GPU-1"]), a(&["GPU-2"])]));
-    assert!(!any_gpu_shared(&[]));
 }

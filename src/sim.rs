@@ -1,5 +1,8 @@
-//! Simulated GPUs and the pods that use them, for `standalone` and for tests
-//! without a GPU.
+//! The simulated node: GPUs, the pods that use them, their PIDs and labels,
+//! and scripted load ([`scenario`]), for `standalone` and for tests without a
+//! GPU. It is a whole fake node, so it stands in for both the GPU source
+//! ([`crate::gpu::GpuSource`]) and attribution
+//! ([`crate::attribution::Attribution`]).
 //!
 //! Each simulated GPU is time-sliced between the seed workloads of the
 //! reference cluster. Every workload's load moves along its own slow wave plus
@@ -10,13 +13,15 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::model::{GpuModelId, GpuProfile};
-use super::scenario::Scenario;
-use super::{
+pub mod scenario;
+
+use crate::attribution::{Allocations, Attribution, ContainerAllocation};
+use crate::gpu::model::{GpuModelId, GpuProfile};
+use crate::gpu::{
     GpuIdentity, GpuRead, GpuReading, GpuSource, GpuSourceError, GpuSourceOpener, ProcessSample, ProcessUsage,
     ReadRequest,
 };
-use crate::attribution::ContainerAllocation;
+use scenario::Scenario;
 
 /// The namespace the reference cluster runs GPU workloads in.
 pub const GPU_NAMESPACE: &str = "ai-system-gpu";
@@ -265,6 +270,19 @@ impl GpuSource for SimNode {
 
 /// Opens a [`SimNode`]; it never fails.
 pub struct SimOpener(pub Arc<SimNode>);
+
+/// The simulated node's pods, as attribution sees them.
+pub struct SimAttribution(pub Arc<SimNode>);
+
+impl Attribution for SimAttribution {
+    fn allocations(&mut self) -> std::pin::Pin<Box<dyn Future<Output = Allocations> + Send + '_>> {
+        Box::pin(std::future::ready(Allocations::Known(self.0.allocations())))
+    }
+
+    fn pod_uid_of(&mut self, pid: u32) -> Option<String> {
+        self.0.pod_uid_of(pid).map(str::to_string)
+    }
+}
 
 impl GpuSourceOpener for SimOpener {
     fn open(&self) -> Result<Arc<dyn GpuSource>, GpuSourceError> {
