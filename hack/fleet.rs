@@ -32,6 +32,7 @@ use http_body_util::Full;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
+use kube_gpu_metrics::adapter::PollArgs;
 use kube_gpu_metrics::feed::{FeedGpu, FeedPod, NodeFeed};
 use kube_gpu_metrics::k8s::labels::LabelMaps;
 use kube_gpu_metrics::standalone::{LocalAdapter, start_local_adapter};
@@ -195,8 +196,7 @@ async fn adapter(fleet: FleetAdapter) -> anyhow::Result<()> {
         listen,
         agents: urls,
         labels,
-        poll_interval,
-        max_age: Some(max_age),
+        poll: PollArgs { poll_interval, max_age: Some(max_age), ..PollArgs::default() },
         prometheus: None,
         kubeconfig_out,
     };

@@ -89,15 +89,9 @@ pub struct AdapterArgs {
     #[arg(long, env = "KGM_SOURCE", value_enum, default_value = "agents")]
     pub source: Source,
 
-    /// Prometheus' base URL, with `--source prometheus`
-    /// (`http://prometheus-operated.monitoring.svc:9090`).
-    #[arg(long, env = "KGM_PROMETHEUS_URL", required_if_eq("source", "prometheus"))]
-    pub prometheus_url: Option<String>,
-
-    /// The PromQL per metric, with `--source prometheus` (default: the
-    /// built-in dcgm-exporter queries, deploy/prometheus/dcgm-queries.yaml).
-    #[arg(long, env = "KGM_PROMETHEUS_QUERIES")]
-    pub prometheus_queries: Option<PathBuf>,
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub prometheus: PrometheusArgs,
 
     /// Agents to poll, as base URLs (`http://10.0.0.5:9402`), besides the
     /// discovered ones.
@@ -124,6 +118,46 @@ pub struct AdapterArgs {
     #[arg(long, env = "KGM_AGENT_PORT", default_value_t = 9402)]
     pub agent_port: u16,
 
+    /// A file holding the token the agents' `/v1/pods` requires (their
+    /// `--feed-token-file`).
+    #[arg(long, env = "KGM_AGENT_TOKEN_FILE")]
+    pub agent_token_file: Option<PathBuf>,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub poll: PollArgs,
+
+    /// Connections open at once on the HTTPS port; more are closed at once.
+    #[arg(long, env = "KGM_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
+    pub max_connections: usize,
+
+    /// How requests are authorized.
+    #[arg(long, env = "KGM_AUTHORIZATION_MODE", value_enum, default_value = "subject-access-review")]
+    pub authorization_mode: AuthorizationMode,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub auth: AuthArgs,
+}
+
+/// Flags of the Prometheus source, shared by `adapter` and `standalone`.
+#[derive(Clone, Debug, Args)]
+pub struct PrometheusArgs {
+    /// Prometheus' base URL, with `--source prometheus`
+    /// (`http://prometheus-operated.monitoring.svc:9090`).
+    #[arg(long, env = "KGM_PROMETHEUS_URL")]
+    pub prometheus_url: Option<String>,
+
+    /// The PromQL per metric, with `--source prometheus` (default: the
+    /// built-in dcgm-exporter queries, deploy/prometheus/dcgm-queries.yaml).
+    #[arg(long, env = "KGM_PROMETHEUS_QUERIES", requires = "prometheus_url")]
+    pub prometheus_queries: Option<PathBuf>,
+}
+
+/// Flags of polling and of what a round may take in, shared by `adapter`
+/// and `standalone`.
+#[derive(Clone, Debug, Args)]
+pub struct PollArgs {
     /// Time between poll rounds (of the agents or of Prometheus).
     #[arg(long, env = "KGM_POLL_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub poll_interval: Duration,
@@ -131,11 +165,6 @@ pub struct AdapterArgs {
     /// Time one agent (or one Prometheus query) may take to answer.
     #[arg(long, env = "KGM_POLL_TIMEOUT", default_value = "800ms", value_parser = humantime::parse_duration)]
     pub poll_timeout: Duration,
-
-    /// A file holding the token the agents' `/v1/pods` requires (their
-    /// `--feed-token-file`).
-    #[arg(long, env = "KGM_AGENT_TOKEN_FILE")]
-    pub agent_token_file: Option<PathBuf>,
 
     /// Largest feed accepted from an agent (or answer from Prometheus), bytes.
     #[arg(long, env = "KGM_MAX_FEED_BYTES", default_value_t = 8 << 20)]
@@ -151,22 +180,37 @@ pub struct AdapterArgs {
     #[arg(long, env = "KGM_MAX_ROUND_PODS", default_value_t = 100_000)]
     pub max_round_pods: usize,
 
-    /// Connections open at once on the HTTPS port; more are closed at once.
-    #[arg(long, env = "KGM_MAX_CONNECTIONS", default_value_t = 512)]
-    pub max_connections: usize,
-
     /// Oldest sample served (default: three of the agent's sample intervals,
     /// or of the Prometheus queries' `scrapeInterval`; never over 10 min).
     #[arg(long, env = "KGM_MAX_AGE", value_parser = humantime::parse_duration)]
     pub max_age: Option<Duration>,
+}
 
-    /// How requests are authorized.
-    #[arg(long, env = "KGM_AUTHORIZATION_MODE", value_enum, default_value = "subject-access-review")]
-    pub authorization_mode: AuthorizationMode,
+impl Default for PollArgs {
+    /// The flags' defaults.
+    fn default() -> Self {
+        use clap::Parser;
+        #[derive(Parser)]
+        struct Defaults {
+            #[command(flatten)]
+            poll: PollArgs,
+        }
+        Defaults::parse_from(["defaults"]).poll
+    }
+}
 
-    #[command(flatten)]
-    #[allow(missing_docs)]
-    pub auth: AuthArgs,
+impl PrometheusArgs {
+    /// The settings, if a URL is given: the URL checked and the query file
+    /// read (or the built-in dcgm-exporter queries).
+    pub fn settings(&self) -> Result<Option<PrometheusSettings>, PrometheusError> {
+        let Some(url) = &self.prometheus_url else { return Ok(None) };
+        PrometheusSettings::check_url(url)?;
+        let config = match &self.prometheus_queries {
+            Some(path) => QueryConfig::read(path)?,
+            None => QueryConfig::dcgm(),
+        };
+        Ok(Some(PrometheusSettings { url: url.clone(), config }))
+    }
 }
 
 /// Why the adapter could not start.
@@ -261,29 +305,19 @@ pub struct Limits {
     pub max_connections: usize,
 }
 
-impl Limits {
-    /// The defaults of the flags, at this poll interval.
-    pub fn defaults(poll_interval: Duration) -> Self {
-        use clap::Parser;
-        #[derive(Parser)]
-        struct Defaults {
-            #[command(flatten)]
-            adapter: AdapterArgs,
-        }
-        let args = Defaults::parse_from(["adapter"]).adapter;
-        Self { poll_interval, ..Limits::from(&args) }
-    }
-}
+/// The default of `--max-connections`.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 512;
 
-impl From<&AdapterArgs> for Limits {
-    fn from(args: &AdapterArgs) -> Self {
+impl Limits {
+    /// The limits the flags set.
+    pub fn new(poll: &PollArgs, max_connections: usize) -> Self {
         Self {
-            poll_interval: args.poll_interval,
-            poll_timeout: args.poll_timeout,
-            max_feed_bytes: args.max_feed_bytes,
-            max_round_bytes: args.max_round_bytes,
-            max_round_pods: args.max_round_pods,
-            max_connections: args.max_connections,
+            poll_interval: poll.poll_interval,
+            poll_timeout: poll.poll_timeout,
+            max_feed_bytes: poll.max_feed_bytes,
+            max_round_bytes: poll.max_round_bytes,
+            max_round_pods: poll.max_round_pods,
+            max_connections,
         }
     }
 }
@@ -317,16 +351,11 @@ pub struct AdapterSetup {
 impl AdapterSetup {
     /// Parses the flags and reads the files they name. Starts nothing.
     pub fn from_args(args: AdapterArgs) -> Result<Self, AdapterError> {
-        let source = match (args.source, &args.prometheus_url) {
-            (Source::Prometheus, Some(url)) => {
-                PrometheusSettings::check_url(url)?;
-                let config = match &args.prometheus_queries {
-                    Some(path) => QueryConfig::read(path)?,
-                    None => QueryConfig::dcgm(),
-                };
-                SourceSetup::Prometheus(PrometheusSettings { url: url.clone(), config })
-            }
-            _ => SourceSetup::Agents {
+        let source = match args.source {
+            Source::Prometheus => SourceSetup::Prometheus(args.prometheus.settings()?.ok_or_else(|| {
+                PrometheusError::Url { url: String::new(), reason: "is required with --source prometheus".into() }
+            })?),
+            Source::Agents => SourceSetup::Agents {
                 urls: args.agents.clone(),
                 discovery: args.discover_agents.then(|| AgentDiscovery {
                     namespace: args.agent_namespace.clone(),
@@ -372,8 +401,8 @@ impl AdapterSetup {
             authorization: (args.authorization_mode, args.auth.authorization_cache_ttl),
             source,
             labels: None,
-            limits: Limits::from(&args),
-            max_age: args.max_age,
+            limits: Limits::new(&args.poll, args.max_connections),
+            max_age: args.poll.max_age,
         })
     }
 

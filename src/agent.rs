@@ -24,17 +24,9 @@ use sampler::{Sampler, SamplerSettings};
 use self_metrics::AgentMetrics;
 use snapshot::Snapshot;
 
-/// Flags of the agent's sampling and serving.
+/// Flags of sampling, shared by `agent` and `standalone`.
 #[derive(Clone, Debug, Args)]
-pub struct AgentArgs {
-    /// Address `/metrics`, `/healthz`, `/readyz` and `/v1/pods` are served on.
-    #[arg(long, env = "KGM_LISTEN", default_value = "0.0.0.0:9402")]
-    pub listen: SocketAddr,
-
-    /// This node's name (set it from the downward API's `spec.nodeName`).
-    #[arg(long, env = "KGM_NODE_NAME", default_value = "localhost")]
-    pub node_name: String,
-
+pub struct SamplingArgs {
     /// How often GPUs are sampled.
     #[arg(long, env = "KGM_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
     pub interval: Duration,
@@ -48,6 +40,22 @@ pub struct AgentArgs {
     /// `dcgm` (dcgm-exporter's `DCGM_FI_DEV_*`), or `both`.
     #[arg(long, env = "KGM_NAMES", value_enum, default_value = "native")]
     pub names: exposition::MetricNames,
+}
+
+/// Flags of the agent's sampling and serving.
+#[derive(Clone, Debug, Args)]
+pub struct AgentArgs {
+    /// Address `/metrics`, `/healthz`, `/readyz` and `/v1/pods` are served on.
+    #[arg(long, env = "KGM_LISTEN", default_value = "0.0.0.0:9402")]
+    pub listen: SocketAddr,
+
+    /// This node's name (set it from the downward API's `spec.nodeName`).
+    #[arg(long, env = "KGM_NODE_NAME", default_value = "localhost")]
+    pub node_name: String,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub sampling: SamplingArgs,
 
     /// Turn pod attribution off (no kubelet on this host).
     #[arg(long, env = "KGM_NO_ATTRIBUTION")]
@@ -119,8 +127,11 @@ pub struct RunningAgent {
 /// the agent is listening. Both stop when `shutdown` turns true.
 pub async fn start(setup: AgentSetup, shutdown: watch::Receiver<bool>) -> std::io::Result<RunningAgent> {
     let metrics = Arc::new(AgentMetrics::default());
-    let snapshot =
-        Arc::new(ArcSwap::from_pointee(Snapshot::empty(&setup.agent.node_name, setup.agent.interval, &metrics)));
+    let snapshot = Arc::new(ArcSwap::from_pointee(Snapshot::empty(
+        &setup.agent.node_name,
+        setup.agent.sampling.interval,
+        &metrics,
+    )));
     let feed_token = setup
         .agent
         .feed_token_file
@@ -132,9 +143,9 @@ pub async fn start(setup: AgentSetup, shutdown: watch::Receiver<bool>) -> std::i
     let addr = listener.local_addr()?;
     let settings = SamplerSettings {
         node: setup.agent.node_name.clone(),
-        interval: setup.agent.interval,
-        read_timeout: setup.agent.gpu_read_timeout.unwrap_or(setup.agent.interval),
-        names: setup.agent.names,
+        interval: setup.agent.sampling.interval,
+        read_timeout: setup.agent.sampling.gpu_read_timeout.unwrap_or(setup.agent.sampling.interval),
+        names: setup.agent.sampling.names,
     };
     let sampler = Sampler::new(settings, setup.opener, setup.attribution, state.clone());
     let sampler_task = tokio::spawn(sampler.run(shutdown.clone()));

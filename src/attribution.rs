@@ -132,44 +132,25 @@ pub fn device_matches(device_id: &str, gpu: &GpuIdentity) -> bool {
     base == gpu.uuid || base.parse::<u32>() == Ok(gpu.index)
 }
 
-/// How a GPU is held.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Sharing {
-    /// By one container.
-    Exclusive,
-    /// By several containers (time-slicing).
-    Shared,
-}
-
-impl Sharing {
-    /// The `sharing` label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Sharing::Exclusive => "exclusive",
-            Sharing::Shared => "shared",
-        }
+crate::label_value::label_value! {
+    /// How a GPU is held (the `sharing` label).
+    pub enum Sharing: "sharing" {
+        /// By one container.
+        Exclusive = "exclusive",
+        /// By several containers (time-slicing).
+        Shared = "shared",
     }
 }
 
-/// Why a pod's share of a GPU has no value.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Unresolved {
-    /// The GPU is down: nothing to attribute.
-    GpuDown,
-    /// The GPU cannot report per-process utilization.
-    ProcessUtilizationUnsupported,
-    /// The pod's UID is not known, so its processes cannot be found.
-    PodUidUnknown,
-}
-
-impl Unresolved {
-    /// The `reason` label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Unresolved::GpuDown => "gpu-down",
-            Unresolved::ProcessUtilizationUnsupported => "process-utilization-unsupported",
-            Unresolved::PodUidUnknown => "pod-uid-unknown",
-        }
+crate::label_value::label_value! {
+    /// Why a pod's share of a GPU has no value (the `reason` label).
+    pub enum Unresolved: "reason" {
+        /// The GPU is down: nothing to attribute.
+        GpuDown = "gpu-down",
+        /// The GPU cannot report per-process utilization.
+        ProcessUtilizationUnsupported = "process-utilization-unsupported",
+        /// The pod's UID is not known, so its processes cannot be found.
+        PodUidUnknown = "pod-uid-unknown",
     }
 }
 

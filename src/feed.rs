@@ -18,8 +18,39 @@ pub struct NodeFeed {
     pub interval_ms: u64,
     /// Every GPU of the node.
     pub gpus: Vec<FeedGpu>,
-    /// Every pod holding a GPU of the node.
+    /// Every pod holding a GPU of the node; a reader refuses more than
+    /// [`MAX_FEED_PODS`] without decoding them.
+    #[serde(deserialize_with = "bounded_pods")]
     pub pods: Vec<FeedPod>,
+}
+
+/// The most pods one node's feed may carry. A node runs far fewer pods
+/// (the kubelet's default `maxPods` is 110), so a longer feed is broken or
+/// hostile, and is refused while it is read rather than after it filled
+/// memory.
+pub const MAX_FEED_PODS: usize = 4096;
+
+fn bounded_pods<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Vec<FeedPod>, D::Error> {
+    struct Bounded;
+    impl<'de> serde::de::Visitor<'de> for Bounded {
+        type Value = Vec<FeedPod>;
+
+        fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "a list of at most {MAX_FEED_PODS} pods")
+        }
+
+        fn visit_seq<A: serde::de::SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut pods = Vec::with_capacity(seq.size_hint().unwrap_or(0).min(MAX_FEED_PODS));
+            while let Some(pod) = seq.next_element()? {
+                if pods.len() == MAX_FEED_PODS {
+                    return Err(serde::de::Error::custom(format!("more than {MAX_FEED_PODS} pods in one node's feed")));
+                }
+                pods.push(pod);
+            }
+            Ok(pods)
+        }
+    }
+    deserializer.deserialize_seq(Bounded)
 }
 
 /// One GPU in the feed.

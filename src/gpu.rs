@@ -97,60 +97,29 @@ pub enum ProcessUsage {
     Samples(Vec<ProcessSample>),
 }
 
-/// The NVML calls the agent makes, for error counting.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum GpuCall {
-    /// `nvmlInit_v2` and library loading.
-    Init,
-    /// `nvmlDeviceGetCount_v2`.
-    Count,
-    /// `nvmlDeviceGetHandleByIndex_v2`.
-    Handle,
-    /// `nvmlDeviceGetName` and `nvmlDeviceGetUUID`.
-    Identity,
-    /// `nvmlDeviceGetUtilizationRates`.
-    Utilization,
-    /// `nvmlDeviceGetMemoryInfo_v2`.
-    Memory,
-    /// `nvmlDeviceGetTemperature`.
-    Temperature,
-    /// `nvmlDeviceGetPowerUsage`.
-    Power,
-    /// `nvmlDeviceGetClockInfo`.
-    Clock,
-    /// `nvmlDeviceGetProcessUtilization`.
-    Processes,
-}
-
-impl GpuCall {
-    /// Every call, in the order the metrics list them.
-    pub const ALL: [GpuCall; 10] = [
-        GpuCall::Init,
-        GpuCall::Count,
-        GpuCall::Handle,
-        GpuCall::Identity,
-        GpuCall::Utilization,
-        GpuCall::Memory,
-        GpuCall::Temperature,
-        GpuCall::Power,
-        GpuCall::Clock,
-        GpuCall::Processes,
-    ];
-
-    /// The `call` label value.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            GpuCall::Init => "init",
-            GpuCall::Count => "device_count",
-            GpuCall::Handle => "device_handle",
-            GpuCall::Identity => "identity",
-            GpuCall::Utilization => "utilization",
-            GpuCall::Memory => "memory",
-            GpuCall::Temperature => "temperature",
-            GpuCall::Power => "power",
-            GpuCall::Clock => "clock",
-            GpuCall::Processes => "process_utilization",
-        }
+crate::label_value::label_value! {
+    /// The NVML calls the agent makes, for error counting (the `call` label).
+    pub enum GpuCall: "call" {
+        /// `nvmlInit_v2` and library loading.
+        Init = "init",
+        /// `nvmlDeviceGetCount_v2`.
+        Count = "device_count",
+        /// `nvmlDeviceGetHandleByIndex_v2`.
+        Handle = "device_handle",
+        /// `nvmlDeviceGetName` and `nvmlDeviceGetUUID`.
+        Identity = "identity",
+        /// `nvmlDeviceGetUtilizationRates`.
+        Utilization = "utilization",
+        /// `nvmlDeviceGetMemoryInfo_v2`.
+        Memory = "memory",
+        /// `nvmlDeviceGetTemperature`.
+        Temperature = "temperature",
+        /// `nvmlDeviceGetPowerUsage`.
+        Power = "power",
+        /// `nvmlDeviceGetClockInfo`.
+        Clock = "clock",
+        /// `nvmlDeviceGetProcessUtilization`.
+        Processes = "process_utilization",
     }
 }
 

@@ -17,6 +17,8 @@
 //! - [`standalone`] runs the whole pipeline on localhost with simulated GPUs.
 #![forbid(unsafe_code)]
 
+mod label_value;
+
 pub mod adapter;
 pub mod agent;
 pub mod attribution;

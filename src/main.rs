@@ -59,6 +59,7 @@ enum Command {
     /// Custom metrics API server: serves custom.metrics.k8s.io and external.metrics.k8s.io over HTTPS.
     Adapter(AdapterArgs),
     /// The whole pipeline on localhost with simulated RTX 4090 and RTX 3060 nodes.
+    #[command(mut_arg("gpu_source", |a| a.default_value("sim")), mut_arg("sim_gpus", |a| a.hide(true)))]
     Standalone(StandaloneArgs),
     /// What an HPA manifest would decide with the served metrics, and why.
     HpaPreview(PreviewArgs),

@@ -20,23 +20,27 @@ use tokio::sync::watch;
 
 use base64::Engine;
 
-use crate::adapter::source::prometheus::config::QueryConfig;
-use crate::adapter::source::prometheus::{PrometheusError, PrometheusSettings};
+use crate::adapter::source::prometheus::PrometheusSettings;
 use crate::adapter::tls::{CertSource, LocalCa, PemPair};
-use crate::adapter::{AdapterSetup, AuthorizationMode, ClientAuth, Limits, RunningAdapter, SourceSetup};
+use crate::adapter::{
+    AdapterError, AdapterSetup, AuthorizationMode, ClientAuth, DEFAULT_MAX_CONNECTIONS, Limits, PollArgs,
+    PrometheusArgs, RunningAdapter, SourceSetup,
+};
 use crate::agent::exposition::MetricNames;
-use crate::agent::{AgentArgs, AgentSetup, RunningAgent};
+use crate::agent::{AgentArgs, AgentSetup, RunningAgent, SamplingArgs};
 use crate::attribution::Unattributed;
-use crate::gpu::GpuSourceKind;
 use crate::gpu::model::GpuModelId;
 use crate::gpu::nvml::NvmlOpener;
+use crate::gpu::{GpuArgs, GpuSourceKind};
 use crate::hpa::preview::{HpaSpec, MetricSpec, parse_hpa};
 use crate::hpa::{Autoscaler, PodValue};
 use crate::k8s::labels::LabelMaps;
 use crate::sim::scenario::{Scenario, ScenarioError};
 use crate::sim::{SimAttribution, SimNode, SimOpener};
 
-/// Flags of `standalone`.
+/// Flags of `standalone`: its own, plus the agent's sampling, the GPU
+/// source (simulated by default), the adapter's polling and its Prometheus
+/// source, flattened in as they are.
 #[derive(Clone, Debug, Args)]
 pub struct StandaloneArgs {
     /// Address every server binds to.
@@ -48,38 +52,8 @@ pub struct StandaloneArgs {
     #[arg(long, env = "KGM_STANDALONE_AGENT_PORT", default_value_t = 9402)]
     pub agent_port: u16,
 
-    /// GPU source: simulated reference nodes, or the local GPUs.
-    #[arg(long, env = "KGM_STANDALONE_GPU_SOURCE", value_enum, default_value = "sim")]
-    pub gpu_source: GpuSourceKind,
-
-    /// NVML library, with `--gpu-source nvml`.
-    #[arg(long, env = "KGM_NVML_LIB")]
-    pub nvml_lib: Option<PathBuf>,
-
-    /// Seed of the simulated load.
-    #[arg(long, env = "KGM_SEED", default_value_t = 42)]
-    pub seed: u64,
-
-    /// Sample interval.
-    #[arg(long, env = "KGM_INTERVAL", default_value = "1s", value_parser = humantime::parse_duration)]
-    pub interval: Duration,
-
-    /// Metric names on the agents' `/metrics`: `native`, `dcgm` or `both`.
-    #[arg(long, env = "KGM_NAMES", value_enum, default_value = "native")]
-    pub names: MetricNames,
-
-    /// Serve the API from this Prometheus (which should scrape the agents)
-    /// instead of polling the agents: the migration path, on localhost.
-    #[arg(long, env = "KGM_PROMETHEUS_URL")]
-    pub prometheus_url: Option<String>,
-
-    /// PromQL per metric with `--prometheus-url` (default: the built-in
-    /// dcgm-exporter queries; pair them with `--names dcgm`).
-    #[arg(long, env = "KGM_PROMETHEUS_QUERIES", requires = "prometheus_url")]
-    pub prometheus_queries: Option<PathBuf>,
-
     /// Port of the adapter (HTTPS). 0 picks a free port.
-    #[arg(long, env = "KGM_ADAPTER_PORT", default_value_t = 6443)]
+    #[arg(long, env = "KGM_STANDALONE_ADAPTER_PORT", default_value_t = 6443)]
     pub adapter_port: u16,
 
     /// Where the kubeconfig for the adapter is written.
@@ -94,6 +68,22 @@ pub struct StandaloneArgs {
     /// Stop after this long (default: run until interrupted).
     #[arg(long, env = "KGM_DURATION", value_parser = humantime::parse_duration)]
     pub duration: Option<Duration>,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub gpu: GpuArgs,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub sampling: SamplingArgs,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub poll: PollArgs,
+
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    pub prometheus: PrometheusArgs,
 }
 
 /// The reference cluster's nodes: name and GPU.
@@ -104,9 +94,7 @@ fn agent_args(args: &StandaloneArgs, node: &str, offset: u16) -> AgentArgs {
     AgentArgs {
         listen: SocketAddr::new(args.host, port),
         node_name: node.to_string(),
-        interval: args.interval,
-        gpu_read_timeout: None,
-        names: args.names,
+        sampling: args.sampling.clone(),
         no_attribution: true,
         feed_token_file: None,
     }
@@ -118,12 +106,12 @@ pub fn setups(args: &StandaloneArgs) -> Result<(Vec<AgentSetup>, LabelMaps), Sce
     let scenario = args.scenario.as_deref().map(Scenario::read).transpose()?;
     let start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
     let mut labels = LabelMaps { placements: Some(Default::default()), ..LabelMaps::default() };
-    let agents = match args.gpu_source {
+    let agents = match args.gpu.gpu_source {
         GpuSourceKind::Sim => REFERENCE_NODES
             .iter()
             .zip(0..)
             .map(|(&(node, model), offset)| {
-                let mut sim = SimNode::new(node, &[model], args.seed);
+                let mut sim = SimNode::new(node, &[model], args.gpu.seed);
                 if let Some(scenario) = &scenario {
                     sim = sim.with_scenario(scenario.clone(), start);
                 }
@@ -149,7 +137,7 @@ pub fn setups(args: &StandaloneArgs) -> Result<(Vec<AgentSetup>, LabelMaps), Sce
             let node = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".to_string());
             vec![AgentSetup {
                 agent: agent_args(args, &node, 0),
-                opener: Arc::new(NvmlOpener::new(args.nvml_lib.clone())),
+                opener: Arc::new(NvmlOpener::new(args.gpu.nvml_lib.clone())),
                 attribution: Box::new(Unattributed),
             }]
         }
@@ -195,10 +183,8 @@ pub struct LocalAdapter {
     pub agents: Vec<String>,
     /// Pod and node labels, for selectors.
     pub labels: LabelMaps,
-    /// Time between poll rounds.
-    pub poll_interval: Duration,
-    /// Oldest value served (default: three of the agents' intervals).
-    pub max_age: Option<Duration>,
+    /// Polling and its limits.
+    pub poll: PollArgs,
     /// Values from Prometheus instead of the agents.
     pub prometheus: Option<PrometheusSettings>,
     /// Where the kubeconfig goes.
@@ -225,24 +211,20 @@ pub async fn start_local_adapter(
             None => SourceSetup::Agents { urls: local.agents, discovery: None, token: None },
         },
         labels: Some(local.labels),
-        limits: Limits::defaults(local.poll_interval),
-        max_age: local.max_age,
+        limits: Limits::new(&local.poll, DEFAULT_MAX_CONNECTIONS),
+        max_age: local.poll.max_age,
     };
-    let adapter = crate::adapter::start(setup, shutdown).await?;
+    let adapter = crate::adapter::start(setup, shutdown).await.map_err(|e| match e {
+        // Standalone's own flag, not the adapter's.
+        AdapterError::Bind { addr, source, .. } => {
+            anyhow::anyhow!("cannot listen on {addr} (--adapter-port): {source}")
+        }
+        other => other.into(),
+    })?;
     let server = format!("https://{}", adapter.addr);
     std::fs::write(&local.kubeconfig_out, kubeconfig(&server, &ca.cert_pem, &client))
         .map_err(|e| anyhow::anyhow!("cannot write {} (--kubeconfig-out): {e}", local.kubeconfig_out.display()))?;
     Ok(adapter)
-}
-
-fn prometheus_settings(args: &StandaloneArgs) -> Result<Option<PrometheusSettings>, PrometheusError> {
-    let Some(url) = &args.prometheus_url else { return Ok(None) };
-    PrometheusSettings::check_url(url)?;
-    let config = match &args.prometheus_queries {
-        Some(path) => QueryConfig::read(path)?,
-        None => QueryConfig::dcgm(),
-    };
-    Ok(Some(PrometheusSettings { url: url.clone(), config }))
 }
 
 /// Runs until `shutdown` turns true or `--duration` passes.
@@ -261,9 +243,8 @@ pub async fn run(args: StandaloneArgs, shutdown_tx: watch::Sender<bool>) -> anyh
         listen: SocketAddr::new(args.host, args.adapter_port),
         agents: agents.iter().map(|a| format!("http://{}", a.addr)).collect(),
         labels,
-        poll_interval: args.interval,
-        max_age: None,
-        prometheus: prometheus_settings(&args)?,
+        poll: args.poll.clone(),
+        prometheus: args.prometheus.settings()?,
         kubeconfig_out: args.kubeconfig_out.clone(),
     };
     let adapter = start_local_adapter(local, shutdown.clone()).await?;
@@ -275,12 +256,15 @@ pub async fn run(args: StandaloneArgs, shutdown_tx: watch::Sender<bool>) -> anyh
     }
     let kubeconfig = args.kubeconfig_out.display();
     println!("  adapter        https://{}   (kubeconfig: {kubeconfig})", adapter.addr);
-    if let Some(url) = &args.prometheus_url {
+    if let Some(url) = &args.prometheus.prometheus_url {
         println!("  values from    {url} (the agents are not polled; Prometheus must scrape them)");
     }
     let first = agents[0].addr;
-    let series =
-        if args.names == MetricNames::Dcgm { "DCGM_FI_DEV_GPU_UTIL" } else { "nvidia_gpu_utilization_percent" };
+    let series = if args.sampling.names == MetricNames::Dcgm {
+        "DCGM_FI_DEV_GPU_UTIL"
+    } else {
+        "nvidia_gpu_utilization_percent"
+    };
     println!("\nTry:\n  curl -s http://{first}/metrics | grep {series}");
     println!(
         "  kubectl --kubeconfig {kubeconfig} get --raw \"/apis/custom.metrics.k8s.io/v1beta2/namespaces/ai-system-gpu/pods/*/nvidia_gpu_utilization_percent?labelSelector=app%3Dreasoning-suite\""

@@ -691,3 +691,22 @@ fn a_slow_nvml_open_does_not_mark_every_gpu_down() {
     assert_eq!(value(&text, &format!("nvidia_gpu_up{{{LABELS_3060}}}")).as_deref(), Some("1"), "{text}");
     assert_eq!(value(&text, "kube_gpu_metrics_gpu_read_timeouts_total").as_deref(), Some("0"));
 }
+
+#[test]
+fn log_format_json_writes_one_object_per_line() {
+    let mut child = Command::new(BIN)
+        .args(["--log-format", "json", "agent", "--gpu-source", "sim", "--listen", "127.0.0.1:0"])
+        .env("KGM_LOG", "info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stderr.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    let entry: serde_json::Value = serde_json::from_str(&first).unwrap_or_else(|e| panic!("{first}: {e}"));
+    assert_eq!(entry["level"], "INFO");
+    assert!(entry["message"].as_str().unwrap().starts_with("agent listening on http://127.0.0.1:"), "{entry}");
+    assert!(entry["timestamp"].is_string());
+}

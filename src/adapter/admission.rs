@@ -32,46 +32,27 @@ pub const MAX_CLOCK_SKEW: Duration = Duration::from_secs(5);
 /// The longest sample interval a source may announce.
 pub const MAX_INTERVAL: Duration = Duration::from_secs(600);
 
-macro_rules! reasons {
-    ($($(#[$doc:meta])* $variant:ident = $label:literal;)*) => {
-        /// Why an item from a source was refused.
-        #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
-        pub enum RejectReason {
-            $($(#[$doc])* $variant,)*
-        }
-
-        impl RejectReason {
-            /// Every reason, in exposition order.
-            pub const ALL: &'static [RejectReason] = &[$(RejectReason::$variant,)*];
-
-            /// The `reason` label.
-            pub fn label(self) -> &'static str {
-                match self {
-                    $(RejectReason::$variant => $label,)*
-                }
-            }
-        }
-    };
-}
-
-reasons! {
-    /// The feed names a node other than the one the API gives for the agent.
-    NodeMismatch = "node_mismatch";
-    /// The API places the pod on another node.
-    PodOnOtherNode = "pod_on_other_node";
-    /// The API does not know the pod (or has not scheduled it).
-    UnknownPod = "unknown_pod";
-    /// Two sources spoke for the same pod or node this round; the newer
-    /// sample is kept (the first on a tie, sources go in a fixed order).
-    Duplicate = "duplicate";
-    /// The sample is dated in the future beyond the allowed skew.
-    FutureTimestamp = "future_timestamp";
-    /// The announced sample interval is 0 or too long.
-    BadInterval = "bad_interval";
-    /// A value outside its metric's physical range.
-    ValueOutOfRange = "value_out_of_range";
-    /// The round's pod budget was spent.
-    RoundBudget = "round_budget";
+crate::label_value::label_value! {
+    /// Why an item from a source was refused (the `reason` label).
+    pub enum RejectReason: "reason" {
+        /// The feed names a node other than the one the API gives for the agent.
+        NodeMismatch = "node_mismatch",
+        /// The API places the pod on another node.
+        PodOnOtherNode = "pod_on_other_node",
+        /// The API does not know the pod (or has not scheduled it).
+        UnknownPod = "unknown_pod",
+        /// Two sources spoke for the same pod or node this round; the newer
+        /// sample is kept (the first on a tie, sources go in a fixed order).
+        Duplicate = "duplicate",
+        /// The sample is dated in the future beyond the allowed skew.
+        FutureTimestamp = "future_timestamp",
+        /// The announced sample interval is 0 or too long.
+        BadInterval = "bad_interval",
+        /// A value outside its metric's physical range.
+        ValueOutOfRange = "value_out_of_range",
+        /// The round's pod budget was spent.
+        RoundBudget = "round_budget",
+    }
 }
 
 /// Refusals counted by reason, and which (source, reason) pairs were logged.
@@ -96,7 +77,7 @@ impl Rejections {
         if first {
             tracing::warn!(
                 source,
-                reason = reason.label(),
+                reason = reason.as_str(),
                 items,
                 "refused a source's items: {detail} (logged once per source and reason)"
             );
@@ -119,7 +100,7 @@ impl Rejections {
         for reason in RejectReason::ALL {
             let _ = writeln!(
                 out,
-                "kube_gpu_metrics_adapter_feed_items_rejected_total{{reason=\"{}\"}} {}",
+                "kube_gpu_metrics_adapter_feed_items_rejected_total{{{}}} {}",
                 reason.label(),
                 self.count(*reason)
             );

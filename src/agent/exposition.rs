@@ -14,7 +14,7 @@ use flate2::write::GzEncoder;
 use http::HeaderValue;
 
 use super::sample::{GpuState, SampleData};
-use crate::attribution::{PodGpuUsage, Sharing, Unresolved};
+use crate::attribution::{PodGpuUsage, Sharing};
 use crate::gpu::{GpuCall, GpuReading};
 
 /// `Content-Type` of the text format.
@@ -292,39 +292,6 @@ fn pod_label_sets(usages: &[PodGpuUsage]) -> LabelSets {
     sets
 }
 
-/// `sharing="…"`, ready to write.
-fn sharing_label(sharing: Sharing) -> &'static str {
-    match sharing {
-        Sharing::Exclusive => "sharing=\"exclusive\"",
-        Sharing::Shared => "sharing=\"shared\"",
-    }
-}
-
-/// `reason="…"`, ready to write.
-fn reason_label(reason: Unresolved) -> &'static str {
-    match reason {
-        Unresolved::GpuDown => "reason=\"gpu-down\"",
-        Unresolved::ProcessUtilizationUnsupported => "reason=\"process-utilization-unsupported\"",
-        Unresolved::PodUidUnknown => "reason=\"pod-uid-unknown\"",
-    }
-}
-
-/// `call="…"`, ready to write.
-fn call_label(call: GpuCall) -> &'static str {
-    match call {
-        GpuCall::Init => "call=\"init\"",
-        GpuCall::Count => "call=\"device_count\"",
-        GpuCall::Handle => "call=\"device_handle\"",
-        GpuCall::Identity => "call=\"identity\"",
-        GpuCall::Utilization => "call=\"utilization\"",
-        GpuCall::Memory => "call=\"memory\"",
-        GpuCall::Temperature => "call=\"temperature\"",
-        GpuCall::Power => "call=\"power\"",
-        GpuCall::Clock => "call=\"clock\"",
-        GpuCall::Processes => "call=\"process_utilization\"",
-    }
-}
-
 /// Renders the plain text and OpenMetrics bodies.
 pub fn render_plain(data: &SampleData, names: MetricNames) -> (Vec<u8>, Vec<u8>) {
     let node = data.node.as_str();
@@ -375,7 +342,7 @@ pub fn render_plain(data: &SampleData, names: MetricNames) -> (Vec<u8>, Vec<u8>)
     e.counter(
         "kube_gpu_metrics_nvml_errors",
         "Failed NVML calls, by call (not-supported answers are not errors)",
-        GpuCall::ALL.iter().zip(c.gpu_errors).map(|(call, n)| ([own, "", call_label(*call)], n)),
+        GpuCall::ALL.iter().zip(c.gpu_errors).map(|(call, n)| ([own, "", call.label()], n)),
     );
     e.counter(
         "kube_gpu_metrics_gpu_read_timeouts",
@@ -469,21 +436,21 @@ fn native_families(e: &mut Encoder, data: &SampleData, pods: &LabelSets) {
         "nvidia_gpu_pod_utilization_percent",
         "A pod's utilization of a GPU: the device value on an exclusive GPU, its processes' share on a shared one",
         data.usages.iter().enumerate().filter_map(|(k, u)| {
-            Some(([gpus.get(u.gpu), pods.get(k), sharing_label(u.sharing)], Value::F64(u.utilization_percent.ok()?)))
+            Some(([gpus.get(u.gpu), pods.get(k), u.sharing.label()], Value::F64(u.utilization_percent.ok()?)))
         }),
     );
     e.gauge(
         "nvidia_gpu_pod_memory_utilization_percent",
         "A pod's memory-controller utilization of a GPU",
         data.usages.iter().enumerate().filter_map(|(k, u)| {
-            Some(([gpus.get(u.gpu), pods.get(k), sharing_label(u.sharing)], f(u.memory_utilization_percent)?))
+            Some(([gpus.get(u.gpu), pods.get(k), u.sharing.label()], f(u.memory_utilization_percent)?))
         }),
     );
     e.gauge(
         "kube_gpu_metrics_pod_attribution_unresolved",
         "1 for a pod whose share of a GPU cannot be measured, with the reason",
         data.usages.iter().enumerate().filter_map(|(k, u)| {
-            Some(([gpus.get(u.gpu), pods.get(k), reason_label(u.utilization_percent.err()?)], Value::U64(1)))
+            Some(([gpus.get(u.gpu), pods.get(k), u.utilization_percent.err()?.label()], Value::U64(1)))
         }),
     );
 }

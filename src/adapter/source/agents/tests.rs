@@ -101,6 +101,19 @@ proptest! {
 }
 
 #[test]
+fn a_feed_with_more_pods_than_a_node_runs_is_refused_while_read() {
+    let pod = |i: usize| format!(r#"{{"namespace":"n","pod":"p{i}","gpus":[],"sharing":"exclusive"}}"#);
+    let feed = |n: usize| {
+        let pods: Vec<String> = (0..n).map(pod).collect();
+        format!(r#"{{"node":"x","timestampMs":1,"intervalMs":1000,"gpus":[],"pods":[{}]}}"#, pods.join(","))
+    };
+    let max = crate::feed::MAX_FEED_PODS;
+    assert_eq!(decode_feed("http://a", feed(max).as_bytes()).unwrap().pods.len(), max);
+    let err = decode_feed("http://a", feed(max + 1).as_bytes()).unwrap_err().to_string();
+    assert!(err.contains("more than 4096 pods"), "{err}");
+}
+
+#[test]
 fn a_refused_feed_names_the_agent() {
     let err = decode_feed("http://10.42.0.7:9402", b"{\"node\": 3}").unwrap_err();
     assert!(err.to_string().contains("http://10.42.0.7:9402"), "{err}");
