@@ -23,7 +23,9 @@ use kube_gpu_metrics::agent::self_metrics::AgentMetrics;
 use kube_gpu_metrics::agent::server::handle;
 use kube_gpu_metrics::agent::snapshot::Snapshot;
 use kube_gpu_metrics::attribution::{PodGpuUsage, Sharing};
-use kube_gpu_metrics::gpu::{GpuIdentity, GpuReading};
+use kube_gpu_metrics::gpu::{
+    ClockEventReason, EccCounts, GpuIdentity, GpuReading, HealthReading, RemappedRows, RetiredPages, Violations,
+};
 
 use std::sync::atomic::AtomicU64 as AtomicF64Bits;
 
@@ -69,8 +71,10 @@ fn sample(gpus: u32, pods_per_gpu: u32) -> SampleData {
                 index: i,
                 uuid: format!("GPU-{i:08x}-5421-4778-a1f0-17d8097ff3b1"),
                 model: "NVIDIA GeForce RTX 4090".into(),
+                pci_bus_id: format!("00000000:{:02X}:00.0", i + 1),
             },
             up: true,
+            // Every field, as a data center board reports them.
             reading: GpuReading {
                 utilization_percent: Some(40.0 + f64::from(i)),
                 memory_utilization_percent: Some(21.0),
@@ -79,6 +83,35 @@ fn sample(gpus: u32, pods_per_gpu: u32) -> SampleData {
                 temperature_celsius: Some(63.0),
                 power_watts: Some(312.5),
                 sm_clock_hertz: Some(2.52e9),
+                memory_clock_hertz: Some(10.501e9),
+                memory_temperature_celsius: Some(70.0),
+                energy_joules: Some(123_456.789),
+                pcie_replays: Some(3),
+                pcie_transmit_bytes_per_second: Some(2_097_152.0),
+                pcie_receive_bytes_per_second: Some(4_194_304.0),
+                encoder_utilization_percent: Some(5.0),
+                decoder_utilization_percent: Some(7.0),
+                fan_speed_percent: Some(45.0),
+                performance_state: Some(2),
+                memory_reserved_bytes: Some(352 << 20),
+                clock_events: Some(ClockEventReason::SwPowerCap.bit()),
+                violations: Violations([Some(1.5), Some(0.25), Some(0.0), Some(0.0), Some(0.0), Some(0.0)]),
+                health: HealthReading {
+                    power_limit_watts: Some(450.0),
+                    ecc: Some(EccCounts {
+                        corrected_volatile: Some(2),
+                        uncorrected_volatile: Some(0),
+                        corrected_aggregate: Some(12),
+                        uncorrected_aggregate: Some(1),
+                    }),
+                    remapped_rows: Some(RemappedRows {
+                        correctable: 1,
+                        uncorrectable: 0,
+                        pending: false,
+                        failure: false,
+                    }),
+                    retired_pages: Some(RetiredPages { single_bit: 4, double_bit: 1, pending: Some(false) }),
+                },
             },
         })
         .collect();
@@ -104,6 +137,8 @@ fn sample(gpus: u32, pods_per_gpu: u32) -> SampleData {
         usages,
         readiness: Readiness::Ready,
         gpu_source_up: true,
+        driver_version: Some("550.54.14".into()),
+        cuda_version: Some("12.4".into()),
         pod_resources_up: Some(true),
         sample_duration: Duration::from_micros(900),
         counters: Default::default(),
@@ -152,7 +187,7 @@ fn prometheus_client_registry(data: &SampleData) -> prometheus_client::registry:
         ]
     };
     type Field = fn(&GpuReading) -> Option<f64>;
-    let fields: [(&str, Field); 7] = [
+    let fields: [(&str, Field); 21] = [
         ("nvidia_gpu_utilization_percent", |r| r.utilization_percent),
         ("nvidia_gpu_memory_utilization_percent", |r| r.memory_utilization_percent),
         ("nvidia_gpu_memory_used_bytes", |r| r.memory_used_bytes.map(|v| v as f64)),
@@ -160,12 +195,45 @@ fn prometheus_client_registry(data: &SampleData) -> prometheus_client::registry:
         ("nvidia_gpu_temperature_celsius", |r| r.temperature_celsius),
         ("nvidia_gpu_power_watts", |r| r.power_watts),
         ("nvidia_gpu_sm_clock_hertz", |r| r.sm_clock_hertz),
+        ("nvidia_gpu_memory_clock_hertz", |r| r.memory_clock_hertz),
+        ("nvidia_gpu_memory_temperature_celsius", |r| r.memory_temperature_celsius),
+        ("nvidia_gpu_pcie_transmit_bytes_per_second", |r| r.pcie_transmit_bytes_per_second),
+        ("nvidia_gpu_pcie_receive_bytes_per_second", |r| r.pcie_receive_bytes_per_second),
+        ("nvidia_gpu_encoder_utilization_percent", |r| r.encoder_utilization_percent),
+        ("nvidia_gpu_decoder_utilization_percent", |r| r.decoder_utilization_percent),
+        ("nvidia_gpu_fan_speed_percent", |r| r.fan_speed_percent),
+        ("nvidia_gpu_performance_state", |r| r.performance_state.map(f64::from)),
+        ("nvidia_gpu_memory_reserved_bytes", |r| r.memory_reserved_bytes.map(|v| v as f64)),
+        ("nvidia_gpu_power_limit_watts", |r| r.health.power_limit_watts),
+        ("nvidia_gpu_energy_joules_total", |r| r.energy_joules),
+        ("nvidia_gpu_pcie_replays_total", |r| r.pcie_replays.map(|v| v as f64)),
+        ("nvidia_gpu_remapped_rows_pending", |r| r.health.remapped_rows.map(|x| f64::from(u8::from(x.pending)))),
+        ("nvidia_gpu_retired_pages_pending", |r| r.health.retired_pages?.pending.map(|x| f64::from(u8::from(x)))),
     ];
     for (name, field) in fields {
         let family = Family::<Labels, Gauge<f64, AtomicF64Bits>>::default();
         for g in &data.gpus {
             if let Some(v) = field(&g.reading) {
                 family.get_or_create(&gpu_labels(g)).set(v);
+            }
+        }
+        registry.register(name, "help", family);
+    }
+    // The labelled families: one series per reason, policy or counter.
+    let labelled: [(&str, &str, usize); 5] = [
+        ("nvidia_gpu_clock_event_active", "reason", 9),
+        ("nvidia_gpu_clock_event_violation_seconds_total", "reason", 6),
+        ("nvidia_gpu_ecc_errors_total", "error", 4),
+        ("nvidia_gpu_remapped_rows_total", "error", 2),
+        ("nvidia_gpu_retired_pages", "cause", 2),
+    ];
+    for (name, key, n) in labelled {
+        let family = Family::<Labels, Gauge<f64, AtomicF64Bits>>::default();
+        for g in &data.gpus {
+            for k in 0..n {
+                let mut l = gpu_labels(g);
+                l.push((key.into(), format!("value_{k}")));
+                family.get_or_create(&l).set(1.0);
             }
         }
         registry.register(name, "help", family);

@@ -153,10 +153,19 @@ FAKE_NVML_CONFIG="$work/nvml.conf" "$bin" agent --gpu-source nvml --nvml-lib "$w
     --listen 127.0.0.1:19412 --node-name e2e-node --no-attribution >"$work/agent.log" 2>&1 &
 pids+=($!)
 wait_http http://127.0.0.1:19412/readyz
+# A data center board in trouble, for the health alerts: thermal and power
+# clock-event reasons, uncorrectable ECC errors (rising below), a row remapping
+# pending and one failed, pages pending retirement.
+faulty_gpu='gpu name="NVIDIA A100-SXM4-80GB" uuid=GPU-e2e-a100 util=97 mem_util=60 mem_total=85899345920 mem_used=42949672960 temp=88 power_mw=398000 sm_clock_mhz=1110 mem_temp=91 clock_events=0x64 viol_power_ns=4000000000 viol_thermal_ns=2000000000 ecc=1 ecc_sbe_vol=12 ecc_dbe_vol=0 remap=1 remap_corr=3 remap_unc=1 remap_pending=1 remap_failure=1 retired=1 retired_sbe=2 retired_dbe=1 retired_pending=1'
+echo "$faulty_gpu" >"$work/faulty.conf"
+FAKE_NVML_CONFIG="$work/faulty.conf" "$bin" agent --gpu-source nvml --nvml-lib "$work/libnvidia-ml.so" \
+    --listen 127.0.0.1:19413 --node-name e2e-faulty --no-attribution --health-interval 1s >"$work/faulty.log" 2>&1 &
+pids+=($!)
+wait_http http://127.0.0.1:19413/readyz
 sleep 1.5
 
 # 3. promtool on every exposition, text format.
-for port in 19402 19403 19412; do
+for port in 19402 19403 19412 19413; do
     curl -fs "http://127.0.0.1:$port/metrics" >"$work/metrics-$port.txt"
     promtool check metrics <"$work/metrics-$port.txt" || fail "promtool check metrics on :$port"
 done
@@ -166,7 +175,7 @@ curl -fs http://127.0.0.1:19404/metrics >"$work/metrics-19404.txt"
 remarks=$(promtool check metrics <"$work/metrics-19404.txt" 2>&1 \
     | grep -v "label names should be written in 'snake_case' not 'camelCase'" || true)
 [ -z "$remarks" ] || fail "promtool check metrics on the dcgm names: $remarks"
-log "promtool check metrics: clean on 4 agents (one with dcgm names)"
+log "promtool check metrics: clean on 5 agents (one with dcgm names)"
 grep -q '^DCGM_FI_DEV_GPU_UTIL{gpu="0",UUID="GPU-[^"]*",device="nvidia0",modelName="NVIDIA GeForce RTX 4090",Hostname="mainpc",namespace="ai-system-gpu",pod="reasoning-suite-[^"]*",container="reasoning-suite"} 80$' \
     "$work/metrics-19404.txt" || fail "dcgm names: no DCGM_FI_DEV_GPU_UTIL with dcgm-exporter's labels"
 ! grep -q '^nvidia_gpu_' "$work/metrics-19404.txt" || fail "dcgm names: native names written too"
@@ -204,6 +213,9 @@ scrape_configs:
   - job_name: dcgm
     static_configs:
       - targets: ["127.0.0.1:19404", "127.0.0.1:19405"]
+  - job_name: faulty
+    static_configs:
+      - targets: ["127.0.0.1:19413"]
   - job_name: kube-state-metrics
     static_configs:
       - targets: ["127.0.0.1:19480"]
@@ -228,14 +240,22 @@ expect_series() {
     fail "PromQL $q returned $got series, want $want"
 }
 expect_series 'up{job="kube-gpu-metrics"} == 1' 3
-expect_series 'nvidia_gpu_utilization_percent' 4
+expect_series 'nvidia_gpu_utilization_percent{job="kube-gpu-metrics"}' 4
 expect_series 'nvidia_gpu_up == 0' 1
 expect_series 'nvidia_gpu_utilization_percent{node="e2e-node",model="NVIDIA GeForce RTX 4090"} == 63' 1
 expect_series 'nvidia_gpu_pod_utilization_percent{namespace="ai-system-gpu",sharing="shared"}' 4
-expect_series 'count by (node) (nvidia_gpu_power_watts)' 3
+expect_series 'count by (node) (nvidia_gpu_power_watts{job="kube-gpu-metrics"})' 3
 expect_series 'kube_gpu_metrics_scrapes_total{job="kube-gpu-metrics",format="openmetrics"} > 0' 3
 expect_series 'DCGM_FI_DEV_GPU_UTIL{job="dcgm"}' 4
 expect_series 'kube_horizontalpodautoscaler_spec_max_replicas' 1
+# NVIDIA's own dcgm-exporter dashboard: every non-profiling panel has data
+# from the agent's dcgm names.
+while IFS=$'\t' read -r title expr; do
+    [[ -z "$title" || "$title" == \#* ]] && continue
+    n=$(query "$expr" | python3 -c 'import json,sys; r=json.load(sys.stdin); print(len(r["data"]["result"]) if r["status"]=="success" else -1)')
+    [ "$n" -ge 1 ] || fail "dcgm-exporter dashboard panel \"$title\" returns $n series: $expr"
+done <hack/dcgm-dashboard-queries.txt
+log "NVIDIA's dcgm-exporter dashboard: every non-profiling panel returns data"
 
 # Every alert expression must evaluate; every dashboard panel must return data.
 while IFS= read -r expr; do
@@ -249,6 +269,21 @@ done <"$manifests/panel-exprs.txt"
 log "PromQL: $(wc -l <"$manifests/alert-exprs.txt") alert expressions evaluate, $(wc -l <"$manifests/panel-exprs.txt") panel queries return data"
 curl -fs http://127.0.0.1:19090/api/v1/rules | python3 -c 'import json,sys; g=json.load(sys.stdin)["data"]["groups"]; assert sum(len(x["rules"]) for x in g) >= 9, g' \
     || fail "Prometheus did not load the alert rules"
+
+# The health alerts fire (pending until their `for`) on the faulty board;
+# the uncorrectable ECC count rises while Prometheus watches.
+expect_series 'nvidia_gpu_ecc_errors_total{job="faulty",error="uncorrected",counter="volatile"} == 0' 1
+echo "${faulty_gpu/ecc_dbe_vol=0/ecc_dbe_vol=2}" >"$work/faulty.conf"
+expect_series 'nvidia_gpu_ecc_errors_total{job="faulty",error="uncorrected",counter="volatile"} == 2' 1
+health_alerts="NvidiaGpuThermalThrottling NvidiaGpuPowerThrottling NvidiaGpuUncorrectableEccErrors NvidiaGpuRowRemapPending NvidiaGpuRowRemapFailed NvidiaGpuRetiredPagesPending"
+for _ in $(seq 60); do
+    active=$(curl -fs http://127.0.0.1:19090/api/v1/alerts | python3 -c 'import json,sys; print(" ".join(sorted({a["labels"]["alertname"] for a in json.load(sys.stdin)["data"]["alerts"] if a["labels"].get("node") == "e2e-faulty"})))')
+    missing=$(for a in $health_alerts; do [[ " $active " == *" $a "* ]] || echo "$a"; done)
+    [ -z "$missing" ] && break
+    sleep 0.5
+done
+[ -z "$missing" ] || fail "health alerts not pending or firing on the faulty board: $missing (active: $active)"
+log "health alerts pending or firing on the faulty board: $health_alerts"
 
 # 5. kubectl and the official Python client read the custom metrics API.
 hpa_query="/apis/custom.metrics.k8s.io/v1beta2/namespaces/ai-system-gpu/pods/*/nvidia_gpu_utilization_percent?labelSelector=app%3Dreasoning-suite"

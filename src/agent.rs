@@ -40,6 +40,12 @@ pub struct SamplingArgs {
     /// `dcgm` (dcgm-exporter's `DCGM_FI_DEV_*`), or `both`.
     #[arg(long, env = "KGM_NAMES", value_enum, default_value = "native")]
     pub names: exposition::MetricNames,
+
+    /// How often the rarely-changing fields are read: the power limit, ECC
+    /// counts, remapped rows and retired pages. Utilization, memory and power
+    /// are read every `--interval`.
+    #[arg(long, env = "KGM_HEALTH_INTERVAL", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub health_interval: Duration,
 }
 
 /// Flags of the agent's sampling and serving.
@@ -146,6 +152,7 @@ pub async fn start(setup: AgentSetup, shutdown: watch::Receiver<bool>) -> std::i
         interval: setup.agent.sampling.interval,
         read_timeout: setup.agent.sampling.gpu_read_timeout.unwrap_or(setup.agent.sampling.interval),
         names: setup.agent.sampling.names,
+        health_interval: setup.agent.sampling.health_interval,
     };
     let sampler = Sampler::new(settings, setup.opener, setup.attribution, state.clone());
     let sampler_task = tokio::spawn(sampler.run(shutdown.clone()));

@@ -42,7 +42,7 @@ pub struct GpuArgs {
 }
 
 /// The stable identity of one GPU.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct GpuIdentity {
     /// NVML index on this node.
     pub index: u32,
@@ -50,6 +50,8 @@ pub struct GpuIdentity {
     pub uuid: String,
     /// Marketing name, e.g. `NVIDIA GeForce RTX 4090`.
     pub model: String,
+    /// PCI bus ID, `00000000:01:00.0`; empty where unknown.
+    pub pci_bus_id: String,
 }
 
 /// The values read from one GPU. A field the GPU does not support is `None`,
@@ -70,6 +72,152 @@ pub struct GpuReading {
     pub power_watts: Option<f64>,
     /// Current SM clock.
     pub sm_clock_hertz: Option<f64>,
+    /// Current memory clock.
+    pub memory_clock_hertz: Option<f64>,
+    /// Memory (HBM) temperature: NVML field 82; GeForce boards have none.
+    pub memory_temperature_celsius: Option<f64>,
+    /// Energy used since the driver loaded (a counter).
+    pub energy_joules: Option<f64>,
+    /// PCIe replays since the driver loaded (a counter).
+    pub pcie_replays: Option<u64>,
+    /// PCIe transmit throughput over NVML's last 20 ms window.
+    pub pcie_transmit_bytes_per_second: Option<f64>,
+    /// PCIe receive throughput over NVML's last 20 ms window.
+    pub pcie_receive_bytes_per_second: Option<f64>,
+    /// Video encoder utilization.
+    pub encoder_utilization_percent: Option<f64>,
+    /// Video decoder utilization.
+    pub decoder_utilization_percent: Option<f64>,
+    /// The first fan's intended speed, percent of its maximum.
+    pub fan_speed_percent: Option<f64>,
+    /// Performance state, 0 (P0, most) to 15 (P15, least).
+    pub performance_state: Option<u32>,
+    /// Device memory the driver reserves for itself.
+    pub memory_reserved_bytes: Option<u64>,
+    /// The clock-event (throttle) reasons active now, as NVML's bitmask.
+    pub clock_events: Option<u64>,
+    /// Time clocks were held back, by policy, since the driver loaded.
+    pub violations: Violations,
+    /// Fields that change rarely, read every `--slow-interval`.
+    pub health: HealthReading,
+}
+
+crate::label_value::label_value! {
+    /// Why clocks are held back now: NVML's clock-event reasons, each a bit of
+    /// `nvmlDeviceGetCurrentClocksEventReasons` (the `reason` label).
+    pub enum ClockEventReason: "reason" {
+        /// Nothing runs; clocks idle.
+        GpuIdle = "gpu_idle",
+        /// Clocks set by the application clocks setting.
+        ApplicationsClocksSetting = "applications_clocks_setting",
+        /// The software power cap (the power limit).
+        SwPowerCap = "sw_power_cap",
+        /// Hardware slowdown (temperature or power brake, by the board).
+        HwSlowdown = "hw_slowdown",
+        /// Sync boost with other GPUs.
+        SyncBoost = "sync_boost",
+        /// Software thermal slowdown (the temperature limit).
+        SwThermalSlowdown = "sw_thermal_slowdown",
+        /// Hardware thermal slowdown (too hot).
+        HwThermalSlowdown = "hw_thermal_slowdown",
+        /// Hardware power brake (the external power brake signal).
+        HwPowerBrakeSlowdown = "hw_power_brake_slowdown",
+        /// Clocks set by the display clock setting.
+        DisplayClockSetting = "display_clock_setting",
+    }
+}
+
+impl ClockEventReason {
+    /// The reason's bit in NVML's mask.
+    pub fn bit(self) -> u64 {
+        1 << (self as u32)
+    }
+}
+
+crate::label_value::label_value! {
+    /// The policies NVML keeps violation time for (`nvmlDeviceGetViolationStatus`;
+    /// the `reason` label of the violation counters).
+    pub enum ViolationPolicy: "reason" {
+        /// Power capping.
+        Power = "power",
+        /// Thermal capping.
+        Thermal = "thermal",
+        /// Sync boost.
+        SyncBoost = "sync_boost",
+        /// The board's limit.
+        BoardLimit = "board_limit",
+        /// Low utilization.
+        LowUtilization = "low_utilization",
+        /// Board reliability.
+        Reliability = "reliability",
+    }
+}
+
+/// Violation time per policy, seconds; `None` where NVML has none.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct Violations(pub [Option<f64>; ViolationPolicy::ALL.len()]);
+
+impl Violations {
+    /// The time of one policy.
+    pub fn get(&self, policy: ViolationPolicy) -> Option<f64> {
+        self.0[policy as usize]
+    }
+
+    /// Sets the time of one policy.
+    pub fn set(&mut self, policy: ViolationPolicy, seconds: Option<f64>) {
+        self.0[policy as usize] = seconds;
+    }
+}
+
+/// ECC error counts; present only while ECC is on.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct EccCounts {
+    /// Corrected (single-bit) errors since the driver loaded.
+    pub corrected_volatile: Option<u64>,
+    /// Uncorrected (double-bit) errors since the driver loaded.
+    pub uncorrected_volatile: Option<u64>,
+    /// Corrected errors over the board's life.
+    pub corrected_aggregate: Option<u64>,
+    /// Uncorrected errors over the board's life.
+    pub uncorrected_aggregate: Option<u64>,
+}
+
+/// Rows of memory remapped (Ampere and newer data center boards).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RemappedRows {
+    /// Rows remapped for correctable errors.
+    pub correctable: u64,
+    /// Rows remapped for uncorrectable errors.
+    pub uncorrectable: u64,
+    /// A remapping waits for the next GPU reset.
+    pub pending: bool,
+    /// A remapping failed.
+    pub failure: bool,
+}
+
+/// Pages retired from service (pre-Ampere boards).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RetiredPages {
+    /// Retired for multiple single-bit errors.
+    pub single_bit: u64,
+    /// Retired for a double-bit error.
+    pub double_bit: u64,
+    /// Pages wait to be retired at the next reset.
+    pub pending: Option<bool>,
+}
+
+/// Fields that change rarely and are read every `--slow-interval` (30 s by
+/// default), so that a slow field never delays utilization.
+#[derive(Clone, Copy, Debug, Default, PartialEq)]
+pub struct HealthReading {
+    /// The enforced power limit.
+    pub power_limit_watts: Option<f64>,
+    /// ECC counts, while ECC is on.
+    pub ecc: Option<EccCounts>,
+    /// Remapped rows, where the board remaps.
+    pub remapped_rows: Option<RemappedRows>,
+    /// Retired pages, where the board retires pages.
+    pub retired_pages: Option<RetiredPages>,
 }
 
 /// One NVML process utilization sample.
@@ -120,12 +268,36 @@ crate::label_value::label_value! {
         Clock = "clock",
         /// `nvmlDeviceGetProcessUtilization`.
         Processes = "process_utilization",
+        /// `nvmlDeviceGetTotalEnergyConsumption`.
+        Energy = "energy",
+        /// `nvmlDeviceGetPcieReplayCounter` and `nvmlDeviceGetPcieThroughput`.
+        Pcie = "pcie",
+        /// `nvmlDeviceGetEncoderUtilization` and `nvmlDeviceGetDecoderUtilization`.
+        Codec = "encoder_decoder",
+        /// `nvmlDeviceGetFanSpeed_v2`.
+        Fan = "fan",
+        /// `nvmlDeviceGetPerformanceState`.
+        PerformanceState = "performance_state",
+        /// `nvmlDeviceGetCurrentClocksEventReasons` and `nvmlDeviceGetViolationStatus`.
+        ClockEvents = "clock_events",
+        /// `nvmlDeviceGetFieldValues` (memory temperature).
+        FieldValues = "field_values",
+        /// `nvmlDeviceGetEnforcedPowerLimit`.
+        PowerLimit = "power_limit",
+        /// `nvmlDeviceGetEccMode` and `nvmlDeviceGetTotalEccErrors`.
+        Ecc = "ecc",
+        /// `nvmlDeviceGetRemappedRows`.
+        RemappedRows = "remapped_rows",
+        /// `nvmlDeviceGetRetiredPages` and `nvmlDeviceGetRetiredPagesPendingStatus`.
+        RetiredPages = "retired_pages",
     }
 }
 
 /// What to read besides the device values.
 #[derive(Clone, Copy, Debug, Default)]
 pub struct ReadRequest {
+    /// Read the rarely-changing fields ([`HealthReading`]) too.
+    pub health: bool,
     /// Read per-process utilization (the GPU is shared between pods).
     pub processes: bool,
     /// Driver timestamp of the newest process sample already seen.
@@ -158,6 +330,10 @@ pub trait GpuSource: Send + Sync {
     fn known_identity(&self, index: u32) -> Option<GpuIdentity>;
     /// The driver version, where known.
     fn driver_version(&self) -> Option<String> {
+        None
+    }
+    /// The CUDA version the driver supports (`12.4`), where known.
+    fn cuda_version(&self) -> Option<String> {
         None
     }
 }

@@ -3,19 +3,23 @@
 //! The crate is laid out by responsibility, and data flows one way:
 //!
 //! ```text
-//! gpu (nvml | sim) ─┐
-//! attribution ──────┼─► agent::sampler ─► agent::snapshot ─► agent::exposition / feed
+//! gpu (nvml) | sim ─┐
+//! attribution | sim ┴─► agent::sampler ─► agent::snapshot ─► agent::exposition / agent::feed
+//! adapter: cluster + source ─► admission ─► store ─► provider ─► http
 //! ```
 //!
-//! - [`gpu`] reads GPUs, over NVML or from a simulation.
+//! - [`gpu`] reads GPUs over NVML; [`sim`] is a whole simulated node.
 //! - [`attribution`] works out which pod uses which GPU.
-//! - [`agent`] samples both on an interval into an immutable [`agent::snapshot::Snapshot`]
-//!   and serves it: Prometheus `/metrics` and the per-pod [`feed`].
-//! - [`adapter`] polls the agents and serves the custom and external metrics
-//!   APIs over HTTPS.
+//! - [`agent`] samples both on an interval into an immutable
+//!   [`agent::snapshot::Snapshot`] and serves it: Prometheus `/metrics` and
+//!   the per-pod [`feed`].
+//! - [`adapter`] polls the agents (or Prometheus) and serves the custom and
+//!   external metrics APIs over HTTPS.
+//! - [`k8s`] holds the Kubernetes conventions both sides share.
 //! - [`hpa`] is the HorizontalPodAutoscaler's algorithm, for `hpa-preview`.
 //! - [`standalone`] runs the whole pipeline on localhost with simulated GPUs.
-#![forbid(unsafe_code)]
+// The one exception, with a SAFETY comment per call: `gpu::nvml::raw`.
+#![deny(unsafe_code)]
 
 mod label_value;
 

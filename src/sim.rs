@@ -18,8 +18,8 @@ pub mod scenario;
 use crate::attribution::{Allocations, Attribution, ContainerAllocation};
 use crate::gpu::model::{GpuModelId, GpuProfile};
 use crate::gpu::{
-    GpuIdentity, GpuRead, GpuReading, GpuSource, GpuSourceError, GpuSourceOpener, ProcessSample, ProcessUsage,
-    ReadRequest,
+    ClockEventReason, GpuIdentity, GpuRead, GpuReading, GpuSource, GpuSourceError, GpuSourceOpener, HealthReading,
+    ProcessSample, ProcessUsage, ReadRequest, ViolationPolicy, Violations,
 };
 use scenario::Scenario;
 
@@ -116,6 +116,7 @@ impl SimNode {
                         index: index as u32,
                         uuid: format!("GPU-{}", uuid(&mut rng)),
                         model: profile.name.to_string(),
+                        pci_bus_id: format!("00000000:{:02X}:00.0", index + 1),
                     },
                     profile,
                     workloads,
@@ -226,6 +227,29 @@ impl SimNode {
             } else {
                 f64::from(p.idle_clock_mhz) * 1e6
             }),
+            // A GeForce board: no memory temperature, ECC, remapping or
+            // retired pages; the rest moves with the load.
+            memory_clock_hertz: Some(if busy > 0.0 { 10_501e6 } else { 405e6 }),
+            // Counted from 2026-01-01 at idle power: a counter that only grows.
+            energy_joules: Some(((t - 1_767_225_600.0).max(0.0) * p.idle_power_watts).round()),
+            pcie_replays: Some(0),
+            pcie_transmit_bytes_per_second: Some((busy * 2e9).round()),
+            pcie_receive_bytes_per_second: Some((busy * 4e9).round()),
+            encoder_utilization_percent: Some(0.0),
+            decoder_utilization_percent: Some(0.0),
+            fan_speed_percent: Some((30.0 + 50.0 * busy).round()),
+            performance_state: Some(if busy > 0.0 { 2 } else { 8 }),
+            memory_reserved_bytes: Some(352 << 20),
+            clock_events: Some(if busy == 0.0 {
+                ClockEventReason::GpuIdle.bit()
+            } else if busy > 0.95 {
+                ClockEventReason::SwPowerCap.bit()
+            } else {
+                0
+            }),
+            violations: Violations([Some(0.0); ViolationPolicy::ALL.len()]),
+            health: HealthReading { power_limit_watts: Some(p.max_power_watts), ..HealthReading::default() },
+            memory_temperature_celsius: None,
         };
         let processes = if request.processes {
             let timestamp_us = (t * 1e6) as u64;

@@ -171,7 +171,9 @@ fn nvml_gpus_are_served_with_the_fakes_values_and_labels() {
         format!("nvidia_gpu_power_watts{{{LABELS_3060}}} 95.5"),
         format!("nvidia_gpu_sm_clock_hertz{{{LABELS_4090}}} 2520000000.0"),
         format!("nvidia_gpu_up{{{LABELS_4090}}} 1"),
-        format!("nvidia_gpu_info{{{LABELS_3060}}} 1"),
+        format!(
+            "nvidia_gpu_info{{{LABELS_3060},pci_bus_id=\"00000000:02:00.0\",driver_version=\"550.54.14\",cuda_version=\"12.4\"}} 1"
+        ),
     ] {
         assert!(text.lines().any(|l| l == line), "missing {line}\n{text}");
     }
@@ -537,8 +539,17 @@ fn the_real_nvml_library_reports_every_gpu() {
     {
         assert_eq!(text.lines().filter(|l| l.starts_with(family)).count(), up.len(), "{family}");
     }
+    for family in ["nvidia_gpu_memory_clock_hertz{", "nvidia_gpu_energy_joules_total{", "nvidia_gpu_power_limit_watts{"]
+    {
+        assert_eq!(text.lines().filter(|l| l.starts_with(family)).count(), up.len(), "{family}");
+    }
     let duration: f64 = value(&text, "kube_gpu_metrics_sample_duration_seconds").unwrap().parse().unwrap();
-    println!("sample pass: {:.1} us for {} GPU(s)", duration * 1e6, up.len());
+    println!(
+        "sample pass: {:.1} us for {} GPU(s), {:.1} us per GPU",
+        duration * 1e6,
+        up.len(),
+        duration * 1e6 / up.len() as f64
+    );
 }
 
 // ---- hostile clients and the feed token ----
@@ -709,4 +720,117 @@ fn log_format_json_writes_one_object_per_line() {
     assert_eq!(entry["level"], "INFO");
     assert!(entry["message"].as_str().unwrap().starts_with("agent listening on http://127.0.0.1:"), "{entry}");
     assert!(entry["timestamp"].is_string());
+}
+
+/// GPU 0 as a data center board reports it (memory temperature, ECC, row
+/// remapping, retired pages, throttling); GPU 1 keeps the fake's GeForce
+/// defaults, where those calls answer NOT_SUPPORTED.
+const TELEMETRY: &str = "\
+driver 550.54.14
+cuda 12040
+gpu name=\"NVIDIA GeForce RTX 4090\" uuid=GPU-4090-0000 util=42 mem_util=30 mem_total=25757220864 mem_used=8589934592 temp=61 power_mw=312000 sm_clock_mhz=2520 mem_clock_mhz=10501 mem_temp=85 energy_mj=5000500 pcie_replay=7 pcie_tx_kbs=100 pcie_rx_kbs=200 enc_util=11 dec_util=13 fan=55 pstate=0 clock_events=0x44 viol_power_ns=2500000000 viol_thermal_ns=1000000 power_limit_mw=400000 ecc=1 ecc_sbe_vol=3 ecc_dbe_vol=1 ecc_sbe_agg=30 ecc_dbe_agg=2 remap=1 remap_corr=2 remap_unc=1 remap_pending=1 remap_failure=0 retired=1 retired_sbe=5 retired_dbe=1 retired_pending=1
+gpu name=\"NVIDIA GeForce RTX 3060\" uuid=GPU-3060-0001 util=17 mem_util=9 mem_total=12884901888 mem_used=2147483648 temp=48 power_mw=95500 sm_clock_mhz=1777
+";
+
+#[test]
+fn every_field_is_served_where_the_gpu_has_it_and_absent_where_it_has_not() {
+    let agent = Agent::start(TELEMETRY, &["--no-attribution", "--names", "both"]);
+    let text = agent.metrics_until("a sample", |t| t.contains("nvidia_gpu_power_limit_watts{"));
+    let g0 = LABELS_4090;
+    for (series, want) in [
+        (format!("nvidia_gpu_memory_clock_hertz{{{g0}}}"), "10501000000.0"),
+        (format!("nvidia_gpu_memory_temperature_celsius{{{g0}}}"), "85.0"),
+        (format!("nvidia_gpu_energy_joules_total{{{g0}}}"), "5000.5"),
+        (format!("nvidia_gpu_pcie_replays_total{{{g0}}}"), "7"),
+        (format!("nvidia_gpu_pcie_transmit_bytes_per_second{{{g0}}}"), "102400.0"),
+        (format!("nvidia_gpu_pcie_receive_bytes_per_second{{{g0}}}"), "204800.0"),
+        (format!("nvidia_gpu_encoder_utilization_percent{{{g0}}}"), "11.0"),
+        (format!("nvidia_gpu_decoder_utilization_percent{{{g0}}}"), "13.0"),
+        (format!("nvidia_gpu_fan_speed_percent{{{g0}}}"), "55.0"),
+        (format!("nvidia_gpu_performance_state{{{g0}}}"), "0"),
+        (format!("nvidia_gpu_memory_reserved_bytes{{{g0}}}"), "352321536"),
+        (format!("nvidia_gpu_power_limit_watts{{{g0}}}"), "400.0"),
+        (format!("nvidia_gpu_clock_event_active{{{g0},reason=\"sw_power_cap\"}}"), "1"),
+        (format!("nvidia_gpu_clock_event_active{{{g0},reason=\"hw_thermal_slowdown\"}}"), "1"),
+        (format!("nvidia_gpu_clock_event_active{{{g0},reason=\"gpu_idle\"}}"), "0"),
+        (format!("nvidia_gpu_clock_event_violation_seconds_total{{{g0},reason=\"power\"}}"), "2.5"),
+        (format!("nvidia_gpu_clock_event_violation_seconds_total{{{g0},reason=\"thermal\"}}"), "0.001"),
+        (format!("nvidia_gpu_ecc_errors_total{{{g0},error=\"uncorrected\",counter=\"volatile\"}}"), "1"),
+        (format!("nvidia_gpu_ecc_errors_total{{{g0},error=\"corrected\",counter=\"aggregate\"}}"), "30"),
+        (format!("nvidia_gpu_remapped_rows_total{{{g0},error=\"correctable\"}}"), "2"),
+        (format!("nvidia_gpu_remapped_rows_pending{{{g0}}}"), "1"),
+        (format!("nvidia_gpu_remapped_rows_failed{{{g0}}}"), "0"),
+        (format!("nvidia_gpu_retired_pages{{{g0},cause=\"single_bit_ecc\"}}"), "5"),
+        (format!("nvidia_gpu_retired_pages_pending{{{g0}}}"), "1"),
+    ] {
+        assert_eq!(value(&text, &series).as_deref(), Some(want), "{series}\n{text}");
+    }
+    // The GeForce board: what it lacks is absent, never 0, and no error.
+    let g1 = LABELS_3060;
+    for family in [
+        "nvidia_gpu_memory_temperature_celsius",
+        "nvidia_gpu_ecc_errors_total",
+        "nvidia_gpu_remapped_rows_total",
+        "nvidia_gpu_remapped_rows_pending",
+        "nvidia_gpu_retired_pages",
+    ] {
+        assert!(!text.lines().any(|l| l.starts_with(&format!("{family}{{{g1}"))), "{family} for the 3060\n{text}");
+    }
+    assert!(value(&text, &format!("nvidia_gpu_fan_speed_percent{{{g1}}}")).is_some());
+    for call in ["ecc", "remapped_rows", "retired_pages", "field_values"] {
+        let errors = value(&text, &format!("kube_gpu_metrics_nvml_errors_total{{node=\"testnode\",call=\"{call}\"}}"));
+        assert_eq!(errors.as_deref(), Some("0"), "{call}");
+    }
+    // dcgm-exporter's names and units for the same fields.
+    let d0 = "gpu=\"0\",UUID=\"GPU-4090-0000\",pci_bus_id=\"00000000:01:00.0\",device=\"nvidia0\",modelName=\"NVIDIA GeForce RTX 4090\",Hostname=\"testnode\",DCGM_FI_DRIVER_VERSION=\"550.54.14\"";
+    for (series, want) in [
+        ("DCGM_FI_DEV_MEM_CLOCK", "10501"),
+        ("DCGM_FI_DEV_MEMORY_TEMP", "85"),
+        ("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "5000500"),
+        ("DCGM_FI_DEV_PCIE_REPLAY_COUNTER", "7"),
+        ("DCGM_FI_DEV_ENC_UTIL", "11"),
+        ("DCGM_FI_DEV_DEC_UTIL", "13"),
+        ("DCGM_FI_DEV_FB_RESERVED", "336"),
+        ("DCGM_FI_DEV_POWER_VIOLATION", "2500000"),
+        ("DCGM_FI_DEV_ECC_DBE_VOL_TOTAL", "1"),
+        ("DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS", "2"),
+        ("DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS", "1"),
+        ("DCGM_FI_DEV_ROW_REMAP_FAILURE", "0"),
+        ("DCGM_FI_DEV_RETIRED_SBE", "5"),
+    ] {
+        assert_eq!(value(&text, &format!("{series}{{{d0}}}")).as_deref(), Some(want), "{series}\n{text}");
+    }
+}
+
+#[test]
+fn a_failing_field_is_counted_and_absent_while_the_rest_report() {
+    let config = format!("{TELEMETRY}error 0 energy UNKNOWN\nerror 0 ecc UNKNOWN\n");
+    let agent = Agent::start(&config, &["--no-attribution"]);
+    let text = agent.metrics_until("the errors counted", |t| {
+        value(t, "kube_gpu_metrics_nvml_errors_total{node=\"testnode\",call=\"energy\"}").is_some_and(|v| v != "0")
+    });
+    let g0 = LABELS_4090;
+    assert_eq!(value(&text, &format!("nvidia_gpu_energy_joules_total{{{g0}}}")), None);
+    assert!(!text.contains(&format!("nvidia_gpu_ecc_errors_total{{{g0}")), "{text}");
+    assert!(
+        value(&text, "kube_gpu_metrics_nvml_errors_total{node=\"testnode\",call=\"ecc\"}").is_some_and(|v| v != "0")
+    );
+    assert_eq!(value(&text, &format!("nvidia_gpu_up{{{g0}}}")).as_deref(), Some("1"));
+    assert_eq!(value(&text, &format!("nvidia_gpu_utilization_percent{{{g0}}}")).as_deref(), Some("42.0"));
+    assert_eq!(value(&text, &format!("nvidia_gpu_retired_pages_pending{{{g0}}}")).as_deref(), Some("1"));
+}
+
+#[test]
+fn health_fields_are_read_every_health_interval_not_every_sample() {
+    let agent = Agent::start(TELEMETRY, &["--no-attribution", "--health-interval", "1h"]);
+    let series = format!("nvidia_gpu_ecc_errors_total{{{LABELS_4090},error=\"uncorrected\",counter=\"volatile\"}}");
+    agent.metrics_until("ECC counts", |t| value(t, &series).as_deref() == Some("1"));
+    agent.set_config(&TELEMETRY.replace("ecc_dbe_vol=1", "ecc_dbe_vol=4").replace("util=42", "util=43"));
+    // Utilization moves at the next sample; ECC waits for the next health read.
+    agent.metrics_until("the new utilization", |t| {
+        value(t, &format!("nvidia_gpu_utilization_percent{{{LABELS_4090}}}")).as_deref() == Some("43.0")
+    });
+    std::thread::sleep(Duration::from_secs(1));
+    let text = String::from_utf8(agent.get("/metrics").body).unwrap();
+    assert_eq!(value(&text, &series).as_deref(), Some("1"), "five samples later, the last health read stands");
 }

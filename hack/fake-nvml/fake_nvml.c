@@ -11,14 +11,26 @@
  *   driver 550.54.14
  *   init_error DRIVER_NOT_LOADED
  *   gpu name="NVIDIA GeForce RTX 4090" uuid=GPU-aaaa util=42 mem_util=30 \
- *       mem_total=25757220864 mem_used=8589934592 temp=61 power_mw=312000 sm_clock_mhz=2520
+ *       mem_total=25757220864 mem_used=8589934592 temp=61 power_mw=312000 sm_clock_mhz=2520 \
+ *       mem_clock_mhz=10501 mem_reserved=352321536 energy_mj=123456789 pcie_replay=0 \
+ *       pcie_tx_kbs=2048 pcie_rx_kbs=4096 enc_util=0 dec_util=0 fan=30 pstate=2 \
+ *       clock_events=0 viol_power_ns=0 viol_thermal_ns=0 power_limit_mw=450000 \
+ *       pci_bus_id=00000000:01:00.0 mem_temp=70 \
+ *       ecc=1 ecc_sbe_vol=0 ecc_dbe_vol=0 ecc_sbe_agg=0 ecc_dbe_agg=0 \
+ *       remap=1 remap_corr=0 remap_unc=0 remap_pending=0 remap_failure=0 \
+ *       retired=1 retired_sbe=0 retired_dbe=0 retired_pending=0
+ *   cuda 12040
  *   error <gpu|*> <call|*> <GPU_IS_LOST|NOT_SUPPORTED|NOT_FOUND|UNKNOWN|...>
  *   delay <gpu|*> <call|*> <milliseconds>
  *   process <gpu> pid=1234 sm=30 mem=10
  *
  * Calls: count handle name uuid index memory utilization temperature power
- * clock processes. A "gpu" line must fit on one line (the backslash above is
- * only for this comment).
+ * clock processes pci energy pcie codec fan pstate clock_events violation
+ * fields power_limit ecc remap retired. A "gpu" line must fit on one line
+ * (the backslashes above are only for this comment).
+ *
+ * Without mem_temp, ecc=1, remap=1 or retired=1 a GPU answers those calls
+ * NOT_SUPPORTED, as a GeForce board does.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -62,6 +74,41 @@ typedef struct {
 } nvmlMemory_v2_t;
 
 typedef struct {
+    char busIdLegacy[16];
+    unsigned int domain;
+    unsigned int bus;
+    unsigned int device;
+    unsigned int pciDeviceId;
+    unsigned int pciSubSystemId;
+    char busId[32];
+} nvmlPciInfo_t;
+
+typedef struct {
+    unsigned long long referenceTime;
+    unsigned long long violationTime;
+} nvmlViolationTime_t;
+
+typedef union {
+    double dVal;
+    int siVal;
+    unsigned int uiVal;
+    unsigned long ulVal;
+    unsigned long long ullVal;
+    long long sllVal;
+    unsigned short usVal;
+} nvmlValue_t;
+
+typedef struct {
+    unsigned int fieldId;
+    unsigned int scopeId;
+    long long timestamp;
+    long long latencyUsec;
+    int valueType;
+    nvmlReturn_t nvmlReturn;
+    nvmlValue_t value;
+} nvmlFieldValue_t;
+
+typedef struct {
     unsigned int pid;
     unsigned long long timeStamp;
     unsigned int smUtil;
@@ -82,12 +129,27 @@ enum call {
     CALL_POWER,
     CALL_CLOCK,
     CALL_PROCESSES,
+    CALL_PCI,
+    CALL_ENERGY,
+    CALL_PCIE,
+    CALL_CODEC,
+    CALL_FAN,
+    CALL_PSTATE,
+    CALL_CLOCK_EVENTS,
+    CALL_VIOLATION,
+    CALL_FIELDS,
+    CALL_POWER_LIMIT,
+    CALL_ECC,
+    CALL_REMAP,
+    CALL_RETIRED,
     CALL_MAX
 };
 
 static const char *const CALL_NAMES[CALL_MAX] = {
     "count", "handle", "name", "uuid", "index", "memory",
     "utilization", "temperature", "power", "clock", "processes",
+    "pci", "energy", "pcie", "codec", "fan", "pstate", "clock_events",
+    "violation", "fields", "power_limit", "ecc", "remap", "retired",
 };
 
 #define MAX_GPUS 64
@@ -100,8 +162,17 @@ struct fake_process {
 struct fake_gpu {
     char name[96];
     char uuid[96];
+    char pci_bus_id[32];
     unsigned int util, mem_util, temp, power_mw, sm_clock_mhz;
     unsigned long long mem_total, mem_used;
+    unsigned int mem_clock_mhz, pcie_replay, pcie_tx_kbs, pcie_rx_kbs, enc_util, dec_util, fan, pstate;
+    unsigned int power_limit_mw;
+    int mem_temp; /* -1: no memory temperature sensor */
+    unsigned long long mem_reserved, energy_mj, clock_events, viol_power_ns, viol_thermal_ns;
+    int ecc, remap, retired; /* 0: not supported */
+    unsigned long long ecc_sbe_vol, ecc_dbe_vol, ecc_sbe_agg, ecc_dbe_agg;
+    unsigned int remap_corr, remap_unc, remap_pending, remap_failure;
+    unsigned int retired_sbe, retired_dbe, retired_pending;
     int error[CALL_MAX];
     unsigned int delay_ms[CALL_MAX];
     unsigned int nprocs;
@@ -110,6 +181,7 @@ struct fake_gpu {
 
 struct fake_config {
     char driver[80];
+    int cuda;
     int init_error;
     unsigned int ngpus;
     struct fake_gpu gpus[MAX_GPUS];
@@ -187,7 +259,18 @@ static void parse_gpu(struct fake_config *cfg, char **tok, int n) {
     memset(g, 0, sizeof *g);
     snprintf(g->name, sizeof g->name, "NVIDIA GeForce RTX 4090");
     snprintf(g->uuid, sizeof g->uuid, "GPU-00000000-0000-0000-0000-%012u", cfg->ngpus);
+    snprintf(g->pci_bus_id, sizeof g->pci_bus_id, "00000000:%02X:00.0", cfg->ngpus + 1);
     g->mem_total = 25757220864ULL;
+    /* GeForce-like defaults: no memory temperature, ECC, remapping or retirement. */
+    g->mem_clock_mhz = 10501;
+    g->mem_reserved = 352321536ULL;
+    g->energy_mj = 123456789ULL;
+    g->pcie_tx_kbs = 2048;
+    g->pcie_rx_kbs = 4096;
+    g->fan = 30;
+    g->pstate = 2;
+    g->power_limit_mw = 450000;
+    g->mem_temp = -1;
     for (int i = 1; i < n; i++) {
         char *eq = strchr(tok[i], '=');
         if (!eq) continue;
@@ -202,6 +285,36 @@ static void parse_gpu(struct fake_config *cfg, char **tok, int n) {
         else if (!strcmp(k, "temp")) g->temp = (unsigned)strtoul(v, 0, 10);
         else if (!strcmp(k, "power_mw")) g->power_mw = (unsigned)strtoul(v, 0, 10);
         else if (!strcmp(k, "sm_clock_mhz")) g->sm_clock_mhz = (unsigned)strtoul(v, 0, 10);
+        else if (!strcmp(k, "pci_bus_id")) snprintf(g->pci_bus_id, sizeof g->pci_bus_id, "%s", v);
+        else if (!strcmp(k, "mem_clock_mhz")) g->mem_clock_mhz = (unsigned)strtoul(v, 0, 10);
+        else if (!strcmp(k, "mem_reserved")) g->mem_reserved = strtoull(v, 0, 10);
+        else if (!strcmp(k, "mem_temp")) g->mem_temp = (int)strtol(v, 0, 10);
+        else if (!strcmp(k, "energy_mj")) g->energy_mj = strtoull(v, 0, 10);
+        else if (!strcmp(k, "pcie_replay")) g->pcie_replay = (unsigned)strtoul(v, 0, 10);
+        else if (!strcmp(k, "pcie_tx_kbs")) g->pcie_tx_kbs = (unsigned)strtoul(v, 0, 10);
+        else if (!strcmp(k, "pcie_rx_kbs")) g->pcie_rx_kbs = (unsigned)strtoul(v, 0, 10);
+        else if (!strcmp(k, "enc_util")) g->enc_util = (unsigned)strtoul(v, 0, 10);
+        else if (!strcmp(k, "dec_util")) g->dec_util = (unsigned)strtoul(v, 0, 10);
+        else if (!strcmp(k, "fan")) g->fan = (unsigned)strtoul(v, 0, 10);
+        else if (!strcmp(k, "pstate")) g->pstate = (unsigned)strtoul(v, 0, 10);
+        else if (!strcmp(k, "clock_events")) g->clock_events = strtoull(v, 0, 0);
+        else if (!strcmp(k, "viol_power_ns")) g->viol_power_ns = strtoull(v, 0, 10);
+        else if (!strcmp(k, "viol_thermal_ns")) g->viol_thermal_ns = strtoull(v, 0, 10);
+        else if (!strcmp(k, "power_limit_mw")) g->power_limit_mw = (unsigned)strtoul(v, 0, 10);
+        else if (!strcmp(k, "ecc")) g->ecc = atoi(v);
+        else if (!strcmp(k, "ecc_sbe_vol")) g->ecc_sbe_vol = strtoull(v, 0, 10);
+        else if (!strcmp(k, "ecc_dbe_vol")) g->ecc_dbe_vol = strtoull(v, 0, 10);
+        else if (!strcmp(k, "ecc_sbe_agg")) g->ecc_sbe_agg = strtoull(v, 0, 10);
+        else if (!strcmp(k, "ecc_dbe_agg")) g->ecc_dbe_agg = strtoull(v, 0, 10);
+        else if (!strcmp(k, "remap")) g->remap = atoi(v);
+        else if (!strcmp(k, "remap_corr")) g->remap_corr = (unsigned)strtoul(v, 0, 10);
+        else if (!strcmp(k, "remap_unc")) g->remap_unc = (unsigned)strtoul(v, 0, 10);
+        else if (!strcmp(k, "remap_pending")) g->remap_pending = (unsigned)strtoul(v, 0, 10);
+        else if (!strcmp(k, "remap_failure")) g->remap_failure = (unsigned)strtoul(v, 0, 10);
+        else if (!strcmp(k, "retired")) g->retired = atoi(v);
+        else if (!strcmp(k, "retired_sbe")) g->retired_sbe = (unsigned)strtoul(v, 0, 10);
+        else if (!strcmp(k, "retired_dbe")) g->retired_dbe = (unsigned)strtoul(v, 0, 10);
+        else if (!strcmp(k, "retired_pending")) g->retired_pending = (unsigned)strtoul(v, 0, 10);
     }
     cfg->ngpus++;
 }
@@ -255,10 +368,11 @@ static void parse_process(struct fake_config *cfg, char **tok, int n) {
 static void parse_config(struct fake_config *cfg, char *text) {
     memset(cfg, 0, sizeof *cfg);
     snprintf(cfg->driver, sizeof cfg->driver, "550.54.14");
+    cfg->cuda = 12040;
     char *saveptr = NULL;
     for (char *line = strtok_r(text, "\n", &saveptr); line; line = strtok_r(NULL, "\n", &saveptr)) {
-        char *tok[32];
-        int n = tokenize(line, tok, 32);
+        char *tok[128];
+        int n = tokenize(line, tok, 128);
         if (n == 0) continue;
         if (!strcmp(tok[0], "gpu")) {
             /* keep faults already parsed for this index */
@@ -284,6 +398,8 @@ static void parse_config(struct fake_config *cfg, char *text) {
             parse_process(cfg, tok, n);
         } else if (!strcmp(tok[0], "driver") && n > 1) {
             snprintf(cfg->driver, sizeof cfg->driver, "%s", tok[1]);
+        } else if (!strcmp(tok[0], "cuda") && n > 1) {
+            cfg->cuda = atoi(tok[1]);
         } else if (!strcmp(tok[0], "init_error") && n > 1) {
             cfg->init_error = error_code(tok[1]);
         }
@@ -451,7 +567,7 @@ nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t device, nvmlMemory_v2_t *me
         return NVML_ERROR_INVALID_ARGUMENT;
     memory->total = gpu.mem_total;
     memory->used = gpu.mem_used;
-    memory->reserved = 0;
+    memory->reserved = gpu.mem_reserved;
     memory->free = gpu.mem_total > gpu.mem_used ? gpu.mem_total - gpu.mem_used : 0;
     return NVML_SUCCESS;
 }
@@ -484,21 +600,248 @@ nvmlReturn_t nvmlDeviceGetPowerUsage(nvmlDevice_t device, unsigned int *power) {
     return NVML_SUCCESS;
 }
 
-/* Clock type 1 is NVML_CLOCK_SM; others report the same value. */
-nvmlReturn_t nvmlDeviceGetClockInfo(nvmlDevice_t device, int type, unsigned int *clock) {
-    struct fake_gpu gpu;
-    nvmlReturn_t err = enter(device, CALL_CLOCK, &gpu);
-    if (err) return err;
-    if (!clock || type < 0 || type > 3) return NVML_ERROR_INVALID_ARGUMENT;
-    *clock = gpu.sm_clock_mhz;
-    return NVML_SUCCESS;
-}
-
 static unsigned long long now_us(void) {
     struct timeval tv;
     gettimeofday(&tv, NULL);
     return (unsigned long long)tv.tv_sec * 1000000ULL + (unsigned long long)tv.tv_usec;
 }
+
+/* Clock type 2 is NVML_CLOCK_MEM; the graphics, SM and video clocks report the SM clock. */
+nvmlReturn_t nvmlDeviceGetClockInfo(nvmlDevice_t device, int type, unsigned int *clock) {
+    struct fake_gpu gpu;
+    nvmlReturn_t err = enter(device, CALL_CLOCK, &gpu);
+    if (err) return err;
+    if (!clock || type < 0 || type > 3) return NVML_ERROR_INVALID_ARGUMENT;
+    *clock = type == 2 ? gpu.mem_clock_mhz : gpu.sm_clock_mhz;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlSystemGetCudaDriverVersion_v2(int *version) {
+    if (!version) return NVML_ERROR_INVALID_ARGUMENT;
+    pthread_mutex_lock(&LOCK);
+    reload_locked();
+    int cuda = CONFIG.cuda;
+    pthread_mutex_unlock(&LOCK);
+    if (!cuda) return NVML_ERROR_NOT_SUPPORTED;
+    *version = cuda;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetPciInfo_v3(nvmlDevice_t device, nvmlPciInfo_t *pci) {
+    struct fake_gpu gpu;
+    nvmlReturn_t err = enter(device, CALL_PCI, &gpu);
+    if (err) return err;
+    if (!pci) return NVML_ERROR_INVALID_ARGUMENT;
+    memset(pci, 0, sizeof *pci);
+    snprintf(pci->busId, sizeof pci->busId, "%s", gpu.pci_bus_id);
+    snprintf(pci->busIdLegacy, sizeof pci->busIdLegacy, "%.15s", gpu.pci_bus_id + 4);
+    unsigned domain = 0, bus = 0, dev = 0;
+    sscanf(gpu.pci_bus_id, "%x:%x:%x", &domain, &bus, &dev);
+    pci->domain = domain;
+    pci->bus = bus;
+    pci->device = dev;
+    pci->pciDeviceId = 0x268410DE;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetTotalEnergyConsumption(nvmlDevice_t device, unsigned long long *energy) {
+    struct fake_gpu gpu;
+    nvmlReturn_t err = enter(device, CALL_ENERGY, &gpu);
+    if (err) return err;
+    if (!energy) return NVML_ERROR_INVALID_ARGUMENT;
+    *energy = gpu.energy_mj;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetPcieReplayCounter(nvmlDevice_t device, unsigned int *value) {
+    struct fake_gpu gpu;
+    nvmlReturn_t err = enter(device, CALL_PCIE, &gpu);
+    if (err) return err;
+    if (!value) return NVML_ERROR_INVALID_ARGUMENT;
+    *value = gpu.pcie_replay;
+    return NVML_SUCCESS;
+}
+
+/* Counter 0 is NVML_PCIE_UTIL_TX_BYTES, 1 NVML_PCIE_UTIL_RX_BYTES; KB/s. */
+nvmlReturn_t nvmlDeviceGetPcieThroughput(nvmlDevice_t device, int counter, unsigned int *value) {
+    struct fake_gpu gpu;
+    nvmlReturn_t err = enter(device, CALL_PCIE, &gpu);
+    if (err) return err;
+    if (!value || counter < 0 || counter > 1) return NVML_ERROR_INVALID_ARGUMENT;
+    *value = counter == 0 ? gpu.pcie_tx_kbs : gpu.pcie_rx_kbs;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetEncoderUtilization(nvmlDevice_t device, unsigned int *util, unsigned int *period_us) {
+    struct fake_gpu gpu;
+    nvmlReturn_t err = enter(device, CALL_CODEC, &gpu);
+    if (err) return err;
+    if (!util || !period_us) return NVML_ERROR_INVALID_ARGUMENT;
+    *util = gpu.enc_util;
+    *period_us = 167000;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetDecoderUtilization(nvmlDevice_t device, unsigned int *util, unsigned int *period_us) {
+    struct fake_gpu gpu;
+    nvmlReturn_t err = enter(device, CALL_CODEC, &gpu);
+    if (err) return err;
+    if (!util || !period_us) return NVML_ERROR_INVALID_ARGUMENT;
+    *util = gpu.dec_util;
+    *period_us = 167000;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetFanSpeed_v2(nvmlDevice_t device, unsigned int fan, unsigned int *speed) {
+    struct fake_gpu gpu;
+    nvmlReturn_t err = enter(device, CALL_FAN, &gpu);
+    if (err) return err;
+    if (!speed || fan != 0) return NVML_ERROR_INVALID_ARGUMENT;
+    *speed = gpu.fan;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetPerformanceState(nvmlDevice_t device, int *pstate) {
+    struct fake_gpu gpu;
+    nvmlReturn_t err = enter(device, CALL_PSTATE, &gpu);
+    if (err) return err;
+    if (!pstate) return NVML_ERROR_INVALID_ARGUMENT;
+    *pstate = (int)gpu.pstate;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetCurrentClocksEventReasons(nvmlDevice_t device, unsigned long long *reasons) {
+    struct fake_gpu gpu;
+    nvmlReturn_t err = enter(device, CALL_CLOCK_EVENTS, &gpu);
+    if (err) return err;
+    if (!reasons) return NVML_ERROR_INVALID_ARGUMENT;
+    *reasons = gpu.clock_events;
+    return NVML_SUCCESS;
+}
+
+/* The older name of the same call. */
+nvmlReturn_t nvmlDeviceGetCurrentClocksThrottleReasons(nvmlDevice_t device, unsigned long long *reasons) {
+    return nvmlDeviceGetCurrentClocksEventReasons(device, reasons);
+}
+
+/* Policy 0 is NVML_PERF_POLICY_POWER, 1 THERMAL; the others report 0 ns. */
+nvmlReturn_t nvmlDeviceGetViolationStatus(nvmlDevice_t device, int policy, nvmlViolationTime_t *time) {
+    struct fake_gpu gpu;
+    nvmlReturn_t err = enter(device, CALL_VIOLATION, &gpu);
+    if (err) return err;
+    if (!time || policy < 0 || policy > 11) return NVML_ERROR_INVALID_ARGUMENT;
+    time->referenceTime = now_us();
+    time->violationTime = policy == 0 ? gpu.viol_power_ns : policy == 1 ? gpu.viol_thermal_ns : 0;
+    return NVML_SUCCESS;
+}
+
+/* Field 82 is NVML_FI_DEV_MEMORY_TEMP; any other field is NOT_SUPPORTED. */
+nvmlReturn_t nvmlDeviceGetFieldValues(nvmlDevice_t device, int count, nvmlFieldValue_t *values) {
+    struct fake_gpu gpu;
+    nvmlReturn_t err = enter(device, CALL_FIELDS, &gpu);
+    if (err) return err;
+    if (!values || count < 0) return NVML_ERROR_INVALID_ARGUMENT;
+    for (int i = 0; i < count; i++) {
+        values[i].timestamp = (long long)now_us();
+        values[i].latencyUsec = 0;
+        if (values[i].fieldId == 82 && gpu.mem_temp >= 0) {
+            values[i].valueType = 1; /* NVML_VALUE_TYPE_UNSIGNED_INT */
+            values[i].value.uiVal = (unsigned)gpu.mem_temp;
+            values[i].nvmlReturn = NVML_SUCCESS;
+        } else {
+            values[i].nvmlReturn = NVML_ERROR_NOT_SUPPORTED;
+        }
+    }
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetEnforcedPowerLimit(nvmlDevice_t device, unsigned int *limit) {
+    struct fake_gpu gpu;
+    nvmlReturn_t err = enter(device, CALL_POWER_LIMIT, &gpu);
+    if (err) return err;
+    if (!limit) return NVML_ERROR_INVALID_ARGUMENT;
+    *limit = gpu.power_limit_mw;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetEccMode(nvmlDevice_t device, int *current, int *pending) {
+    struct fake_gpu gpu;
+    nvmlReturn_t err = enter(device, CALL_ECC, &gpu);
+    if (err) return err;
+    if (!gpu.ecc) return NVML_ERROR_NOT_SUPPORTED;
+    if (!current || !pending) return NVML_ERROR_INVALID_ARGUMENT;
+    *current = 1;
+    *pending = 1;
+    return NVML_SUCCESS;
+}
+
+/* Error type 0 corrected, 1 uncorrected; counter 0 volatile, 1 aggregate. */
+nvmlReturn_t nvmlDeviceGetTotalEccErrors(nvmlDevice_t device, int error_type, int counter, unsigned long long *count) {
+    struct fake_gpu gpu;
+    nvmlReturn_t err = enter(device, CALL_ECC, &gpu);
+    if (err) return err;
+    if (!gpu.ecc) return NVML_ERROR_NOT_SUPPORTED;
+    if (!count || error_type < 0 || error_type > 1 || counter < 0 || counter > 1) return NVML_ERROR_INVALID_ARGUMENT;
+    *count = error_type == 0 ? (counter == 0 ? gpu.ecc_sbe_vol : gpu.ecc_sbe_agg)
+                             : (counter == 0 ? gpu.ecc_dbe_vol : gpu.ecc_dbe_agg);
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetRemappedRows(nvmlDevice_t device, unsigned int *corr, unsigned int *unc,
+                                       unsigned int *pending, unsigned int *failure) {
+    struct fake_gpu gpu;
+    nvmlReturn_t err = enter(device, CALL_REMAP, &gpu);
+    if (err) return err;
+    if (!gpu.remap) return NVML_ERROR_NOT_SUPPORTED;
+    if (!corr || !unc || !pending || !failure) return NVML_ERROR_INVALID_ARGUMENT;
+    *corr = gpu.remap_corr;
+    *unc = gpu.remap_unc;
+    *pending = gpu.remap_pending;
+    *failure = gpu.remap_failure;
+    return NVML_SUCCESS;
+}
+
+/* Cause 0 is multiple single-bit errors, 1 a double-bit error. */
+static unsigned retired_count(const struct fake_gpu *gpu, int cause) {
+    return cause == 0 ? gpu->retired_sbe : gpu->retired_dbe;
+}
+
+nvmlReturn_t nvmlDeviceGetRetiredPages(nvmlDevice_t device, int cause, unsigned int *count,
+                                       unsigned long long *addresses) {
+    struct fake_gpu gpu;
+    nvmlReturn_t err = enter(device, CALL_RETIRED, &gpu);
+    if (err) return err;
+    if (!gpu.retired) return NVML_ERROR_NOT_SUPPORTED;
+    if (!count || cause < 0 || cause > 1) return NVML_ERROR_INVALID_ARGUMENT;
+    unsigned n = retired_count(&gpu, cause);
+    if (!addresses || *count < n) {
+        unsigned asked = *count;
+        *count = n;
+        return asked == 0 && n == 0 ? NVML_SUCCESS : NVML_ERROR_INSUFFICIENT_SIZE;
+    }
+    for (unsigned i = 0; i < n; i++) addresses[i] = 0x1000ULL * (i + 1);
+    *count = n;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetRetiredPages_v2(nvmlDevice_t device, int cause, unsigned int *count,
+                                          unsigned long long *addresses, unsigned long long *timestamps) {
+    nvmlReturn_t err = nvmlDeviceGetRetiredPages(device, cause, count, addresses);
+    if (err == NVML_SUCCESS && timestamps)
+        for (unsigned i = 0; i < *count; i++) timestamps[i] = now_us();
+    return err;
+}
+
+nvmlReturn_t nvmlDeviceGetRetiredPagesPendingStatus(nvmlDevice_t device, int *pending) {
+    struct fake_gpu gpu;
+    nvmlReturn_t err = enter(device, CALL_RETIRED, &gpu);
+    if (err) return err;
+    if (!gpu.retired) return NVML_ERROR_NOT_SUPPORTED;
+    if (!pending) return NVML_ERROR_INVALID_ARGUMENT;
+    *pending = (int)gpu.retired_pending;
+    return NVML_SUCCESS;
+}
+
 
 /*
  * Like NVML: a NULL buffer asks for the count (INSUFFICIENT_SIZE), and no

@@ -15,7 +15,7 @@ use http::HeaderValue;
 
 use super::sample::{GpuState, SampleData};
 use crate::attribution::{PodGpuUsage, Sharing};
-use crate::gpu::{GpuCall, GpuReading};
+use crate::gpu::{ClockEventReason, GpuCall, GpuReading, ViolationPolicy};
 
 /// `Content-Type` of the text format.
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -200,14 +200,35 @@ impl Encoder {
     }
 
     /// Writes a counter family: `name_total` samples, typed `name` in
-    /// OpenMetrics and `name_total` in the text format.
-    fn counter<'a>(&mut self, name: &str, help: &str, series: impl IntoIterator<Item = (LabelParts<'a>, u64)>) {
+    /// OpenMetrics and `name_total` in the text format; its header only if
+    /// it has a series.
+    fn counter<'a>(&mut self, name: &str, help: &str, series: impl IntoIterator<Item = (LabelParts<'a>, Value)>) {
+        let mut series = series.into_iter().peekable();
+        if series.peek().is_none() {
+            return;
+        }
         let total = [name, "_total"].concat();
         header(&mut self.text_counters, &total, help, "counter");
         header(&mut self.openmetrics_counters, name, help, "counter");
         for (labels, value) in series {
-            sample(&mut self.text_counters, name, "_total", labels, Value::U64(value));
-            sample(&mut self.openmetrics_counters, name, "_total", labels, Value::U64(value));
+            sample(&mut self.text_counters, name, "_total", labels, value);
+            sample(&mut self.openmetrics_counters, name, "_total", labels, value);
+        }
+    }
+
+    /// Writes a counter named as dcgm-exporter names it, without `_total`:
+    /// typed `counter` in the text format (what dcgm-exporter serves) and
+    /// `unknown` in OpenMetrics, whose counters must end in `_total`.
+    fn bare_counter<'a>(&mut self, name: &str, help: &str, series: impl IntoIterator<Item = (LabelParts<'a>, Value)>) {
+        let mut series = series.into_iter().peekable();
+        if series.peek().is_none() {
+            return;
+        }
+        header(&mut self.text_counters, name, help, "counter");
+        header(&mut self.openmetrics_counters, name, help, "unknown");
+        for (labels, value) in series {
+            sample(&mut self.text_counters, name, "", labels, value);
+            sample(&mut self.openmetrics_counters, name, "", labels, value);
         }
     }
 }
@@ -338,26 +359,30 @@ pub fn render_plain(data: &SampleData, names: MetricNames) -> (Vec<u8>, Vec<u8>)
     );
 
     let c = &data.counters;
-    e.counter("kube_gpu_metrics_samples", "Sample passes finished", [([own, "", ""], c.samples)]);
+    let n = Value::U64;
+    e.counter("kube_gpu_metrics_samples", "Sample passes finished", [([own, "", ""], n(c.samples))]);
     e.counter(
         "kube_gpu_metrics_nvml_errors",
         "Failed NVML calls, by call (not-supported answers are not errors)",
-        GpuCall::ALL.iter().zip(c.gpu_errors).map(|(call, n)| ([own, "", call.label()], n)),
+        GpuCall::ALL.iter().zip(c.gpu_errors).map(|(call, count)| ([own, "", call.label()], n(count))),
     );
     e.counter(
         "kube_gpu_metrics_gpu_read_timeouts",
         "GPU reads that missed their deadline; the GPU is reported down for that sample",
-        [([own, "", ""], c.gpu_read_timeouts)],
+        [([own, "", ""], n(c.gpu_read_timeouts))],
     );
     e.counter(
         "kube_gpu_metrics_pod_resources_errors",
         "Failed kubelet PodResources calls",
-        [([own, "", ""], c.pod_resources_errors)],
+        [([own, "", ""], n(c.pod_resources_errors))],
     );
     e.counter(
         "kube_gpu_metrics_scrapes",
         "Scrapes of /metrics, by format, as of this sample",
-        [([own, "", "format=\"text\""], c.scrapes_text), ([own, "", "format=\"openmetrics\""], c.scrapes_openmetrics)],
+        [
+            ([own, "", "format=\"text\""], n(c.scrapes_text)),
+            ([own, "", "format=\"openmetrics\""], n(c.scrapes_openmetrics)),
+        ],
     );
 
     let mut text = Vec::with_capacity(e.gauges.len() + e.text_counters.len());
@@ -387,10 +412,21 @@ fn native_families(e: &mut Encoder, data: &SampleData, pods: &LabelSets) {
     let f = |v: Option<f64>| v.map(Value::F64);
     let u = |v: Option<u64>| v.map(Value::U64);
 
+    let mut info = LabelSets::with_capacity(data.gpus.len(), 96);
+    for gpu in &data.gpus {
+        let versions =
+            [("driver_version", data.driver_version.as_deref()), ("cuda_version", data.cuda_version.as_deref())];
+        info.push(
+            [("pci_bus_id", gpu.identity.pci_bus_id.as_str())]
+                .into_iter()
+                .chain(versions.into_iter().filter_map(|(k, v)| Some((k, v?))))
+                .filter(|(_, v)| !v.is_empty()),
+        );
+    }
     e.gauge(
         "nvidia_gpu_info",
-        "GPU identity, 1 for every GPU the agent found",
-        device.iter().map(|&[g, p]| ([g, p, ""], Value::U64(1))),
+        "GPU identity, 1 for every GPU the agent found, with its PCI bus ID and the driver and CUDA versions",
+        device.iter().enumerate().map(|(i, &[g, p])| ([g, p, info.get(i)], Value::U64(1))),
     );
     e.gauge(
         "nvidia_gpu_up",
@@ -432,6 +468,7 @@ fn native_families(e: &mut Encoder, data: &SampleData, pods: &LabelSets) {
         "Current SM clock",
         up().filter_map(|(g, &[gl, p])| Some(([gl, p, ""], f(g.reading.sm_clock_hertz)?))),
     );
+    telemetry_families(e, data, &device);
     e.gauge(
         "nvidia_gpu_pod_utilization_percent",
         "A pod's utilization of a GPU: the device value on an exclusive GPU, its processes' share on a shared one",
@@ -455,21 +492,125 @@ fn native_families(e: &mut Encoder, data: &SampleData, pods: &LabelSets) {
     );
 }
 
-/// Every GPU's dcgm-exporter labels: `gpu`, `UUID`, `device`, `modelName`,
-/// `Hostname`.
-fn dcgm_label_sets(node: &str, gpus: &[GpuState]) -> LabelSets {
-    let mut sets = LabelSets::with_capacity(gpus.len(), 160);
+/// The telemetry families beyond utilization, memory, temperature, power
+/// and SM clock; `device` holds each GPU's label parts.
+fn telemetry_families(e: &mut Encoder, data: &SampleData, device: &[[&str; 2]]) {
+    let up = || data.gpus.iter().zip(device).filter(|(g, _)| g.up);
+    let gauge = |e: &mut Encoder, name: &str, help: &str, value: &dyn Fn(&GpuReading) -> Option<Value>| {
+        e.gauge(name, help, up().filter_map(|(g, &[gl, p])| Some(([gl, p, ""], value(&g.reading)?))));
+    };
+    let f = |v: Option<f64>| v.map(Value::F64);
+    let u = |v: Option<u64>| v.map(Value::U64);
+    let flag = |v: bool| Value::U64(u64::from(v));
+    gauge(e, "nvidia_gpu_memory_clock_hertz", "Current memory clock", &|r| f(r.memory_clock_hertz));
+    gauge(e, "nvidia_gpu_memory_temperature_celsius", "Memory (HBM) temperature", &|r| f(r.memory_temperature_celsius));
+    gauge(e, "nvidia_gpu_pcie_transmit_bytes_per_second", "PCIe transmit throughput (NVML's 20 ms window)", &|r| {
+        f(r.pcie_transmit_bytes_per_second)
+    });
+    gauge(e, "nvidia_gpu_pcie_receive_bytes_per_second", "PCIe receive throughput (NVML's 20 ms window)", &|r| {
+        f(r.pcie_receive_bytes_per_second)
+    });
+    gauge(e, "nvidia_gpu_encoder_utilization_percent", "Video encoder utilization", &|r| {
+        f(r.encoder_utilization_percent)
+    });
+    gauge(e, "nvidia_gpu_decoder_utilization_percent", "Video decoder utilization", &|r| {
+        f(r.decoder_utilization_percent)
+    });
+    gauge(e, "nvidia_gpu_fan_speed_percent", "Intended speed of the first fan, percent of its maximum", &|r| {
+        f(r.fan_speed_percent)
+    });
+    gauge(e, "nvidia_gpu_performance_state", "Performance state: 0 (P0, most) to 15 (P15, least)", &|r| {
+        r.performance_state.map(|p| Value::U64(u64::from(p)))
+    });
+    gauge(e, "nvidia_gpu_memory_reserved_bytes", "Device memory the driver reserves", &|r| u(r.memory_reserved_bytes));
+    gauge(e, "nvidia_gpu_power_limit_watts", "Enforced power limit", &|r| f(r.health.power_limit_watts));
+    e.gauge(
+        "nvidia_gpu_clock_event_active",
+        "1 while a clock-event (throttle) reason holds clocks back, by reason",
+        up().filter_map(|(g, d)| Some((g.reading.clock_events?, d))).flat_map(|(mask, &[gl, p])| {
+            ClockEventReason::ALL.iter().map(move |r| ([gl, p, r.label()], flag(mask & r.bit() != 0)))
+        }),
+    );
+    e.counter(
+        "nvidia_gpu_clock_event_violation_seconds",
+        "Time clocks were held back by a policy since the driver loaded, by reason",
+        up().flat_map(|(g, &[gl, p])| {
+            ViolationPolicy::ALL
+                .iter()
+                .filter_map(move |v| Some(([gl, p, v.label()], Value::F64(g.reading.violations.get(*v)?))))
+        }),
+    );
+    e.counter(
+        "nvidia_gpu_energy_joules",
+        "Energy used since the driver loaded",
+        up().filter_map(|(g, &[gl, p])| Some(([gl, p, ""], Value::F64(g.reading.energy_joules?)))),
+    );
+    e.counter(
+        "nvidia_gpu_pcie_replays",
+        "PCIe replays (retries) since the driver loaded",
+        up().filter_map(|(g, &[gl, p])| Some(([gl, p, ""], Value::U64(g.reading.pcie_replays?)))),
+    );
+    e.counter(
+        "nvidia_gpu_ecc_errors",
+        "ECC errors while ECC is on: corrected or uncorrected, since the driver loaded (volatile) or over the board's life (aggregate)",
+        up().filter_map(|(g, d)| Some((g.reading.health.ecc?, d))).flat_map(|(ecc, &[gl, p])| {
+            [
+                ("error=\"corrected\",counter=\"volatile\"", ecc.corrected_volatile),
+                ("error=\"uncorrected\",counter=\"volatile\"", ecc.uncorrected_volatile),
+                ("error=\"corrected\",counter=\"aggregate\"", ecc.corrected_aggregate),
+                ("error=\"uncorrected\",counter=\"aggregate\"", ecc.uncorrected_aggregate),
+            ]
+            .into_iter()
+            .filter_map(move |(own, v)| Some(([gl, p, own], Value::U64(v?))))
+        }),
+    );
+    e.counter(
+        "nvidia_gpu_remapped_rows",
+        "Memory rows remapped, by the error that caused it",
+        up().filter_map(|(g, d)| Some((g.reading.health.remapped_rows?, d))).flat_map(|(rows, &[gl, p])| {
+            [("error=\"correctable\"", rows.correctable), ("error=\"uncorrectable\"", rows.uncorrectable)]
+                .map(|(own, v)| ([gl, p, own], Value::U64(v)))
+        }),
+    );
+    gauge(e, "nvidia_gpu_remapped_rows_pending", "1 while a row remapping waits for a GPU reset", &|r| {
+        Some(flag(r.health.remapped_rows?.pending))
+    });
+    gauge(e, "nvidia_gpu_remapped_rows_failed", "1 when a row remapping failed: the GPU needs service", &|r| {
+        Some(flag(r.health.remapped_rows?.failure))
+    });
+    e.gauge(
+        "nvidia_gpu_retired_pages",
+        "Memory pages retired, by cause",
+        up().filter_map(|(g, d)| Some((g.reading.health.retired_pages?, d))).flat_map(|(pages, &[gl, p])| {
+            [("cause=\"single_bit_ecc\"", pages.single_bit), ("cause=\"double_bit_ecc\"", pages.double_bit)]
+                .map(|(own, v)| ([gl, p, own], Value::U64(v)))
+        }),
+    );
+    gauge(e, "nvidia_gpu_retired_pages_pending", "1 while pages wait to be retired at the next reset", &|r| {
+        Some(flag(r.health.retired_pages?.pending?))
+    });
+}
+
+/// Every GPU's dcgm-exporter labels: `gpu`, `UUID`, `pci_bus_id`, `device`,
+/// `modelName`, `Hostname`, and `DCGM_FI_DRIVER_VERSION` where known.
+fn dcgm_label_sets(node: &str, driver: Option<&str>, gpus: &[GpuState]) -> LabelSets {
+    let mut sets = LabelSets::with_capacity(gpus.len(), 220);
     for gpu in gpus {
         let mut index = itoa::Buffer::new();
         let index = index.format(gpu.identity.index);
         let device = ["nvidia", index].concat();
-        sets.push([
-            ("gpu", index),
-            ("UUID", gpu.identity.uuid.as_str()),
-            ("device", device.as_str()),
-            ("modelName", gpu.identity.model.as_str()),
-            ("Hostname", node),
-        ]);
+        let pci = Some(gpu.identity.pci_bus_id.as_str()).filter(|p| !p.is_empty());
+        sets.push(
+            [("gpu", Some(index)), ("UUID", Some(gpu.identity.uuid.as_str())), ("pci_bus_id", pci)]
+                .into_iter()
+                .chain([
+                    ("device", Some(device.as_str())),
+                    ("modelName", Some(gpu.identity.model.as_str())),
+                    ("Hostname", Some(node)),
+                    ("DCGM_FI_DRIVER_VERSION", driver),
+                ])
+                .filter_map(|(k, v)| Some((k, v?))),
+        );
     }
     sets
 }
@@ -479,7 +620,7 @@ fn dcgm_label_sets(node: &str, gpus: &[GpuState]) -> LabelSets {
 /// held by pods has one series per holding container, each with the
 /// device's value; a GPU no pod holds has one series without pod labels.
 fn dcgm_families(e: &mut Encoder, data: &SampleData, pods: &LabelSets) {
-    let gpus = dcgm_label_sets(&data.node, &data.gpus);
+    let gpus = dcgm_label_sets(&data.node, data.driver_version.as_deref(), &data.gpus);
     let mut series: Vec<(&GpuReading, [&str; 2])> = Vec::with_capacity(data.gpus.len() + data.usages.len());
     for (i, gpu) in data.gpus.iter().enumerate().filter(|(_, g)| g.up) {
         let before = series.len();
@@ -493,8 +634,11 @@ fn dcgm_families(e: &mut Encoder, data: &SampleData, pods: &LabelSets) {
     const MIB: u64 = 1 << 20;
     // dcgm-exporter writes whole numbers for integer fields.
     let whole = |v: f64| Value::U64(v.max(0.0).round() as u64);
+    let family_of = |value: &dyn Fn(&GpuReading) -> Option<Value>| {
+        series.iter().filter_map(|&(r, [g, p])| Some(([g, p, ""], value(r)?))).collect::<Vec<_>>()
+    };
     let mut family = |name: &str, help: &str, value: &dyn Fn(&GpuReading) -> Option<Value>| {
-        e.gauge(name, help, series.iter().filter_map(|&(r, [g, p])| Some(([g, p, ""], value(r)?))));
+        e.gauge(name, help, family_of(value));
     };
     family("DCGM_FI_DEV_SM_CLOCK", "SM clock frequency (in MHz)", &|r| Some(whole(r.sm_clock_hertz? / 1e6)));
     family("DCGM_FI_DEV_GPU_TEMP", "GPU temperature (in C)", &|r| Some(whole(r.temperature_celsius?)));
@@ -507,6 +651,103 @@ fn dcgm_families(e: &mut Encoder, data: &SampleData, pods: &LabelSets) {
     family("DCGM_FI_DEV_FB_USED", "Framebuffer memory used (in MiB)", &|r| {
         Some(Value::U64(r.memory_used_bytes? / MIB))
     });
+    family("DCGM_FI_DEV_FB_RESERVED", "Framebuffer memory reserved (in MiB)", &|r| {
+        Some(Value::U64(r.memory_reserved_bytes? / MIB))
+    });
+    family("DCGM_FI_DEV_MEM_CLOCK", "Memory clock frequency (in MHz)", &|r| Some(whole(r.memory_clock_hertz? / 1e6)));
+    family("DCGM_FI_DEV_MEMORY_TEMP", "Memory temperature (in C)", &|r| Some(whole(r.memory_temperature_celsius?)));
+    family("DCGM_FI_DEV_ENC_UTIL", "Encoder utilization (in %)", &|r| Some(whole(r.encoder_utilization_percent?)));
+    family("DCGM_FI_DEV_DEC_UTIL", "Decoder utilization (in %)", &|r| Some(whole(r.decoder_utilization_percent?)));
+    family("DCGM_FI_DEV_FAN_SPEED", "Fan speed (in 0-100%)", &|r| Some(whole(r.fan_speed_percent?)));
+    family("DCGM_FI_DEV_PSTATE", "Performance state (P-State) 0-15. 0=highest", &|r| {
+        r.performance_state.map(|p| Value::U64(u64::from(p)))
+    });
+    family("DCGM_FI_DEV_ENFORCED_POWER_LIMIT", "Effective power limit that the driver enforces (in W)", &|r| {
+        r.health.power_limit_watts.map(Value::F64)
+    });
+    family("DCGM_FI_DEV_CLOCKS_EVENT_REASONS", "Current clock event reasons (bitmask)", &|r| {
+        r.clock_events.map(Value::U64)
+    });
+    family("DCGM_FI_DEV_ROW_REMAP_FAILURE", "Whether remapping of rows has failed", &|r| {
+        Some(Value::U64(u64::from(r.health.remapped_rows?.failure)))
+    });
+    let counters: [(&str, &str, &ReadValue<'_>); 17] = [
+        ("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "Total energy consumption since boot (in mJ)", &|r| {
+            Some(Value::U64((r.energy_joules? * 1000.0).round() as u64))
+        }),
+        (
+            "DCGM_FI_DEV_PCIE_TX_THROUGHPUT",
+            "Total number of bytes transmitted through PCIe TX (in KB) via NVML",
+            &|r| Some(whole(r.pcie_transmit_bytes_per_second? / 1024.0)),
+        ),
+        ("DCGM_FI_DEV_PCIE_RX_THROUGHPUT", "Total number of bytes received through PCIe RX (in KB) via NVML", &|r| {
+            Some(whole(r.pcie_receive_bytes_per_second? / 1024.0))
+        }),
+        ("DCGM_FI_DEV_PCIE_REPLAY_COUNTER", "Total number of PCIe retries", &|r| r.pcie_replays.map(Value::U64)),
+        ("DCGM_FI_DEV_POWER_VIOLATION", "Throttling duration due to power constraints (in us)", &|r| {
+            violation_us(r, ViolationPolicy::Power)
+        }),
+        ("DCGM_FI_DEV_THERMAL_VIOLATION", "Throttling duration due to thermal constraints (in us)", &|r| {
+            violation_us(r, ViolationPolicy::Thermal)
+        }),
+        ("DCGM_FI_DEV_SYNC_BOOST_VIOLATION", "Throttling duration due to sync-boost constraints (in us)", &|r| {
+            violation_us(r, ViolationPolicy::SyncBoost)
+        }),
+        ("DCGM_FI_DEV_BOARD_LIMIT_VIOLATION", "Throttling duration due to board limit constraints (in us)", &|r| {
+            violation_us(r, ViolationPolicy::BoardLimit)
+        }),
+        ("DCGM_FI_DEV_LOW_UTIL_VIOLATION", "Throttling duration due to low utilization (in us)", &|r| {
+            violation_us(r, ViolationPolicy::LowUtilization)
+        }),
+        ("DCGM_FI_DEV_RELIABILITY_VIOLATION", "Throttling duration due to reliability constraints (in us)", &|r| {
+            violation_us(r, ViolationPolicy::Reliability)
+        }),
+        ("DCGM_FI_DEV_ECC_SBE_VOL_TOTAL", "Total number of single-bit volatile ECC errors", &|r| {
+            r.health.ecc?.corrected_volatile.map(Value::U64)
+        }),
+        ("DCGM_FI_DEV_ECC_DBE_VOL_TOTAL", "Total number of double-bit volatile ECC errors", &|r| {
+            r.health.ecc?.uncorrected_volatile.map(Value::U64)
+        }),
+        ("DCGM_FI_DEV_ECC_SBE_AGG_TOTAL", "Total number of single-bit persistent ECC errors", &|r| {
+            r.health.ecc?.corrected_aggregate.map(Value::U64)
+        }),
+        ("DCGM_FI_DEV_ECC_DBE_AGG_TOTAL", "Total number of double-bit persistent ECC errors", &|r| {
+            r.health.ecc?.uncorrected_aggregate.map(Value::U64)
+        }),
+        ("DCGM_FI_DEV_RETIRED_SBE", "Total number of retired pages due to single-bit errors", &|r| {
+            Some(Value::U64(r.health.retired_pages?.single_bit))
+        }),
+        ("DCGM_FI_DEV_RETIRED_DBE", "Total number of retired pages due to double-bit errors", &|r| {
+            Some(Value::U64(r.health.retired_pages?.double_bit))
+        }),
+        ("DCGM_FI_DEV_RETIRED_PENDING", "Total number of pages pending retirement", &|r| {
+            Some(Value::U64(u64::from(r.health.retired_pages?.pending?)))
+        }),
+    ];
+    for (name, help, value) in counters {
+        e.bare_counter(name, help, family_of(value));
+    }
+    for (name, help, rows) in [
+        ("DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS", "Number of remapped rows for uncorrectable errors", true),
+        ("DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS", "Number of remapped rows for correctable errors", false),
+    ] {
+        e.bare_counter(
+            name,
+            help,
+            family_of(&|r| {
+                let remapped = r.health.remapped_rows?;
+                Some(Value::U64(if rows { remapped.uncorrectable } else { remapped.correctable }))
+            }),
+        );
+    }
+}
+
+/// How a family's value is read from a GPU's reading.
+type ReadValue<'a> = dyn Fn(&GpuReading) -> Option<Value> + 'a;
+
+/// A violation counter in microseconds, as dcgm-exporter reports it.
+fn violation_us(r: &GpuReading, policy: ViolationPolicy) -> Option<Value> {
+    Some(Value::U64((r.violations.get(policy)? * 1e6).round() as u64))
 }
 
 #[cfg(test)]

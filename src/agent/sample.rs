@@ -46,6 +46,10 @@ pub struct SampleData {
     pub readiness: Readiness,
     /// The GPU source (NVML) is open.
     pub gpu_source_up: bool,
+    /// The driver's version, where known.
+    pub driver_version: Option<String>,
+    /// The CUDA version the driver supports, where known.
+    pub cuda_version: Option<String>,
     /// The kubelet answered the last PodResources call; `None` when
     /// attribution is off.
     pub pod_resources_up: Option<bool>,

@@ -17,7 +17,7 @@ use super::exposition::MetricNames;
 use super::sample::{GpuState, Readiness, SampleData};
 use super::snapshot::Snapshot;
 use crate::attribution::{Allocations, Attribution, ContainerAllocation, GpuView, attribute};
-use crate::gpu::{GpuCall, GpuIdentity, GpuRead, GpuSource, GpuSourceOpener, ProcessUsage, ReadRequest};
+use crate::gpu::{GpuCall, GpuIdentity, GpuRead, GpuSource, GpuSourceOpener, HealthReading, ProcessUsage, ReadRequest};
 use crate::retry::Backoff;
 
 /// Per-GPU state kept between passes.
@@ -27,6 +27,8 @@ struct GpuSlot {
     /// Set while a read runs; a hung read keeps it set.
     reading: Arc<AtomicBool>,
     last_process_sample_us: u64,
+    /// The last rarely-changing fields, and when they were read.
+    health: Option<(Instant, HealthReading)>,
 }
 
 /// How a sampler samples.
@@ -40,6 +42,9 @@ pub struct SamplerSettings {
     pub read_timeout: Duration,
     /// Metric names on `/metrics`.
     pub names: MetricNames,
+    /// How often the rarely-changing fields (power limit, ECC, remapped
+    /// rows, retired pages) are read.
+    pub health_interval: Duration,
 }
 
 /// Samples on an interval and publishes snapshots.
@@ -136,11 +141,10 @@ impl Sampler {
             .iter()
             .enumerate()
             .map(|(i, r)| GpuState {
-                identity: r.identity.clone().unwrap_or_else(|| GpuIdentity {
-                    index: i as u32,
-                    uuid: String::new(),
-                    model: String::new(),
-                }),
+                identity: r
+                    .identity
+                    .clone()
+                    .unwrap_or_else(|| GpuIdentity { index: i as u32, ..GpuIdentity::default() }),
                 up: r.up,
                 reading: r.reading.clone(),
             })
@@ -166,6 +170,8 @@ impl Sampler {
             usages,
             readiness,
             gpu_source_up: self.source.is_some(),
+            driver_version: self.source.as_ref().and_then(|s| s.driver_version()),
+            cuda_version: self.source.as_ref().and_then(|s| s.cuda_version()),
             pod_resources_up,
             sample_duration: started.elapsed(),
             counters: self.state.metrics.counters(),
@@ -184,6 +190,7 @@ impl Sampler {
             let request = ReadRequest {
                 processes: holders.is_none_or(|n| n > 1),
                 processes_since_us: slot.last_process_sample_us,
+                health: slot.health.is_none_or(|(at, _)| at.elapsed() >= self.settings.health_interval),
             };
             if slot.reading.swap(true, Ordering::AcqRel) {
                 pending.push(None);
@@ -193,7 +200,7 @@ impl Sampler {
             pending.push(Some(tokio::task::spawn_blocking(move || {
                 let read = source.read(index as u32, request);
                 flag.store(false, Ordering::Release);
-                read
+                (request.health, read)
             })));
         }
 
@@ -204,7 +211,7 @@ impl Sampler {
                 None => None,
                 Some(task) => tokio::time::timeout_at(deadline.into(), task).await.ok().and_then(Result::ok),
             };
-            let Some(mut read) = outcome else {
+            let Some((health_read, mut read)) = outcome else {
                 self.state.metrics.gpu_read_timeout();
                 tracing::warn!(gpu = index, "GPU read missed its deadline; reported down");
                 if slot.identity.is_none() {
@@ -220,6 +227,12 @@ impl Sampler {
                 slot.identity.clone_from(&read.identity);
             } else {
                 read.identity.clone_from(&slot.identity);
+            }
+            // Between health reads, the last ones stand (while the GPU is up).
+            if health_read && read.up {
+                slot.health = Some((Instant::now(), read.reading.health));
+            } else if let Some((_, health)) = slot.health.filter(|_| read.up) {
+                read.reading.health = health;
             }
             if let ProcessUsage::Samples(samples) = &read.processes
                 && let Some(newest) = samples.iter().map(|s| s.timestamp_us).max()

@@ -38,6 +38,8 @@ impl Snapshot {
             usages: Vec::new(),
             readiness: Readiness::NotReady("no sample taken yet".to_string()),
             gpu_source_up: false,
+            driver_version: None,
+            cuda_version: None,
             pod_resources_up: None,
             sample_duration: Duration::ZERO,
             counters: metrics.counters(),

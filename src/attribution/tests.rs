@@ -2,7 +2,12 @@ use super::*;
 use crate::gpu::ProcessSample;
 
 fn gpu(index: u32, uuid: &str) -> GpuIdentity {
-    GpuIdentity { index, uuid: uuid.to_string(), model: "NVIDIA GeForce RTX 4090".to_string() }
+    GpuIdentity {
+        index,
+        uuid: uuid.to_string(),
+        model: "NVIDIA GeForce RTX 4090".to_string(),
+        ..GpuIdentity::default()
+    }
 }
 
 fn alloc(pod: &str, container: &str, uid: Option<&str>, ids: &[&str]) -> ContainerAllocation {

@@ -4,18 +4,27 @@
 //! is left out, logged at debug, and never counted as an error or reported as
 //! zero. `GPU_IS_LOST`, or a handle that cannot be had, marks the GPU down.
 
+pub mod raw;
+
 use std::ffi::OsStr;
 use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 
-use nvml_wrapper::Nvml;
-use nvml_wrapper::enum_wrappers::device::{Clock, TemperatureSensor};
+use nvml_wrapper::enum_wrappers::device::{
+    Clock, EccCounter, MemoryError, PcieUtilCounter, PerformancePolicy, RetirementCause, TemperatureSensor,
+};
+use nvml_wrapper::enums::device::SampleValue;
 use nvml_wrapper::error::NvmlError;
+use nvml_wrapper::structs::device::FieldId;
+use nvml_wrapper::{Device, Nvml};
 
 use super::{
-    GpuCall, GpuIdentity, GpuRead, GpuReading, GpuSource, GpuSourceError, GpuSourceOpener, ProcessSample, ProcessUsage,
-    ReadRequest,
+    EccCounts, GpuCall, GpuIdentity, GpuRead, GpuReading, GpuSource, GpuSourceError, GpuSourceOpener, HealthReading,
+    ProcessSample, ProcessUsage, ReadRequest, RetiredPages, ViolationPolicy,
 };
+
+/// `NVML_FI_DEV_MEMORY_TEMP`: the only way to memory temperature.
+const FIELD_MEMORY_TEMPERATURE: u32 = 82;
 
 /// The library NVML is loaded from when `--nvml-lib` is not given.
 pub const DEFAULT_LIBRARY: &str = "libnvidia-ml.so.1";
@@ -42,16 +51,24 @@ impl GpuSourceOpener for NvmlOpener {
             .map_err(|source| GpuSourceError::NvmlInit { library: library.to_string_lossy().into_owned(), source })?;
         let count = nvml.device_count().map_err(GpuSourceError::NvmlCount)?;
         let driver_version = nvml.sys_driver_version().ok();
-        Ok(Arc::new(NvmlSource { nvml, identities: (0..count).map(|_| OnceLock::new()).collect(), driver_version }))
+        // 12040 → 12.4, as nvidia-smi writes it.
+        let cuda_version = nvml.sys_cuda_driver_version().ok().map(|v| format!("{}.{}", v / 1000, (v % 1000) / 10));
+        Ok(Arc::new(NvmlSource {
+            nvml: Arc::new(nvml),
+            identities: (0..count).map(|_| OnceLock::new()).collect(),
+            driver_version,
+            cuda_version,
+        }))
     }
 }
 
 /// An initialised NVML library and the GPUs it found.
 pub struct NvmlSource {
-    nvml: Nvml,
+    nvml: Arc<Nvml>,
     /// Read once per GPU, on the first read that can.
     identities: Vec<OnceLock<GpuIdentity>>,
     driver_version: Option<String>,
+    cuda_version: Option<String>,
 }
 
 /// Keeps the errors of one read, and whether the GPU was lost.
@@ -80,6 +97,75 @@ impl Tally {
     }
 }
 
+/// The fields read every pass besides utilization, memory, temperature,
+/// power and clocks.
+fn read_telemetry(nvml: &Nvml, device: &Device<'_>, tally: &mut Tally, reading: &mut GpuReading) {
+    let fields = tally.take(GpuCall::FieldValues, device.field_values_for(&[FieldId(FIELD_MEMORY_TEMPERATURE)]));
+    reading.memory_temperature_celsius = fields
+        .into_iter()
+        .flatten()
+        .filter_map(|sample| tally.take(GpuCall::FieldValues, sample.and_then(|s| s.value)))
+        .map(|value| match value {
+            SampleValue::F64(v) => v,
+            SampleValue::U32(v) => f64::from(v),
+            SampleValue::U64(v) => v as f64,
+            SampleValue::I64(v) => v as f64,
+        })
+        .next();
+    let millijoules = tally.take(GpuCall::Energy, device.total_energy_consumption());
+    reading.energy_joules = millijoules.map(|mj| mj as f64 / 1000.0);
+    reading.pcie_replays = tally.take(GpuCall::Pcie, device.pcie_replay_counter()).map(u64::from);
+    // NVML counts PCIe throughput in KB/s.
+    let kib = |v: u32| f64::from(v) * 1024.0;
+    reading.pcie_transmit_bytes_per_second =
+        tally.take(GpuCall::Pcie, device.pcie_throughput(PcieUtilCounter::Send)).map(kib);
+    reading.pcie_receive_bytes_per_second =
+        tally.take(GpuCall::Pcie, device.pcie_throughput(PcieUtilCounter::Receive)).map(kib);
+    reading.encoder_utilization_percent =
+        tally.take(GpuCall::Codec, device.encoder_utilization()).map(|u| f64::from(u.utilization));
+    reading.decoder_utilization_percent =
+        tally.take(GpuCall::Codec, device.decoder_utilization()).map(|u| f64::from(u.utilization));
+    reading.fan_speed_percent = tally.take(GpuCall::Fan, device.fan_speed(0)).map(f64::from);
+    reading.performance_state = tally.take(GpuCall::PerformanceState, device.performance_state()).map(|p| p.as_c());
+    reading.clock_events = tally.take(GpuCall::ClockEvents, raw::clock_event_reasons(nvml, device));
+    for policy in ViolationPolicy::ALL {
+        let nvml_policy = match policy {
+            ViolationPolicy::Power => PerformancePolicy::Power,
+            ViolationPolicy::Thermal => PerformancePolicy::Thermal,
+            ViolationPolicy::SyncBoost => PerformancePolicy::SyncBoost,
+            ViolationPolicy::BoardLimit => PerformancePolicy::BoardLimit,
+            ViolationPolicy::LowUtilization => PerformancePolicy::LowUtilization,
+            ViolationPolicy::Reliability => PerformancePolicy::Reliability,
+        };
+        let time = tally.take(GpuCall::ClockEvents, device.violation_status(nvml_policy));
+        reading.violations.set(*policy, time.map(|t| t.violation_time as f64 / 1e9));
+    }
+}
+
+/// The rarely-changing fields: power limit, ECC, remapped rows, retired pages.
+fn read_health(nvml: &Nvml, device: &Device<'_>, tally: &mut Tally) -> HealthReading {
+    let milliwatts = tally.take(GpuCall::PowerLimit, device.enforced_power_limit());
+    let ecc_on = tally.take(GpuCall::Ecc, device.is_ecc_enabled()).is_some_and(|mode| mode.currently_enabled);
+    let ecc = ecc_on.then(|| {
+        let mut count = |error, counter| tally.take(GpuCall::Ecc, device.total_ecc_errors(error, counter));
+        EccCounts {
+            corrected_volatile: count(MemoryError::Corrected, EccCounter::Volatile),
+            uncorrected_volatile: count(MemoryError::Uncorrected, EccCounter::Volatile),
+            corrected_aggregate: count(MemoryError::Corrected, EccCounter::Aggregate),
+            uncorrected_aggregate: count(MemoryError::Uncorrected, EccCounter::Aggregate),
+        }
+    });
+    let remapped_rows = tally.take(GpuCall::RemappedRows, raw::remapped_rows(nvml, device));
+    let single = tally.take(GpuCall::RetiredPages, device.retired_pages(RetirementCause::MultipleSingleBitEccErrors));
+    let double = tally.take(GpuCall::RetiredPages, device.retired_pages(RetirementCause::DoubleBitEccError));
+    let retired_pages = single.zip(double).map(|(single, double)| RetiredPages {
+        single_bit: single.len() as u64,
+        double_bit: double.len() as u64,
+        pending: tally.take(GpuCall::RetiredPages, device.are_pages_pending_retired()),
+    });
+    HealthReading { power_limit_watts: milliwatts.map(|mw| f64::from(mw) / 1000.0), ecc, remapped_rows, retired_pages }
+}
+
 impl GpuSource for NvmlSource {
     fn gpu_count(&self) -> u32 {
         self.identities.len() as u32
@@ -87,6 +173,10 @@ impl GpuSource for NvmlSource {
 
     fn driver_version(&self) -> Option<String> {
         self.driver_version.clone()
+    }
+
+    fn cuda_version(&self) -> Option<String> {
+        self.cuda_version.clone()
     }
 
     fn known_identity(&self, index: u32) -> Option<GpuIdentity> {
@@ -113,7 +203,9 @@ impl GpuSource for NvmlSource {
             let model = tally.take(GpuCall::Identity, device.name());
             let uuid = tally.take(GpuCall::Identity, device.uuid());
             if let (Some(model), Some(uuid)) = (model, uuid) {
-                let identity = GpuIdentity { index, uuid, model };
+                // The bus ID is a label, not a reading: absent stays empty.
+                let pci_bus_id = device.pci_info().map(|p| p.bus_id).unwrap_or_default();
+                let identity = GpuIdentity { index, uuid, model, pci_bus_id };
                 if let Some(slot) = self.identities.get(index as usize) {
                     let _ = slot.set(identity.clone());
                 }
@@ -129,6 +221,7 @@ impl GpuSource for NvmlSource {
         if let Some(m) = tally.take(GpuCall::Memory, device.memory_info()) {
             reading.memory_used_bytes = Some(m.used);
             reading.memory_total_bytes = Some(m.total);
+            reading.memory_reserved_bytes = Some(m.reserved);
         }
         let celsius = tally.take(GpuCall::Temperature, device.temperature(TemperatureSensor::Gpu));
         reading.temperature_celsius = celsius.map(f64::from);
@@ -136,6 +229,12 @@ impl GpuSource for NvmlSource {
         reading.power_watts = milliwatts.map(|mw| f64::from(mw) / 1000.0);
         let mhz = tally.take(GpuCall::Clock, device.clock_info(Clock::SM));
         reading.sm_clock_hertz = mhz.map(|mhz| f64::from(mhz) * 1e6);
+        let mhz = tally.take(GpuCall::Clock, device.clock_info(Clock::Memory));
+        reading.memory_clock_hertz = mhz.map(|mhz| f64::from(mhz) * 1e6);
+        read_telemetry(&self.nvml, &device, &mut tally, reading);
+        if request.health {
+            reading.health = read_health(&self.nvml, &device, &mut tally);
+        }
 
         if request.processes {
             read.processes = match device.process_utilization_stats(request.processes_since_us) {

@@ -11,10 +11,13 @@ use super::*;
 use crate::agent::sample::Readiness;
 use crate::agent::self_metrics::AgentCounters;
 use crate::attribution::{Sharing, Unresolved};
-use crate::gpu::{GpuIdentity, GpuReading};
+use crate::gpu::{
+    ClockEventReason, EccCounts, GpuIdentity, GpuReading, HealthReading, RemappedRows, RetiredPages, Violations,
+};
 
 fn gpu(index: u32, uuid: &str, model: &str, up: bool, reading: GpuReading) -> GpuState {
-    GpuState { identity: GpuIdentity { index, uuid: uuid.into(), model: model.into() }, up, reading }
+    let pci_bus_id = format!("00000000:{:02X}:00.0", index + 1);
+    GpuState { identity: GpuIdentity { index, uuid: uuid.into(), model: model.into(), pci_bus_id }, up, reading }
 }
 
 fn full_reading(util: f64) -> GpuReading {
@@ -26,6 +29,41 @@ fn full_reading(util: f64) -> GpuReading {
         temperature_celsius: Some(61.0),
         power_watts: Some(312.5),
         sm_clock_hertz: Some(2.52e9),
+        memory_clock_hertz: Some(10.501e9),
+        memory_temperature_celsius: Some(70.0),
+        energy_joules: Some(123_456.789),
+        pcie_replays: Some(3),
+        pcie_transmit_bytes_per_second: Some(2_097_152.0),
+        pcie_receive_bytes_per_second: Some(4_194_304.0),
+        encoder_utilization_percent: Some(5.0),
+        decoder_utilization_percent: Some(7.0),
+        fan_speed_percent: Some(45.0),
+        performance_state: Some(2),
+        memory_reserved_bytes: Some(352 << 20),
+        clock_events: Some(ClockEventReason::SwPowerCap.bit() | ClockEventReason::HwThermalSlowdown.bit()),
+        violations: Violations([Some(1.5), Some(0.25), Some(0.0), Some(0.0), Some(0.0), Some(0.0)]),
+        health: HealthReading {
+            power_limit_watts: Some(450.0),
+            ecc: Some(EccCounts {
+                corrected_volatile: Some(2),
+                uncorrected_volatile: Some(0),
+                corrected_aggregate: Some(12),
+                uncorrected_aggregate: Some(1),
+            }),
+            remapped_rows: Some(RemappedRows { correctable: 1, uncorrectable: 0, pending: true, failure: false }),
+            retired_pages: Some(RetiredPages { single_bit: 4, double_bit: 1, pending: Some(false) }),
+        },
+    }
+}
+
+/// What a GeForce board gives: no memory temperature, ECC, remapping or
+/// retired pages.
+fn geforce_reading(util: f64) -> GpuReading {
+    GpuReading {
+        memory_temperature_celsius: None,
+        health: HealthReading { power_limit_watts: Some(170.0), ..HealthReading::default() },
+        clock_events: Some(0),
+        ..full_reading(util)
     }
 }
 
@@ -45,13 +83,15 @@ fn usage(pod: &str, gpu: usize, sharing: Sharing, util: Result<f64, Unresolved>)
 /// Three GPUs: an exclusive 4090, a 3060 shared by two pods (one unresolved)
 /// without power readings, and a lost GPU.
 fn sample_data() -> SampleData {
-    let mut no_power = full_reading(55.0);
+    let mut no_power = geforce_reading(55.0);
     no_power.power_watts = None;
     no_power.memory_total_bytes = Some(12 << 30);
     SampleData {
         node: "mainpc".into(),
         taken_at: SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_430_000_250),
         interval: Duration::from_secs(1),
+        driver_version: Some("550.54.14".into()),
+        cuda_version: Some("12.4".into()),
         gpus: vec![
             gpu(0, "GPU-aaaa", "NVIDIA GeForce RTX 4090", true, full_reading(42.5)),
             gpu(1, "GPU-bbbb", "NVIDIA GeForce RTX 3060", true, no_power),
@@ -107,8 +147,20 @@ fn reference_openmetrics(data: &SampleData) -> String {
     gauge_i(
         &mut registry,
         "nvidia_gpu_info",
-        "GPU identity, 1 for every GPU the agent found",
-        device.iter().map(|l| (l.clone(), 1)).collect(),
+        "GPU identity, 1 for every GPU the agent found, with its PCI bus ID and the driver and CUDA versions",
+        device
+            .iter()
+            .zip(&data.gpus)
+            .map(|(l, g)| {
+                let mut l = l.clone();
+                l.extend(labels(&[
+                    ("pci_bus_id", &g.identity.pci_bus_id),
+                    ("driver_version", "550.54.14"),
+                    ("cuda_version", "12.4"),
+                ]));
+                (l, 1)
+            })
+            .collect(),
     );
     gauge_i(
         &mut registry,
@@ -144,6 +196,103 @@ fn reference_openmetrics(data: &SampleData) -> String {
     gauge_f(&mut registry, "nvidia_gpu_temperature_celsius", "GPU core temperature", field(&|r| r.temperature_celsius));
     gauge_f(&mut registry, "nvidia_gpu_power_watts", "Board power draw", field(&|r| r.power_watts));
     gauge_f(&mut registry, "nvidia_gpu_sm_clock_hertz", "Current SM clock", field(&|r| r.sm_clock_hertz));
+    gauge_f(&mut registry, "nvidia_gpu_memory_clock_hertz", "Current memory clock", field(&|r| r.memory_clock_hertz));
+    gauge_f(
+        &mut registry,
+        "nvidia_gpu_memory_temperature_celsius",
+        "Memory (HBM) temperature",
+        field(&|r| r.memory_temperature_celsius),
+    );
+    gauge_f(
+        &mut registry,
+        "nvidia_gpu_pcie_transmit_bytes_per_second",
+        "PCIe transmit throughput (NVML's 20 ms window)",
+        field(&|r| r.pcie_transmit_bytes_per_second),
+    );
+    gauge_f(
+        &mut registry,
+        "nvidia_gpu_pcie_receive_bytes_per_second",
+        "PCIe receive throughput (NVML's 20 ms window)",
+        field(&|r| r.pcie_receive_bytes_per_second),
+    );
+    gauge_f(
+        &mut registry,
+        "nvidia_gpu_encoder_utilization_percent",
+        "Video encoder utilization",
+        field(&|r| r.encoder_utilization_percent),
+    );
+    gauge_f(
+        &mut registry,
+        "nvidia_gpu_decoder_utilization_percent",
+        "Video decoder utilization",
+        field(&|r| r.decoder_utilization_percent),
+    );
+    gauge_f(
+        &mut registry,
+        "nvidia_gpu_fan_speed_percent",
+        "Intended speed of the first fan, percent of its maximum",
+        field(&|r| r.fan_speed_percent),
+    );
+    gauge_i(
+        &mut registry,
+        "nvidia_gpu_performance_state",
+        "Performance state: 0 (P0, most) to 15 (P15, least)",
+        field_i(&|r| r.performance_state.map(u64::from)),
+    );
+    gauge_i(
+        &mut registry,
+        "nvidia_gpu_memory_reserved_bytes",
+        "Device memory the driver reserves",
+        field_i(&|r| r.memory_reserved_bytes),
+    );
+    gauge_f(
+        &mut registry,
+        "nvidia_gpu_power_limit_watts",
+        "Enforced power limit",
+        field(&|r| r.health.power_limit_watts),
+    );
+    let with = |i: usize, pairs: &[(&str, &str)]| -> Labels {
+        let mut l = device[i].clone();
+        l.extend(labels(pairs));
+        l
+    };
+    gauge_i(
+        &mut registry,
+        "nvidia_gpu_clock_event_active",
+        "1 while a clock-event (throttle) reason holds clocks back, by reason",
+        up.iter()
+            .flat_map(|&i| {
+                let mask = data.gpus[i].reading.clock_events.unwrap();
+                ClockEventReason::ALL
+                    .iter()
+                    .map(move |r| (with(i, &[("reason", r.as_str())]), i64::from(mask & r.bit() != 0)))
+            })
+            .collect(),
+    );
+    gauge_i(
+        &mut registry,
+        "nvidia_gpu_remapped_rows_pending",
+        "1 while a row remapping waits for a GPU reset",
+        vec![(device[0].clone(), 1)],
+    );
+    gauge_i(
+        &mut registry,
+        "nvidia_gpu_remapped_rows_failed",
+        "1 when a row remapping failed: the GPU needs service",
+        vec![(device[0].clone(), 0)],
+    );
+    gauge_i(
+        &mut registry,
+        "nvidia_gpu_retired_pages",
+        "Memory pages retired, by cause",
+        vec![(with(0, &[("cause", "single_bit_ecc")]), 4), (with(0, &[("cause", "double_bit_ecc")]), 1)],
+    );
+    gauge_i(
+        &mut registry,
+        "nvidia_gpu_retired_pages_pending",
+        "1 while pages wait to be retired at the next reset",
+        vec![(device[0].clone(), 0)],
+    );
 
     let pod = |u: &PodGpuUsage, extra: (&str, &str)| -> Labels {
         let mut l = gpu_labels_of(node, &data.gpus[u.gpu]);
@@ -214,6 +363,55 @@ fn reference_openmetrics(data: &SampleData) -> String {
         }
         registry.register(name, help, family);
     };
+    let counter_f = |registry: &mut Registry, name: &str, help: &str, series: Vec<(Labels, f64)>| {
+        let family = Family::<Labels, Counter<f64, AtomicU64>>::default();
+        for (l, v) in series {
+            family.get_or_create(&l).inc_by(v);
+        }
+        registry.register(name, help, family);
+    };
+    counter_f(
+        &mut registry,
+        "nvidia_gpu_clock_event_violation_seconds",
+        "Time clocks were held back by a policy since the driver loaded, by reason",
+        up.iter()
+            .flat_map(|&i| {
+                ["power", "thermal", "sync_boost", "board_limit", "low_utilization", "reliability"]
+                    .into_iter()
+                    .zip([1.5, 0.25, 0.0, 0.0, 0.0, 0.0])
+                    .map(move |(r, v)| (with(i, &[("reason", r)]), v))
+            })
+            .collect(),
+    );
+    counter_f(
+        &mut registry,
+        "nvidia_gpu_energy_joules",
+        "Energy used since the driver loaded",
+        up.iter().map(|&i| (device[i].clone(), 123_456.789)).collect(),
+    );
+    counter(
+        &mut registry,
+        "nvidia_gpu_pcie_replays",
+        "PCIe replays (retries) since the driver loaded",
+        up.iter().map(|&i| (device[i].clone(), 3)).collect(),
+    );
+    counter(
+        &mut registry,
+        "nvidia_gpu_ecc_errors",
+        "ECC errors while ECC is on: corrected or uncorrected, since the driver loaded (volatile) or over the board's life (aggregate)",
+        vec![
+            (with(0, &[("error", "corrected"), ("counter", "volatile")]), 2),
+            (with(0, &[("error", "uncorrected"), ("counter", "volatile")]), 0),
+            (with(0, &[("error", "corrected"), ("counter", "aggregate")]), 12),
+            (with(0, &[("error", "uncorrected"), ("counter", "aggregate")]), 1),
+        ],
+    );
+    counter(
+        &mut registry,
+        "nvidia_gpu_remapped_rows",
+        "Memory rows remapped, by the error that caused it",
+        vec![(with(0, &[("error", "correctable")]), 1), (with(0, &[("error", "uncorrectable")]), 0)],
+    );
     counter(&mut registry, "kube_gpu_metrics_samples", "Sample passes finished", vec![(own.clone(), 7)]);
     counter(
         &mut registry,
@@ -297,7 +495,7 @@ fn dcgm_names_match_the_golden_file() {
 fn dcgm_names_use_dcgm_exporter_units_and_labels() {
     let (text, _) = render_plain(&sample_data(), MetricNames::Dcgm);
     let text = String::from_utf8(text).unwrap();
-    let gpu0 = r#"gpu="0",UUID="GPU-aaaa",device="nvidia0",modelName="NVIDIA GeForce RTX 4090",Hostname="mainpc""#;
+    let gpu0 = r#"gpu="0",UUID="GPU-aaaa",pci_bus_id="00000000:01:00.0",device="nvidia0",modelName="NVIDIA GeForce RTX 4090",Hostname="mainpc",DCGM_FI_DRIVER_VERSION="550.54.14""#;
     let pod = r#"namespace="ai-system-gpu",pod="reasoning-suite-7d9f-x2k9p",container="main""#;
     // 8 GiB used of 24: MiB, as dcgm-exporter reports framebuffer memory.
     assert!(text.contains(&format!("DCGM_FI_DEV_FB_USED{{{gpu0},{pod}}} 8192\n")), "{text}");

@@ -28,7 +28,12 @@ impl GpuSource for ScriptedSource {
             std::thread::sleep(self.hang);
         }
         GpuRead {
-            identity: Some(GpuIdentity { index, uuid: format!("GPU-{index}"), model: "NVIDIA L4".into() }),
+            identity: Some(GpuIdentity {
+                index,
+                uuid: format!("GPU-{index}"),
+                model: "NVIDIA L4".into(),
+                ..GpuIdentity::default()
+            }),
             up: true,
             reading: GpuReading { utilization_percent: Some(10.0 + f64::from(index)), ..GpuReading::default() },
             ..GpuRead::default()
@@ -54,7 +59,13 @@ impl GpuSourceOpener for FlakyOpener {
 }
 
 fn settings(read_timeout: Duration) -> SamplerSettings {
-    SamplerSettings { node: "n".into(), interval: Duration::from_secs(1), read_timeout, names: Default::default() }
+    SamplerSettings {
+        node: "n".into(),
+        interval: Duration::from_secs(1),
+        read_timeout,
+        names: Default::default(),
+        health_interval: Duration::from_secs(30),
+    }
 }
 
 fn sampler(failures: u32, hang: Duration, read_timeout: Duration) -> (Sampler, AgentState, Arc<ScriptedSource>) {
