@@ -25,6 +25,7 @@ use kube_gpu_metrics::agent::snapshot::Snapshot;
 use kube_gpu_metrics::attribution::{PodGpuUsage, Sharing};
 use kube_gpu_metrics::gpu::{
     ClockEventReason, EccCounts, GpuIdentity, GpuReading, HealthReading, RemappedRows, RetiredPages, Violations,
+    XidErrors,
 };
 
 use std::sync::atomic::AtomicU64 as AtomicF64Bits;
@@ -112,6 +113,7 @@ fn sample(gpus: u32, pods_per_gpu: u32) -> SampleData {
                     }),
                     retired_pages: Some(RetiredPages { single_bit: 4, double_bit: 1, pending: Some(false) }),
                 },
+                xid: Some(XidErrors { counts: [(79, 1)].into_iter().collect(), last: Some(79) }),
             },
         })
         .collect();
@@ -220,12 +222,13 @@ fn prometheus_client_registry(data: &SampleData) -> prometheus_client::registry:
         registry.register(name, "help", family);
     }
     // The labelled families: one series per reason, policy or counter.
-    let labelled: [(&str, &str, usize); 5] = [
+    let labelled: [(&str, &str, usize); 6] = [
         ("nvidia_gpu_clock_event_active", "reason", 9),
         ("nvidia_gpu_clock_event_violation_seconds_total", "reason", 6),
         ("nvidia_gpu_ecc_errors_total", "error", 4),
         ("nvidia_gpu_remapped_rows_total", "error", 2),
         ("nvidia_gpu_retired_pages", "cause", 2),
+        ("nvidia_gpu_xid_errors_total", "xid", 1),
     ];
     for (name, key, n) in labelled {
         let family = Family::<Labels, Gauge<f64, AtomicF64Bits>>::default();

@@ -157,7 +157,7 @@ wait_http http://127.0.0.1:19412/readyz
 # clock-event reasons, uncorrectable ECC errors (rising below), a row remapping
 # pending and one failed, pages pending retirement.
 faulty_gpu='gpu name="NVIDIA A100-SXM4-80GB" uuid=GPU-e2e-a100 util=97 mem_util=60 mem_total=85899345920 mem_used=42949672960 temp=88 power_mw=398000 sm_clock_mhz=1110 mem_temp=91 clock_events=0x64 viol_power_ns=4000000000 viol_thermal_ns=2000000000 ecc=1 ecc_sbe_vol=12 ecc_dbe_vol=0 remap=1 remap_corr=3 remap_unc=1 remap_pending=1 remap_failure=1 retired=1 retired_sbe=2 retired_dbe=1 retired_pending=1'
-echo "$faulty_gpu" >"$work/faulty.conf"
+printf '%s\nxid 0 79\nxid 0 13\n' "$faulty_gpu" >"$work/faulty.conf"
 FAKE_NVML_CONFIG="$work/faulty.conf" "$bin" agent --gpu-source nvml --nvml-lib "$work/libnvidia-ml.so" \
     --listen 127.0.0.1:19413 --node-name e2e-faulty --no-attribution --health-interval 1s >"$work/faulty.log" 2>&1 &
 pids+=($!)
@@ -273,9 +273,9 @@ curl -fs http://127.0.0.1:19090/api/v1/rules | python3 -c 'import json,sys; g=js
 # The health alerts fire (pending until their `for`) on the faulty board;
 # the uncorrectable ECC count rises while Prometheus watches.
 expect_series 'nvidia_gpu_ecc_errors_total{job="faulty",error="uncorrected",counter="volatile"} == 0' 1
-echo "${faulty_gpu/ecc_dbe_vol=0/ecc_dbe_vol=2}" >"$work/faulty.conf"
+printf '%s\nxid 0 79\nxid 0 13\n' "${faulty_gpu/ecc_dbe_vol=0/ecc_dbe_vol=2}" >"$work/faulty.conf"
 expect_series 'nvidia_gpu_ecc_errors_total{job="faulty",error="uncorrected",counter="volatile"} == 2' 1
-health_alerts="NvidiaGpuThermalThrottling NvidiaGpuPowerThrottling NvidiaGpuUncorrectableEccErrors NvidiaGpuRowRemapPending NvidiaGpuRowRemapFailed NvidiaGpuRetiredPagesPending"
+health_alerts="NvidiaGpuThermalThrottling NvidiaGpuPowerThrottling NvidiaGpuUncorrectableEccErrors NvidiaGpuRowRemapPending NvidiaGpuRowRemapFailed NvidiaGpuRetiredPagesPending NvidiaGpuXidError NvidiaGpuCriticalXid"
 for _ in $(seq 60); do
     active=$(curl -fs http://127.0.0.1:19090/api/v1/alerts | python3 -c 'import json,sys; print(" ".join(sorted({a["labels"]["alertname"] for a in json.load(sys.stdin)["data"]["alerts"] if a["labels"].get("node") == "e2e-faulty"})))')
     missing=$(for a in $health_alerts; do [[ " $active " == *" $a "* ]] || echo "$a"; done)

@@ -98,8 +98,20 @@ pub struct GpuReading {
     pub clock_events: Option<u64>,
     /// Time clocks were held back, by policy, since the driver loaded.
     pub violations: Violations,
-    /// Fields that change rarely, read every `--slow-interval`.
+    /// Fields that change rarely, read every `--health-interval`.
     pub health: HealthReading,
+    /// XID errors since the agent started, from NVML's events; `None` where
+    /// the GPU could not be registered for them.
+    pub xid: Option<XidErrors>,
+}
+
+/// XID errors of one GPU since the agent started.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct XidErrors {
+    /// Events by XID code.
+    pub counts: std::collections::BTreeMap<u64, u64>,
+    /// The last code seen.
+    pub last: Option<u64>,
 }
 
 crate::label_value::label_value! {

@@ -16,6 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 pub mod scenario;
 
 use crate::attribution::{Allocations, Attribution, ContainerAllocation};
+use crate::gpu::XidErrors;
 use crate::gpu::model::{GpuModelId, GpuProfile};
 use crate::gpu::{
     ClockEventReason, GpuIdentity, GpuRead, GpuReading, GpuSource, GpuSourceError, GpuSourceOpener, HealthReading,
@@ -250,6 +251,7 @@ impl SimNode {
             violations: Violations([Some(0.0); ViolationPolicy::ALL.len()]),
             health: HealthReading { power_limit_watts: Some(p.max_power_watts), ..HealthReading::default() },
             memory_temperature_celsius: None,
+            xid: Some(XidErrors::default()),
         };
         let processes = if request.processes {
             let timestamp_us = (t * 1e6) as u64;

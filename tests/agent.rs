@@ -834,3 +834,23 @@ fn health_fields_are_read_every_health_interval_not_every_sample() {
     let text = String::from_utf8(agent.get("/metrics").body).unwrap();
     assert_eq!(value(&text, &series).as_deref(), Some("1"), "five samples later, the last health read stands");
 }
+
+#[test]
+fn xid_errors_come_from_nvml_events_and_one_gpu_failing_to_register_spares_the_others() {
+    // GPU 1 cannot be registered for events; GPU 0 can.
+    let config = format!("{TWO_GPUS}error 1 events GPU_IS_LOST\n");
+    let agent = Agent::start(&config, &["--no-attribution", "--names", "both"]);
+    let dcgm0 = "gpu=\"0\",UUID=\"GPU-4090-0000\",pci_bus_id=\"00000000:01:00.0\",device=\"nvidia0\",modelName=\"NVIDIA GeForce RTX 4090\",Hostname=\"testnode\",DCGM_FI_DRIVER_VERSION=\"550.54.14\"";
+    let text = agent.metrics_until("the XID gauge", |t| t.contains(&format!("DCGM_FI_DEV_XID_ERRORS{{{dcgm0}}} 0")));
+    assert!(!text.contains("nvidia_gpu_xid_errors_total{"), "no XID yet, no series\n{text}");
+    agent.set_config(&format!("{config}xid 0 79\nxid 1 48\nxid 0 79\nxid 0 13\n"));
+    let xid = |code: &str| format!("nvidia_gpu_xid_errors_total{{{LABELS_4090},xid=\"{code}\"}}");
+    let text = agent.metrics_until("XID 13", |t| value(t, &xid("13")).is_some());
+    assert_eq!(value(&text, &xid("79")).as_deref(), Some("2"));
+    assert_eq!(value(&text, &xid("13")).as_deref(), Some("1"));
+    assert_eq!(value(&text, &format!("DCGM_FI_DEV_XID_ERRORS{{{dcgm0}}}")).as_deref(), Some("13"));
+    // The unregistered GPU has no XID series at all, not a count of 0.
+    assert!(!text.lines().any(|l| l.starts_with(&format!("nvidia_gpu_xid_errors_total{{{LABELS_3060}"))), "{text}");
+    assert!(!text.contains("DCGM_FI_DEV_XID_ERRORS{gpu=\"1\""), "{text}");
+    assert_eq!(value(&text, &format!("nvidia_gpu_up{{{LABELS_3060}}}")).as_deref(), Some("1"));
+}

@@ -23,14 +23,19 @@
  *   error <gpu|*> <call|*> <GPU_IS_LOST|NOT_SUPPORTED|NOT_FOUND|UNKNOWN|...>
  *   delay <gpu|*> <call|*> <milliseconds>
  *   process <gpu> pid=1234 sm=30 mem=10
+ *   xid <gpu> <code>
  *
  * Calls: count handle name uuid index memory utilization temperature power
  * clock processes pci energy pcie codec fan pstate clock_events violation
- * fields power_limit ecc remap retired. A "gpu" line must fit on one line
+ * fields power_limit ecc remap retired events. A "gpu" line must fit on one line
  * (the backslashes above are only for this comment).
  *
  * Without mem_temp, ecc=1, remap=1 or retired=1 a GPU answers those calls
  * NOT_SUPPORTED, as a GeForce board does.
+ *
+ * Each "xid" line is delivered once, in order, by nvmlEventSetWait_v2 to a
+ * set its GPU is registered in; lines added later are delivered as they
+ * appear. "error <gpu> events ..." makes that GPU's registration fail.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -142,6 +147,7 @@ enum call {
     CALL_ECC,
     CALL_REMAP,
     CALL_RETIRED,
+    CALL_EVENTS,
     CALL_MAX
 };
 
@@ -149,11 +155,12 @@ static const char *const CALL_NAMES[CALL_MAX] = {
     "count", "handle", "name", "uuid", "index", "memory",
     "utilization", "temperature", "power", "clock", "processes",
     "pci", "energy", "pcie", "codec", "fan", "pstate", "clock_events",
-    "violation", "fields", "power_limit", "ecc", "remap", "retired",
+    "violation", "fields", "power_limit", "ecc", "remap", "retired", "events",
 };
 
 #define MAX_GPUS 64
 #define MAX_PROCS 64
+#define MAX_XIDS 64
 
 struct fake_process {
     unsigned int pid, sm, mem;
@@ -182,6 +189,11 @@ struct fake_gpu {
 struct fake_config {
     char driver[80];
     int cuda;
+    unsigned int nxids;
+    struct {
+        unsigned int gpu;
+        unsigned long long code;
+    } xids[MAX_XIDS];
     int init_error;
     unsigned int ngpus;
     struct fake_gpu gpus[MAX_GPUS];
@@ -398,6 +410,10 @@ static void parse_config(struct fake_config *cfg, char *text) {
             parse_process(cfg, tok, n);
         } else if (!strcmp(tok[0], "driver") && n > 1) {
             snprintf(cfg->driver, sizeof cfg->driver, "%s", tok[1]);
+        } else if (!strcmp(tok[0], "xid") && n > 2 && cfg->nxids < MAX_XIDS) {
+            cfg->xids[cfg->nxids].gpu = (unsigned)strtoul(tok[1], 0, 10);
+            cfg->xids[cfg->nxids].code = strtoull(tok[2], 0, 10);
+            cfg->nxids++;
         } else if (!strcmp(tok[0], "cuda") && n > 1) {
             cfg->cuda = atoi(tok[1]);
         } else if (!strcmp(tok[0], "init_error") && n > 1) {
@@ -874,4 +890,66 @@ nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t device,
     }
     *count = gpu.nprocs;
     return NVML_SUCCESS;
+}
+
+/* Events: a set is a mask of registered GPUs; XIDs are delivered in order. */
+typedef struct {
+    nvmlDevice_t device;
+    unsigned long long eventType;
+    unsigned long long eventData;
+    unsigned int gpuInstanceId;
+    unsigned int computeInstanceId;
+} nvmlEventData_t;
+
+struct fake_event_set {
+    unsigned long long registered; /* one bit per GPU index */
+};
+typedef struct fake_event_set *nvmlEventSet_t;
+
+static unsigned int XIDS_DELIVERED;
+
+nvmlReturn_t nvmlEventSetCreate(nvmlEventSet_t *set) {
+    if (!set) return NVML_ERROR_INVALID_ARGUMENT;
+    *set = calloc(1, sizeof **set);
+    return *set ? NVML_SUCCESS : NVML_ERROR_UNKNOWN;
+}
+
+nvmlReturn_t nvmlEventSetFree(nvmlEventSet_t set) {
+    free(set);
+    return NVML_SUCCESS;
+}
+
+/* 0x8 is nvmlEventTypeXidCriticalError, the only type the fake knows. */
+nvmlReturn_t nvmlDeviceRegisterEvents(nvmlDevice_t device, unsigned long long types, nvmlEventSet_t set) {
+    struct fake_gpu gpu;
+    nvmlReturn_t err = enter(device, CALL_EVENTS, &gpu);
+    if (err) return err;
+    if (!set || types != 0x8) return NVML_ERROR_NOT_SUPPORTED;
+    set->registered |= 1ULL << device->index;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlEventSetWait_v2(nvmlEventSet_t set, nvmlEventData_t *data, unsigned int timeout_ms) {
+    if (!set || !data) return NVML_ERROR_INVALID_ARGUMENT;
+    for (unsigned waited = 0;; waited += 50) {
+        pthread_mutex_lock(&LOCK);
+        reload_locked();
+        while (XIDS_DELIVERED < CONFIG.nxids) {
+            unsigned i = XIDS_DELIVERED++;
+            unsigned gpu = CONFIG.xids[i].gpu;
+            if (gpu < MAX_GPUS && (set->registered >> gpu & 1)) {
+                DEVICES[gpu].index = gpu;
+                data->device = &DEVICES[gpu];
+                data->eventType = 0x8;
+                data->eventData = CONFIG.xids[i].code;
+                data->gpuInstanceId = 0xFFFFFFFF;
+                data->computeInstanceId = 0xFFFFFFFF;
+                pthread_mutex_unlock(&LOCK);
+                return NVML_SUCCESS;
+            }
+        }
+        pthread_mutex_unlock(&LOCK);
+        if (waited >= timeout_ms) return NVML_ERROR_TIMEOUT;
+        sleep_ms(50);
+    }
 }

@@ -540,6 +540,23 @@ fn telemetry_families(e: &mut Encoder, data: &SampleData, device: &[[&str; 2]]) 
                 .filter_map(move |v| Some(([gl, p, v.label()], Value::F64(g.reading.violations.get(*v)?))))
         }),
     );
+    // XID codes as label values, rendered once per sample.
+    let mut xids = LabelSets::with_capacity(8, 12);
+    let mut xid_series: Vec<(usize, u64)> = Vec::new();
+    for (i, gpu) in data.gpus.iter().enumerate().filter(|(_, g)| g.up) {
+        for (&code, &count) in gpu.reading.xid.iter().flat_map(|x| &x.counts) {
+            xids.push([("xid", itoa::Buffer::new().format(code))]);
+            xid_series.push((i, count));
+        }
+    }
+    e.counter(
+        "nvidia_gpu_xid_errors",
+        "XID errors since the agent started, by XID code (NVML critical XID events)",
+        xid_series.iter().enumerate().map(|(k, &(i, count))| {
+            let [gl, p] = device[i];
+            ([gl, p, xids.get(k)], Value::U64(count))
+        }),
+    );
     e.counter(
         "nvidia_gpu_energy_joules",
         "Energy used since the driver loaded",
@@ -670,6 +687,9 @@ fn dcgm_families(e: &mut Encoder, data: &SampleData, pods: &LabelSets) {
     });
     family("DCGM_FI_DEV_ROW_REMAP_FAILURE", "Whether remapping of rows has failed", &|r| {
         Some(Value::U64(u64::from(r.health.remapped_rows?.failure)))
+    });
+    family("DCGM_FI_DEV_XID_ERRORS", "Value of the last XID error encountered", &|r| {
+        Some(Value::U64(r.xid.as_ref()?.last.unwrap_or(0)))
     });
     let counters: [(&str, &str, &ReadValue<'_>); 17] = [
         ("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "Total energy consumption since boot (in mJ)", &|r| {

@@ -5,6 +5,7 @@
 //! zero. `GPU_IS_LOST`, or a handle that cannot be had, marks the GPU down.
 
 pub mod raw;
+pub mod xid;
 
 use std::ffi::OsStr;
 use std::path::PathBuf;
@@ -53,11 +54,14 @@ impl GpuSourceOpener for NvmlOpener {
         let driver_version = nvml.sys_driver_version().ok();
         // 12040 → 12.4, as nvidia-smi writes it.
         let cuda_version = nvml.sys_cuda_driver_version().ok().map(|v| format!("{}.{}", v / 1000, (v % 1000) / 10));
+        let nvml = Arc::new(nvml);
+        let xid = xid::spawn(nvml.clone(), count);
         Ok(Arc::new(NvmlSource {
-            nvml: Arc::new(nvml),
+            nvml,
             identities: (0..count).map(|_| OnceLock::new()).collect(),
             driver_version,
             cuda_version,
+            xid,
         }))
     }
 }
@@ -69,6 +73,13 @@ pub struct NvmlSource {
     identities: Vec<OnceLock<GpuIdentity>>,
     driver_version: Option<String>,
     cuda_version: Option<String>,
+    xid: Arc<xid::XidCounts>,
+}
+
+impl Drop for NvmlSource {
+    fn drop(&mut self) {
+        self.xid.stop();
+    }
 }
 
 /// Keeps the errors of one read, and whether the GPU was lost.
@@ -235,6 +246,7 @@ impl GpuSource for NvmlSource {
         if request.health {
             reading.health = read_health(&self.nvml, &device, &mut tally);
         }
+        reading.xid = self.xid.get(index);
 
         if request.processes {
             read.processes = match device.process_utilization_stats(request.processes_since_us) {

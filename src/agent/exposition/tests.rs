@@ -13,6 +13,7 @@ use crate::agent::self_metrics::AgentCounters;
 use crate::attribution::{Sharing, Unresolved};
 use crate::gpu::{
     ClockEventReason, EccCounts, GpuIdentity, GpuReading, HealthReading, RemappedRows, RetiredPages, Violations,
+    XidErrors,
 };
 
 fn gpu(index: u32, uuid: &str, model: &str, up: bool, reading: GpuReading) -> GpuState {
@@ -53,6 +54,7 @@ fn full_reading(util: f64) -> GpuReading {
             remapped_rows: Some(RemappedRows { correctable: 1, uncorrectable: 0, pending: true, failure: false }),
             retired_pages: Some(RetiredPages { single_bit: 4, double_bit: 1, pending: Some(false) }),
         },
+        xid: Some(XidErrors { counts: [(48, 1), (79, 2)].into_iter().collect(), last: Some(79) }),
     }
 }
 
@@ -63,6 +65,7 @@ fn geforce_reading(util: f64) -> GpuReading {
         memory_temperature_celsius: None,
         health: HealthReading { power_limit_watts: Some(170.0), ..HealthReading::default() },
         clock_events: Some(0),
+        xid: Some(XidErrors::default()),
         ..full_reading(util)
     }
 }
@@ -382,6 +385,12 @@ fn reference_openmetrics(data: &SampleData) -> String {
                     .map(move |(r, v)| (with(i, &[("reason", r)]), v))
             })
             .collect(),
+    );
+    counter(
+        &mut registry,
+        "nvidia_gpu_xid_errors",
+        "XID errors since the agent started, by XID code (NVML critical XID events)",
+        vec![(with(0, &[("xid", "48")]), 1), (with(0, &[("xid", "79")]), 2)],
     );
     counter_f(
         &mut registry,
