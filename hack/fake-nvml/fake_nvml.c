@@ -3,7 +3,8 @@
  *
  * It exports the NVML symbols that nvml-wrapper calls for kube-gpu-metrics and
  * answers them from a small text file named by FAKE_NVML_CONFIG. The file is
- * re-read whenever its modification time or size changes, so a test can change
+ * re-read whenever its modification time or size changes (checked at most
+ * every 100 ms, so the fake costs the agent little CPU), so a test can change
  * values, lose a GPU or inject a slow call while the agent runs.
  *
  * Format, one directive per line ('#' starts a comment):
@@ -424,6 +425,12 @@ static void parse_config(struct fake_config *cfg, char *text) {
 
 /* Re-reads the config file if it changed. Call with LOCK held. */
 static void reload_locked(void) {
+    static struct timespec last_check;
+    struct timespec now;
+    clock_gettime(CLOCK_MONOTONIC, &now);
+    long long since_ms = (now.tv_sec - last_check.tv_sec) * 1000LL + (now.tv_nsec - last_check.tv_nsec) / 1000000;
+    if (LOADED_SIZE != -1 && since_ms >= 0 && since_ms < 100) return;
+    last_check = now;
     const char *path = getenv("FAKE_NVML_CONFIG");
     if (!path) {
         if (LOADED_SIZE != -2) {
@@ -931,7 +938,7 @@ nvmlReturn_t nvmlDeviceRegisterEvents(nvmlDevice_t device, unsigned long long ty
 
 nvmlReturn_t nvmlEventSetWait_v2(nvmlEventSet_t set, nvmlEventData_t *data, unsigned int timeout_ms) {
     if (!set || !data) return NVML_ERROR_INVALID_ARGUMENT;
-    for (unsigned waited = 0;; waited += 50) {
+    for (unsigned waited = 0;; waited += 250) {
         pthread_mutex_lock(&LOCK);
         reload_locked();
         while (XIDS_DELIVERED < CONFIG.nxids) {
@@ -950,6 +957,6 @@ nvmlReturn_t nvmlEventSetWait_v2(nvmlEventSet_t set, nvmlEventData_t *data, unsi
         }
         pthread_mutex_unlock(&LOCK);
         if (waited >= timeout_ms) return NVML_ERROR_TIMEOUT;
-        sleep_ms(50);
+        sleep_ms(250);
     }
 }

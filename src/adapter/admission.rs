@@ -164,7 +164,9 @@ impl<'a> Admission<'a> {
         true
     }
 
-    fn checked(&self, source: &str, object: &str, values: MetricValues) -> MetricValues {
+    /// `values` without those outside their range; `object` names what they
+    /// describe in the log line (formatted only on a refusal).
+    fn checked(&self, source: &str, object: std::fmt::Arguments<'_>, values: MetricValues) -> MetricValues {
         let mut checked = values;
         for (metric, value) in values.iter() {
             if let Some(v) = value.filter(|v| !metric.in_range(*v)) {
@@ -184,7 +186,7 @@ impl<'a> Admission<'a> {
     pub fn pod(
         &mut self,
         source: &str,
-        node: &str,
+        node: &Arc<str>,
         namespace: &str,
         name: &str,
         values: MetricValues,
@@ -192,7 +194,7 @@ impl<'a> Admission<'a> {
     ) {
         match self.view.labels.placement(namespace, name) {
             Placement::Unchecked => {}
-            Placement::On(placed) if placed == node => {}
+            Placement::On(placed) if placed == &**node => {}
             Placement::On(placed) => {
                 return self.reject(
                     source,
@@ -210,7 +212,7 @@ impl<'a> Admission<'a> {
                 );
             }
         }
-        let values = self.checked(source, &format!("pod {namespace}/{name}"), values);
+        let values = self.checked(source, format_args!("pod {namespace}/{name}"), values);
         if values.is_empty() {
             return;
         }
@@ -229,7 +231,7 @@ impl<'a> Admission<'a> {
             }
         }
         let sample = Sample { values, timestamp: sample.timestamp, window: sample.window };
-        pods.insert(name.to_string(), PodSample { node: node.to_string(), sample });
+        pods.insert(name.to_string(), PodSample { node: node.clone(), sample });
     }
 
     /// Admits a node's values.
@@ -242,7 +244,7 @@ impl<'a> Admission<'a> {
         capacity: f64,
         gpus_up: usize,
     ) {
-        let values = self.checked(source, &format!("node {node}"), values);
+        let values = self.checked(source, format_args!("node {node}"), values);
         if let Some(first) = self.view.nodes.get(node) {
             let newer = sample.timestamp > first.sample.timestamp;
             self.reject(source, RejectReason::Duplicate, 1, format_args!("two sources spoke for node {node}"));

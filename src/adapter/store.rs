@@ -152,8 +152,8 @@ impl Sample {
 /// A pod's sample.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PodSample {
-    /// The node that spoke for it.
-    pub node: String,
+    /// The node that spoke for it (shared by the node's pods).
+    pub node: Arc<str>,
     /// Its values.
     pub sample: Sample,
 }

@@ -177,12 +177,22 @@ impl LabelSets {
     }
 }
 
-/// Writes gauge families into one buffer and counter families into two (the
-/// formats differ only in how counters are named).
+/// Writes gauge families into one buffer, and counter samples into another
+/// with each family's two headers kept apart: the formats differ only in how
+/// a counter's header names it, so every sample is written once.
 struct Encoder {
     gauges: Vec<u8>,
-    text_counters: Vec<u8>,
-    openmetrics_counters: Vec<u8>,
+    counters: Vec<u8>,
+    headers: Vec<u8>,
+    families: Vec<CounterFamily>,
+}
+
+/// Where one counter family's headers and samples lie in the encoder's
+/// buffers.
+struct CounterFamily {
+    text_header: std::ops::Range<usize>,
+    openmetrics_header: std::ops::Range<usize>,
+    samples: std::ops::Range<usize>,
 }
 
 impl Encoder {
@@ -203,38 +213,70 @@ impl Encoder {
     /// OpenMetrics and `name_total` in the text format; its header only if
     /// it has a series.
     fn counter<'a>(&mut self, name: &str, help: &str, series: impl IntoIterator<Item = (LabelParts<'a>, Value)>) {
-        let mut series = series.into_iter().peekable();
-        if series.peek().is_none() {
-            return;
-        }
-        let total = [name, "_total"].concat();
-        header(&mut self.text_counters, &total, help, "counter");
-        header(&mut self.openmetrics_counters, name, help, "counter");
-        for (labels, value) in series {
-            sample(&mut self.text_counters, name, "_total", labels, value);
-            sample(&mut self.openmetrics_counters, name, "_total", labels, value);
-        }
+        self.counter_family(name, help, "_total", "counter", series);
     }
 
     /// Writes a counter named as dcgm-exporter names it, without `_total`:
     /// typed `counter` in the text format (what dcgm-exporter serves) and
     /// `unknown` in OpenMetrics, whose counters must end in `_total`.
     fn bare_counter<'a>(&mut self, name: &str, help: &str, series: impl IntoIterator<Item = (LabelParts<'a>, Value)>) {
+        self.counter_family(name, help, "", "unknown", series);
+    }
+
+    /// `suffix` ends every sample's name and the text format's header name;
+    /// `openmetrics_kind` types the family in OpenMetrics.
+    fn counter_family<'a>(
+        &mut self,
+        name: &str,
+        help: &str,
+        suffix: &str,
+        openmetrics_kind: &str,
+        series: impl IntoIterator<Item = (LabelParts<'a>, Value)>,
+    ) {
         let mut series = series.into_iter().peekable();
         if series.peek().is_none() {
             return;
         }
-        header(&mut self.text_counters, name, help, "counter");
-        header(&mut self.openmetrics_counters, name, help, "unknown");
+        let start = self.headers.len();
+        header_parts(&mut self.headers, [name, suffix], help, "counter");
+        let text_end = self.headers.len();
+        header_parts(&mut self.headers, [name, ""], help, openmetrics_kind);
+        let samples_start = self.counters.len();
         for (labels, value) in series {
-            sample(&mut self.text_counters, name, "", labels, value);
-            sample(&mut self.openmetrics_counters, name, "", labels, value);
+            sample(&mut self.counters, name, suffix, labels, value);
         }
+        self.families.push(CounterFamily {
+            text_header: start..text_end,
+            openmetrics_header: text_end..self.headers.len(),
+            samples: samples_start..self.counters.len(),
+        });
+    }
+
+    /// The text and OpenMetrics bodies.
+    fn finish(self) -> (Vec<u8>, Vec<u8>) {
+        let counters = self.headers.len() / 2 + self.counters.len();
+        let mut text = Vec::with_capacity(self.gauges.len() + counters);
+        text.extend_from_slice(&self.gauges);
+        let mut openmetrics = self.gauges;
+        openmetrics.reserve(counters + 6);
+        for family in &self.families {
+            text.extend_from_slice(&self.headers[family.text_header.clone()]);
+            text.extend_from_slice(&self.counters[family.samples.clone()]);
+            openmetrics.extend_from_slice(&self.headers[family.openmetrics_header.clone()]);
+            openmetrics.extend_from_slice(&self.counters[family.samples.clone()]);
+        }
+        openmetrics.extend_from_slice(b"# EOF\n");
+        (text, openmetrics)
     }
 }
 
 fn header(out: &mut Vec<u8>, name: &str, help: &str, kind: &str) {
-    for part in ["# HELP ", name, " ", help, ".\n# TYPE ", name, " ", kind, "\n"] {
+    header_parts(out, [name, ""], help, kind);
+}
+
+/// A header whose name is written in two parts (a name and a suffix).
+fn header_parts(out: &mut Vec<u8>, [name, suffix]: [&str; 2], help: &str, kind: &str) {
+    for part in ["# HELP ", name, suffix, " ", help, ".\n# TYPE ", name, suffix, " ", kind, "\n"] {
         out.extend_from_slice(part.as_bytes());
     }
 }
@@ -319,8 +361,9 @@ pub fn render_plain(data: &SampleData, names: MetricNames) -> (Vec<u8>, Vec<u8>)
     let estimate = 64 + data.gpus.len() * 1800 + data.usages.len() * 700;
     let mut e = Encoder {
         gauges: Vec::with_capacity(estimate),
-        text_counters: Vec::with_capacity(2048),
-        openmetrics_counters: Vec::with_capacity(2048),
+        counters: Vec::with_capacity(64 + data.gpus.len() * 2400),
+        headers: Vec::with_capacity(8192),
+        families: Vec::with_capacity(48),
     };
     let pods = pod_label_sets(&data.usages);
     if names.native() {
@@ -385,13 +428,7 @@ pub fn render_plain(data: &SampleData, names: MetricNames) -> (Vec<u8>, Vec<u8>)
         ],
     );
 
-    let mut text = Vec::with_capacity(e.gauges.len() + e.text_counters.len());
-    text.extend_from_slice(&e.gauges);
-    text.extend_from_slice(&e.text_counters);
-    let mut openmetrics = e.gauges;
-    openmetrics.extend_from_slice(&e.openmetrics_counters);
-    openmetrics.extend_from_slice(b"# EOF\n");
-    (text, openmetrics)
+    e.finish()
 }
 
 /// The `nvidia_gpu_*` families; `pods` holds each usage's pod labels.

@@ -160,8 +160,14 @@ impl Source for AgentSource {
         self.failures.retain(|url| current.contains_key(url.as_str()));
         let feeds: Vec<(AgentTarget, Arc<NodeFeed>)> =
             self.last.iter().map(|(url, feed)| (current[url.as_str()].clone(), feed.clone())).collect();
-        let view = build_view(&feeds, &self.labels, &self.rejections, self.max_round_pods, SystemTime::now());
-        self.store.publish(view);
+        // Admission of a large fleet takes milliseconds: off the workers that
+        // answer the HPA's queries.
+        let (labels, rejections, budget) = (self.labels.clone(), self.rejections.clone(), self.max_round_pods);
+        let admit = move || build_view(&feeds, &labels, &rejections, budget, SystemTime::now());
+        match tokio::task::spawn_blocking(admit).await {
+            Ok(view) => self.store.publish(view),
+            Err(e) => tracing::error!(error = %e, "admitting a round failed; the last view stands"),
+        }
         answered
     }
 }
@@ -223,6 +229,7 @@ fn admit_feed(admission: &mut Admission<'_>, target: &AgentTarget, feed: &NodeFe
     }
     let capacity_of: HashMap<&str, f64> =
         feed.gpus.iter().map(|g| (g.uuid.as_str(), relative_capacity(&g.model))).collect();
+    let speaker: Arc<str> = Arc::from(node);
     for pod in &feed.pods {
         let capacity = mean(pod.gpus.iter().map(|u| capacity_of.get(u.as_str()).copied().unwrap_or(1.0)));
         let values = MetricValues::default()
@@ -230,7 +237,7 @@ fn admit_feed(admission: &mut Admission<'_>, target: &AgentTarget, feed: &NodeFe
             .with(Metric::MemoryUtilization, pod.memory_utilization_percent)
             .with(Metric::MemoryUsed, pod.memory_used_bytes.map(|b| b as f64))
             .with(Metric::WeightedUtilization, pod.utilization_percent.zip(capacity).map(|(u, c)| u * c));
-        admission.pod(source, node, &pod.namespace, &pod.pod, values, time);
+        admission.pod(source, &speaker, &pod.namespace, &pod.pod, values, time);
     }
 
     let up: Vec<_> = feed.gpus.iter().filter(|g| g.up).collect();

@@ -212,7 +212,7 @@ fn a_node_speaks_only_for_the_pods_the_api_places_on_it() {
     let view = build_view(&feeds, &cluster(), &rejections, usize::MAX, now());
     let pods = &view.pods["ai-system-gpu"];
     assert_eq!(pods["a"].sample.get(Metric::Utilization), Some(40.0));
-    assert_eq!(pods["a"].node, "mainpc");
+    assert_eq!(&*pods["a"].node, "mainpc");
     assert_eq!(pods["b"].sample.get(Metric::Utilization), Some(20.0));
     assert!(!pods.contains_key("ghost"));
     assert!(view.pods.get("kube-system").is_none_or(|p| p.is_empty()));
@@ -249,7 +249,7 @@ fn two_claims_for_one_pod_give_one_value_whatever_the_order() {
         let pods = &view.pods["ai-system-gpu"];
         assert_eq!(pods.len(), 1);
         assert_eq!(pods["p"].sample.get(Metric::Utilization), Some(0.5));
-        assert_eq!(pods["p"].node, "y");
+        assert_eq!(&*pods["p"].node, "y");
         assert_eq!(rejections.count(RejectReason::Duplicate), 1);
     }
 }

@@ -127,7 +127,7 @@ fn a_round_becomes_the_same_view_the_agents_would_give() {
     let pods = &view.pods["ai-system-gpu"];
     assert_eq!(pods.len(), 4);
     let reasoning = &pods["reasoning-suite-46b14078d5-hllwt"];
-    assert_eq!(reasoning.node, "mainpc");
+    assert_eq!(&*reasoning.node, "mainpc");
     assert_eq!(reasoning.sample.get(Metric::Utilization), Some(80.0));
     assert_eq!(reasoning.sample.get(Metric::MemoryUsed), None, "no answer, no value");
     assert_eq!(reasoning.sample.window, Duration::from_secs(15));

@@ -109,7 +109,7 @@ pub fn build_view(
             Placement::On(placed) if node.is_empty() => placed.to_string(),
             _ => node,
         };
-        admission.pod(source, &speaker, &namespace, &name, values, time);
+        admission.pod(source, &Arc::from(speaker), &namespace, &name, values, time);
     }
     for (node, accumulator) in nodes {
         let Some((values, seconds)) = accumulator.sample() else { continue };
