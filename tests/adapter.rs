@@ -55,6 +55,16 @@ fn serve_http(handler: Handler) -> SocketAddr {
 
 /// [`serve_http`] on a given address.
 fn serve_http_on(addr: SocketAddr, handler: Handler) -> SocketAddr {
+    serve_async_on(addr, move |req| std::future::ready(handler(&req)))
+}
+
+/// A plain HTTP server on loopback whose `handler` may wait, on its own
+/// thread; every answer is JSON.
+fn serve_async_on<F, Fut>(addr: SocketAddr, handler: F) -> SocketAddr
+where
+    F: Fn(http::Request<hyper::body::Incoming>) -> Fut + Clone + Send + Sync + 'static,
+    Fut: Future<Output = (u16, Vec<u8>)> + Send + 'static,
+{
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
@@ -66,8 +76,9 @@ fn serve_http_on(addr: SocketAddr, handler: Handler) -> SocketAddr {
                 let handler = handler.clone();
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |req| {
-                        let (status, body) = handler(&req);
+                        let answer = handler(req);
                         async move {
+                            let (status, body) = answer.await;
                             let mut response = http::Response::new(Full::new(Bytes::from(body)));
                             *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
                             response.headers_mut().insert("content-type", "application/json".parse().unwrap());
@@ -888,35 +899,13 @@ impl FakeCluster {
 
 /// A kube-apiserver on loopback answering from `cluster`, watches held open.
 fn fake_apiserver(cluster: FakeCluster) -> SocketAddr {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            loop {
-                let (stream, _) = listener.accept().await.unwrap();
-                let cluster = cluster.clone();
-                tokio::spawn(async move {
-                    let svc = hyper::service::service_fn(move |req| {
-                        let cluster = cluster.clone();
-                        async move {
-                            let (status, body) = cluster.answer(&req).await;
-                            let mut response =
-                                http::Response::new(Full::new(Bytes::from(serde_json::to_vec(&body).unwrap())));
-                            *response.status_mut() = http::StatusCode::from_u16(status).unwrap();
-                            response.headers_mut().insert("content-type", "application/json".parse().unwrap());
-                            Ok::<_, std::convert::Infallible>(response)
-                        }
-                    });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await;
-                });
-            }
-        });
-    });
-    rx.recv_timeout(Duration::from_secs(5)).unwrap()
+    serve_async_on("127.0.0.1:0".parse().unwrap(), move |req| {
+        let cluster = cluster.clone();
+        async move {
+            let (status, body) = cluster.answer(&req).await;
+            (status, serde_json::to_vec(&body).unwrap())
+        }
+    })
 }
 
 /// A kubeconfig for a plain-HTTP kube-apiserver at `addr`.

@@ -8,7 +8,7 @@ pub mod agents;
 pub mod fetch;
 pub mod prometheus;
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::fmt::Display;
 use std::hash::Hash;
 use std::sync::Arc;
@@ -57,32 +57,32 @@ pub async fn run<S: Source>(
 /// Logs a keyed failure once while it lasts, and its recovery.
 #[derive(Debug)]
 pub struct FailureLog<K> {
-    failing: HashMap<K, ()>,
+    failing: HashSet<K>,
     what: &'static str,
 }
 
 impl<K: Hash + Eq + Clone + Display> FailureLog<K> {
     /// A log for failures of `what` (`agent feed`, `Prometheus query`).
     pub fn new(what: &'static str) -> Self {
-        Self { failing: HashMap::new(), what }
+        Self { failing: HashSet::new(), what }
     }
 
     /// Records a failure of `key`; logged when it starts.
     pub fn failed(&mut self, key: &K, error: &dyn Display) {
-        if self.failing.insert(key.clone(), ()).is_none() {
+        if self.failing.insert(key.clone()) {
             tracing::warn!(key = %key, error = %error, "{} unavailable; its values drop out after the max age", self.what);
         }
     }
 
     /// Records a success of `key`; logged when it ends a failure.
     pub fn succeeded(&mut self, key: &K) {
-        if self.failing.remove(key).is_some() {
+        if self.failing.remove(key) {
             tracing::info!(key = %key, "{} answers again", self.what);
         }
     }
 
     /// Forgets keys no longer polled.
     pub fn retain(&mut self, keep: impl Fn(&K) -> bool) {
-        self.failing.retain(|k, _| keep(k));
+        self.failing.retain(|k| keep(k));
     }
 }

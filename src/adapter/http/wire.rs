@@ -165,6 +165,12 @@ fn window(v: &MetricValue<'_>) -> Option<u64> {
     Some(v.window.as_secs().max(1))
 }
 
+/// A list of `kind` in `api_version`, encoded.
+fn encode_list<T: Serialize>(kind: &'static str, api_version: String, items: Vec<T>) -> Vec<u8> {
+    let list = List { kind: kind.into(), api_version: Cow::Owned(api_version), metadata: ListMeta {}, items };
+    serde_json::to_vec(&list).expect("a metric list serializes")
+}
+
 /// A v1beta2 `MetricValueList`, encoded.
 pub fn v1beta2_list(metric: &str, values: &[MetricValue<'_>]) -> Vec<u8> {
     let mut times = Timestamps::default();
@@ -178,13 +184,7 @@ pub fn v1beta2_list(metric: &str, values: &[MetricValue<'_>]) -> Vec<u8> {
             value: format_quantity(v.value),
         })
         .collect();
-    let list = List {
-        kind: "MetricValueList".into(),
-        api_version: Cow::Owned(format!("{CUSTOM_GROUP}/v1beta2")),
-        metadata: ListMeta {},
-        items,
-    };
-    serde_json::to_vec(&list).expect("a MetricValueList serializes")
+    encode_list("MetricValueList", format!("{CUSTOM_GROUP}/v1beta2"), items)
 }
 
 /// A v1beta1 `MetricValueList`, encoded.
@@ -201,13 +201,7 @@ pub fn v1beta1_list(metric: &str, values: &[MetricValue<'_>]) -> Vec<u8> {
             selector: None,
         })
         .collect();
-    let list = List {
-        kind: "MetricValueList".into(),
-        api_version: Cow::Owned(format!("{CUSTOM_GROUP}/v1beta1")),
-        metadata: ListMeta {},
-        items,
-    };
-    serde_json::to_vec(&list).expect("a MetricValueList serializes")
+    encode_list("MetricValueList", format!("{CUSTOM_GROUP}/v1beta1"), items)
 }
 
 /// An `ExternalMetricValueList`, encoded: one item, or none.
@@ -222,11 +216,5 @@ pub fn external_list(metric: &str, value: Option<(f64, SystemTime, std::time::Du
             value: format_quantity(value),
         })
         .collect();
-    let list = List {
-        kind: "ExternalMetricValueList".into(),
-        api_version: Cow::Owned(format!("{EXTERNAL_GROUP}/v1beta1")),
-        metadata: ListMeta {},
-        items,
-    };
-    serde_json::to_vec(&list).expect("an ExternalMetricValueList serializes")
+    encode_list("ExternalMetricValueList", format!("{EXTERNAL_GROUP}/v1beta1"), items)
 }
