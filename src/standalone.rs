@@ -330,7 +330,7 @@ fn hpa_status(hpa: &HpaSpec, adapter: &RunningAdapter, autoscaler: &mut Autoscal
     let selector: kube::core::Selector = kube::core::Expression::Equal("app".into(), hpa.target_name.clone()).into();
     let snapshot = adapter.provider.snapshot(std::time::SystemTime::now());
     let values: Vec<PodValue> = snapshot
-        .pods(metric, &hpa.namespace, &selector)
+        .pods(metric, &kube::core::Selector::default(), &hpa.namespace, &selector)
         .into_iter()
         .map(|v| PodValue { pod: v.name.to_string(), value: Some(v.value) })
         .collect();

@@ -60,36 +60,15 @@ fn custom(
         CustomVersion::V1beta1 => Selector::default(),
     };
     let metric = provider::metric(metric_name)?;
-    // Our metrics carry no labels: a metric selector that needs one matches nothing.
-    let metric_matches = kube::core::SelectorExt::matches(&metric_selector, &Default::default());
     let snapshot = provider.snapshot(now);
     let values = match target {
         Target::Pods { namespace, name: Some(name) } => {
-            vec![snapshot.pod(metric, namespace, name).ok().filter(|_| metric_matches).ok_or_else(|| {
-                provider::ProviderError::NoValue {
-                    metric: metric.name(),
-                    resource: "pods",
-                    object: format!("{namespace}/{name}"),
-                }
-            })?]
+            vec![snapshot.pod(metric, &metric_selector, namespace, name)?]
         }
-        Target::Pods { namespace, name: None } if metric_matches => snapshot.pods(metric, namespace, &selector),
-        Target::Nodes { name: Some(name) } => {
-            vec![snapshot.node(metric, name).ok().filter(|_| metric_matches).ok_or_else(|| {
-                provider::ProviderError::NoValue { metric: metric.name(), resource: "nodes", object: name.clone() }
-            })?]
-        }
-        Target::Nodes { name: None } if metric_matches => snapshot.nodes(metric, &selector),
-        Target::Namespace { namespace } => {
-            vec![snapshot.namespace(metric, namespace).ok().filter(|_| metric_matches).ok_or_else(|| {
-                provider::ProviderError::NoValue {
-                    metric: metric.name(),
-                    resource: "namespaces",
-                    object: namespace.clone(),
-                }
-            })?]
-        }
-        Target::Pods { .. } | Target::Nodes { .. } => Vec::new(),
+        Target::Pods { namespace, name: None } => snapshot.pods(metric, &metric_selector, namespace, &selector),
+        Target::Nodes { name: Some(name) } => vec![snapshot.node(metric, &metric_selector, name)?],
+        Target::Nodes { name: None } => snapshot.nodes(metric, &metric_selector, &selector),
+        Target::Namespace { namespace } => vec![snapshot.namespace(metric, &metric_selector, namespace)?],
     };
     Ok(match version {
         CustomVersion::V1beta2 => wire::v1beta2_list(metric_name, &values),

@@ -8,7 +8,7 @@
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use kube::core::Selector;
+use kube::core::{Selector, SelectorExt};
 
 use super::store::{Metric, MetricStore, Sample, StoreView};
 
@@ -116,6 +116,13 @@ fn value<'a>(kind: ObjectKind, namespace: &'a str, name: &'a str, v: f64, sample
     MetricValue { kind, namespace, name, value: v, timestamp: sample.timestamp, window: sample.window }
 }
 
+/// Whether a metric label selector (v1beta2's `metricLabelSelector`) admits
+/// our metrics: they carry no labels, so one that needs a label matches
+/// nothing.
+fn selects_unlabelled(metric_selector: &Selector) -> bool {
+    metric_selector.matches(&Default::default())
+}
+
 impl Snapshot {
     fn fresh(&self, sample: &Sample) -> bool {
         self.store.is_fresh(sample, self.now)
@@ -127,10 +134,17 @@ impl Snapshot {
     }
 
     /// One pod's value (`GetMetricByName`).
-    pub fn pod<'a>(&'a self, metric: Metric, namespace: &'a str, name: &str) -> Result<MetricValue<'a>, ProviderError> {
+    pub fn pod<'a>(
+        &'a self,
+        metric: Metric,
+        metric_selector: &Selector,
+        namespace: &'a str,
+        name: &str,
+    ) -> Result<MetricValue<'a>, ProviderError> {
         self.view
             .pods
             .get(namespace)
+            .filter(|_| selects_unlabelled(metric_selector))
             .and_then(|pods| pods.get_key_value(name))
             .filter(|(_, p)| self.fresh(&p.sample))
             .and_then(|(name, p)| Some(value(ObjectKind::Pod, namespace, name, p.sample.get(metric)?, &p.sample)))
@@ -144,8 +158,16 @@ impl Snapshot {
     /// The fresh values of a namespace's pods that match `selector`, by
     /// name (`GetMetricBySelector`). A pod whose labels are unknown matches
     /// only the empty selector.
-    pub fn pods<'a>(&'a self, metric: Metric, namespace: &'a str, selector: &Selector) -> Vec<MetricValue<'a>> {
-        let Some(pods) = self.view.pods.get(namespace) else { return Vec::new() };
+    pub fn pods<'a>(
+        &'a self,
+        metric: Metric,
+        metric_selector: &Selector,
+        namespace: &'a str,
+        selector: &Selector,
+    ) -> Vec<MetricValue<'a>> {
+        let Some(pods) = self.view.pods.get(namespace).filter(|_| selects_unlabelled(metric_selector)) else {
+            return Vec::new();
+        };
         let labels = &self.view.labels;
         let select_all = selector.selects_all();
         let mut out = Vec::new();
@@ -171,10 +193,16 @@ impl Snapshot {
     }
 
     /// One node's value.
-    pub fn node<'a>(&'a self, metric: Metric, name: &str) -> Result<MetricValue<'a>, ProviderError> {
+    pub fn node<'a>(
+        &'a self,
+        metric: Metric,
+        metric_selector: &Selector,
+        name: &str,
+    ) -> Result<MetricValue<'a>, ProviderError> {
         self.view
             .nodes
             .get_key_value(name)
+            .filter(|_| selects_unlabelled(metric_selector))
             .filter(|(_, n)| self.fresh(&n.sample))
             .and_then(|(name, n)| Some(value(ObjectKind::Node, "", name, n.sample.get(metric)?, &n.sample)))
             .ok_or_else(|| ProviderError::NoValue {
@@ -185,7 +213,15 @@ impl Snapshot {
     }
 
     /// The fresh values of the nodes that match `selector`, by name.
-    pub fn nodes<'a>(&'a self, metric: Metric, selector: &Selector) -> Vec<MetricValue<'a>> {
+    pub fn nodes<'a>(
+        &'a self,
+        metric: Metric,
+        metric_selector: &Selector,
+        selector: &Selector,
+    ) -> Vec<MetricValue<'a>> {
+        if !selects_unlabelled(metric_selector) {
+            return Vec::new();
+        }
         self.view
             .nodes
             .iter()
@@ -196,11 +232,17 @@ impl Snapshot {
 
     /// A namespace's value: its fresh pods' mean for percentages, their sum
     /// for bytes, as old as the oldest.
-    pub fn namespace<'a>(&'a self, metric: Metric, namespace: &'a str) -> Result<MetricValue<'a>, ProviderError> {
+    pub fn namespace<'a>(
+        &'a self,
+        metric: Metric,
+        metric_selector: &Selector,
+        namespace: &'a str,
+    ) -> Result<MetricValue<'a>, ProviderError> {
         let samples: Vec<(f64, &Sample)> = self
             .view
             .pods
             .get(namespace)
+            .filter(|_| selects_unlabelled(metric_selector))
             .into_iter()
             .flat_map(|pods| pods.values())
             .filter(|p| self.fresh(&p.sample))

@@ -345,3 +345,24 @@ fn indexed_and_scanned_selection_agree() {
         assert_eq!(got, want, "{selector}");
     }
 }
+
+/// Our metrics carry no labels: a v1beta2 metric selector that needs one
+/// matches nothing (an empty list, a 404 by name); an empty one, or v1beta1,
+/// which has no metric selector, changes nothing.
+#[test]
+fn a_metric_label_selector_that_needs_a_label_matches_nothing() {
+    let api = api();
+    let needs = "metricLabelSelector=gpu%3D0";
+    let list = get(&api, &format!("{PODS_V2}/*/nvidia_gpu_utilization_percent?{needs}")).unwrap();
+    assert_eq!(list["items"], serde_json::json!([]));
+    let one = get(&api, &format!("{PODS_V2}/reasoning-suite-a/nvidia_gpu_utilization_percent?{needs}"));
+    assert_eq!(one.unwrap_err().code, 404);
+    let nodes =
+        get(&api, &format!("/apis/custom.metrics.k8s.io/v1beta2/nodes/*/nvidia_gpu_utilization_percent?{needs}"));
+    assert_eq!(nodes.unwrap()["items"], serde_json::json!([]));
+    let absent =
+        get(&api, &format!("{PODS_V2}/reasoning-suite-a/nvidia_gpu_utilization_percent?metricLabelSelector=!gpu"));
+    assert_eq!(item_names(&absent.unwrap()), ["reasoning-suite-a"]);
+    let v1 = "/apis/custom.metrics.k8s.io/v1beta1/namespaces/ai-system-gpu/pods/reasoning-suite-a/nvidia_gpu_utilization_percent";
+    assert_eq!(item_names(&get(&api, &format!("{v1}?{needs}")).unwrap()), ["reasoning-suite-a"]);
+}
