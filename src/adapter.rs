@@ -438,22 +438,28 @@ pub struct RunningAdapter {
 pub async fn start(setup: AdapterSetup, shutdown: watch::Receiver<bool>) -> Result<RunningAdapter, AdapterError> {
     // A cluster is used whenever one is configured (for labels and node
     // isolation), and required where the flags need it.
-    let client = match (setup.labels.is_some(), kube::Client::try_default().await, setup.needs_cluster()) {
-        (true, _, None) => None,
-        (_, Ok(client), _) => Some(client),
-        (_, Err(source), Some(needed)) => {
-            return Err(AdapterError::Kube {
-                needed,
-                alternative: "--discover-agents=false --authorization-mode always-allow --requestheader-client-ca-file",
-                source,
-            });
-        }
-        (_, Err(e), None) => {
-            tracing::warn!(
-                error = %e,
-                "no Kubernetes API: the --agent feeds are trusted for the pods they name, and only an empty label selector matches"
-            );
-            None
+    let needed = setup.needs_cluster();
+    // Fixed labels (standalone) need no cluster unless the flags do: no
+    // kubeconfig is even looked for then.
+    let client = if setup.labels.is_some() && needed.is_none() {
+        None
+    } else {
+        match (kube::Client::try_default().await, needed) {
+            (Ok(client), _) => Some(client),
+            (Err(source), Some(needed)) => {
+                return Err(AdapterError::Kube {
+                    needed,
+                    alternative: "--discover-agents=false --authorization-mode always-allow --requestheader-client-ca-file",
+                    source,
+                });
+            }
+            (Err(e), None) => {
+                tracing::warn!(
+                    error = %e,
+                    "no Kubernetes API: the --agent feeds are trusted for the pods they name, and only an empty label selector matches"
+                );
+                None
+            }
         }
     };
     let (client_ca, authenticator) = match setup.client_auth {
