@@ -17,7 +17,7 @@ use http::{HeaderValue, Request, Response, header};
 use http_body_util::Full;
 
 use kube_gpu_metrics::agent::AgentState;
-use kube_gpu_metrics::agent::exposition::{MetricNames, Representation, render, render_plain};
+use kube_gpu_metrics::agent::exposition::{Exposition, MetricNames, Renderer, Representation};
 use kube_gpu_metrics::agent::sample::{GpuState, Readiness, SampleData};
 use kube_gpu_metrics::agent::self_metrics::AgentMetrics;
 use kube_gpu_metrics::agent::server::handle;
@@ -149,7 +149,7 @@ fn sample(gpus: u32, pods_per_gpu: u32) -> SampleData {
 
 fn state_for(data: SampleData) -> AgentState {
     AgentState {
-        snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::new(data, MetricNames::Native))),
+        snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::new(data, MetricNames::Native, &mut Renderer::default()))),
         metrics: Arc::new(AgentMetrics::default()),
         feed_token: None,
     }
@@ -279,12 +279,22 @@ fn report_allocations() {
     });
     let handler = allocations_per_call(n, || handle(&state, &req));
     let baseline = allocations_per_call(n, || static_response(&static_body));
-    let render_allocs = allocations_per_call(100, || render_plain(&data, MetricNames::Native));
+    let mut renderer = Renderer::default();
+    let render_allocs = allocations_per_call(100, || render_recycled(&mut renderer, &data, MetricNames::Native));
     println!("allocations per scrape, choosing and sharing the body: {select}");
     println!("allocations per scrape, whole handler incl. response headers: {handler}");
     println!("allocations per response, static-bytes baseline: {baseline}");
     println!("allocations per render (8 GPUs x 16 pods, both formats): {render_allocs}");
     println!("text body: {} bytes", snapshot.exposition.text.len());
+}
+
+/// One render as the sampler does it: the bodies of the sample before go
+/// back to the renderer (no scrape holds them here).
+fn render_recycled(renderer: &mut Renderer, data: &SampleData, names: MetricNames) -> usize {
+    let (text, openmetrics) = renderer.render_plain(data, names);
+    let len = text.len() + openmetrics.len();
+    renderer.recycle(Exposition { text: text.into(), openmetrics: openmetrics.into(), ..Exposition::default() });
+    len
 }
 
 fn benches(c: &mut Criterion) {
@@ -293,17 +303,19 @@ fn benches(c: &mut Criterion) {
     let mut render_group = c.benchmark_group("render");
     for (gpus, per_gpu, name) in [(8, 2, "8 GPUs x 16 pods"), (8, 16, "8 GPUs x 128 pods")] {
         let data = sample(gpus, per_gpu);
+        let mut renderer = Renderer::default();
         render_group.bench_function(format!("{name}, text + OpenMetrics"), |b| {
-            b.iter(|| render_plain(black_box(&data), MetricNames::Native))
+            b.iter(|| render_recycled(&mut renderer, black_box(&data), MetricNames::Native))
         });
         render_group.bench_function(format!("{name}, text + OpenMetrics + gzip"), |b| {
-            b.iter(|| render(black_box(&data), MetricNames::Native))
+            b.iter(|| renderer.render(black_box(&data), MetricNames::Native))
         });
     }
     for (names, label) in [(MetricNames::Dcgm, "dcgm"), (MetricNames::Both, "native + dcgm")] {
         let data = sample(8, 2);
+        let mut renderer = Renderer::default();
         render_group.bench_function(format!("8 GPUs x 16 pods, {label} names, text + OpenMetrics"), |b| {
-            b.iter(|| render_plain(black_box(&data), names))
+            b.iter(|| render_recycled(&mut renderer, black_box(&data), names))
         });
     }
     let data = sample(8, 2);
@@ -322,8 +334,9 @@ fn benches(c: &mut Criterion) {
     scaling.sample_size(10);
     for pods in [100u32, 1_000, 10_000, 100_000] {
         let data = sample(8, pods / 8);
+        let mut renderer = Renderer::default();
         scaling.bench_with_input(BenchmarkId::from_parameter(pods), &pods, |b, _| {
-            b.iter(|| render_plain(black_box(&data), MetricNames::Native))
+            b.iter(|| render_recycled(&mut renderer, black_box(&data), MetricNames::Native))
         });
     }
     scaling.finish();

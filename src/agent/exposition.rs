@@ -117,14 +117,69 @@ impl Exposition {
     }
 }
 
-/// Renders a sample in both formats, plain and gzipped.
+/// Renders a sample in both formats, plain and gzipped, once.
 pub fn render(data: &SampleData, names: MetricNames) -> Exposition {
-    let (text, openmetrics) = render_plain(data, names);
-    Exposition {
-        text_gzip: gzip(&text),
-        openmetrics_gzip: gzip(&openmetrics),
-        text: text.into(),
-        openmetrics: openmetrics.into(),
+    Renderer::default().render(data, names)
+}
+
+/// Renders the plain text and OpenMetrics bodies once.
+pub fn render_plain(data: &SampleData, names: MetricNames) -> (Vec<u8>, Vec<u8>) {
+    Renderer::default().render_plain(data, names)
+}
+
+/// Renders sample after sample, keeping its working buffers between them:
+/// once their sizes settle a render grows no buffer and touches no fresh
+/// page, and each body is allocated once, at its size.
+#[derive(Debug, Default)]
+pub struct Renderer {
+    /// The last text body's length, the next one's starting capacity.
+    text_len: usize,
+    /// Bodies of an earlier sample that no reader holds any more.
+    spare: Vec<Vec<u8>>,
+    counters: Vec<u8>,
+    headers: Vec<u8>,
+    families: Vec<CounterFamily>,
+}
+
+impl Renderer {
+    /// Renders a sample in both formats, plain and gzipped.
+    pub fn render(&mut self, data: &SampleData, names: MetricNames) -> Exposition {
+        let (text, openmetrics) = self.render_plain(data, names);
+        Exposition {
+            text_gzip: gzip(&text),
+            openmetrics_gzip: gzip(&openmetrics),
+            text: text.into(),
+            openmetrics: openmetrics.into(),
+        }
+    }
+
+    /// Renders the plain text and OpenMetrics bodies.
+    pub fn render_plain(&mut self, data: &SampleData, names: MetricNames) -> (Vec<u8>, Vec<u8>) {
+        let estimate = 64 + data.gpus.len() * 1800 + data.usages.len() * 700;
+        self.counters.clear();
+        self.headers.clear();
+        self.families.clear();
+        let mut text = self.spare.pop().unwrap_or_default();
+        text.reserve(self.text_len.max(estimate));
+        let mut e =
+            Encoder { text, counters: &mut self.counters, headers: &mut self.headers, families: &mut self.families };
+        encode(&mut e, data, names);
+        let bodies = e.finish(self.spare.pop().unwrap_or_default());
+        self.text_len = bodies.0.len();
+        bodies
+    }
+
+    /// Takes back an earlier sample's plain bodies for the next render to
+    /// write into; a body a reader still holds is left to it.
+    pub fn recycle(&mut self, exposition: Exposition) {
+        for body in [exposition.text, exposition.openmetrics] {
+            if let Ok(mut body) = body.try_into_mut()
+                && self.spare.len() < 2
+            {
+                body.clear();
+                self.spare.push(body.into());
+            }
+        }
     }
 }
 
@@ -177,32 +232,34 @@ impl LabelSets {
     }
 }
 
-/// Writes gauge families into one buffer, and counter samples into another
-/// with each family's two headers kept apart: the formats differ only in how
-/// a counter's header names it, so every sample is written once.
-struct Encoder {
-    gauges: Vec<u8>,
-    counters: Vec<u8>,
-    headers: Vec<u8>,
-    families: Vec<CounterFamily>,
+/// Writes gauge families straight into the text body, and counter samples
+/// into a buffer of their own with each family's two headers kept apart:
+/// the formats differ only in how a counter's header names it, so every
+/// sample is written once.
+struct Encoder<'r> {
+    text: Vec<u8>,
+    counters: &'r mut Vec<u8>,
+    headers: &'r mut Vec<u8>,
+    families: &'r mut Vec<CounterFamily>,
 }
 
 /// Where one counter family's headers and samples lie in the encoder's
 /// buffers.
+#[derive(Debug)]
 struct CounterFamily {
     text_header: std::ops::Range<usize>,
     openmetrics_header: std::ops::Range<usize>,
     samples: std::ops::Range<usize>,
 }
 
-impl Encoder {
+impl Encoder<'_> {
     /// Writes a gauge family; its header only if it has a series.
     fn gauge<'a>(&mut self, name: &str, help: &str, series: impl IntoIterator<Item = (LabelParts<'a>, Value)>) {
         let mut series = series.into_iter().peekable();
         if series.peek().is_none() {
             return;
         }
-        let out = &mut self.gauges;
+        let out = &mut self.text;
         header(out, name, help, "gauge");
         for (labels, value) in series {
             sample(out, name, "", labels, value);
@@ -238,12 +295,12 @@ impl Encoder {
             return;
         }
         let start = self.headers.len();
-        header_parts(&mut self.headers, [name, suffix], help, "counter");
+        header_parts(self.headers, [name, suffix], help, "counter");
         let text_end = self.headers.len();
-        header_parts(&mut self.headers, [name, ""], help, openmetrics_kind);
+        header_parts(self.headers, [name, ""], help, openmetrics_kind);
         let samples_start = self.counters.len();
         for (labels, value) in series {
-            sample(&mut self.counters, name, suffix, labels, value);
+            sample(self.counters, name, suffix, labels, value);
         }
         self.families.push(CounterFamily {
             text_header: start..text_end,
@@ -252,18 +309,20 @@ impl Encoder {
         });
     }
 
-    /// The text and OpenMetrics bodies.
-    fn finish(self) -> (Vec<u8>, Vec<u8>) {
-        let counters = self.headers.len() / 2 + self.counters.len();
-        let mut text = Vec::with_capacity(self.gauges.len() + counters);
-        text.extend_from_slice(&self.gauges);
-        let mut openmetrics = self.gauges;
-        openmetrics.reserve(counters + 6);
-        for family in &self.families {
-            text.extend_from_slice(&self.headers[family.text_header.clone()]);
-            text.extend_from_slice(&self.counters[family.samples.clone()]);
-            openmetrics.extend_from_slice(&self.headers[family.openmetrics_header.clone()]);
-            openmetrics.extend_from_slice(&self.counters[family.samples.clone()]);
+    /// The text and OpenMetrics bodies; the latter is written into
+    /// `openmetrics`, an empty buffer, grown once to its size.
+    fn finish(self, mut openmetrics: Vec<u8>) -> (Vec<u8>, Vec<u8>) {
+        let Encoder { mut text, counters, headers, families } = self;
+        let gauges = text.len();
+        let openmetrics_headers: usize = families.iter().map(|f| f.openmetrics_header.len()).sum();
+        openmetrics.reserve(gauges + openmetrics_headers + counters.len() + 6);
+        openmetrics.extend_from_slice(&text);
+        text.reserve(headers.len() - openmetrics_headers + counters.len());
+        for family in families.iter() {
+            text.extend_from_slice(&headers[family.text_header.clone()]);
+            text.extend_from_slice(&counters[family.samples.clone()]);
+            openmetrics.extend_from_slice(&headers[family.openmetrics_header.clone()]);
+            openmetrics.extend_from_slice(&counters[family.samples.clone()]);
         }
         openmetrics.extend_from_slice(b"# EOF\n");
         (text, openmetrics)
@@ -307,7 +366,8 @@ fn sample(out: &mut Vec<u8>, name: &str, suffix: &str, parts: LabelParts<'_>, va
     match value {
         // Most GPU values are whole numbers: itoa plus ".0" is what dtoa
         // writes for them, several times faster.
-        Value::F64(v) if v.fract() == 0.0 && v.abs() < 1e15 => {
+        // (The cast and compare are two instructions; `fract` is a call.)
+        Value::F64(v) if v.abs() < 1e15 && (v as i64) as f64 == v => {
             out.extend_from_slice(itoa::Buffer::new().format(v as i64).as_bytes());
             out.extend_from_slice(b".0");
         }
@@ -321,12 +381,16 @@ fn sample(out: &mut Vec<u8>, name: &str, suffix: &str, parts: LabelParts<'_>, va
 fn push_label(labels: &mut String, name: &str, value: &str) {
     labels.push_str(name);
     labels.push_str("=\"");
-    for c in value.chars() {
-        match c {
-            '\\' => labels.push_str("\\\\"),
-            '"' => labels.push_str("\\\""),
-            '\n' => labels.push_str("\\n"),
-            c => labels.push(c),
+    if !value.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
+        labels.push_str(value);
+    } else {
+        for c in value.chars() {
+            match c {
+                '\\' => labels.push_str("\\\\"),
+                '"' => labels.push_str("\\\""),
+                '\n' => labels.push_str("\\n"),
+                c => labels.push(c),
+            }
         }
     }
     labels.push('"');
@@ -355,22 +419,15 @@ fn pod_label_sets(usages: &[PodGpuUsage]) -> LabelSets {
     sets
 }
 
-/// Renders the plain text and OpenMetrics bodies.
-pub fn render_plain(data: &SampleData, names: MetricNames) -> (Vec<u8>, Vec<u8>) {
+/// Writes every family of a sample.
+fn encode(e: &mut Encoder<'_>, data: &SampleData, names: MetricNames) {
     let node = data.node.as_str();
-    let estimate = 64 + data.gpus.len() * 1800 + data.usages.len() * 700;
-    let mut e = Encoder {
-        gauges: Vec::with_capacity(estimate),
-        counters: Vec::with_capacity(64 + data.gpus.len() * 2400),
-        headers: Vec::with_capacity(8192),
-        families: Vec::with_capacity(48),
-    };
     let pods = pod_label_sets(&data.usages);
     if names.native() {
-        native_families(&mut e, data, &pods);
+        native_families(e, data, &pods);
     }
     if names.dcgm() {
-        dcgm_families(&mut e, data, &pods);
+        dcgm_families(e, data, &pods);
     }
 
     // The agent's own state, labelled with its node like every GPU series.
@@ -427,12 +484,10 @@ pub fn render_plain(data: &SampleData, names: MetricNames) -> (Vec<u8>, Vec<u8>)
             ([own, "", "format=\"openmetrics\""], n(c.scrapes_openmetrics)),
         ],
     );
-
-    e.finish()
 }
 
 /// The `nvidia_gpu_*` families; `pods` holds each usage's pod labels.
-fn native_families(e: &mut Encoder, data: &SampleData, pods: &LabelSets) {
+fn native_families(e: &mut Encoder<'_>, data: &SampleData, pods: &LabelSets) {
     let gpus = gpu_label_sets(&data.node, &data.gpus);
     // A GPU held by exactly one container carries that container's labels.
     let device: Vec<[&str; 2]> = (0..data.gpus.len())
@@ -531,9 +586,9 @@ fn native_families(e: &mut Encoder, data: &SampleData, pods: &LabelSets) {
 
 /// The telemetry families beyond utilization, memory, temperature, power
 /// and SM clock; `device` holds each GPU's label parts.
-fn telemetry_families(e: &mut Encoder, data: &SampleData, device: &[[&str; 2]]) {
+fn telemetry_families(e: &mut Encoder<'_>, data: &SampleData, device: &[[&str; 2]]) {
     let up = || data.gpus.iter().zip(device).filter(|(g, _)| g.up);
-    let gauge = |e: &mut Encoder, name: &str, help: &str, value: &dyn Fn(&GpuReading) -> Option<Value>| {
+    let gauge = |e: &mut Encoder<'_>, name: &str, help: &str, value: &dyn Fn(&GpuReading) -> Option<Value>| {
         e.gauge(name, help, up().filter_map(|(g, &[gl, p])| Some(([gl, p, ""], value(&g.reading)?))));
     };
     let f = |v: Option<f64>| v.map(Value::F64);
@@ -673,7 +728,7 @@ fn dcgm_label_sets(node: &str, driver: Option<&str>, gpus: &[GpuState]) -> Label
 /// units (MiB, MHz, W) and labels. As with dcgm-exporter's pod mapping, a GPU
 /// held by pods has one series per holding container, each with the
 /// device's value; a GPU no pod holds has one series without pod labels.
-fn dcgm_families(e: &mut Encoder, data: &SampleData, pods: &LabelSets) {
+fn dcgm_families(e: &mut Encoder<'_>, data: &SampleData, pods: &LabelSets) {
     let gpus = dcgm_label_sets(&data.node, data.driver_version.as_deref(), &data.gpus);
     let mut series: Vec<(&GpuReading, [&str; 2])> = Vec::with_capacity(data.gpus.len() + data.usages.len());
     for (i, gpu) in data.gpus.iter().enumerate().filter(|(_, g)| g.up) {

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant, SystemTime};
 use tokio::sync::watch;
 
 use super::AgentState;
-use super::exposition::MetricNames;
+use super::exposition::{MetricNames, Renderer};
 use super::sample::{GpuState, Readiness, SampleData};
 use super::snapshot::Snapshot;
 use crate::attribution::{Allocations, Attribution, ContainerAllocation, GpuView, attribute};
@@ -56,6 +56,7 @@ pub struct Sampler {
     not_ready_reason: String,
     attribution: Box<dyn Attribution>,
     slots: Vec<GpuSlot>,
+    renderer: Renderer,
     state: AgentState,
 }
 
@@ -75,6 +76,7 @@ impl Sampler {
             not_ready_reason: "GPU source not opened yet".to_string(),
             attribution,
             slots: Vec::new(),
+            renderer: Renderer::default(),
             state,
         }
     }
@@ -176,7 +178,12 @@ impl Sampler {
             sample_duration: started.elapsed(),
             counters: self.state.metrics.counters(),
         };
-        self.state.snapshot.store(Arc::new(Snapshot::new(data, self.settings.names)));
+        let snapshot = Snapshot::new(data, self.settings.names, &mut self.renderer);
+        // The sample before this one goes back to the renderer unless a
+        // scrape still holds it.
+        if let Ok(previous) = Arc::try_unwrap(self.state.snapshot.swap(Arc::new(snapshot))) {
+            self.renderer.recycle(previous.exposition);
+        }
     }
 
     /// Reads every GPU concurrently, each on a blocking thread, until

@@ -5,7 +5,7 @@ use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 
-use super::exposition::{self, Exposition, MetricNames};
+use super::exposition::{Exposition, MetricNames, Renderer};
 use super::sample::{Readiness, SampleData};
 use super::self_metrics::AgentMetrics;
 
@@ -22,8 +22,8 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Renders a sample, with `names` on `/metrics`.
-    pub fn new(data: SampleData, names: MetricNames) -> Self {
-        let exposition = exposition::render(&data, names);
+    pub fn new(data: SampleData, names: MetricNames, renderer: &mut Renderer) -> Self {
+        let exposition = renderer.render(&data, names);
         let feed = serde_json::to_vec(&super::feed::node_feed(&data)).expect("the feed serializes").into();
         Self { data, exposition, feed }
     }
@@ -44,6 +44,6 @@ impl Snapshot {
             sample_duration: Duration::ZERO,
             counters: metrics.counters(),
         };
-        Self::new(data, MetricNames::default())
+        Self::new(data, MetricNames::default(), &mut Renderer::default())
     }
 }

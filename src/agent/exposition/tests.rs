@@ -593,6 +593,42 @@ fn gzip_bodies_inflate_to_the_plain_ones() {
     }
 }
 
+#[test]
+fn a_renderer_reusing_its_buffers_writes_what_a_fresh_one_writes() {
+    let full = sample_data();
+    let mut smaller = sample_data();
+    smaller.usages.truncate(1);
+    smaller.gpus.truncate(1);
+    let mut renderer = Renderer::default();
+    // Large, then small, then large again, every body going back each time:
+    // nothing of an earlier sample may show through.
+    for (data, names) in [
+        (&full, MetricNames::Both),
+        (&smaller, MetricNames::Native),
+        (&full, MetricNames::Native),
+        (&smaller, MetricNames::Dcgm),
+    ] {
+        let exposition = renderer.render(data, names);
+        let (text, openmetrics) = render_plain(data, names);
+        assert_eq!(&exposition.text[..], &text[..]);
+        assert_eq!(&exposition.openmetrics[..], &openmetrics[..]);
+        renderer.recycle(exposition);
+    }
+    assert_eq!(renderer.spare.len(), 2, "both plain bodies went back");
+}
+
+#[test]
+fn a_body_a_reader_still_holds_is_not_recycled() {
+    let data = sample_data();
+    let mut renderer = Renderer::default();
+    let exposition = renderer.render(&data, MetricNames::Native);
+    let held = exposition.text.clone();
+    renderer.recycle(exposition);
+    assert_eq!(renderer.spare.len(), 1, "only the OpenMetrics body came back");
+    let next = renderer.render(&data, MetricNames::Native);
+    assert_eq!(held, next.text, "the held body is unchanged");
+}
+
 fn negotiate(accept: Option<&str>, encoding: Option<&str>) -> Representation {
     let a = accept.map(|s| HeaderValue::from_str(s).unwrap());
     let e = encoding.map(|s| HeaderValue::from_str(s).unwrap());
