@@ -18,6 +18,7 @@ use http_body_util::Full;
 
 use kube_gpu_metrics::agent::AgentState;
 use kube_gpu_metrics::agent::exposition::{Exposition, MetricNames, Renderer, Representation};
+use kube_gpu_metrics::agent::ledger::PodAccount;
 use kube_gpu_metrics::agent::sample::{GpuState, Readiness, SampleData};
 use kube_gpu_metrics::agent::self_metrics::AgentMetrics;
 use kube_gpu_metrics::agent::server::handle;
@@ -127,16 +128,19 @@ fn sample(gpus: u32, pods_per_gpu: u32) -> SampleData {
                 sharing: if pods_per_gpu > 1 { Sharing::Shared } else { Sharing::Exclusive },
                 utilization_percent: Ok(f64::from(p % 7) * 3.5),
                 memory_utilization_percent: Some(4.0),
-                memory_used_bytes: None,
+                memory_used_bytes: Some(u64::from(p + 1) << 30),
             })
         })
-        .collect();
+        .collect::<Vec<_>>();
+    let accounts =
+        usages.iter().map(|_| PodAccount { last_active: SystemTime::now(), energy_joules: 123_456.789 }).collect();
     SampleData {
         node: "mainpc".into(),
         taken_at: SystemTime::now(),
         interval: Duration::from_secs(1),
         gpus: gpu_states,
         usages,
+        accounts,
         readiness: Readiness::Ready,
         gpu_source_up: true,
         driver_version: Some("550.54.14".into()),

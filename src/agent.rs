@@ -3,6 +3,7 @@
 
 pub mod exposition;
 pub mod feed;
+pub mod ledger;
 pub mod sample;
 pub mod sampler;
 pub mod self_metrics;

@@ -21,7 +21,7 @@ use std::time::Duration;
 
 use clap::Args;
 
-use crate::gpu::{GpuIdentity, GpuReading, ProcessUsage};
+use crate::gpu::{GpuIdentity, GpuReading, ProcessKind, ProcessUsage, RunningProcesses};
 
 /// Flags for pod attribution.
 #[derive(Clone, Debug, Args)]
@@ -35,9 +35,17 @@ pub struct AttributionArgs {
     #[arg(long, env = "KGM_POD_RESOURCES_TIMEOUT", default_value = "2s", value_parser = humantime::parse_duration)]
     pub pod_resources_timeout: Duration,
 
-    /// The extended resource name GPUs are requested by.
-    #[arg(long, env = "KGM_GPU_RESOURCE_NAME", default_value = "nvidia.com/gpu")]
-    pub gpu_resource_name: String,
+    /// The extended resources GPUs are requested by, comma-separated; a
+    /// trailing `*` matches any suffix (`nvidia.com/mig-*`: every MIG
+    /// profile, under both MIG strategies).
+    #[arg(
+        long,
+        alias = "gpu-resource-name",
+        env = "KGM_GPU_RESOURCE_NAMES",
+        value_delimiter = ',',
+        default_value = "nvidia.com/gpu,nvidia.com/gpu.shared,nvidia.com/mig-*"
+    )]
+    pub gpu_resource_names: Vec<String>,
 
     /// The kubelet's device manager checkpoint, which maps pod UIDs to devices
     /// (needed only for shared GPUs).
@@ -119,6 +127,15 @@ impl ContainerAllocation {
     }
 }
 
+/// Whether a resource name is one of `patterns` (a trailing `*` matches
+/// any suffix).
+pub fn resource_matches(patterns: &[String], resource_name: &str) -> bool {
+    patterns.iter().any(|p| match p.strip_suffix('*') {
+        Some(prefix) => resource_name.starts_with(prefix),
+        None => p == resource_name,
+    })
+}
+
 /// The GPU a device plugin ID names: `GPU-x` for `GPU-x::N` (a time-slice
 /// replica), the ID itself otherwise.
 pub fn device_base(device_id: &str) -> &str {
@@ -151,6 +168,9 @@ crate::label_value::label_value! {
         ProcessUtilizationUnsupported = "process-utilization-unsupported",
         /// The pod's UID is not known, so its processes cannot be found.
         PodUidUnknown = "pod-uid-unknown",
+        /// The pod's processes are MPS clients, and NVML's utilization
+        /// samples name none of them (the MPS server runs their work).
+        MpsClientUnsampled = "mps-client-unsampled",
     }
 }
 
@@ -172,7 +192,9 @@ pub struct PodGpuUsage {
     pub utilization_percent: Result<f64, Unresolved>,
     /// The pod's memory-controller utilization, percent, where known.
     pub memory_utilization_percent: Option<f64>,
-    /// Device memory used, where known (exclusive GPUs only).
+    /// Device memory the pod's processes hold on this GPU, where known:
+    /// from NVML's running-process lists, or, on an exclusive GPU whose
+    /// lists cannot be read, the device's value.
     pub memory_used_bytes: Option<u64>,
 }
 
@@ -186,6 +208,49 @@ pub struct GpuView<'a> {
     pub reading: &'a GpuReading,
     /// Its per-process samples, for shared GPUs.
     pub processes: &'a ProcessUsage,
+    /// Its running processes and their memory, for GPUs pods hold.
+    pub running: &'a RunningProcesses,
+}
+
+/// What one pod's processes hold of one GPU.
+#[derive(Clone, Copy, Debug, Default)]
+struct PodProcesses {
+    /// Summed device memory, `None` once any process's memory is unknown.
+    memory_bytes: Option<u64>,
+    /// Whether any of them is an MPS client.
+    mps: bool,
+}
+
+/// Per pod UID, what its processes hold of a GPU; `None` when the lists
+/// could not be read.
+fn pod_processes(
+    running: &RunningProcesses,
+    pod_uid_of: &mut impl FnMut(u32) -> Option<String>,
+) -> Option<HashMap<String, PodProcesses>> {
+    let RunningProcesses::Listed(list) = running else { return None };
+    let mut per_pod: HashMap<String, PodProcesses> = HashMap::new();
+    // A process in two lists (compute and graphics) holds its memory once.
+    let mut counted: Vec<u32> = Vec::with_capacity(list.len());
+    for process in list {
+        let Some(uid) = pod_uid_of(process.pid) else { continue };
+        let entry = per_pod.entry(uid).or_insert(PodProcesses { memory_bytes: Some(0), mps: false });
+        entry.mps |= process.kind == ProcessKind::Mps;
+        if !counted.contains(&process.pid) {
+            counted.push(process.pid);
+            entry.memory_bytes = entry.memory_bytes.zip(process.used_memory_bytes).map(|(a, b)| a.saturating_add(b));
+        }
+    }
+    Some(per_pod)
+}
+
+/// The memory a holder's processes hold: `Some(0)` for a pod with no
+/// process on the GPU, `None` when it cannot be known.
+fn holder_memory(per_pod: Option<&HashMap<String, PodProcesses>>, holder: &ContainerAllocation) -> Option<u64> {
+    let uid = holder.pod_uid.as_ref()?;
+    match per_pod?.get(uid) {
+        Some(pod) => pod.memory_bytes,
+        None => Some(0),
+    }
 }
 
 /// Attributes every GPU to the containers that hold it. `pod_uid_of` maps a
@@ -201,19 +266,28 @@ pub fn attribute(
         let holders: Vec<&ContainerAllocation> = allocations.iter().filter(|a| a.holds(identity)).collect();
         match holders.as_slice() {
             [] => {}
-            [only] => usages.push(PodGpuUsage {
-                namespace: only.namespace.clone(),
-                pod: only.pod.clone(),
-                container: only.container.clone(),
-                gpu: gpu_pos,
-                sharing: Sharing::Exclusive,
-                utilization_percent: match (gpu.up, gpu.reading.utilization_percent) {
-                    (true, Some(u)) => Ok(u),
-                    _ => Err(Unresolved::GpuDown),
-                },
-                memory_utilization_percent: gpu.reading.memory_utilization_percent.filter(|_| gpu.up),
-                memory_used_bytes: gpu.reading.memory_used_bytes.filter(|_| gpu.up),
-            }),
+            [only] => {
+                let per_pod = pod_processes(gpu.running, &mut pod_uid_of);
+                // The pod's own processes where they can be listed; the
+                // device's value where they cannot (the pod holds the GPU).
+                let memory_used_bytes = match (&per_pod, &only.pod_uid) {
+                    (Some(_), Some(_)) => holder_memory(per_pod.as_ref(), only),
+                    _ => gpu.reading.memory_used_bytes,
+                };
+                usages.push(PodGpuUsage {
+                    namespace: only.namespace.clone(),
+                    pod: only.pod.clone(),
+                    container: only.container.clone(),
+                    gpu: gpu_pos,
+                    sharing: Sharing::Exclusive,
+                    utilization_percent: match (gpu.up, gpu.reading.utilization_percent) {
+                        (true, Some(u)) => Ok(u),
+                        _ => Err(Unresolved::GpuDown),
+                    },
+                    memory_utilization_percent: gpu.reading.memory_utilization_percent.filter(|_| gpu.up),
+                    memory_used_bytes: memory_used_bytes.filter(|_| gpu.up),
+                })
+            }
             shared => attribute_shared(gpu_pos, gpu, shared, &mut pod_uid_of, &mut usages),
         }
     }
@@ -251,6 +325,7 @@ fn attribute_shared(
         }
         (true, _) => Err(Unresolved::ProcessUtilizationUnsupported),
     };
+    let processes = if gpu.up { pod_processes(gpu.running, pod_uid_of) } else { None };
 
     // Containers of one pod on one GPU are reported once: processes map to pods.
     let mut seen: Vec<(&str, &str)> = Vec::new();
@@ -265,11 +340,18 @@ fn attribute_shared(
             .filter(|h| (h.namespace.as_str(), h.pod.as_str()) == key)
             .map(|h| h.container.as_str())
             .collect();
+        let mps_client = |uid: &String| processes.as_ref().and_then(|p| p.get(uid)).is_some_and(|p| p.mps);
         let share = match (&per_pod, &holder.pod_uid) {
             (Err(reason), _) => Err(*reason),
             (Ok(_), None) => Err(Unresolved::PodUidUnknown),
-            // A pod with no samples in the window ran nothing: 0 %, honestly.
-            (Ok(per_pod), Some(uid)) => Ok(per_pod.get(uid).copied().unwrap_or_default()),
+            (Ok(per_pod), Some(uid)) => match per_pod.get(uid) {
+                Some(share) => Ok(*share),
+                // The MPS server runs its clients' work: no sample of the
+                // pod's own says nothing of how busy it is.
+                None if mps_client(uid) => Err(Unresolved::MpsClientUnsampled),
+                // A pod with no samples in the window ran nothing: 0 %, honestly.
+                None => Ok((0.0, 0.0)),
+            },
         };
         usages.push(PodGpuUsage {
             namespace: holder.namespace.clone(),
@@ -279,7 +361,7 @@ fn attribute_shared(
             sharing: Sharing::Shared,
             utilization_percent: share.map(|(sm, _)| sm.min(100.0)),
             memory_utilization_percent: share.ok().map(|(_, mem)| mem.min(100.0)),
-            memory_used_bytes: None,
+            memory_used_bytes: holder_memory(processes.as_ref(), holder),
         });
     }
 }

@@ -258,6 +258,42 @@ pub enum ProcessUsage {
 }
 
 crate::label_value::label_value! {
+    /// Which running-process list NVML names a process in (the `kind` label).
+    pub enum ProcessKind: "kind" {
+        /// A CUDA (compute) context.
+        Compute = "compute",
+        /// A graphics context.
+        Graphics = "graphics",
+        /// A client of the MPS server.
+        Mps = "mps",
+    }
+}
+
+/// One process with a context on a GPU, from NVML's running-process lists.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GpuProcess {
+    /// Host PID.
+    pub pid: u32,
+    /// Device memory it holds, where NVML can tell.
+    pub used_memory_bytes: Option<u64>,
+    /// The list it came from.
+    pub kind: ProcessKind,
+}
+
+/// The processes running on a GPU, when they were asked for.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub enum RunningProcesses {
+    /// Not asked for in this read (no pod holds the GPU).
+    #[default]
+    NotRead,
+    /// The lists could not be read.
+    Unavailable,
+    /// Every process of the compute, graphics and MPS lists (a process in
+    /// several lists appears once per list).
+    Listed(Vec<GpuProcess>),
+}
+
+crate::label_value::label_value! {
     /// The NVML calls the agent makes, for error counting (the `call` label).
     pub enum GpuCall: "call" {
         /// `nvmlInit_v2` and library loading.
@@ -280,6 +316,10 @@ crate::label_value::label_value! {
         Clock = "clock",
         /// `nvmlDeviceGetProcessUtilization`.
         Processes = "process_utilization",
+        /// `nvmlDeviceGetComputeRunningProcesses_v3` and `nvmlDeviceGetGraphicsRunningProcesses_v3`.
+        RunningProcesses = "running_processes",
+        /// `nvmlDeviceGetMPSComputeRunningProcesses_v3`.
+        MpsProcesses = "mps_processes",
         /// `nvmlDeviceGetTotalEnergyConsumption`.
         Energy = "energy",
         /// `nvmlDeviceGetPcieReplayCounter` and `nvmlDeviceGetPcieThroughput`.
@@ -314,6 +354,8 @@ pub struct ReadRequest {
     pub processes: bool,
     /// Driver timestamp of the newest process sample already seen.
     pub processes_since_us: u64,
+    /// Read the running processes and their memory (a pod holds the GPU).
+    pub running: bool,
 }
 
 /// The outcome of reading one GPU once.
@@ -327,6 +369,8 @@ pub struct GpuRead {
     pub reading: GpuReading,
     /// Per-process utilization.
     pub processes: ProcessUsage,
+    /// The processes with a context on the GPU, and their memory.
+    pub running: RunningProcesses,
     /// Calls that failed with a real error (not "not supported").
     pub errors: Vec<GpuCall>,
 }

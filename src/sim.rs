@@ -19,8 +19,9 @@ use crate::attribution::{Allocations, Attribution, ContainerAllocation};
 use crate::gpu::XidErrors;
 use crate::gpu::model::{GpuModelId, GpuProfile};
 use crate::gpu::{
-    ClockEventReason, GpuIdentity, GpuRead, GpuReading, GpuSource, GpuSourceError, GpuSourceOpener, HealthReading,
-    ProcessSample, ProcessUsage, ReadRequest, ViolationPolicy, Violations,
+    ClockEventReason, GpuIdentity, GpuProcess, GpuRead, GpuReading, GpuSource, GpuSourceError, GpuSourceOpener,
+    HealthReading, ProcessKind, ProcessSample, ProcessUsage, ReadRequest, RunningProcesses, ViolationPolicy,
+    Violations,
 };
 use scenario::Scenario;
 
@@ -271,7 +272,23 @@ impl SimNode {
         } else {
             ProcessUsage::NotRead
         };
-        GpuRead { identity: Some(gpu.identity.clone()), up: true, reading, processes, errors: Vec::new() }
+        // Each workload's one process holds its memory; the rest of the
+        // device's use (600 MiB) is the driver's and no pod's.
+        let running = if request.running {
+            RunningProcesses::Listed(
+                gpu.workloads
+                    .iter()
+                    .map(|w| GpuProcess {
+                        pid: w.pid,
+                        used_memory_bytes: Some(w.memory_bytes),
+                        kind: ProcessKind::Compute,
+                    })
+                    .collect(),
+            )
+        } else {
+            RunningProcesses::NotRead
+        };
+        GpuRead { identity: Some(gpu.identity.clone()), up: true, reading, processes, running, errors: Vec::new() }
     }
 }
 

@@ -367,15 +367,24 @@ fn pod(namespace: &str, name: &str, container: &str, device_ids: &[&str]) -> Pod
     }
 }
 
+fn with_resource(resource_name: &str, mut pod: PodResources) -> PodResources {
+    pod.containers[0].devices[0].resource_name = resource_name.into();
+    pod
+}
+
 const UID_VISION: &str = "aaaaaaaa-1111-4111-8111-000000000001";
 const UID_TUTOR: &str = "bbbbbbbb-2222-4222-8222-000000000002";
 
 /// GPU 0 exclusive to a trainer; GPU 1 time-sliced between two pods whose
-/// processes (pids 501; 502 and 503) have their own NVML samples.
+/// processes (pids 501; 502 and 503) have their own NVML samples and
+/// memory, beside a host process (777) that is in no pod.
 fn attribution_fixture(dir: &Path) -> FakeKubelet {
     std::fs::write(
         dir.join("nvml.conf"),
-        format!("{TWO_GPUS}process 1 pid=501 sm=30 mem=11\nprocess 1 pid=502 sm=12 mem=4\nprocess 1 pid=503 sm=8 mem=2\nprocess 1 pid=777 sm=3 mem=1\n"),
+        format!(
+            "{TWO_GPUS}process 1 pid=501 sm=30 mem=11 used_mib=3072\nprocess 1 pid=502 sm=12 mem=4 used_mib=1024\n\
+             process 1 pid=503 sm=8 mem=2 used_mib=512 kind=graphics\nprocess 1 pid=777 sm=3 mem=1 used_mib=2048\n"
+        ),
     )
     .unwrap();
     for (pid, cgroup) in [
@@ -408,7 +417,8 @@ fn attribution_fixture(dir: &Path) -> FakeKubelet {
         pod_resources: vec![
             pod("ai-system-gpu", "trainer-0", "train", &["GPU-4090-0000"]),
             pod("ai-system-gpu", "vision-a", "vision", &["GPU-3060-0001::0"]),
-            pod("ai-system-gpu", "tutor-b", "tutor", &["GPU-3060-0001::1"]),
+            // The device plugin's renamed resource for time-sliced replicas.
+            with_resource("nvidia.com/gpu.shared", pod("ai-system-gpu", "tutor-b", "tutor", &["GPU-3060-0001::1"])),
             pod("kube-system", "no-gpu", "c", &[]),
         ],
     };
@@ -458,7 +468,22 @@ fn kubelet_pods_label_gpus_and_shared_pods_get_their_process_shares() {
     assert_eq!(find("vision-a")["utilizationPercent"], 30.0);
     assert_eq!(find("tutor-b")["utilizationPercent"], 20.0);
     assert_eq!(find("tutor-b")["sharing"], "shared");
-    assert!(find("tutor-b").get("memoryUsedBytes").is_none());
+    // Each pod's memory is its own processes' (compute and graphics); the
+    // host process's 2 GiB stays on the device series only.
+    assert_eq!(find("vision-a")["memoryUsedBytes"], 3072u64 << 20);
+    assert_eq!(find("tutor-b")["memoryUsedBytes"], 1536u64 << 20);
+    assert_eq!(
+        value(&text, &format!("nvidia_gpu_pod_memory_used_bytes{{{tutor}}}")).as_deref(),
+        Some((1536u64 << 20).to_string().as_str())
+    );
+    assert_eq!(
+        value(&text, &format!("nvidia_gpu_pod_memory_used_bytes{{{exclusive},sharing=\"exclusive\"}}")).as_deref(),
+        Some("8589934592"),
+        "no checkpoint entry for the trainer: the device's value, as it holds the whole GPU"
+    );
+    // Idle tracking and energy per pod start with the first sample.
+    assert!(value(&text, &format!("nvidia_gpu_pod_last_active_timestamp_seconds{{{tutor}}}")).is_some());
+    assert!(text.contains("# TYPE nvidia_gpu_pod_energy_joules_total counter"));
     assert!(feed["timestampMs"].as_u64().unwrap() > 1_700_000_000_000);
 }
 
@@ -511,6 +536,64 @@ fn a_shared_gpu_without_the_checkpoint_reports_why_not_a_copied_value() {
     assert!(!text.lines().any(|l| l.starts_with("nvidia_gpu_pod_utilization_percent{") && l.contains("tutor-b")));
     // The exclusive GPU needs no checkpoint.
     assert!(text.lines().any(|l| l.starts_with("nvidia_gpu_pod_utilization_percent{") && l.contains("trainer-0")));
+}
+
+#[test]
+fn mps_clients_get_their_memory_and_a_reason_for_utilization() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubelet = attribution_fixture(dir.path());
+    // Under MPS the server (pid 600, in the device plugin's pod) runs the
+    // clients' kernels: NVML samples only it, and lists the clients in the
+    // MPS list with their memory.
+    std::fs::write(
+        dir.path().join("nvml.conf"),
+        format!(
+            "{TWO_GPUS}process 1 pid=600 sm=45 mem=20 used_mib=64\n\
+             process 1 pid=501 sm=none used_mib=3000 kind=mps\nprocess 1 pid=502 sm=none used_mib=1000 kind=mps\n"
+        ),
+    )
+    .unwrap();
+    std::fs::create_dir_all(dir.path().join("proc/600")).unwrap();
+    std::fs::write(
+        dir.path().join("proc/600/cgroup"),
+        "0::/kubepods/burstable/podcccccccc-3333-4333-8333-000000000003/mps\n",
+    )
+    .unwrap();
+    let _kubelet = serve_kubelet(&dir.path().join("kubelet.sock"), kubelet);
+    let flags = attribution_flags(dir.path());
+    let agent = Agent::start_in(dir, &flags.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let text = agent.metrics_until("MPS clients", |t| t.contains("reason=\"mps-client-unsampled\""));
+    for (pod, container, mib) in [("vision-a", "vision", 3000u64), ("tutor-b", "tutor", 1000)] {
+        let labels = format!("{LABELS_3060},namespace=\"ai-system-gpu\",pod=\"{pod}\",container=\"{container}\"");
+        assert_eq!(
+            value(&text, &format!("nvidia_gpu_pod_memory_used_bytes{{{labels},sharing=\"shared\"}}")),
+            Some((mib << 20).to_string()),
+            "{text}"
+        );
+        let unresolved =
+            format!("kube_gpu_metrics_pod_attribution_unresolved{{{labels},reason=\"mps-client-unsampled\"}}");
+        assert_eq!(value(&text, &unresolved).as_deref(), Some("1"));
+        assert!(!text.lines().any(|l| l.starts_with("nvidia_gpu_pod_utilization_percent{") && l.contains(pod)));
+    }
+}
+
+#[test]
+fn a_failing_process_list_leaves_pod_memory_absent_and_counts_the_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubelet = attribution_fixture(dir.path());
+    let config = std::fs::read_to_string(dir.path().join("nvml.conf")).unwrap();
+    std::fs::write(dir.path().join("nvml.conf"), format!("{config}error 1 running UNKNOWN\n")).unwrap();
+    let _kubelet = serve_kubelet(&dir.path().join("kubelet.sock"), kubelet);
+    let flags = attribution_flags(dir.path());
+    let agent = Agent::start_in(dir, &flags.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let text = agent.metrics_until("pod labels", |t| t.contains("pod=\"tutor-b\""));
+    assert!(!text.lines().any(|l| l.starts_with("nvidia_gpu_pod_memory_used_bytes{") && l.contains("tutor-b")));
+    // Utilization shares do not depend on the lists.
+    assert!(text.lines().any(|l| l.starts_with("nvidia_gpu_pod_utilization_percent{") && l.contains("tutor-b")));
+    let errors = value(&text, "kube_gpu_metrics_nvml_errors_total{node=\"testnode\",call=\"running_processes\"}");
+    assert!(errors.unwrap().parse::<u64>().unwrap() >= 1);
 }
 
 // ---- real hardware ----

@@ -23,13 +23,19 @@
  *   cuda 12040
  *   error <gpu|*> <call|*> <GPU_IS_LOST|NOT_SUPPORTED|NOT_FOUND|UNKNOWN|...>
  *   delay <gpu|*> <call|*> <milliseconds>
- *   process <gpu> pid=1234 sm=30 mem=10
+ *   process <gpu> pid=1234 sm=30 mem=10 used_mib=2048 kind=compute
  *   xid <gpu> <code>
  *
  * Calls: count handle name uuid index memory utilization temperature power
  * clock processes pci energy pcie codec fan pstate clock_events violation
- * fields power_limit ecc remap retired events. A "gpu" line must fit on one line
- * (the backslashes above are only for this comment).
+ * fields power_limit ecc remap retired events running mps. A "gpu" line must
+ * fit on one line (the backslashes above are only for this comment).
+ *
+ * A "process" line is one utilization sample (sm, mem percent) and one entry
+ * in a running-process list: kind=compute (the default), graphics, or mps (a
+ * client of the MPS server, listed by nvmlDeviceGetMPSComputeRunningProcesses
+ * instead). used_mib=na reports its memory as not available; sm=none leaves
+ * it out of the utilization samples.
  *
  * Without mem_temp, ecc=1, remap=1 or retired=1 a GPU answers those calls
  * NOT_SUPPORTED, as a GeForce board does.
@@ -123,6 +129,15 @@ typedef struct {
     unsigned int decUtil;
 } nvmlProcessUtilizationSample_t;
 
+typedef struct {
+    unsigned int pid;
+    unsigned long long usedGpuMemory;
+    unsigned int gpuInstanceId;
+    unsigned int computeInstanceId;
+} nvmlProcessInfo_t;
+
+#define NVML_VALUE_NOT_AVAILABLE_ULL 0xFFFFFFFFFFFFFFFFULL
+
 enum call {
     CALL_COUNT,
     CALL_HANDLE,
@@ -149,6 +164,8 @@ enum call {
     CALL_REMAP,
     CALL_RETIRED,
     CALL_EVENTS,
+    CALL_RUNNING,
+    CALL_MPS,
     CALL_MAX
 };
 
@@ -157,14 +174,20 @@ static const char *const CALL_NAMES[CALL_MAX] = {
     "utilization", "temperature", "power", "clock", "processes",
     "pci", "energy", "pcie", "codec", "fan", "pstate", "clock_events",
     "violation", "fields", "power_limit", "ecc", "remap", "retired", "events",
+    "running", "mps",
 };
 
 #define MAX_GPUS 64
 #define MAX_PROCS 64
 #define MAX_XIDS 64
 
+enum process_kind { KIND_COMPUTE, KIND_GRAPHICS, KIND_MPS };
+
 struct fake_process {
     unsigned int pid, sm, mem;
+    int sampled; /* appears in the utilization samples */
+    enum process_kind kind;
+    unsigned long long used_bytes;
 };
 
 struct fake_gpu {
@@ -363,14 +386,22 @@ static void parse_process(struct fake_config *cfg, char **tok, int n) {
     if (g->nprocs >= MAX_PROCS) return;
     struct fake_process *p = &g->procs[g->nprocs++];
     memset(p, 0, sizeof *p);
+    p->sampled = 1;
     for (int i = 2; i < n; i++) {
         char *eq = strchr(tok[i], '=');
         if (!eq) continue;
         *eq = '\0';
-        unsigned v = (unsigned)strtoul(eq + 1, 0, 10);
+        const char *value = eq + 1;
+        unsigned v = (unsigned)strtoul(value, 0, 10);
         if (!strcmp(tok[i], "pid")) p->pid = v;
-        else if (!strcmp(tok[i], "sm")) p->sm = v;
-        else if (!strcmp(tok[i], "mem")) p->mem = v;
+        else if (!strcmp(tok[i], "sm")) {
+            p->sm = v;
+            p->sampled = strcmp(value, "none") != 0;
+        } else if (!strcmp(tok[i], "mem")) p->mem = v;
+        else if (!strcmp(tok[i], "used_mib"))
+            p->used_bytes = strcmp(value, "na") ? strtoull(value, 0, 10) << 20 : NVML_VALUE_NOT_AVAILABLE_ULL;
+        else if (!strcmp(tok[i], "kind"))
+            p->kind = !strcmp(value, "graphics") ? KIND_GRAPHICS : !strcmp(value, "mps") ? KIND_MPS : KIND_COMPUTE;
     }
 }
 
@@ -879,24 +910,78 @@ nvmlReturn_t nvmlDeviceGetProcessUtilization(nvmlDevice_t device,
     if (err) return err;
     if (!count) return NVML_ERROR_INVALID_ARGUMENT;
     unsigned long long ts = now_us();
-    if (gpu.nprocs == 0 || ts <= lastSeenTimeStamp) {
+    unsigned sampled = 0;
+    for (unsigned i = 0; i < gpu.nprocs; i++) sampled += gpu.procs[i].sampled;
+    if (sampled == 0 || ts <= lastSeenTimeStamp) {
         *count = 0;
         return NVML_ERROR_NOT_FOUND;
     }
-    if (!samples || *count < gpu.nprocs) {
-        *count = gpu.nprocs;
+    if (!samples || *count < sampled) {
+        *count = sampled;
         return NVML_ERROR_INSUFFICIENT_SIZE;
     }
+    unsigned k = 0;
     for (unsigned i = 0; i < gpu.nprocs; i++) {
-        samples[i].pid = gpu.procs[i].pid;
-        samples[i].timeStamp = ts;
-        samples[i].smUtil = gpu.procs[i].sm;
-        samples[i].memUtil = gpu.procs[i].mem;
-        samples[i].encUtil = 0;
-        samples[i].decUtil = 0;
+        if (!gpu.procs[i].sampled) continue;
+        samples[k].pid = gpu.procs[i].pid;
+        samples[k].timeStamp = ts;
+        samples[k].smUtil = gpu.procs[i].sm;
+        samples[k].memUtil = gpu.procs[i].mem;
+        samples[k].encUtil = 0;
+        samples[k].decUtil = 0;
+        k++;
     }
-    *count = gpu.nprocs;
+    *count = sampled;
     return NVML_SUCCESS;
+}
+
+/*
+ * The running-process lists (the _v3 symbols). Like NVML: a NULL buffer or
+ * a short count asks for the count (INSUFFICIENT_SIZE, or SUCCESS with 0
+ * when there is none).
+ */
+static nvmlReturn_t running(nvmlDevice_t device, enum call call, enum process_kind kind, unsigned int *count,
+                            nvmlProcessInfo_t *infos) {
+    struct fake_gpu gpu;
+    nvmlReturn_t err = enter(device, call, &gpu);
+    if (err) return err;
+    if (!count) return NVML_ERROR_INVALID_ARGUMENT;
+    unsigned n = 0;
+    for (unsigned i = 0; i < gpu.nprocs; i++) n += gpu.procs[i].kind == kind;
+    if (n == 0) {
+        *count = 0;
+        return NVML_SUCCESS;
+    }
+    if (!infos || *count < n) {
+        *count = n;
+        return NVML_ERROR_INSUFFICIENT_SIZE;
+    }
+    unsigned k = 0;
+    for (unsigned i = 0; i < gpu.nprocs; i++) {
+        if (gpu.procs[i].kind != kind) continue;
+        infos[k].pid = gpu.procs[i].pid;
+        infos[k].usedGpuMemory = gpu.procs[i].used_bytes;
+        infos[k].gpuInstanceId = 0xFFFFFFFF;
+        infos[k].computeInstanceId = 0xFFFFFFFF;
+        k++;
+    }
+    *count = n;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetComputeRunningProcesses_v3(nvmlDevice_t device, unsigned int *count,
+                                                     nvmlProcessInfo_t *infos) {
+    return running(device, CALL_RUNNING, KIND_COMPUTE, count, infos);
+}
+
+nvmlReturn_t nvmlDeviceGetGraphicsRunningProcesses_v3(nvmlDevice_t device, unsigned int *count,
+                                                      nvmlProcessInfo_t *infos) {
+    return running(device, CALL_RUNNING, KIND_GRAPHICS, count, infos);
+}
+
+nvmlReturn_t nvmlDeviceGetMPSComputeRunningProcesses_v3(nvmlDevice_t device, unsigned int *count,
+                                                        nvmlProcessInfo_t *infos) {
+    return running(device, CALL_MPS, KIND_MPS, count, infos);
 }
 
 /* Events: a set is a mask of registered GPUs; XIDs are delivered in order. */

@@ -576,6 +576,28 @@ fn native_families(e: &mut Encoder<'_>, data: &SampleData, pods: &LabelSets) {
         }),
     );
     e.gauge(
+        "nvidia_gpu_pod_memory_used_bytes",
+        "Device memory a pod's processes hold on a GPU (NVML's running-process lists); memory no pod's process holds is only in nvidia_gpu_memory_used_bytes",
+        data.usages.iter().enumerate().filter_map(|(k, u)| {
+            Some(([gpus.get(u.gpu), pods.get(k), u.sharing.label()], Value::U64(u.memory_used_bytes?)))
+        }),
+    );
+    e.gauge(
+        "nvidia_gpu_pod_last_active_timestamp_seconds",
+        "When the pod's utilization share of the GPU was last above zero (or, never seen active, when the agent first saw it hold the GPU), seconds since the Unix epoch",
+        data.usages.iter().zip(&data.accounts).enumerate().map(|(k, (u, account))| {
+            let at = account.last_active.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+            ([gpus.get(u.gpu), pods.get(k), u.sharing.label()], Value::F64(at))
+        }),
+    );
+    e.counter(
+        "nvidia_gpu_pod_energy_joules",
+        "The pod's part of the GPU's energy since the agent first saw it there, split by utilization shares",
+        data.usages.iter().zip(&data.accounts).enumerate().map(|(k, (u, account))| {
+            ([gpus.get(u.gpu), pods.get(k), u.sharing.label()], Value::F64(account.energy_joules))
+        }),
+    );
+    e.gauge(
         "kube_gpu_metrics_pod_attribution_unresolved",
         "1 for a pod whose share of a GPU cannot be measured, with the reason",
         data.usages.iter().enumerate().filter_map(|(k, u)| {

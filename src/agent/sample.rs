@@ -4,6 +4,7 @@
 
 use std::time::{Duration, SystemTime};
 
+use super::ledger::PodAccount;
 use super::self_metrics::AgentCounters;
 use crate::attribution::PodGpuUsage;
 use crate::gpu::{GpuIdentity, GpuReading};
@@ -42,6 +43,9 @@ pub struct SampleData {
     pub gpus: Vec<GpuState>,
     /// Pod use of the GPUs.
     pub usages: Vec<PodGpuUsage>,
+    /// What each usage has accumulated (last active time, energy), one per
+    /// usage, in the same order.
+    pub accounts: Vec<PodAccount>,
     /// Readiness for `/readyz`.
     pub readiness: Readiness,
     /// The GPU source (NVML) is open.

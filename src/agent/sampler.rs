@@ -14,6 +14,7 @@ use tokio::sync::watch;
 
 use super::AgentState;
 use super::exposition::{MetricNames, Renderer};
+use super::ledger::PodLedger;
 use super::sample::{GpuState, Readiness, SampleData};
 use super::snapshot::Snapshot;
 use crate::attribution::{Allocations, Attribution, ContainerAllocation, GpuView, attribute};
@@ -57,6 +58,7 @@ pub struct Sampler {
     attribution: Box<dyn Attribution>,
     slots: Vec<GpuSlot>,
     renderer: Renderer,
+    ledger: PodLedger,
     state: AgentState,
 }
 
@@ -77,6 +79,7 @@ impl Sampler {
             attribution,
             slots: Vec::new(),
             renderer: Renderer::default(),
+            ledger: PodLedger::default(),
             state,
         }
     }
@@ -153,11 +156,18 @@ impl Sampler {
             .collect();
         let views: Vec<GpuView<'_>> = reads
             .iter()
-            .map(|r| GpuView { identity: r.identity.as_ref(), up: r.up, reading: &r.reading, processes: &r.processes })
+            .map(|r| GpuView {
+                identity: r.identity.as_ref(),
+                up: r.up,
+                reading: &r.reading,
+                processes: &r.processes,
+                running: &r.running,
+            })
             .collect();
         let attribution = &mut self.attribution;
         let usages = attribute(&views, &allocations, |pid| attribution.pod_uid_of(pid));
         self.attribution.end_pass();
+        let accounts = self.ledger.record(taken_at, &gpus, &usages);
 
         let readiness = match self.source {
             Some(_) => Readiness::Ready,
@@ -170,6 +180,7 @@ impl Sampler {
             interval: self.settings.interval,
             gpus,
             usages,
+            accounts,
             readiness,
             gpu_source_up: self.source.is_some(),
             driver_version: self.source.as_ref().and_then(|s| s.driver_version()),
@@ -197,6 +208,7 @@ impl Sampler {
             let request = ReadRequest {
                 processes: holders.is_none_or(|n| n > 1),
                 processes_since_us: slot.last_process_sample_us,
+                running: holders.is_none_or(|n| n > 0),
                 health: slot.health.is_none_or(|(at, _)| at.elapsed() >= self.settings.health_interval),
             };
             if slot.reading.swap(true, Ordering::AcqRel) {

@@ -36,6 +36,7 @@ impl Snapshot {
             interval,
             gpus: Vec::new(),
             usages: Vec::new(),
+            accounts: Vec::new(),
             readiness: Readiness::NotReady("no sample taken yet".to_string()),
             gpu_source_up: false,
             driver_version: None,

@@ -9,14 +9,14 @@ use std::time::{Duration, Instant};
 use super::checkpoint::Checkpoint;
 use super::podresources::PodResourcesClient;
 use super::process::ProcResolver;
-use super::{Allocations, Attribution, AttributionArgs, ContainerAllocation};
+use super::{Allocations, Attribution, AttributionArgs};
 use crate::retry::Backoff;
 
 /// The kubelet's PodResources API, the checkpoint for pod UIDs, and the
 /// host's `/proc` for the PIDs on shared GPUs.
 pub struct KubeletAttribution {
     client: PodResourcesClient,
-    resource_name: String,
+    resource_names: Vec<String>,
     checkpoint: Checkpoint,
     backoff: Backoff,
     checkpoint_warned: bool,
@@ -28,7 +28,7 @@ impl KubeletAttribution {
     pub fn new(args: &AttributionArgs) -> Self {
         Self {
             client: PodResourcesClient::new(&args.pod_resources_socket, args.pod_resources_timeout),
-            resource_name: args.gpu_resource_name.clone(),
+            resource_names: args.gpu_resource_names.clone(),
             checkpoint: Checkpoint::new(args.kubelet_checkpoint.clone()),
             backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
             checkpoint_warned: false,
@@ -39,54 +39,40 @@ impl KubeletAttribution {
     /// The current allocations. While the kubelet fails, GPUs go unlabelled
     /// rather than carry possibly stale pod labels.
     async fn fetch(&mut self) -> Allocations {
-        let kubelet = self;
-        {
-            {
-                let now = Instant::now();
-                if !kubelet.backoff.due(now) {
-                    return Allocations::Unavailable { attempted: false };
+        let now = Instant::now();
+        if !self.backoff.due(now) {
+            return Allocations::Unavailable { attempted: false };
+        }
+        match self.client.list(&self.resource_names).await {
+            Ok(mut allocations) => {
+                if self.backoff.failing() {
+                    tracing::info!("kubelet PodResources answers again; pod labels are back");
                 }
-                match kubelet.client.list(&kubelet.resource_name).await {
-                    Ok(mut allocations) => {
-                        if kubelet.backoff.failing() {
-                            tracing::info!("kubelet PodResources answers again; pod labels are back");
+                self.backoff.succeeded();
+                // Pod UIDs tie processes to pods: per-pod memory and shares.
+                if !allocations.is_empty() {
+                    if let Err(e) = self.checkpoint.fill_pod_uids(&mut allocations) {
+                        if !std::mem::replace(&mut self.checkpoint_warned, true) {
+                            tracing::warn!(error = %e, "pod memory and shared GPUs cannot be split between pods");
                         }
-                        kubelet.backoff.succeeded();
-                        if any_gpu_shared(&allocations) {
-                            if let Err(e) = kubelet.checkpoint.fill_pod_uids(&mut allocations) {
-                                if !std::mem::replace(&mut kubelet.checkpoint_warned, true) {
-                                    tracing::warn!(error = %e, "shared GPUs cannot be split between pods");
-                                }
-                            } else {
-                                kubelet.checkpoint_warned = false;
-                            }
-                        }
-                        Allocations::Known(allocations)
-                    }
-                    Err(e) => {
-                        let first = !kubelet.backoff.failing();
-                        let wait = kubelet.backoff.failed(now);
-                        if first {
-                            tracing::warn!(error = %e, "GPU series are served without pod labels until the kubelet answers");
-                        } else {
-                            tracing::debug!(error = %e, retry_in = ?wait, "kubelet PodResources still failing");
-                        }
-                        Allocations::Unavailable { attempted: true }
+                    } else {
+                        self.checkpoint_warned = false;
                     }
                 }
+                Allocations::Known(allocations)
+            }
+            Err(e) => {
+                let first = !self.backoff.failing();
+                let wait = self.backoff.failed(now);
+                if first {
+                    tracing::warn!(error = %e, "GPU series are served without pod labels until the kubelet answers");
+                } else {
+                    tracing::debug!(error = %e, retry_in = ?wait, "kubelet PodResources still failing");
+                }
+                Allocations::Unavailable { attempted: true }
             }
         }
     }
-}
-
-/// Whether two allocations name the same GPU (time-slicing).
-pub(crate) fn any_gpu_shared(allocations: &[ContainerAllocation]) -> bool {
-    let mut bases: Vec<&str> =
-        allocations.iter().flat_map(|a| &a.device_ids).map(|id| super::device_base(id)).collect();
-    let n = bases.len();
-    bases.sort_unstable();
-    bases.dedup();
-    bases.len() != n
 }
 
 impl Attribution for KubeletAttribution {

@@ -12,7 +12,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::UnixStream;
 use tonic::transport::{Channel, Endpoint};
 
-use super::ContainerAllocation;
+use super::{ContainerAllocation, resource_matches};
 
 /// The generated PodResources v1 messages and services.
 #[allow(missing_docs, clippy::all)]
@@ -63,26 +63,27 @@ impl PodResourcesClient {
         Self { socket: socket.to_path_buf(), client }
     }
 
-    /// Lists the containers holding devices of `resource_name`.
-    pub async fn list(&mut self, resource_name: &str) -> Result<Vec<ContainerAllocation>, PodResourcesError> {
+    /// Lists the containers holding devices of the `resource_names`.
+    pub async fn list(&mut self, resource_names: &[String]) -> Result<Vec<ContainerAllocation>, PodResourcesError> {
         let response = self
             .client
             .list(proto::ListPodResourcesRequest {})
             .await
             .map_err(|source| PodResourcesError::Call { socket: self.socket.clone(), source })?;
-        Ok(allocations(response.into_inner(), resource_name))
+        Ok(allocations(response.into_inner(), resource_names))
     }
 }
 
-/// The containers of a List response that hold `resource_name` devices.
-pub fn allocations(response: proto::ListPodResourcesResponse, resource_name: &str) -> Vec<ContainerAllocation> {
+/// The containers of a List response that hold devices of the
+/// `resource_names`.
+pub fn allocations(response: proto::ListPodResourcesResponse, resource_names: &[String]) -> Vec<ContainerAllocation> {
     let mut out = Vec::new();
     for pod in response.pod_resources {
         for container in pod.containers {
             let device_ids: Vec<String> = container
                 .devices
                 .into_iter()
-                .filter(|d| d.resource_name == resource_name)
+                .filter(|d| resource_matches(resource_names, &d.resource_name))
                 .flat_map(|d| d.device_ids)
                 .collect();
             if !device_ids.is_empty() {

@@ -14,14 +14,15 @@ use std::sync::{Arc, OnceLock};
 use nvml_wrapper::enum_wrappers::device::{
     Clock, EccCounter, MemoryError, PcieUtilCounter, PerformancePolicy, RetirementCause, TemperatureSensor,
 };
-use nvml_wrapper::enums::device::SampleValue;
+use nvml_wrapper::enums::device::{SampleValue, UsedGpuMemory};
 use nvml_wrapper::error::NvmlError;
 use nvml_wrapper::structs::device::FieldId;
 use nvml_wrapper::{Device, Nvml};
 
 use super::{
-    EccCounts, GpuCall, GpuIdentity, GpuRead, GpuReading, GpuSource, GpuSourceError, GpuSourceOpener, HealthReading,
-    ProcessSample, ProcessUsage, ReadRequest, RetiredPages, ViolationPolicy,
+    EccCounts, GpuCall, GpuIdentity, GpuProcess, GpuRead, GpuReading, GpuSource, GpuSourceError, GpuSourceOpener,
+    HealthReading, ProcessKind, ProcessSample, ProcessUsage, ReadRequest, RetiredPages, RunningProcesses,
+    ViolationPolicy,
 };
 
 /// `NVML_FI_DEV_MEMORY_TEMP`: the only way to memory temperature.
@@ -153,6 +154,37 @@ fn read_telemetry(nvml: &Nvml, device: &Device<'_>, tally: &mut Tally, reading: 
     }
 }
 
+/// The running-process lists. Every CUDA process is in the compute list, so
+/// without it nothing is known; a graphics or MPS list the board or driver
+/// lacks is empty. Any list that fails makes the answer unavailable rather
+/// than a pod's memory too low.
+fn read_running(device: &Device<'_>, tally: &mut Tally) -> RunningProcesses {
+    let lists = [
+        (ProcessKind::Compute, GpuCall::RunningProcesses, device.running_compute_processes()),
+        (ProcessKind::Graphics, GpuCall::RunningProcesses, device.running_graphics_processes()),
+        (ProcessKind::Mps, GpuCall::MpsProcesses, device.mps_running_compute_processes()),
+    ];
+    let mut processes = Vec::new();
+    for (kind, call, result) in lists {
+        match result {
+            Ok(list) => processes.extend(list.into_iter().map(|p| GpuProcess {
+                pid: p.pid,
+                used_memory_bytes: match p.used_gpu_memory {
+                    UsedGpuMemory::Used(bytes) => Some(bytes),
+                    UsedGpuMemory::Unavailable => None,
+                },
+                kind,
+            })),
+            Err(NvmlError::NotSupported | NvmlError::FailedToLoadSymbol(_)) if kind != ProcessKind::Compute => {}
+            Err(e) => {
+                tally.take::<()>(call, Err(e));
+                return RunningProcesses::Unavailable;
+            }
+        }
+    }
+    RunningProcesses::Listed(processes)
+}
+
 /// The rarely-changing fields: power limit, ECC, remapped rows, retired pages.
 fn read_health(nvml: &Nvml, device: &Device<'_>, tally: &mut Tally) -> HealthReading {
     let milliwatts = tally.take(GpuCall::PowerLimit, device.enforced_power_limit());
@@ -269,12 +301,17 @@ impl GpuSource for NvmlSource {
             };
         }
 
+        if request.running {
+            read.running = read_running(&device, &mut tally);
+        }
+
         read.up = !tally.lost;
         read.errors = tally.errors;
         if !read.up {
             // A lost GPU's other answers are not to be trusted.
             read.reading = GpuReading::default();
             read.processes = ProcessUsage::NotRead;
+            read.running = RunningProcesses::NotRead;
         }
         read
     }

@@ -4,7 +4,7 @@ use super::*;
 fn same_seed_same_node_same_load() {
     let a = SimNode::new("mainpc", &[GpuModelId::Rtx4090], 7);
     let b = SimNode::new("mainpc", &[GpuModelId::Rtx4090], 7);
-    let request = ReadRequest { processes: true, processes_since_us: 0, health: true };
+    let request = ReadRequest { processes: true, processes_since_us: 0, health: true, running: true };
     let (ra, rb) = (a.read_at(0, request, 1_000.5), b.read_at(0, request, 1_000.5));
     assert_eq!(ra.identity, rb.identity);
     assert_eq!(ra.reading, rb.reading);
@@ -41,8 +41,11 @@ fn load_moves_over_time() {
 fn process_shares_add_up_to_the_device() {
     let node = SimNode::new("mainpc", &[GpuModelId::Rtx4090], 5);
     for t in 1..100 {
-        let read =
-            node.read_at(0, ReadRequest { processes: true, processes_since_us: 0, health: true }, f64::from(t) * 11.0);
+        let read = node.read_at(
+            0,
+            ReadRequest { processes: true, processes_since_us: 0, health: true, running: true },
+            f64::from(t) * 11.0,
+        );
         let ProcessUsage::Samples(samples) = &read.processes else { panic!("no samples") };
         let sum: u32 = samples.iter().map(|s| s.sm_percent).sum();
         let util = read.reading.utilization_percent.unwrap();
@@ -75,7 +78,8 @@ fn a_scenario_scripts_its_workloads_and_leaves_the_others_moving() {
     let node = SimNode::new("mainpc", &[GpuModelId::Rtx4090], 5).with_scenario(scenario, 1000.0);
     let reasoning = node.gpus[0].workloads.iter().find(|w| w.app == "reasoning-suite").unwrap().pid;
     let share = |t: f64| {
-        let read = node.read_at(0, ReadRequest { processes: true, processes_since_us: 0, health: true }, t);
+        let read =
+            node.read_at(0, ReadRequest { processes: true, processes_since_us: 0, health: true, running: true }, t);
         let ProcessUsage::Samples(samples) = read.processes else { panic!("no samples") };
         samples.iter().find(|s| s.pid == reasoning).unwrap().sm_percent
     };

@@ -8,6 +8,7 @@ use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 use super::*;
+use crate::agent::ledger::PodAccount;
 use crate::agent::sample::Readiness;
 use crate::agent::self_metrics::AgentCounters;
 use crate::attribution::{Sharing, Unresolved};
@@ -101,10 +102,23 @@ fn sample_data() -> SampleData {
             gpu(2, "GPU-cccc", "NVIDIA GeForce RTX 4090", false, GpuReading::default()),
         ],
         usages: vec![
-            usage("reasoning-suite-7d9f-x2k9p", 0, Sharing::Exclusive, Ok(42.5)),
-            usage("vision-dream-5c8-abcde", 1, Sharing::Shared, Ok(40.0)),
+            PodGpuUsage {
+                memory_used_bytes: Some(6 << 30),
+                ..usage("reasoning-suite-7d9f-x2k9p", 0, Sharing::Exclusive, Ok(42.5))
+            },
+            PodGpuUsage {
+                memory_used_bytes: Some(3 << 30),
+                ..usage("vision-dream-5c8-abcde", 1, Sharing::Shared, Ok(40.0))
+            },
             usage("tutoring \"quoted\"\\pod", 1, Sharing::Shared, Err(Unresolved::PodUidUnknown)),
         ],
+        accounts: [5000.0, 1250.5, 0.0]
+            .into_iter()
+            .map(|energy_joules| PodAccount {
+                last_active: SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_429_000_500),
+                energy_joules,
+            })
+            .collect(),
         readiness: Readiness::Ready,
         gpu_source_up: true,
         pod_resources_up: Some(true),
@@ -322,6 +336,21 @@ fn reference_openmetrics(data: &SampleData) -> String {
     );
     gauge_i(
         &mut registry,
+        "nvidia_gpu_pod_memory_used_bytes",
+        "Device memory a pod's processes hold on a GPU (NVML's running-process lists); memory no pod's process holds is only in nvidia_gpu_memory_used_bytes",
+        data.usages
+            .iter()
+            .filter_map(|u| Some((pod(u, ("sharing", u.sharing.as_str())), u.memory_used_bytes? as i64)))
+            .collect(),
+    );
+    gauge_f(
+        &mut registry,
+        "nvidia_gpu_pod_last_active_timestamp_seconds",
+        "When the pod's utilization share of the GPU was last above zero (or, never seen active, when the agent first saw it hold the GPU), seconds since the Unix epoch",
+        data.usages.iter().map(|u| (pod(u, ("sharing", u.sharing.as_str())), 1_795_429_000.5)).collect(),
+    );
+    gauge_i(
+        &mut registry,
         "kube_gpu_metrics_pod_attribution_unresolved",
         "1 for a pod whose share of a GPU cannot be measured, with the reason",
         vec![(pod(&data.usages[2], ("reason", "pod-uid-unknown")), 1)],
@@ -420,6 +449,16 @@ fn reference_openmetrics(data: &SampleData) -> String {
         "nvidia_gpu_remapped_rows",
         "Memory rows remapped, by the error that caused it",
         vec![(with(0, &[("error", "correctable")]), 1), (with(0, &[("error", "uncorrectable")]), 0)],
+    );
+    counter_f(
+        &mut registry,
+        "nvidia_gpu_pod_energy_joules",
+        "The pod's part of the GPU's energy since the agent first saw it there, split by utilization shares",
+        data.usages
+            .iter()
+            .zip([5000.0, 1250.5, 0.0])
+            .map(|(u, joules)| (pod(u, ("sharing", u.sharing.as_str())), joules))
+            .collect(),
     );
     counter(&mut registry, "kube_gpu_metrics_samples", "Sample passes finished", vec![(own.clone(), 7)]);
     counter(
