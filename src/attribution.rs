@@ -47,6 +47,11 @@ pub struct AttributionArgs {
     )]
     pub gpu_resource_names: Vec<String>,
 
+    /// DRA drivers whose ResourceClaim devices are GPUs, comma-separated
+    /// (the kubelet's PodResources `dynamic_resources`, Kubernetes 1.31+).
+    #[arg(long, env = "KGM_GPU_DRA_DRIVERS", value_delimiter = ',', default_value = "gpu.nvidia.com")]
+    pub gpu_dra_drivers: Vec<String>,
+
     /// The kubelet's device manager checkpoint, which maps pod UIDs to devices
     /// (needed only for shared GPUs).
     #[arg(

@@ -9,7 +9,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kube_gpu_metrics::attribution::podresources::proto::{
-    ContainerDevices, ContainerResources, ListPodResourcesRequest, ListPodResourcesResponse, PodResources,
+    ClaimResource, ContainerDevices, ContainerResources, DynamicResource, ListPodResourcesRequest,
+    ListPodResourcesResponse, PodResources,
     pod_resources_lister_server::{PodResourcesLister, PodResourcesListerServer},
 };
 
@@ -363,8 +364,30 @@ fn pod(namespace: &str, name: &str, container: &str, device_ids: &[&str]) -> Pod
                 },
             ],
             cpu_ids: vec![],
+            memory: vec![],
+            dynamic_resources: vec![],
         }],
     }
+}
+
+/// A pod whose one container got devices through a ResourceClaim: each
+/// `(driver, device)` is one claimed device.
+fn dra_pod(namespace: &str, name: &str, claim: &str, devices: &[(&str, &str)]) -> PodResources {
+    let mut pod = pod(namespace, name, "main", &[]);
+    pod.containers[0].dynamic_resources = vec![DynamicResource {
+        claim_name: claim.into(),
+        claim_namespace: namespace.into(),
+        claim_resources: devices
+            .iter()
+            .map(|(driver, device)| ClaimResource {
+                cdi_devices: vec![],
+                driver_name: driver.to_string(),
+                pool_name: "testnode".into(),
+                device_name: device.to_string(),
+            })
+            .collect(),
+    }];
+    pod
 }
 
 fn with_resource(resource_name: &str, mut pod: PodResources) -> PodResources {
@@ -594,6 +617,34 @@ fn a_failing_process_list_leaves_pod_memory_absent_and_counts_the_error() {
     assert!(text.lines().any(|l| l.starts_with("nvidia_gpu_pod_utilization_percent{") && l.contains("tutor-b")));
     let errors = value(&text, "kube_gpu_metrics_nvml_errors_total{node=\"testnode\",call=\"running_processes\"}");
     assert!(errors.unwrap().parse::<u64>().unwrap() >= 1);
+}
+
+#[test]
+fn gpus_claimed_through_dra_are_attributed_and_a_malformed_claim_spares_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    let kubelet = attribution_fixture(dir.path());
+    *kubelet.0.lock().unwrap() = ListPodResourcesResponse {
+        pod_resources: vec![
+            // NVIDIA's DRA driver names whole GPUs gpu-<index>.
+            dra_pod("research", "notebook-0", "notebook-gpu", &[("gpu.nvidia.com", "gpu-1")]),
+            // A partition the agent cannot place, a claim from a kubelet
+            // that names no device, and another driver's device.
+            dra_pod("research", "mig-job", "mig-claim", &[("gpu.nvidia.com", "gpu-0-mig-1g.10gb-0")]),
+            dra_pod("research", "old-kubelet", "claim", &[("gpu.nvidia.com", "")]),
+            dra_pod("research", "nic-job", "rdma", &[("rdma.example.com", "nic-0")]),
+        ],
+    };
+    let _kubelet = serve_kubelet(&dir.path().join("kubelet.sock"), kubelet);
+    let flags = attribution_flags(dir.path());
+    let agent = Agent::start_in(dir, &flags.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let text = agent.metrics_until("the claimed GPU", |t| t.contains("pod=\"notebook-0\""));
+    let claimed = format!("{LABELS_3060},namespace=\"research\",pod=\"notebook-0\",container=\"main\"");
+    assert_eq!(value(&text, &format!("nvidia_gpu_utilization_percent{{{claimed}}}")).as_deref(), Some("17.0"));
+    assert!(!text.contains("pod=\"mig-job\"") && !text.contains("pod=\"nic-job\"") && !text.contains("old-kubelet"));
+    // GPU 0, claimed by no placeable device, keeps its unlabelled series.
+    assert_eq!(value(&text, &format!("nvidia_gpu_utilization_percent{{{LABELS_4090}}}")).as_deref(), Some("42.0"));
+    assert!(text.contains("kube_gpu_metrics_pod_resources_up{node=\"testnode\"} 1"));
 }
 
 // ---- real hardware ----

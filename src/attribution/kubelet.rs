@@ -7,7 +7,7 @@ use std::pin::Pin;
 use std::time::{Duration, Instant};
 
 use super::checkpoint::Checkpoint;
-use super::podresources::PodResourcesClient;
+use super::podresources::{Listed, PodResourcesClient, UnplacedClaim};
 use super::process::ProcResolver;
 use super::{Allocations, Attribution, AttributionArgs};
 use crate::retry::Backoff;
@@ -17,6 +17,9 @@ use crate::retry::Backoff;
 pub struct KubeletAttribution {
     client: PodResourcesClient,
     resource_names: Vec<String>,
+    dra_drivers: Vec<String>,
+    /// The unplaced claims last warned about, so each is logged once.
+    unplaced_warned: Vec<UnplacedClaim>,
     checkpoint: Checkpoint,
     backoff: Backoff,
     checkpoint_warned: bool,
@@ -29,6 +32,8 @@ impl KubeletAttribution {
         Self {
             client: PodResourcesClient::new(&args.pod_resources_socket, args.pod_resources_timeout),
             resource_names: args.gpu_resource_names.clone(),
+            dra_drivers: args.gpu_dra_drivers.clone(),
+            unplaced_warned: Vec::new(),
             checkpoint: Checkpoint::new(args.kubelet_checkpoint.clone()),
             backoff: Backoff::new(Duration::from_secs(1), Duration::from_secs(30)),
             checkpoint_warned: false,
@@ -43,8 +48,15 @@ impl KubeletAttribution {
         if !self.backoff.due(now) {
             return Allocations::Unavailable { attempted: false };
         }
-        match self.client.list(&self.resource_names).await {
-            Ok(mut allocations) => {
+        match self.client.list(&self.resource_names, &self.dra_drivers).await {
+            Ok(Listed { mut allocations, unplaced }) => {
+                for claim in unplaced.iter().filter(|c| !self.unplaced_warned.contains(c)) {
+                    tracing::warn!(
+                        namespace = %claim.namespace, pod = %claim.pod, claim = %claim.claim, device = %claim.device,
+                        reason = claim.reason, "a GPU claimed through DRA cannot be placed; the pod gets no GPU series for it"
+                    );
+                }
+                self.unplaced_warned = unplaced;
                 if self.backoff.failing() {
                     tracing::info!("kubelet PodResources answers again; pod labels are back");
                 }

@@ -262,3 +262,46 @@ fn resource_names_match_exactly_or_by_prefix() {
     assert!(!resource_matches(&names, "nvidia.com/gpus"));
     assert!(!resource_matches(&names, "amd.com/gpu"));
 }
+
+#[test]
+fn dra_devices_of_gpu_drivers_become_gpu_indexes_and_the_rest_are_reported() {
+    use podresources::proto::{
+        ClaimResource, ContainerResources, DynamicResource, ListPodResourcesResponse, PodResources,
+    };
+    let claim = |driver: &str, device: &str| ClaimResource {
+        cdi_devices: vec![],
+        driver_name: driver.into(),
+        pool_name: "node".into(),
+        device_name: device.into(),
+    };
+    let response = ListPodResourcesResponse {
+        pod_resources: vec![PodResources {
+            name: "p".into(),
+            namespace: "ns".into(),
+            containers: vec![ContainerResources {
+                name: "c".into(),
+                devices: vec![],
+                cpu_ids: vec![],
+                memory: vec![],
+                dynamic_resources: vec![DynamicResource {
+                    claim_name: "gpus".into(),
+                    claim_namespace: "ns".into(),
+                    claim_resources: vec![
+                        claim("gpu.nvidia.com", "gpu-0"),
+                        claim("gpu.nvidia.com", "gpu-3"),
+                        claim("gpu.nvidia.com", "gpu-x"),
+                        claim("gpu.nvidia.com", ""),
+                        claim("other.example.com", "gpu-1"),
+                    ],
+                }],
+            }],
+        }],
+    };
+    let listed = podresources::allocations(response, &[], &["gpu.nvidia.com".to_string()]);
+    assert_eq!(listed.allocations.len(), 1);
+    assert_eq!(listed.allocations[0].device_ids, ["0", "3"]);
+    assert!(listed.allocations[0].holds(&gpu(3, "GPU-d")));
+    let unplaced: Vec<&str> = listed.unplaced.iter().map(|u| u.device.as_str()).collect();
+    assert_eq!(unplaced, ["gpu-x", ""]);
+    assert!(listed.unplaced.iter().all(|u| u.claim == "gpus" && u.pod == "p"));
+}
