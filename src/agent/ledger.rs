@@ -46,6 +46,7 @@ impl PodLedger {
     /// `usages`. Pods no longer on a GPU are forgotten.
     pub fn record(&mut self, taken_at: SystemTime, gpus: &[GpuState], usages: &[PodGpuUsage]) -> Vec<PodAccount> {
         let deltas: Vec<Option<f64>> = gpus.iter().map(|gpu| self.energy_delta(gpu)).collect();
+        let shares = holder_shares(gpus.len(), usages);
         let mut accounts = Vec::with_capacity(usages.len());
         let mut kept = HashMap::with_capacity(usages.len());
         for usage in usages {
@@ -56,7 +57,7 @@ impl PodLedger {
             if usage.utilization_percent.is_ok_and(|share| share > 0.0) {
                 account.last_active = taken_at;
             }
-            if let (Some(delta), Some(fraction)) = (deltas[usage.gpu], energy_fraction(usage, usages)) {
+            if let (Some(delta), Some(fraction)) = (deltas[usage.gpu], energy_fraction(usage, shares[usage.gpu])) {
                 account.energy_joules += delta * fraction;
             }
             accounts.push(account);
@@ -76,18 +77,25 @@ impl PodLedger {
     }
 }
 
+/// Per GPU, its holders' summed utilization shares and their number;
+/// `None` when any holder's share is unknown.
+fn holder_shares(gpus: usize, usages: &[PodGpuUsage]) -> Vec<Option<(f64, usize)>> {
+    let mut shares = vec![Some((0.0, 0)); gpus];
+    for usage in usages {
+        if let Some(slot) = shares.get_mut(usage.gpu) {
+            *slot = slot.zip(usage.utilization_percent.ok()).map(|((total, n), share)| (total + share, n + 1));
+        }
+    }
+    shares
+}
+
 /// The part of its GPU's energy a usage is charged: its share over its GPU's
-/// holders' shares, an even part when all are zero, and `None` when any
-/// holder's share is unknown.
-fn energy_fraction(usage: &PodGpuUsage, usages: &[PodGpuUsage]) -> Option<f64> {
-    let shares: Vec<f64> = usages
-        .iter()
-        .filter(|u| u.gpu == usage.gpu)
-        .map(|u| u.utilization_percent.ok())
-        .collect::<Option<Vec<f64>>>()?;
-    let total: f64 = shares.iter().sum();
+/// holders' `shares` (total, count), an even part when all are zero, and
+/// `None` when any holder's share is unknown.
+fn energy_fraction(usage: &PodGpuUsage, shares: Option<(f64, usize)>) -> Option<f64> {
+    let (total, holders) = shares?;
     let own = usage.utilization_percent.ok()?;
-    Some(if total > 0.0 { own / total } else { 1.0 / shares.len() as f64 })
+    Some(if total > 0.0 { own / total } else { 1.0 / holders as f64 })
 }
 
 #[cfg(test)]
