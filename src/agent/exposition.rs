@@ -561,25 +561,26 @@ fn native_families(e: &mut Encoder<'_>, data: &SampleData, pods: &LabelSets) {
         up().filter_map(|(g, &[gl, p])| Some(([gl, p, ""], f(g.reading.sm_clock_hertz)?))),
     );
     telemetry_families(e, data, &device);
+    // A pod's series on a GPU: the GPU's labels, the pod's, and `sharing`.
+    let per_pod = |k: usize, u: &PodGpuUsage| [gpus.get(u.gpu), pods.get(k), u.sharing.label()];
     e.gauge(
         "nvidia_gpu_pod_utilization_percent",
         "A pod's utilization of a GPU: the device value on an exclusive GPU, its processes' share on a shared one",
-        data.usages.iter().enumerate().filter_map(|(k, u)| {
-            Some(([gpus.get(u.gpu), pods.get(k), u.sharing.label()], Value::F64(u.utilization_percent.ok()?)))
-        }),
+        data.usages
+            .iter()
+            .enumerate()
+            .filter_map(|(k, u)| Some((per_pod(k, u), Value::F64(u.utilization_percent.ok()?)))),
     );
     e.gauge(
         "nvidia_gpu_pod_memory_utilization_percent",
         "A pod's memory-controller utilization of a GPU",
-        data.usages.iter().enumerate().filter_map(|(k, u)| {
-            Some(([gpus.get(u.gpu), pods.get(k), u.sharing.label()], f(u.memory_utilization_percent)?))
-        }),
+        data.usages.iter().enumerate().filter_map(|(k, u)| Some((per_pod(k, u), f(u.memory_utilization_percent)?))),
     );
     e.gauge(
         "nvidia_gpu_pod_memory_used_bytes",
         "Device memory a pod's processes hold on a GPU (NVML's running-process lists); memory no pod's process holds is only in nvidia_gpu_memory_used_bytes",
         data.usages.iter().enumerate().filter_map(|(k, u)| {
-            Some(([gpus.get(u.gpu), pods.get(k), u.sharing.label()], Value::U64(u.memory_used_bytes?)))
+            Some((per_pod(k, u), Value::U64(u.memory_used_bytes?)))
         }),
     );
     e.gauge(
@@ -587,15 +588,17 @@ fn native_families(e: &mut Encoder<'_>, data: &SampleData, pods: &LabelSets) {
         "When the pod's utilization share of the GPU was last above zero (or, never seen active, when the agent first saw it hold the GPU), seconds since the Unix epoch",
         data.usages.iter().zip(&data.accounts).enumerate().map(|(k, (u, account))| {
             let at = account.last_active.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
-            ([gpus.get(u.gpu), pods.get(k), u.sharing.label()], Value::F64(at))
+            (per_pod(k, u), Value::F64(at))
         }),
     );
     e.counter(
         "nvidia_gpu_pod_energy_joules",
         "The pod's part of the GPU's energy since the agent first saw it there, split by utilization shares",
-        data.usages.iter().zip(&data.accounts).enumerate().map(|(k, (u, account))| {
-            ([gpus.get(u.gpu), pods.get(k), u.sharing.label()], Value::F64(account.energy_joules))
-        }),
+        data.usages
+            .iter()
+            .zip(&data.accounts)
+            .enumerate()
+            .map(|(k, (u, account))| (per_pod(k, u), Value::F64(account.energy_joules))),
     );
     e.gauge(
         "kube_gpu_metrics_pod_attribution_unresolved",
