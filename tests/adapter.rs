@@ -1072,20 +1072,33 @@ async fn sighup_is_survived_and_connections_over_the_limit_are_closed() {
     assert!(matches!(closed, Ok(Ok(0)) | Ok(Err(_))), "{closed:?}");
     // Once the idle ones go, the port serves again.
     drop(idle);
-    let healthy = async || {
+    // Slots free as the server notices each close, so every request from
+    // here on may still meet a full port: each is tried until it is served.
+    let served = async |path: &str| -> Option<String> {
         let tcp = tokio::net::TcpStream::connect(adapter.addr).await.ok()?;
         let config = client_config(&pki.serving_ca.cert_pem, None);
         let mut tls = tokio_rustls::TlsConnector::from(config)
             .connect(ServerName::try_from("localhost").unwrap(), tcp)
             .await
             .ok()?;
-        tls.write_all(b"GET /healthz HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").await.ok()?;
+        let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+        tls.write_all(request.as_bytes()).await.ok()?;
         let mut raw = Vec::new();
         let _ = tls.read_to_end(&mut raw).await;
-        Some(raw.starts_with(b"HTTP/1.1 200"))
+        let raw = String::from_utf8(raw).ok()?;
+        let (head, body) = raw.split_once("\r\n\r\n")?;
+        head.starts_with("HTTP/1.1 200").then(|| body.to_string())
     };
-    until("a free slot", async || healthy().await == Some(true)).await;
-    let (_, metrics) = probe(&adapter, &pki, "/metrics").await;
+    until("a free slot", async || served("/healthz").await.is_some()).await;
+    let mut metrics = String::new();
+    until("the adapter's metrics", async || match served("/metrics").await {
+        Some(raw) => {
+            metrics = raw;
+            true
+        }
+        None => false,
+    })
+    .await;
     assert!(counter(&metrics, "kube_gpu_metrics_adapter_connections_refused_total") >= 1.0, "{metrics}");
     sigterm(&adapter);
     assert!(exit_status(&mut adapter).await.success());
