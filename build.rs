@@ -1,11 +1,13 @@
-//! Build steps that need no system tools: the kubelet PodResources gRPC code
-//! (parsed by protox, a pure-Rust protobuf compiler) and the fake
+//! Build steps that need no system tools: the gRPC code of the kubelet's
+//! PodResources API and of KEDA's external scaler (parsed by protox, a
+//! pure-Rust protobuf compiler), and the fake
 //! `libnvidia-ml.so` that tests and benches load instead of a real driver.
 
 use std::path::PathBuf;
 
 fn main() {
     compile_podresources_proto();
+    compile_keda_proto();
     build_fake_nvml();
 }
 
@@ -19,6 +21,18 @@ fn compile_podresources_proto() {
         .build_server(true)
         .compile_fds(descriptors)
         .expect("generate the PodResources gRPC code");
+}
+
+fn compile_keda_proto() {
+    let proto = "proto/keda/externalscaler.proto";
+    println!("cargo:rerun-if-changed={proto}");
+    let descriptors = protox::compile([proto], ["proto"]).expect("parse KEDA's external scaler proto");
+    tonic_prost_build::configure()
+        // The adapter serves it; the client drives it in tests and benches.
+        .build_server(true)
+        .build_client(true)
+        .compile_fds(descriptors)
+        .expect("generate the external scaler gRPC code");
 }
 
 /// Builds `hack/fake-nvml/fake_nvml.c` as a shared library and exposes its path

@@ -147,6 +147,8 @@ fn adapter_args<'a>(path: &'a dyn Fn(&str) -> String, extra: &[&'a str]) -> Vec<
         "adapter",
         "--secure-listen",
         "127.0.0.1:0",
+        "--keda-listen",
+        "off",
         "--discover-agents=false",
         "--authorization-mode",
         "always-allow",

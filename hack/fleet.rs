@@ -33,6 +33,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use kube_gpu_metrics::adapter::PollArgs;
+use kube_gpu_metrics::adapter::keda::server::KedaSetup;
 use kube_gpu_metrics::feed::{FeedGpu, FeedPod, NodeFeed};
 use kube_gpu_metrics::k8s::labels::LabelMaps;
 use kube_gpu_metrics::standalone::{LocalAdapter, start_local_adapter};
@@ -79,6 +80,12 @@ enum Command {
         /// Oldest value served.
         #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
         max_age: Duration,
+        /// Also serve KEDA's external scaler here.
+        #[arg(long)]
+        keda_listen: Option<SocketAddr>,
+        /// Where the fleet's CA (PEM) goes, for gRPC clients.
+        #[arg(long)]
+        ca_out: Option<PathBuf>,
     },
 }
 
@@ -180,10 +187,13 @@ struct FleetAdapter {
     kubeconfig_out: PathBuf,
     poll_interval: Duration,
     max_age: Duration,
+    keda_listen: Option<SocketAddr>,
+    ca_out: Option<PathBuf>,
 }
 
 async fn adapter(fleet: FleetAdapter) -> anyhow::Result<()> {
-    let FleetAdapter { feeds, agents, pods, listen, kubeconfig_out, poll_interval, max_age } = fleet;
+    let FleetAdapter { feeds, agents, pods, listen, kubeconfig_out, poll_interval, max_age, keda_listen, ca_out } =
+        fleet;
     let mut labels = LabelMaps::default();
     let namespace = labels.pods.entry(NAMESPACE.into()).or_default();
     for a in 0..agents {
@@ -199,10 +209,15 @@ async fn adapter(fleet: FleetAdapter) -> anyhow::Result<()> {
         poll: PollArgs { poll_interval, max_age: Some(max_age), ..PollArgs::default() },
         prometheus: None,
         kubeconfig_out,
+        keda: keda_listen.map(|listen| KedaSetup { listen, client_ca_file: None }),
+        ca_out,
     };
     let (_shutdown_tx, shutdown) = watch::channel(false);
     let running = start_local_adapter(local, shutdown).await?;
     eprintln!("fleet adapter listening on https://{} ({agents} agents × {pods} pods)", running.addr);
+    if let Some(addr) = running.keda_addr {
+        eprintln!("fleet KEDA scaler listening on {addr}");
+    }
     running.done.await?;
     Ok(())
 }
@@ -220,8 +235,29 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Feeds { agents, pods, listen } => feeds(agents, pods, listen).await,
-            Command::Adapter { feeds, agents, pods, listen, kubeconfig_out, poll_interval, max_age } => {
-                adapter(FleetAdapter { feeds, agents, pods, listen, kubeconfig_out, poll_interval, max_age }).await
+            Command::Adapter {
+                feeds,
+                agents,
+                pods,
+                listen,
+                kubeconfig_out,
+                poll_interval,
+                max_age,
+                keda_listen,
+                ca_out,
+            } => {
+                let fleet = FleetAdapter {
+                    feeds,
+                    agents,
+                    pods,
+                    listen,
+                    kubeconfig_out,
+                    poll_interval,
+                    max_age,
+                    keda_listen,
+                    ca_out,
+                };
+                adapter(fleet).await
             }
         }
     })

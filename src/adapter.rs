@@ -14,11 +14,13 @@
 //! - [`provider`] answers queries (select, fresh, aggregate), no HTTP.
 //! - [`http`] serves custom.metrics.k8s.io and external.metrics.k8s.io over
 //!   HTTPS ([`tls`], [`auth`]), with [`readiness`].
+//! - [`keda`] serves KEDA's external scaler over gRPC from the same provider.
 
 pub mod admission;
 pub mod auth;
 pub mod cluster;
 pub mod http;
+pub mod keda;
 pub mod provider;
 pub mod readiness;
 pub mod source;
@@ -34,10 +36,13 @@ use clap::{Args, ValueEnum};
 use tokio::sync::watch;
 
 use crate::k8s::labels::{LabelIndex, LabelMaps};
+use crate::listener::ConnectionSlots;
 use crate::shutdown::Tasks;
 use admission::Rejections;
 use auth::{AuthArgs, Authenticator, Authorizer};
 use cluster::{AgentDiscovery, ClusterOutputs};
+use keda::KedaScaler;
+use keda::server::{KedaListen, KedaSetup};
 use provider::Provider;
 use readiness::Readiness;
 use source::agents::{AgentSource, AgentTarget};
@@ -127,7 +132,18 @@ pub struct AdapterArgs {
     #[allow(missing_docs)]
     pub poll: PollArgs,
 
-    /// Connections open at once on the HTTPS port; more are closed at once.
+    /// KEDA's external scaler (gRPC over TLS, with the serving certificate);
+    /// `off` to not serve it.
+    #[arg(long, env = "KGM_KEDA_LISTEN", default_value = "0.0.0.0:9443")]
+    pub keda_listen: KedaListen,
+
+    /// A CA (PEM) that must have signed the client certificate KEDA presents
+    /// to the scaler (the trigger's `tlsClientCert`); without it any client
+    /// that trusts the serving certificate is answered.
+    #[arg(long, env = "KGM_KEDA_CLIENT_CA_FILE")]
+    pub keda_client_ca_file: Option<PathBuf>,
+
+    /// Connections open at once on each port; more are closed at once.
     #[arg(long, env = "KGM_MAX_CONNECTIONS", default_value_t = DEFAULT_MAX_CONNECTIONS)]
     pub max_connections: usize,
 
@@ -346,6 +362,8 @@ pub struct AdapterSetup {
     pub limits: Limits,
     /// Oldest sample served.
     pub max_age: Option<Duration>,
+    /// KEDA's external scaler, if served.
+    pub keda: Option<KedaSetup>,
 }
 
 impl AdapterSetup {
@@ -403,6 +421,10 @@ impl AdapterSetup {
             labels: None,
             limits: Limits::new(&args.poll, args.max_connections),
             max_age: args.poll.max_age,
+            keda: match args.keda_listen {
+                KedaListen::Off => None,
+                KedaListen::At(listen) => Some(KedaSetup { listen, client_ca_file: args.keda_client_ca_file }),
+            },
         })
     }
 
@@ -424,6 +446,8 @@ impl AdapterSetup {
 pub struct RunningAdapter {
     /// The bound address.
     pub addr: SocketAddr,
+    /// The KEDA scaler's bound address, if served.
+    pub keda_addr: Option<SocketAddr>,
     /// The values, for status lines.
     pub provider: Provider,
     /// What `/readyz` waits for.
@@ -490,12 +514,17 @@ pub async fn start(setup: AdapterSetup, shutdown: watch::Receiver<bool>) -> Resu
     };
 
     let resolver = CertResolver::new(setup.cert)?;
-    let roots = tls::root_store(client_ca.as_bytes(), std::path::Path::new("client CA"))?;
+    let roots =
+        tls::root_store(client_ca.as_bytes(), std::path::Path::new("client CA"), "--requestheader-client-ca-file")?;
     let client_ca = tls::ClientCa::new(roots)?;
     let tls = Arc::new(tls::server_config(resolver.clone(), client_ca.clone())?);
     let bind_error = |source| AdapterError::Bind { addr: setup.listen, flag: "--secure-listen", source };
     let listener = tokio::net::TcpListener::bind(setup.listen).await.map_err(bind_error)?;
     let addr = listener.local_addr().map_err(bind_error)?;
+    let keda = match setup.keda {
+        Some(keda) => Some(bind_keda(keda, resolver.clone()).await?),
+        None => None,
+    };
 
     let readiness = Readiness::default();
     let store = Arc::new(MetricStore::new(setup.max_age));
@@ -563,17 +592,50 @@ pub async fn start(setup: AdapterSetup, shutdown: watch::Receiver<bool>) -> Resu
         authorizer,
         readiness: readiness.clone(),
         rejections,
-        connections_refused: Default::default(),
+        connections: ConnectionSlots::new(limits.max_connections, "--max-connections"),
     });
-    let server = http::server::serve(listener, tls, client_ca, service, limits.max_connections, shutdown.clone());
-    let reloader = resolver.watch(setup.tls_reload_interval, shutdown);
+    let server = http::server::serve(listener, tls, client_ca, service, shutdown.clone());
+    let reloader = resolver.watch(setup.tls_reload_interval, shutdown.clone());
     let mut tasks = Tasks::default();
     tasks.push("https server", tokio::spawn(server));
+    let keda_addr = keda.as_ref().map(|k| k.addr);
+    if let Some(BoundKeda { listener, tls, client_ca, .. }) = keda {
+        let scaler = KedaScaler::new(provider.clone(), readiness.clone(), limits.poll_interval, shutdown.clone());
+        let slots = Arc::new(ConnectionSlots::new(limits.max_connections, "--max-connections"));
+        let server = keda::server::serve(listener, tls, client_ca, scaler, slots, shutdown);
+        tasks.push("keda scaler", tokio::spawn(server));
+    }
     tasks.push("source", poll);
     for (name, task) in background.into_inner() {
         tasks.push(name, task);
     }
     tasks.push("certificate reloader", tokio::spawn(reloader));
     let done = tokio::spawn(tasks.drain());
-    Ok(RunningAdapter { addr, provider, readiness, done })
+    Ok(RunningAdapter { addr, keda_addr, provider, readiness, done })
+}
+
+/// The KEDA scaler's port, bound, with its TLS settings.
+struct BoundKeda {
+    listener: tokio::net::TcpListener,
+    addr: SocketAddr,
+    tls: Arc<rustls::ServerConfig>,
+    client_ca: Option<tls::ClientCa>,
+}
+
+/// Reads the KEDA client CA and binds the scaler's port, so that either
+/// failing stops the start with the flag named.
+async fn bind_keda(setup: KedaSetup, resolver: Arc<CertResolver>) -> Result<BoundKeda, AdapterError> {
+    let what = "--keda-client-ca-file";
+    let client_ca = match &setup.client_ca_file {
+        Some(path) => {
+            let pem = std::fs::read(path).map_err(|source| TlsError::Read { what, path: path.clone(), source })?;
+            Some(tls::ClientCa::new(tls::root_store(&pem, path, what)?)?)
+        }
+        None => None,
+    };
+    let tls = Arc::new(tls::grpc_server_config(resolver, client_ca.clone())?);
+    let bind_error = |source| AdapterError::Bind { addr: setup.listen, flag: "--keda-listen", source };
+    let listener = tokio::net::TcpListener::bind(setup.listen).await.map_err(bind_error)?;
+    let addr = listener.local_addr().map_err(bind_error)?;
+    Ok(BoundKeda { listener, addr, tls, client_ca })
 }

@@ -1,11 +1,44 @@
 //! Accepting connections until shutdown, then draining them: what the
 //! agent's and the adapter's servers share.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, watch};
+
+/// At most so many connections open at once on one port; one over the limit
+/// is to be closed at once, and the first refusal is logged.
+#[derive(Debug)]
+pub struct ConnectionSlots {
+    slots: Arc<Semaphore>,
+    max: usize,
+    flag: &'static str,
+    refused: AtomicU64,
+}
+
+impl ConnectionSlots {
+    /// `max` slots (at least one), set by `flag`.
+    pub fn new(max: usize, flag: &'static str) -> Self {
+        Self { slots: Arc::new(Semaphore::new(max.max(1))), max, flag, refused: AtomicU64::new(0) }
+    }
+
+    /// A slot for a new connection, held until it closes; `None` at the limit.
+    pub fn take(&self) -> Option<OwnedSemaphorePermit> {
+        let slot = self.slots.clone().try_acquire_owned().ok();
+        if slot.is_none() && self.refused.fetch_add(1, Ordering::Relaxed) == 0 {
+            tracing::warn!(max = self.max, flag = self.flag, "connection limit reached; closing new connections");
+        }
+        slot
+    }
+
+    /// Connections closed at the limit so far.
+    pub fn refused(&self) -> u64 {
+        self.refused.load(Ordering::Relaxed)
+    }
+}
 
 /// Accepts until `shutdown` turns true, handing each connection (with
 /// `TCP_NODELAY`) and a graceful-shutdown watcher to `serve`, which spawns

@@ -106,6 +106,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
             let setup = AdapterSetup::from_args(args)?;
             let running = adapter::start(setup, shutdown_rx).await?;
             tracing::info!("adapter listening on https://{}", running.addr);
+            if let Some(addr) = running.keda_addr {
+                tracing::info!("KEDA external scaler listening on {addr} (gRPC over TLS)");
+            }
             running.done.await.context("adapter task failed")?;
         }
         Command::HpaPreview(args) => {

@@ -20,6 +20,7 @@ use tokio::sync::watch;
 
 use base64::Engine;
 
+use crate::adapter::keda::server::KedaSetup;
 use crate::adapter::source::prometheus::PrometheusSettings;
 use crate::adapter::tls::{CertSource, LocalCa, PemPair};
 use crate::adapter::{
@@ -59,6 +60,19 @@ pub struct StandaloneArgs {
     /// Where the kubeconfig for the adapter is written.
     #[arg(long, env = "KGM_KUBECONFIG_OUT", default_value = "standalone.kubeconfig")]
     pub kubeconfig_out: PathBuf,
+
+    /// Port of KEDA's external scaler (gRPC over TLS). 0 picks a free port.
+    #[arg(long, env = "KGM_STANDALONE_KEDA_PORT", default_value_t = 9443)]
+    pub keda_port: u16,
+
+    /// A CA (PEM) whose client certificates the KEDA scaler then requires.
+    #[arg(long, env = "KGM_KEDA_CLIENT_CA_FILE")]
+    pub keda_client_ca_file: Option<PathBuf>,
+
+    /// Where the standalone CA (PEM) is written, for gRPC clients of the KEDA
+    /// scaler (the kubeconfig embeds it too).
+    #[arg(long, env = "KGM_CA_OUT", default_value = "standalone-ca.pem")]
+    pub ca_out: PathBuf,
 
     /// A YAML file scripting the simulated load per workload (see
     /// `hack/scenarios/`); unnamed workloads keep their moving load.
@@ -189,6 +203,10 @@ pub struct LocalAdapter {
     pub prometheus: Option<PrometheusSettings>,
     /// Where the kubeconfig goes.
     pub kubeconfig_out: PathBuf,
+    /// KEDA's external scaler, if served.
+    pub keda: Option<KedaSetup>,
+    /// Where the CA goes, if anywhere.
+    pub ca_out: Option<PathBuf>,
 }
 
 /// Starts a [`LocalAdapter`] and writes its kubeconfig.
@@ -213,17 +231,23 @@ pub async fn start_local_adapter(
         labels: Some(local.labels),
         limits: Limits::new(&local.poll, DEFAULT_MAX_CONNECTIONS),
         max_age: local.poll.max_age,
+        keda: local.keda,
     };
     let adapter = crate::adapter::start(setup, shutdown).await.map_err(|e| match e {
         // Standalone's own flag, not the adapter's.
-        AdapterError::Bind { addr, source, .. } => {
-            anyhow::anyhow!("cannot listen on {addr} (--adapter-port): {source}")
+        AdapterError::Bind { addr, source, flag } => {
+            let flag = if flag == "--keda-listen" { "--keda-port" } else { "--adapter-port" };
+            anyhow::anyhow!("cannot listen on {addr} ({flag}): {source}")
         }
         other => other.into(),
     })?;
     let server = format!("https://{}", adapter.addr);
     std::fs::write(&local.kubeconfig_out, kubeconfig(&server, &ca.cert_pem, &client))
         .map_err(|e| anyhow::anyhow!("cannot write {} (--kubeconfig-out): {e}", local.kubeconfig_out.display()))?;
+    if let Some(path) = &local.ca_out {
+        std::fs::write(path, &ca.cert_pem)
+            .map_err(|e| anyhow::anyhow!("cannot write {} (--ca-out): {e}", path.display()))?;
+    }
     Ok(adapter)
 }
 
@@ -246,6 +270,11 @@ pub async fn run(args: StandaloneArgs, shutdown_tx: watch::Sender<bool>) -> anyh
         poll: args.poll.clone(),
         prometheus: args.prometheus.settings()?,
         kubeconfig_out: args.kubeconfig_out.clone(),
+        keda: Some(KedaSetup {
+            listen: SocketAddr::new(args.host, args.keda_port),
+            client_ca_file: args.keda_client_ca_file.clone(),
+        }),
+        ca_out: Some(args.ca_out.clone()),
     };
     let adapter = start_local_adapter(local, shutdown.clone()).await?;
 
@@ -256,6 +285,9 @@ pub async fn run(args: StandaloneArgs, shutdown_tx: watch::Sender<bool>) -> anyh
     }
     let kubeconfig = args.kubeconfig_out.display();
     println!("  adapter        https://{}   (kubeconfig: {kubeconfig})", adapter.addr);
+    if let Some(addr) = adapter.keda_addr {
+        println!("  keda-scaler    {addr}   (gRPC over TLS, CA: {})", args.ca_out.display());
+    }
     if let Some(url) = &args.prometheus.prometheus_url {
         println!("  values from    {url} (the agents are not polled; Prometheus must scrape them)");
     }

@@ -198,6 +198,9 @@ impl Adapter {
         if !extra.contains(&"--secure-listen") {
             cmd.args(["--secure-listen", "127.0.0.1:0"]);
         }
+        if !extra.contains(&"--keda-listen") {
+            cmd.args(["--keda-listen", "127.0.0.1:0"]);
+        }
         if !extra.iter().any(|a| a.starts_with("--discover-agents")) {
             cmd.arg("--discover-agents=false");
         }

@@ -5,7 +5,7 @@
 //! `kube-system/extension-apiserver-authentication`.
 //!
 //! Objects are stripped before they are stored: pods keep their name,
-//! namespace, labels, `spec.nodeName` and (agents only) phase and IP. The
+//! namespace, labels, `spec.nodeName`, phase and (agents only) IP. The
 //! label index is rebuilt shortly after any change, so a pod's labels and
 //! node are known before its values are admitted. Each cache is a readiness
 //! check until its first list has synced; a list that keeps failing is
@@ -109,7 +109,7 @@ fn strip_pod(pod: &mut Pod) {
     strip_meta(&mut pod.metadata);
     let node_name = pod.spec.as_mut().and_then(|s| s.node_name.take());
     pod.spec = Some(PodSpec { node_name, containers: Vec::new(), ..PodSpec::default() });
-    pod.status = None;
+    pod.status = pod.status.take().map(|s| PodStatus { phase: s.phase, ..PodStatus::default() });
 }
 
 /// Keeps what polling an agent needs.
@@ -142,11 +142,15 @@ pub fn agent_targets(pods: &[Arc<Pod>], port: u16) -> Vec<AgentTarget> {
     targets
 }
 
-/// Pod labels and placements, node labels.
+/// Pod labels and placements, node labels. Pods that have finished
+/// (`Succeeded`, `Failed`) are left out, as the HPA leaves them out: they
+/// hold no GPU and have no value.
 pub fn label_maps(pods: &[Arc<Pod>], nodes: &[Arc<PartialObjectMeta<Node>>]) -> LabelMaps {
     let mut maps = LabelMaps { placements: Some(HashMap::new()), ..LabelMaps::default() };
     let placements = maps.placements.as_mut().expect("just set");
-    for pod in pods {
+    let finished =
+        |pod: &Pod| matches!(pod.status.as_ref().and_then(|s| s.phase.as_deref()), Some("Succeeded" | "Failed"));
+    for pod in pods.iter().filter(|p| !finished(p)) {
         let ns = pod.namespace().unwrap_or_default();
         if let Some(node) = pod.spec.as_ref().and_then(|s| s.node_name.clone()) {
             placements.entry(ns.clone()).or_default().insert(pod.name_any(), node);

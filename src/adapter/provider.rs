@@ -51,6 +51,17 @@ pub struct MetricValue<'a> {
     pub window: Duration,
 }
 
+/// The pods a selector picks in a namespace, as a workload's scaler sees
+/// them (the KEDA scaler sums them).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Workload<'a> {
+    /// The fresh values, by pod name.
+    pub values: Vec<MetricValue<'a>>,
+    /// Pods the API lists with no fresh value: starting, not yet sampled,
+    /// or whose agent has stopped answering.
+    pub missing: Vec<&'a str>,
+}
+
 /// Why a query has no answer.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum ProviderError {
@@ -104,6 +115,11 @@ impl Provider {
     /// A provider over `store`.
     pub fn new(store: Arc<MetricStore>) -> Self {
         Self { store }
+    }
+
+    /// Changes once per published view.
+    pub fn changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.store.subscribe()
     }
 
     /// The current view, judged fresh as of `now`.
@@ -190,6 +206,28 @@ impl Snapshot {
             None => pods.iter().for_each(|(name, pod)| take(name, pod)),
         }
         out
+    }
+
+    /// The pods of a namespace that match `selector`: the fresh values, and
+    /// the pods the API lists that have none. Without an API (static agents)
+    /// only the pods with values are known, and only the empty selector
+    /// matches them.
+    pub fn workload<'a>(&'a self, metric: Metric, namespace: &'a str, selector: &Selector) -> Workload<'a> {
+        let values = self.pods(metric, &Selector::default(), namespace, selector);
+        let labels = &self.view.labels;
+        let listed: Vec<&str> = match labels.candidates(namespace, selector) {
+            Some(names) => names,
+            None => {
+                labels.pods.get(namespace).map(|pods| pods.keys().map(String::as_str).collect()).unwrap_or_default()
+            }
+        };
+        let mut missing: Vec<&'a str> = listed
+            .into_iter()
+            .filter(|name| labels.pod_matches(namespace, name, selector))
+            .filter(|name| values.binary_search_by(|v| v.name.cmp(name)).is_err())
+            .collect();
+        missing.sort_unstable();
+        Workload { values, missing }
     }
 
     /// One node's value.

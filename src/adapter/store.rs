@@ -188,6 +188,9 @@ pub const MAX_AGE_LIMIT: Duration = Duration::from_secs(600);
 #[derive(Debug)]
 pub struct MetricStore {
     view: ArcSwap<StoreView>,
+    /// Counts published views, for those who act on every change (the KEDA
+    /// scaler's activation streams).
+    published: tokio::sync::watch::Sender<u64>,
     /// `None`: three sample intervals of the sample's source.
     max_age: Option<Duration>,
 }
@@ -197,12 +200,18 @@ impl MetricStore {
     /// default, three of the sample's intervals), and never older than
     /// [`MAX_AGE_LIMIT`].
     pub fn new(max_age: Option<Duration>) -> Self {
-        Self { view: ArcSwap::from_pointee(StoreView::default()), max_age }
+        Self { view: ArcSwap::from_pointee(StoreView::default()), published: Default::default(), max_age }
     }
 
     /// Replaces the view.
     pub fn publish(&self, view: StoreView) {
         self.view.store(Arc::new(view));
+        self.published.send_modify(|n| *n += 1);
+    }
+
+    /// Sees every view published from now on.
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.published.subscribe()
     }
 
     /// The current view.

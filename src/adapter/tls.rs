@@ -84,9 +84,9 @@ fn certified_key(cert_pem: &[u8], key_pem: &[u8], cert_path: &Path, key_path: &P
     CertifiedKey::from_der(chain, key, &provider()).map_err(TlsError::Key)
 }
 
-/// Parses a PEM bundle of CA certificates into a root store.
-pub fn root_store(pem: &[u8], path: &Path) -> Result<RootCertStore, TlsError> {
-    let what = "--requestheader-client-ca-file";
+/// Parses a PEM bundle of CA certificates (from the file of flag `what`)
+/// into a root store.
+pub fn root_store(pem: &[u8], path: &Path, what: &'static str) -> Result<RootCertStore, TlsError> {
     let mut roots = RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(pem) {
         let cert = cert.map_err(|e| TlsError::Pem { what, path: path.into(), reason: e.to_string() })?;
@@ -274,6 +274,41 @@ impl ClientCertVerifier for ClientCa {
     }
 }
 
+/// Completes a server-side TLS handshake within `timeout`; returns the
+/// stream and the client's certificate when `client_ca` trusts it (`None`
+/// for no certificate, an untrusted one, or no CA). A failed or slow
+/// handshake is logged at debug and gives `None`.
+pub async fn handshake(
+    acceptor: &tokio_rustls::TlsAcceptor,
+    stream: tokio::net::TcpStream,
+    client_ca: Option<&ClientCa>,
+    timeout: Duration,
+) -> Option<(tokio_rustls::server::TlsStream<tokio::net::TcpStream>, Option<CertificateDer<'static>>)> {
+    let tls = match tokio::time::timeout(timeout, acceptor.accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(e)) => {
+            tracing::debug!(error = %e, "TLS handshake failed");
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!("TLS handshake timed out");
+            return None;
+        }
+    };
+    // Only a certificate the trusted CA signed names a client.
+    let peer = match (tls.get_ref().1.peer_certificates(), client_ca) {
+        (Some(chain), Some(ca)) => match ca.verify(chain) {
+            Ok(()) => chain.first().map(|c| c.clone().into_owned()),
+            Err(e) => {
+                tracing::debug!(error = %e, "client certificate not trusted");
+                None
+            }
+        },
+        _ => None,
+    };
+    Some((tls, peer))
+}
+
 /// A server config: the resolver's certificate, and client certificates
 /// requested (optional, so that 401 can be answered) for `client_ca`.
 pub fn server_config(resolver: Arc<CertResolver>, client_ca: ClientCa) -> Result<rustls::ServerConfig, TlsError> {
@@ -283,6 +318,25 @@ pub fn server_config(resolver: Arc<CertResolver>, client_ca: ClientCa) -> Result
         .with_client_cert_verifier(Arc::new(client_ca))
         .with_cert_resolver(resolver);
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(config)
+}
+
+/// A server config for gRPC (HTTP/2, which gRPC clients require by ALPN):
+/// the resolver's certificate, and client certificates requested for
+/// `client_ca` when there is one.
+pub fn grpc_server_config(
+    resolver: Arc<CertResolver>,
+    client_ca: Option<ClientCa>,
+) -> Result<rustls::ServerConfig, TlsError> {
+    let builder = rustls::ServerConfig::builder_with_provider(provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| TlsError::Config(e.to_string()))?;
+    let mut config = match client_ca {
+        Some(ca) => builder.with_client_cert_verifier(Arc::new(ca)),
+        None => builder.with_no_client_auth(),
+    }
+    .with_cert_resolver(resolver);
+    config.alpn_protocols = vec![b"h2".to_vec()];
     Ok(config)
 }
 

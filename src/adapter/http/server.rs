@@ -14,7 +14,6 @@
 
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
@@ -25,7 +24,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use rustls::pki_types::CertificateDer;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
 use super::routes::{Query, Route, route};
@@ -34,7 +33,8 @@ use crate::adapter::admission::Rejections;
 use crate::adapter::auth::{Attributes, Authenticator, Authorizer};
 use crate::adapter::provider::Provider;
 use crate::adapter::readiness::Readiness;
-use crate::adapter::tls::ClientCa;
+use crate::adapter::tls::{ClientCa, handshake};
+use crate::listener::ConnectionSlots;
 
 /// How long a client may take for the TLS handshake, and for each request's
 /// headers.
@@ -58,8 +58,8 @@ pub struct AdapterService {
     pub readiness: Readiness,
     /// Items refused from sources, for `/metrics`.
     pub rejections: Arc<Rejections>,
-    /// Connections closed at the limit, for `/metrics`.
-    pub connections_refused: AtomicU64,
+    /// The HTTPS port's connection limit, for `/metrics`.
+    pub connections: ConnectionSlots,
 }
 
 fn json(status: StatusCode, body: Bytes) -> Response<Full<Bytes>> {
@@ -141,10 +141,7 @@ impl AdapterService {
             "# HELP kube_gpu_metrics_adapter_connections_refused_total Connections closed because --max-connections were open.\n\
              # TYPE kube_gpu_metrics_adapter_connections_refused_total counter\n",
         );
-        out.push_str(&format!(
-            "kube_gpu_metrics_adapter_connections_refused_total {}\n",
-            self.connections_refused.load(Ordering::Relaxed)
-        ));
+        out.push_str(&format!("kube_gpu_metrics_adapter_connections_refused_total {}\n", self.connections.refused()));
         out.push_str(&format!(
             "# HELP kube_gpu_metrics_adapter_ready Whether every readiness check passes.\n# TYPE kube_gpu_metrics_adapter_ready gauge\nkube_gpu_metrics_adapter_ready {}\n",
             u8::from(self.readiness.is_ready())
@@ -165,50 +162,26 @@ fn text(code: StatusCode, body: String) -> Response<Full<Bytes>> {
 }
 
 /// Serves HTTPS until `shutdown` turns true, then drains connections. At
-/// most `max_connections` are open at once.
+/// most the service's connection slots are open at once.
 pub async fn serve(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
     client_ca: ClientCa,
     service: Arc<AdapterService>,
-    max_connections: usize,
     shutdown: watch::Receiver<bool>,
 ) {
-    let slots = Arc::new(Semaphore::new(max_connections.max(1)));
     let acceptor = TlsAcceptor::from(tls);
     let mut builder = http1::Builder::new();
     builder.timer(TokioTimer::new()).header_read_timeout(HANDSHAKE_TIMEOUT).max_buf_size(MAX_HEAD_BYTES);
     let builder = Arc::new(builder);
     crate::listener::accept_until(listener, shutdown, SHUTDOWN_GRACE, |stream, watcher| {
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
-            if service.connections_refused.fetch_add(1, Ordering::Relaxed) == 0 {
-                tracing::warn!(
-                    max_connections,
-                    "connection limit reached; closing new connections (--max-connections)"
-                );
-            }
-            drop(stream);
-            return;
-        };
+        let Some(slot) = service.connections.take() else { return drop(stream) };
         let (acceptor, service, builder, client_ca) =
             (acceptor.clone(), service.clone(), builder.clone(), client_ca.clone());
         tokio::spawn(async move {
             let _slot = slot;
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => return tracing::debug!(error = %e, "TLS handshake failed"),
-                Err(_) => return tracing::debug!("TLS handshake timed out"),
-            };
-            // Only a certificate the trusted CA signed names a user.
-            let peer: Option<CertificateDer<'static>> = match tls.get_ref().1.peer_certificates() {
-                Some(chain) => match client_ca.verify(chain) {
-                    Ok(()) => chain.first().map(|c| c.clone().into_owned()),
-                    Err(e) => {
-                        tracing::debug!(error = %e, "client certificate not trusted");
-                        None
-                    }
-                },
-                None => None,
+            let Some((tls, peer)) = handshake(&acceptor, stream, Some(&client_ca), HANDSHAKE_TIMEOUT).await else {
+                return;
             };
             let peer = Arc::new(peer);
             let svc = service_fn(move |req| {

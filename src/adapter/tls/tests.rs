@@ -45,7 +45,10 @@ fn a_changed_certificate_is_picked_up_and_a_bad_one_is_refused() {
 #[test]
 fn client_ca_bundles_must_hold_a_certificate() {
     let ca = LocalCa::new("front-proxy-ca").unwrap();
-    assert_eq!(root_store(ca.cert_pem.as_bytes(), Path::new("ca.crt")).unwrap().len(), 1);
-    let err = root_store(b"", Path::new("empty.crt")).unwrap_err();
+    assert_eq!(
+        root_store(ca.cert_pem.as_bytes(), Path::new("ca.crt"), "--requestheader-client-ca-file").unwrap().len(),
+        1
+    );
+    let err = root_store(b"", Path::new("empty.crt"), "--requestheader-client-ca-file").unwrap_err();
     assert!(err.to_string().contains("--requestheader-client-ca-file"));
 }

@@ -1,0 +1,237 @@
+//! KEDA's external scaler (`externalscaler.ExternalScaler`, gRPC over TLS
+//! on `--keda-listen`), answered from the same store and provider as the
+//! metrics APIs, so a ScaledObject sees exactly what an HPA on
+//! custom.metrics.k8s.io sees: the same freshness (`--max-age`), node
+//! isolation and selectors.
+//!
+//! KEDA gives the external metric an `AverageValue` target, so:
+//! - `GetMetricSpec` answers `targetSizeFloat` = `targetValue`;
+//! - `GetMetrics` answers the sum of the matching pods' values, and the HPA
+//!   computes ceil(sum / target), the replica count of a Pods/AverageValue
+//!   HPA over the same pods. Pods the API lists without a fresh value count
+//!   as the HPA counts them: at the target when the others are below it (a
+//!   missing value never scales down), at 0 when they are above it;
+//! - `IsActive` is true when any matching pod is above
+//!   `activationTargetValue`; `StreamIsActive` pushes each change of that
+//!   answer as soon as a poll round shows it.
+//!
+//! No matching pods (a workload at 0 replicas) is an answer: inactive, no
+//! metric values. A workload whose pods have no fresh value, or an adapter
+//! not ready yet, is `Unavailable`, never a made-up 0 that would scale it
+//! down. Bad metadata is `InvalidArgument` naming the key
+//! ([`metadata`]).
+
+pub mod metadata;
+pub mod server;
+
+use std::pin::Pin;
+use std::time::{Duration, SystemTime};
+
+use futures::Stream;
+use tokio::sync::{mpsc, watch};
+use tonic::{Request, Response, Status};
+
+use super::provider::Provider;
+use super::readiness::Readiness;
+use metadata::ScalerSpec;
+
+/// The code generated from KEDA's `externalscaler.proto`.
+pub mod proto {
+    #![allow(missing_docs, clippy::all)]
+    tonic::include_proto!("externalscaler");
+}
+
+use proto::external_scaler_server::ExternalScaler;
+use proto::{
+    GetMetricSpecResponse, GetMetricsRequest, GetMetricsResponse, IsActiveResponse, MetricSpec, MetricValue,
+    ScaledObjectRef,
+};
+
+/// What a workload looks like to the scaler at one moment.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum WorkloadState {
+    /// No pod matches: a workload at 0 replicas.
+    NoPods,
+    /// The value to report (the sum, missing pods counted as the HPA
+    /// counts them) and whether any pod is above the activation value.
+    Measured {
+        /// The sum.
+        total: f64,
+        /// Whether any pod is above `activationTargetValue`.
+        active: bool,
+        /// Pods counted without a value.
+        missing: usize,
+    },
+}
+
+/// Answers KEDA from the provider.
+#[derive(Clone)]
+pub struct KedaScaler {
+    provider: Provider,
+    readiness: Readiness,
+    /// How often streams re-check when no round arrives (values age out).
+    recheck: Duration,
+    shutdown: watch::Receiver<bool>,
+}
+
+fn invalid(error: metadata::MetadataError) -> Status {
+    Status::invalid_argument(format!("scalerMetadata {error}"))
+}
+
+impl KedaScaler {
+    /// A scaler over `provider`; streams re-check every `recheck` and end on
+    /// shutdown.
+    pub fn new(provider: Provider, readiness: Readiness, recheck: Duration, shutdown: watch::Receiver<bool>) -> Self {
+        Self { provider, readiness, recheck, shutdown }
+    }
+
+    /// The workload's state at `now`, or why there is none.
+    pub fn state(&self, spec: &ScalerSpec, now: SystemTime) -> Result<WorkloadState, Status> {
+        let (ready, report) = self.readiness.report();
+        if !ready {
+            let failed: Vec<&str> = report.lines().filter(|l| l.starts_with("[-]")).collect();
+            return Err(Status::unavailable(format!("the adapter is not ready: {}", failed.join("; "))));
+        }
+        let snapshot = self.provider.snapshot(now);
+        let workload = snapshot.workload(spec.metric, &spec.namespace, &spec.selector);
+        if workload.values.is_empty() && workload.missing.is_empty() {
+            return Ok(WorkloadState::NoPods);
+        }
+        if workload.values.is_empty() {
+            let shown: Vec<&str> = workload.missing.iter().take(5).copied().collect();
+            return Err(Status::unavailable(format!(
+                "no fresh {} for the {} pods matching {} in {} ({}{}); not answering rather than report 0",
+                spec.metric.name(),
+                workload.missing.len(),
+                spec.selector_text,
+                spec.namespace,
+                shown.join(", "),
+                if workload.missing.len() > shown.len() { ", …" } else { "" },
+            )));
+        }
+        let present: f64 = workload.values.iter().map(|v| v.value).sum();
+        let missing = workload.missing.len();
+        // The HPA's rule for pods without a metric: on a scale-down they use
+        // exactly the target, on a scale-up nothing.
+        let below_target = present / (workload.values.len() as f64) < spec.target;
+        let total = if below_target { present + spec.target * missing as f64 } else { present };
+        let active = workload.values.iter().any(|v| v.value > spec.activation);
+        Ok(WorkloadState::Measured { total, active, missing })
+    }
+
+    /// Whether the workload is active; a workload whose busy pods might be
+    /// the ones without a value is not called idle.
+    fn is_active(&self, spec: &ScalerSpec, now: SystemTime) -> Result<bool, Status> {
+        match self.state(spec, now)? {
+            WorkloadState::NoPods => Ok(false),
+            WorkloadState::Measured { active: true, .. } => Ok(true),
+            WorkloadState::Measured { active: false, missing: 0, .. } => Ok(false),
+            WorkloadState::Measured { missing, .. } => Err(Status::unavailable(format!(
+                "{missing} pods matching {} in {} have no fresh {}; the workload cannot be called idle",
+                spec.selector_text,
+                spec.namespace,
+                spec.metric.name()
+            ))),
+        }
+    }
+}
+
+type ActivationStream = Pin<Box<dyn Stream<Item = Result<IsActiveResponse, Status>> + Send>>;
+type SpecStream = Pin<Box<dyn Stream<Item = Result<GetMetricSpecResponse, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl ExternalScaler for KedaScaler {
+    async fn is_active(&self, request: Request<ScaledObjectRef>) -> Result<Response<IsActiveResponse>, Status> {
+        let spec = ScalerSpec::parse(request.get_ref()).map_err(invalid)?;
+        let result = KedaScaler::is_active(self, &spec, SystemTime::now())?;
+        Ok(Response::new(IsActiveResponse { result }))
+    }
+
+    type StreamIsActiveStream = ActivationStream;
+
+    /// Sends the current answer at once, then each change, checked after
+    /// every poll round (and every `recheck`, as values age out). While no
+    /// answer can be given nothing is sent: the last answer stands.
+    async fn stream_is_active(
+        &self,
+        request: Request<ScaledObjectRef>,
+    ) -> Result<Response<Self::StreamIsActiveStream>, Status> {
+        let spec = ScalerSpec::parse(request.get_ref()).map_err(invalid)?;
+        let (tx, mut rx) = mpsc::channel(4);
+        let scaler = self.clone();
+        let mut rounds = self.provider.changes();
+        let mut shutdown = self.shutdown.clone();
+        tokio::spawn(async move {
+            let mut recheck = tokio::time::interval(scaler.recheck);
+            recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+            let mut sent = None;
+            loop {
+                if let Ok(active) = KedaScaler::is_active(&scaler, &spec, SystemTime::now())
+                    && sent != Some(active)
+                {
+                    if tx.send(Ok(IsActiveResponse { result: active })).await.is_err() {
+                        return;
+                    }
+                    sent = Some(active);
+                }
+                tokio::select! {
+                    changed = rounds.changed() => if changed.is_err() { return },
+                    _ = recheck.tick() => {}
+                    () = tx.closed() => return,
+                    () = crate::shutdown::stopped(&mut shutdown) => return,
+                }
+            }
+        });
+        let stream = futures::stream::poll_fn(move |cx| rx.poll_recv(cx));
+        Ok(Response::new(Box::pin(stream)))
+    }
+
+    async fn get_metric_spec(
+        &self,
+        request: Request<ScaledObjectRef>,
+    ) -> Result<Response<GetMetricSpecResponse>, Status> {
+        let spec = ScalerSpec::parse(request.get_ref()).map_err(invalid)?;
+        Ok(Response::new(GetMetricSpecResponse {
+            metric_specs: vec![MetricSpec {
+                metric_name: spec.metric.name().to_string(),
+                target_size: spec.target.round() as i64,
+                target_size_float: spec.target,
+            }],
+        }))
+    }
+
+    async fn get_metrics(&self, request: Request<GetMetricsRequest>) -> Result<Response<GetMetricsResponse>, Status> {
+        let request = request.into_inner();
+        let object = request.scaled_object_ref.ok_or_else(|| {
+            Status::invalid_argument("scaledObjectRef: required (the ScaledObject's name, namespace and metadata)")
+        })?;
+        let spec = ScalerSpec::parse(&object).map_err(invalid)?;
+        let metric_name =
+            if request.metric_name.is_empty() { spec.metric.name().to_string() } else { request.metric_name };
+        let metric_values = match self.state(&spec, SystemTime::now())? {
+            WorkloadState::NoPods => Vec::new(),
+            WorkloadState::Measured { total, .. } => {
+                vec![MetricValue { metric_name, metric_value: total.round() as i64, metric_value_float: total }]
+            }
+        };
+        Ok(Response::new(GetMetricsResponse { metric_values }))
+    }
+
+    type StreamMetricSpecStream = SpecStream;
+
+    /// The spec is the ScaledObject's own `targetValue` and never changes
+    /// while its metadata stays the same (KEDA opens a new stream when it
+    /// does), so there is nothing to push: KEDA keeps calling
+    /// `GetMetricSpec`.
+    async fn stream_metric_spec(
+        &self,
+        _request: Request<ScaledObjectRef>,
+    ) -> Result<Response<Self::StreamMetricSpecStream>, Status> {
+        Err(Status::unimplemented(
+            "StreamMetricSpec: the metric spec is the ScaledObject's targetValue and never changes; use GetMetricSpec",
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests;
