@@ -12,7 +12,8 @@
 #   3. the agent's footprint over the fake NVML (8 GPUs, 1 s sampling) beside
 #      the static server's, from /proc;
 #   4. the adapter at fleet scale: polling 1 000 simulated agents (10 000
-#      pods), and the HPA's HTTPS query at 1 000 req/s, open loop;
+#      pods), and the HPA's HTTPS query and KEDA's GetMetrics (gRPC) at
+#      1 000 req/s, open loop;
 #   5. freshness: the direct path, Prometheus in the path (15 s scrape), and
 #      the Prometheus-backed adapter, on the same changes.
 #
@@ -178,6 +179,9 @@ pids+=($feeds)
 wait_http http://127.0.0.1:19720/agent-0/v1/pods
 hpa="https://127.0.0.1:19743/apis/custom.metrics.k8s.io/v1beta2/namespaces/fleet/pods/%2A/nvidia_gpu_utilization_percent?labelSelector=app%3Dapp-7"
 discovery="https://127.0.0.1:19743/apis/custom.metrics.k8s.io/v1beta2"
+# The same pods through KEDA's scaler: GetMetrics for a ScaledObject on app-7.
+keda="grpcs://127.0.0.1:19744"
+keda_args=(--keda-namespace fleet --keda-metadata podSelector=app=app-7 --keda-metadata targetValue=70)
 requests=$((latency_seconds * 1000))
 # Two adapters in turn: polling all 1 000 agents every second (as deployed),
 # and polling once (the query path alone, values kept servable).
@@ -186,7 +190,7 @@ for mode in polling alone; do
     [ "$mode" = alone ] && flags=(--poll-interval 1h --max-age 1h)
     rm -f "$work/fleet.kubeconfig"
     "$examples/fleet" adapter --feeds http://127.0.0.1:19720 --agents 1000 --pods 10 --listen 127.0.0.1:19743 \
-        --kubeconfig-out "$work/fleet.kubeconfig" "${flags[@]}" 2>"$work/fleet-$mode.log" &
+        --keda-listen 127.0.0.1:19744 --kubeconfig-out "$work/fleet.kubeconfig" "${flags[@]}" 2>"$work/fleet-$mode.log" &
     fleet=$!
     pids+=($fleet)
     for _ in $(seq 100); do [ -s "$work/fleet.kubeconfig" ] && break; sleep 0.1; done
@@ -198,11 +202,14 @@ for mode in polling alone; do
         echo "$(($(cpu_ticks $fleet) - adapter_ticks0)) $(($(cpu_ticks $feeds) - feeds_ticks0)) $fleet_seconds $(getconf CLK_TCK) $(rss_kib $fleet)" \
             >"$out/fleet-polling.txt"
     fi
-    for target in "discovery:$discovery" "hpa:$hpa"; do
+    for target in "discovery:$discovery" "hpa:$hpa" "keda:$keda"; do
         log "fleet ($mode): ${target%%:*} at 1 000 req/s for ${latency_seconds}s"
+        extra=()
+        [ "${target%%:*}" = keda ] && extra=("${keda_args[@]}")
         ticks0=$(cpu_ticks $fleet)
         "${load_cpu[@]}" "$examples/loadgen" --url "${target#*:}" --kubeconfig "$work/fleet.kubeconfig" --rate 1000 \
-            --requests "$requests" --concurrency 16 --max-seconds $((latency_seconds + 10)) >"$out/fleet-$mode-${target%%:*}.txt"
+            --requests "$requests" --concurrency 16 --max-seconds $((latency_seconds + 10)) "${extra[@]}" \
+            >"$out/fleet-$mode-${target%%:*}.txt"
         echo "$(($(cpu_ticks $fleet) - ticks0))" >"$out/fleet-$mode-${target%%:*}-ticks.txt"
     done
     kill $fleet

@@ -80,12 +80,10 @@ enum Command {
         /// Oldest value served.
         #[arg(long, default_value = "3s", value_parser = humantime::parse_duration)]
         max_age: Duration,
-        /// Also serve KEDA's external scaler here.
+        /// Also serve KEDA's external scaler here (its clients trust the
+        /// kubeconfig's CA).
         #[arg(long)]
         keda_listen: Option<SocketAddr>,
-        /// Where the fleet's CA (PEM) goes, for gRPC clients.
-        #[arg(long)]
-        ca_out: Option<PathBuf>,
     },
 }
 
@@ -188,12 +186,10 @@ struct FleetAdapter {
     poll_interval: Duration,
     max_age: Duration,
     keda_listen: Option<SocketAddr>,
-    ca_out: Option<PathBuf>,
 }
 
 async fn adapter(fleet: FleetAdapter) -> anyhow::Result<()> {
-    let FleetAdapter { feeds, agents, pods, listen, kubeconfig_out, poll_interval, max_age, keda_listen, ca_out } =
-        fleet;
+    let FleetAdapter { feeds, agents, pods, listen, kubeconfig_out, poll_interval, max_age, keda_listen } = fleet;
     let mut labels = LabelMaps::default();
     let namespace = labels.pods.entry(NAMESPACE.into()).or_default();
     for a in 0..agents {
@@ -210,7 +206,7 @@ async fn adapter(fleet: FleetAdapter) -> anyhow::Result<()> {
         prometheus: None,
         kubeconfig_out,
         keda: keda_listen.map(|listen| KedaSetup { listen, client_ca_file: None }),
-        ca_out,
+        ca_out: None,
     };
     let (_shutdown_tx, shutdown) = watch::channel(false);
     let running = start_local_adapter(local, shutdown).await?;
@@ -235,28 +231,9 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async move {
         match cli.command {
             Command::Feeds { agents, pods, listen } => feeds(agents, pods, listen).await,
-            Command::Adapter {
-                feeds,
-                agents,
-                pods,
-                listen,
-                kubeconfig_out,
-                poll_interval,
-                max_age,
-                keda_listen,
-                ca_out,
-            } => {
-                let fleet = FleetAdapter {
-                    feeds,
-                    agents,
-                    pods,
-                    listen,
-                    kubeconfig_out,
-                    poll_interval,
-                    max_age,
-                    keda_listen,
-                    ca_out,
-                };
+            Command::Adapter { feeds, agents, pods, listen, kubeconfig_out, poll_interval, max_age, keda_listen } => {
+                let fleet =
+                    FleetAdapter { feeds, agents, pods, listen, kubeconfig_out, poll_interval, max_age, keda_listen };
                 adapter(fleet).await
             }
         }

@@ -7,7 +7,12 @@
 //!     --requests 1000000 --concurrency 64 --pid "$(pgrep -f 'standalone')"
 //! cargo run --release --example loadgen -- --url "https://127.0.0.1:6443/apis/custom.metrics.k8s.io/v1beta2/..." \
 //!     --requests 100000 --concurrency 64 --kubeconfig standalone.kubeconfig
+//! cargo run --release --example loadgen -- --url grpcs://127.0.0.1:9443 --kubeconfig standalone.kubeconfig \
+//!     --keda-namespace ai-system-gpu --keda-metadata targetValue=70 --keda-metadata podSelector=app=reasoning-suite
 //! ```
+//!
+//! A `grpcs://` URL calls the KEDA scaler's `GetMetrics` (HTTP/2 over TLS, one
+//! connection per `--concurrency`), trusting the kubeconfig's CA.
 //!
 //! With `--rate R` the load is an open loop: request k is due at k/R seconds,
 //! and a late request's latency counts from when it was due, not from when a
@@ -28,8 +33,11 @@ use bytes::Bytes;
 use clap::Parser;
 use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
+use kube_gpu_metrics::adapter::keda::proto::external_scaler_client::ExternalScalerClient;
+use kube_gpu_metrics::adapter::keda::proto::{GetMetricsRequest, ScaledObjectRef};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use tonic::transport::{Certificate, Channel, ClientTlsConfig};
 
 /// Load on a loopback URL, bounded in count and time.
 #[derive(Debug, Parser)]
@@ -60,6 +68,12 @@ struct Args {
     /// Extra request headers, `Name: value`.
     #[arg(long = "header")]
     headers: Vec<String>,
+    /// For grpcs: the ScaledObject's namespace.
+    #[arg(long, default_value = "default")]
+    keda_namespace: String,
+    /// For grpcs: the trigger's metadata, `key=value`.
+    #[arg(long = "keda-metadata")]
+    keda_metadata: Vec<String>,
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -94,6 +108,70 @@ fn tls_config(kubeconfig: &PathBuf) -> anyhow::Result<Arc<rustls::ClientConfig>>
 
 type Sender = hyper::client::conn::http1::SendRequest<Empty<Bytes>>;
 
+/// One connection to the target.
+enum Connection {
+    Http(Sender),
+    Keda(ExternalScalerClient<Channel>),
+}
+
+/// What every request asks.
+#[derive(Clone)]
+enum Ask {
+    Http { path: String, headers: Vec<(String, String)> },
+    Keda { ca: String, request: GetMetricsRequest },
+}
+
+impl Connection {
+    async fn open(addr: SocketAddr, tls: Option<&Arc<rustls::ClientConfig>>, ask: &Ask) -> anyhow::Result<Self> {
+        match ask {
+            Ask::Http { .. } => Ok(Connection::Http(connect(addr, tls).await?)),
+            Ask::Keda { ca, .. } => {
+                let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)).domain_name("localhost");
+                let channel = Channel::from_shared(format!("https://{addr}"))?.tls_config(tls)?.connect().await?;
+                Ok(Connection::Keda(ExternalScalerClient::new(channel)))
+            }
+        }
+    }
+
+    fn is_closed(&self) -> bool {
+        matches!(self, Connection::Http(sender) if sender.is_closed())
+    }
+
+    /// Sends one request and reads the whole answer; whether it succeeded.
+    async fn send(&mut self, ask: &Ask) -> bool {
+        match (self, ask) {
+            (Connection::Http(sender), Ask::Http { path, headers }) => {
+                let mut req = http::Request::get(path.as_str()).header(http::header::HOST, "localhost");
+                for (k, v) in headers {
+                    req = req.header(k.as_str(), v.as_str());
+                }
+                let req = req.body(Empty::new()).expect("a valid request");
+                match sender.send_request(req).await {
+                    Ok(response) => {
+                        let success = response.status().is_success();
+                        response.into_body().collect().await.is_ok() && success
+                    }
+                    Err(_) => false,
+                }
+            }
+            (Connection::Keda(client), Ask::Keda { request, .. }) => {
+                client.get_metrics(request.clone()).await.is_ok_and(|r| !r.into_inner().metric_values.is_empty())
+            }
+            _ => unreachable!("a connection is opened for its ask"),
+        }
+    }
+}
+
+/// The CA of a kubeconfig written by `standalone`, PEM.
+fn kubeconfig_ca(kubeconfig: &PathBuf) -> anyhow::Result<String> {
+    let text = std::fs::read_to_string(kubeconfig).with_context(|| format!("reading {}", kubeconfig.display()))?;
+    let line = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("certificate-authority-data: "))
+        .context("no certificate-authority-data")?;
+    Ok(String::from_utf8(base64::engine::general_purpose::STANDARD.decode(line.trim())?)?)
+}
+
 async fn connect(addr: SocketAddr, tls: Option<&Arc<rustls::ClientConfig>>) -> anyhow::Result<Sender> {
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     tcp.set_nodelay(true)?;
@@ -120,7 +198,8 @@ async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let host = args.url.host().context("the URL needs a host")?;
     let https = args.url.scheme_str() == Some("https");
-    let port = args.url.port_u16().unwrap_or(if https { 443 } else { 80 });
+    let grpcs = args.url.scheme_str() == Some("grpcs");
+    let port = args.url.port_u16().unwrap_or(if https || grpcs { 443 } else { 80 });
     let addr: SocketAddr = tokio::net::lookup_host((host, port)).await?.next().context("no address")?;
     if !addr.ip().is_loopback() {
         bail!("{addr} is not a loopback address: load is only ever sent to this machine");
@@ -130,6 +209,9 @@ async fn main() -> anyhow::Result<()> {
         (true, None) => bail!("https needs --kubeconfig for the CA and client certificate"),
         (false, _) => None,
     };
+    if grpcs && args.kubeconfig.is_none() {
+        bail!("grpcs needs --kubeconfig for the CA");
+    }
     let headers: Vec<(String, String)> = args
         .headers
         .iter()
@@ -138,6 +220,22 @@ async fn main() -> anyhow::Result<()> {
         })
         .collect::<anyhow::Result<_>>()?;
     let path = args.url.path_and_query().map_or("/", |p| p.as_str()).to_string();
+    let ask = match (grpcs, &args.kubeconfig) {
+        (true, Some(kubeconfig)) => {
+            let scaler_metadata = args
+                .keda_metadata
+                .iter()
+                .map(|kv| kv.split_once('=').map(|(k, v)| (k.to_string(), v.to_string())).context("key=value"))
+                .collect::<anyhow::Result<_>>()?;
+            let object =
+                ScaledObjectRef { name: "loadgen".into(), namespace: args.keda_namespace.clone(), scaler_metadata };
+            Ask::Keda {
+                ca: kubeconfig_ca(kubeconfig)?,
+                request: GetMetricsRequest { scaled_object_ref: Some(object), metric_name: String::new() },
+            }
+        }
+        _ => Ask::Http { path, headers },
+    };
 
     let rss_before = args.pid.and_then(rss_kib);
     let issued = Arc::new(AtomicU64::new(0));
@@ -147,12 +245,11 @@ async fn main() -> anyhow::Result<()> {
     let mut tasks = Vec::new();
     let rate = args.rate.filter(|r| *r > 0.0);
     for _ in 0..args.concurrency {
-        let (issued, errors, tls, headers, path) =
-            (issued.clone(), errors.clone(), tls.clone(), headers.clone(), path.clone());
+        let (issued, errors, tls, ask) = (issued.clone(), errors.clone(), tls.clone(), ask.clone());
         let total = args.requests;
         tasks.push(tokio::spawn(async move {
             let mut latencies: Vec<u32> = Vec::new();
-            let mut sender: Option<Sender> = None;
+            let mut connection: Option<Connection> = None;
             loop {
                 let k = issued.fetch_add(1, Ordering::Relaxed);
                 if k >= total || Instant::now() >= deadline {
@@ -169,33 +266,22 @@ async fn main() -> anyhow::Result<()> {
                     }
                     late => late,
                 };
-                if sender.as_ref().is_none_or(|s| s.is_closed()) {
-                    match connect(addr, tls.as_ref()).await {
-                        Ok(s) => sender = Some(s),
+                if connection.as_ref().is_none_or(Connection::is_closed) {
+                    match Connection::open(addr, tls.as_ref(), &ask).await {
+                        Ok(c) => connection = Some(c),
                         Err(_) => {
                             errors.fetch_add(1, Ordering::Relaxed);
                             continue;
                         }
                     }
                 }
-                let s = sender.as_mut().expect("connected above");
-                let mut req = http::Request::get(path.as_str()).header(http::header::HOST, "localhost");
-                for (k, v) in &headers {
-                    req = req.header(k.as_str(), v.as_str());
-                }
-                let req = req.body(Empty::new()).expect("a valid request");
+                let c = connection.as_mut().expect("connected above");
                 let t = due.unwrap_or_else(Instant::now);
-                let ok = match s.send_request(req).await {
-                    Ok(response) => {
-                        let success = response.status().is_success();
-                        response.into_body().collect().await.is_ok() && success
-                    }
-                    Err(_) => false,
-                };
+                let ok = c.send(&ask).await;
                 latencies.push(t.elapsed().as_micros().min(u128::from(u32::MAX)) as u32);
                 if !ok {
                     errors.fetch_add(1, Ordering::Relaxed);
-                    sender = None;
+                    connection = None;
                 }
             }
             latencies

@@ -87,8 +87,8 @@ impl KedaScaler {
 
     /// The workload's state at `now`, or why there is none.
     pub fn state(&self, spec: &ScalerSpec, now: SystemTime) -> Result<WorkloadState, Status> {
-        let (ready, report) = self.readiness.report();
-        if !ready {
+        if !self.readiness.is_ready() {
+            let (_, report) = self.readiness.report();
             let failed: Vec<&str> = report.lines().filter(|l| l.starts_with("[-]")).collect();
             return Err(Status::unavailable(format!("the adapter is not ready: {}", failed.join("; "))));
         }
