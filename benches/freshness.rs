@@ -9,6 +9,12 @@
 //! - Prometheus-backed adapter: the same Prometheus → `adapter --source
 //!   prometheus` (1 s polling) → custom metrics API.
 //!
+//! A fourth route is KEDA's activation push: `standalone` flips a pod's
+//! simulated load across `activationTargetValue` every 2.5–3.5 s (random, so
+//! flips land at every phase of the 1 s sampling and 1 s polling), and each
+//! flip is timed from its scenario instant to the `StreamIsActive` message
+//! that reports it.
+//!
 //! The Prometheus routes run when a `prometheus` binary is found (PATH or
 //! `KGM_PROMETHEUS_BIN`); `KGM_SCRAPE_INTERVAL` changes the 15 s.
 //! `cargo bench --bench freshness` takes 20 measurements (`KGM_CHANGES`
@@ -287,4 +293,99 @@ fn main() {
     for (name, latencies) in routes {
         summary(&name, latencies);
     }
+    summary(
+        "load change → KEDA StreamIsActive push (standalone: 1 s sample, 1 s poll)",
+        activation_latencies(measurements.max(2)),
+    );
+}
+
+/// Runs `standalone` with reasoning-suite's load flipping between 10 % and
+/// 90 % every 2.5–3.5 s, and times each flip from its scenario instant to the
+/// push that reports it (activation at 50 %).
+fn activation_latencies(flips: usize) -> Vec<Duration> {
+    let dir = tempfile::tempdir().unwrap();
+    let mut scenario = String::from("workloads:\n  reasoning-suite:\n");
+    // Segment k lasts steps[k]; flip k happens when segment k - 1 ends.
+    let steps: Vec<Duration> = (0..=flips).map(|_| Duration::from_millis(fastrand::u64(2500..3500))).collect();
+    for (k, step) in steps.iter().enumerate() {
+        let load = if k % 2 == 0 { 10 } else { 90 };
+        scenario.push_str(&format!("    - {{for: {}ms, load: {load}}}\n", step.as_millis()));
+    }
+    std::fs::write(dir.path().join("scenario.yaml"), scenario).unwrap();
+    let path = |n: &str| dir.path().join(n).display().to_string();
+    let mut child = Command::new(BIN)
+        .args(["standalone", "--agent-port", "0", "--adapter-port", "0", "--keda-port", "0"])
+        .args([
+            "--scenario",
+            &path("scenario.yaml"),
+            "--kubeconfig-out",
+            &path("kubeconfig"),
+            "--ca-out",
+            &path("ca.pem"),
+        ])
+        .env("KGM_LOG", "warn,kube_gpu_metrics::standalone=info")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start standalone");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let stdout_tx = tx.clone();
+    let stdout = BufReader::new(child.stdout.take().unwrap());
+    std::thread::spawn(move || {
+        for line in stdout.lines().map_while(Result::ok) {
+            if let Some(rest) = line.trim_start().strip_prefix("keda-scaler") {
+                let _ = stdout_tx.send(("keda", rest.split_whitespace().next().unwrap().to_string()));
+            }
+        }
+    });
+    let stderr = BufReader::new(child.stderr.take().unwrap());
+    std::thread::spawn(move || {
+        for line in stderr.lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("unix_ms=").nth(1) {
+                let _ = tx.send(("start", rest.split_whitespace().next().unwrap().to_string()));
+            }
+        }
+    });
+    let _standalone = Process(child);
+    let (mut keda, mut start_ms) = (None, None);
+    while keda.is_none() || start_ms.is_none() {
+        let (what, value) = rx.recv_timeout(Duration::from_secs(20)).expect("standalone started");
+        match what {
+            "keda" => keda = Some(value),
+            _ => start_ms = Some(value.parse::<u64>().unwrap()),
+        }
+    }
+    let start = std::time::UNIX_EPOCH + Duration::from_millis(start_ms.unwrap());
+    let ca = std::fs::read_to_string(dir.path().join("ca.pem")).unwrap();
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    runtime.block_on(async {
+        use kube_gpu_metrics::adapter::keda::proto::ScaledObjectRef;
+        use kube_gpu_metrics::adapter::keda::proto::external_scaler_client::ExternalScalerClient;
+        use tonic::transport::{Certificate, Channel, ClientTlsConfig};
+        let tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&ca)).domain_name("localhost");
+        let channel = Channel::from_shared(format!("https://{}", keda.unwrap())).unwrap().tls_config(tls).unwrap();
+        let mut client = ExternalScalerClient::new(channel.connect().await.unwrap());
+        let object = ScaledObjectRef {
+            name: "reasoning-suite".into(),
+            namespace: "ai-system-gpu".into(),
+            scaler_metadata: [("targetValue", "70"), ("activationTargetValue", "50")]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+        };
+        let mut stream = client.stream_is_active(object).await.unwrap().into_inner();
+        let mut latencies = Vec::new();
+        // The first message is the state before any flip.
+        let first = stream.message().await.unwrap().expect("a first answer");
+        assert!(!first.result, "reasoning-suite starts idle");
+        for k in 1..=flips {
+            let message =
+                tokio::time::timeout(Duration::from_secs(10), stream.message()).await.expect("a push per flip");
+            let active = message.unwrap().expect("the stream stays open").result;
+            assert_eq!(active, k % 2 == 1, "flip {k}");
+            let flipped = start + steps[..k].iter().sum::<Duration>();
+            latencies.push(std::time::SystemTime::now().duration_since(flipped).unwrap_or_default());
+        }
+        latencies
+    })
 }

@@ -119,6 +119,10 @@ fn agent_args(args: &StandaloneArgs, node: &str, offset: u16) -> AgentArgs {
 pub fn setups(args: &StandaloneArgs) -> Result<(Vec<AgentSetup>, LabelMaps), ScenarioError> {
     let scenario = args.scenario.as_deref().map(Scenario::read).transpose()?;
     let start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+    if scenario.is_some() {
+        // Its t = 0, for anyone timing what the pipeline does with it.
+        tracing::info!(unix_ms = (start * 1000.0) as u64, "scenario clock started");
+    }
     let mut labels = LabelMaps { placements: Some(Default::default()), ..LabelMaps::default() };
     let agents = match args.gpu.gpu_source {
         GpuSourceKind::Sim => REFERENCE_NODES
