@@ -115,6 +115,7 @@ fn sample(gpus: u32, pods_per_gpu: u32) -> SampleData {
                     retired_pages: Some(RetiredPages { single_bit: 4, double_bit: 1, pending: Some(false) }),
                 },
                 xid: Some(XidErrors { counts: [(79, 1)].into_iter().collect(), last: Some(79) }),
+                mig_devices: Vec::new(),
             },
         })
         .collect();
@@ -125,6 +126,7 @@ fn sample(gpus: u32, pods_per_gpu: u32) -> SampleData {
                 pod: format!("reasoning-suite-7d9f8b6c4-{g}x{p:03}"),
                 container: "reasoning-suite".into(),
                 gpu: g as usize,
+                mig: None,
                 sharing: if pods_per_gpu > 1 { Sharing::Shared } else { Sharing::Exclusive },
                 utilization_percent: Ok(f64::from(p % 7) * 3.5),
                 memory_utilization_percent: Some(4.0),

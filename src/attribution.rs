@@ -176,6 +176,9 @@ crate::label_value::label_value! {
         /// The pod's processes are MPS clients, and NVML's utilization
         /// samples name none of them (the MPS server runs their work).
         MpsClientUnsampled = "mps-client-unsampled",
+        /// The pod holds a MIG device, whose utilization NVML's device calls
+        /// do not measure (its memory is measured).
+        MigUtilizationUnmeasured = "mig-utilization-unmeasured",
     }
 }
 
@@ -191,6 +194,9 @@ pub struct PodGpuUsage {
     pub container: String,
     /// Index of the GPU in the agent's GPU list.
     pub gpu: usize,
+    /// The MIG device of that GPU the pod holds (an index into its
+    /// reading's `mig_devices`); `None` for a whole GPU.
+    pub mig: Option<usize>,
     /// How the GPU is held.
     pub sharing: Sharing,
     /// The pod's utilization of this GPU, percent, or why there is none.
@@ -268,6 +274,7 @@ pub fn attribute(
     let mut usages = Vec::new();
     for (gpu_pos, gpu) in gpus.iter().enumerate() {
         let Some(identity) = gpu.identity else { continue };
+        attribute_mig(gpu_pos, gpu, allocations, &mut usages);
         let holders: Vec<&ContainerAllocation> = allocations.iter().filter(|a| a.holds(identity)).collect();
         match holders.as_slice() {
             [] => {}
@@ -284,6 +291,7 @@ pub fn attribute(
                     pod: only.pod.clone(),
                     container: only.container.clone(),
                     gpu: gpu_pos,
+                    mig: None,
                     sharing: Sharing::Exclusive,
                     utilization_percent: match (gpu.up, gpu.reading.utilization_percent) {
                         (true, Some(u)) => Ok(u),
@@ -297,6 +305,41 @@ pub fn attribute(
         }
     }
     usages
+}
+
+/// Gives each container that holds a MIG device of this GPU (the device
+/// plugin hands out MIG UUIDs) that device's values: its memory; its
+/// utilization is not measured by NVML's device calls. A MIG device held by
+/// several containers (time-sliced) is marked shared; its memory is the
+/// device's, not theirs.
+fn attribute_mig(
+    gpu_pos: usize,
+    gpu: &GpuView<'_>,
+    allocations: &[ContainerAllocation],
+    usages: &mut Vec<PodGpuUsage>,
+) {
+    for (mig_pos, mig) in gpu.reading.mig_devices.iter().enumerate() {
+        let holders: Vec<&ContainerAllocation> =
+            allocations.iter().filter(|a| a.device_ids.iter().any(|id| device_base(id) == mig.uuid)).collect();
+        let sharing = if holders.len() > 1 { Sharing::Shared } else { Sharing::Exclusive };
+        for holder in holders {
+            usages.push(PodGpuUsage {
+                namespace: holder.namespace.clone(),
+                pod: holder.pod.clone(),
+                container: holder.container.clone(),
+                gpu: gpu_pos,
+                mig: Some(mig_pos),
+                sharing,
+                utilization_percent: Err(if gpu.up {
+                    Unresolved::MigUtilizationUnmeasured
+                } else {
+                    Unresolved::GpuDown
+                }),
+                memory_utilization_percent: None,
+                memory_used_bytes: mig.memory_used_bytes.filter(|_| gpu.up && sharing == Sharing::Exclusive),
+            });
+        }
+    }
 }
 
 /// Splits a shared GPU between pods by their processes' samples.
@@ -363,6 +406,7 @@ fn attribute_shared(
             pod: holder.pod.clone(),
             container: containers.join(","),
             gpu: gpu_pos,
+            mig: None,
             sharing: Sharing::Shared,
             utilization_percent: share.map(|(sm, _)| sm.min(100.0)),
             memory_utilization_percent: share.ok().map(|(_, mem)| mem.min(100.0)),

@@ -103,6 +103,36 @@ pub struct GpuReading {
     /// XID errors since the agent started, from NVML's events; `None` where
     /// the GPU could not be registered for them.
     pub xid: Option<XidErrors>,
+    /// The MIG devices of a GPU in MIG mode, by MIG device index; empty when
+    /// MIG is off or unsupported.
+    pub mig_devices: Vec<MigDevice>,
+}
+
+/// One MIG device: a compute instance of a GPU instance of a MIG-enabled
+/// GPU, with its own UUID, as the device plugin hands it to pods.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct MigDevice {
+    /// `MIG-…` UUID.
+    pub uuid: String,
+    /// The GPU instance it belongs to.
+    pub gpu_instance_id: u32,
+    /// Its compute instance within that GPU instance.
+    pub compute_instance_id: u32,
+    /// The profile, e.g. `1g.10gb` (from the device's name); empty where the
+    /// name carries none.
+    pub profile: String,
+    /// Its memory in use.
+    pub memory_used_bytes: Option<u64>,
+    /// Its memory in total.
+    pub memory_total_bytes: Option<u64>,
+}
+
+impl MigDevice {
+    /// The profile in an NVML MIG device name: `NVIDIA A100-SXM4-40GB MIG
+    /// 1g.5gb` gives `1g.5gb`.
+    pub fn profile_of(name: &str) -> &str {
+        name.rsplit_once("MIG ").map_or("", |(_, profile)| profile.trim())
+    }
 }
 
 /// XID errors of one GPU since the agent started.
@@ -342,6 +372,9 @@ crate::label_value::label_value! {
         RemappedRows = "remapped_rows",
         /// `nvmlDeviceGetRetiredPages` and `nvmlDeviceGetRetiredPagesPendingStatus`.
         RetiredPages = "retired_pages",
+        /// `nvmlDeviceGetMigMode`, `nvmlDeviceGetMigDeviceHandleByIndex` and the
+        /// MIG devices' identity, instance IDs and memory.
+        Mig = "mig",
     }
 }
 

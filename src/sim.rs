@@ -253,6 +253,7 @@ impl SimNode {
             health: HealthReading { power_limit_watts: Some(p.max_power_watts), ..HealthReading::default() },
             memory_temperature_celsius: None,
             xid: Some(XidErrors::default()),
+            mig_devices: Vec::new(),
         };
         let processes = if request.processes {
             let timestamp_us = (t * 1e6) as u64;

@@ -619,6 +619,83 @@ fn a_failing_process_list_leaves_pod_memory_absent_and_counts_the_error() {
     assert!(errors.unwrap().parse::<u64>().unwrap() >= 1);
 }
 
+/// An A100 in MIG mode (two MIG devices) beside a GeForce board.
+fn mig_config(second: &str) -> String {
+    format!(
+        "gpu name=\"NVIDIA A100-SXM4-80GB\" uuid=GPU-a100-0000 mem_total=85899345920 mem_used=6442450944 mig_mode=1\n\
+         mig 0 uuid=MIG-aaaa gi=1 ci=0 profile=3g.40gb mem_total=42949672960 mem_used=5368709120\n\
+         {second}\
+         gpu name=\"NVIDIA GeForce RTX 3060\" uuid=GPU-3060-0001 util=17 mem_total=12884901888 mem_used=2147483648\n"
+    )
+}
+
+#[test]
+fn mig_devices_are_read_and_a_pod_on_one_gets_its_values_through_reconfiguration() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("nvml.conf"),
+        mig_config("mig 0 uuid=MIG-bbbb gi=2 ci=0 profile=1g.10gb mem_total=10737418240 mem_used=0\n"),
+    )
+    .unwrap();
+    let kubelet = FakeKubelet::default();
+    kubelet.0.lock().unwrap().pod_resources = vec![
+        with_resource("nvidia.com/mig-3g.40gb", pod("ai", "llm-0", "main", &["MIG-aaaa"])),
+        // A MIG UUID NVML does not know (a stale kubelet view): no series, no harm.
+        with_resource("nvidia.com/mig-1g.10gb", pod("ai", "ghost-0", "main", &["MIG-gone"])),
+        pod("ai", "vision-0", "main", &["GPU-3060-0001"]),
+    ];
+    let _kubelet = serve_kubelet(&dir.path().join("kubelet.sock"), kubelet);
+    let flags = attribution_flags(dir.path());
+    let agent = Agent::start_in(dir, &flags.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let held = "mig_uuid=\"MIG-aaaa\",gpu_instance_id=\"1\",compute_instance_id=\"0\",mig_profile=\"3g.40gb\"";
+    let llm = "namespace=\"ai\",pod=\"llm-0\",container=\"main\"";
+    let text = agent.metrics_until("the MIG pod", |t| t.contains("pod=\"llm-0\""));
+    let a100 = "node=\"testnode\",gpu=\"0\",uuid=\"GPU-a100-0000\",model=\"NVIDIA A100-SXM4-80GB\"";
+    assert_eq!(
+        value(&text, &format!("nvidia_gpu_mig_memory_used_bytes{{{a100},{held},{llm}}}")),
+        Some("5368709120".into())
+    );
+    assert_eq!(
+        value(&text, &format!("nvidia_gpu_pod_memory_used_bytes{{{a100},{held},{llm},sharing=\"exclusive\"}}")),
+        Some("5368709120".into())
+    );
+    assert_eq!(
+        value(
+            &text,
+            &format!(
+                "kube_gpu_metrics_pod_attribution_unresolved{{{a100},{held},{llm},reason=\"mig-utilization-unmeasured\"}}"
+            )
+        ),
+        Some("1".into())
+    );
+    assert!(text.contains("mig_uuid=\"MIG-bbbb\""), "{text}");
+    assert!(!text.contains("ghost-0"), "{text}");
+    assert!(text.contains("pod=\"vision-0\""), "{text}");
+    // No utilization is made up for the A100 (NVML answers none in MIG mode) or its pod.
+    assert!(!text.lines().any(|l| l.starts_with("nvidia_gpu_utilization_percent{") && l.contains("GPU-a100")));
+    let feed: serde_json::Value = serde_json::from_slice(&agent.get("/v1/pods").body).unwrap();
+    let llm_feed = feed["pods"].as_array().unwrap().iter().find(|p| p["pod"] == "llm-0").unwrap();
+    assert_eq!(llm_feed["gpus"], serde_json::json!(["MIG-aaaa"]));
+    assert_eq!(llm_feed["memoryUsedBytes"], 5368709120u64);
+    assert_eq!(llm_feed["reason"], "mig-utilization-unmeasured");
+
+    // Reconfigured while the agent runs: MIG-bbbb gives way to two new devices.
+    agent.set_config(&mig_config(
+        "mig 0 uuid=MIG-cccc gi=3 ci=0 profile=1g.10gb mem_total=10737418240 mem_used=1073741824\n\
+         mig 0 uuid=MIG-dddd gi=4 ci=0 profile=1g.10gb mem_total=10737418240 mem_used=0\n",
+    ));
+    let text = agent.metrics_until("the new MIG devices", |t| t.contains("MIG-dddd") && !t.contains("MIG-bbbb"));
+    assert!(text.contains("mig_uuid=\"MIG-cccc\",gpu_instance_id=\"3\""), "{text}");
+    assert!(text.contains(&format!("{held},{llm}")), "{text}");
+    assert_eq!(value(&text, "kube_gpu_metrics_nvml_errors_total{node=\"testnode\",call=\"mig\"}"), Some("0".into()));
+
+    // MIG turned off: the devices go, the GPU stays.
+    agent.set_config(&mig_config("").replace("mig_mode=1", "mig_mode=0"));
+    let text = agent.metrics_until("MIG off", |t| !t.contains("mig_uuid="));
+    assert!(text.contains("nvidia_gpu_memory_used_bytes{node=\"testnode\",gpu=\"0\""), "{text}");
+}
+
 #[test]
 fn gpus_claimed_through_dra_are_attributed_and_a_malformed_claim_spares_the_rest() {
     let dir = tempfile::tempdir().unwrap();

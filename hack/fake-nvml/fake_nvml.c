@@ -24,11 +24,12 @@
  *   error <gpu|*> <call|*> <GPU_IS_LOST|NOT_SUPPORTED|NOT_FOUND|UNKNOWN|...>
  *   delay <gpu|*> <call|*> <milliseconds>
  *   process <gpu> pid=1234 sm=30 mem=10 used_mib=2048 kind=compute
+ *   mig <gpu> uuid=MIG-aaaa gi=1 ci=0 profile=1g.10gb mem_total=10200547328 mem_used=2147483648
  *   xid <gpu> <code>
  *
  * Calls: count handle name uuid index memory utilization temperature power
  * clock processes pci energy pcie codec fan pstate clock_events violation
- * fields power_limit ecc remap retired events running mps. A "gpu" line must
+ * fields power_limit ecc remap retired events running mps mig. A "gpu" line must
  * fit on one line (the backslashes above are only for this comment).
  *
  * A "process" line is one utilization sample (sm, mem percent) and one entry
@@ -39,6 +40,15 @@
  *
  * Without mem_temp, ecc=1, remap=1 or retired=1 a GPU answers those calls
  * NOT_SUPPORTED, as a GeForce board does.
+ *
+ * MIG: a "gpu" line with mig_mode=1 is in MIG mode (mig_mode=0: MIG-capable
+ * but off; without it nvmlDeviceGetMigMode answers NOT_SUPPORTED, as a
+ * GeForce board does). Its "mig" lines, in order, fill MIG device slots 0, 1,
+ * ...; a slot without one answers NOT_FOUND, as NVML does up to the maximum
+ * count (7). A MIG handle answers its UUID, the name "<GPU name> MIG
+ * <profile>", its memory and its GPU and compute instance IDs; the parent in
+ * MIG mode answers utilization NOT_SUPPORTED, as NVML does. "error <gpu> mig
+ * ..." fails the parent's MIG calls.
  *
  * Each "xid" line is delivered once, in order, by nvmlEventSetWait_v2 to a
  * set its GPU is registered in; lines added later are delivered as they
@@ -166,6 +176,7 @@ enum call {
     CALL_EVENTS,
     CALL_RUNNING,
     CALL_MPS,
+    CALL_MIG,
     CALL_MAX
 };
 
@@ -174,12 +185,13 @@ static const char *const CALL_NAMES[CALL_MAX] = {
     "utilization", "temperature", "power", "clock", "processes",
     "pci", "energy", "pcie", "codec", "fan", "pstate", "clock_events",
     "violation", "fields", "power_limit", "ecc", "remap", "retired", "events",
-    "running", "mps",
+    "running", "mps", "mig",
 };
 
 #define MAX_GPUS 64
 #define MAX_PROCS 64
 #define MAX_XIDS 64
+#define MAX_MIG 7
 
 enum process_kind { KIND_COMPUTE, KIND_GRAPHICS, KIND_MPS };
 
@@ -201,6 +213,7 @@ struct fake_gpu {
     int mem_temp; /* -1: no memory temperature sensor */
     unsigned long long mem_reserved, energy_mj, clock_events, viol_power_ns, viol_thermal_ns;
     int ecc, remap, retired; /* 0: not supported */
+    int mig_mode;            /* -1: not supported, 0: off, 1: on */
     unsigned long long ecc_sbe_vol, ecc_dbe_vol, ecc_sbe_agg, ecc_dbe_agg;
     unsigned int remap_corr, remap_unc, remap_pending, remap_failure;
     unsigned int retired_sbe, retired_dbe, retired_pending;
@@ -219,6 +232,12 @@ struct fake_config {
         unsigned long long code;
     } xids[MAX_XIDS];
     int init_error;
+    unsigned int nmigs;
+    struct fake_mig {
+        unsigned int gpu, gi, ci;
+        char uuid[96], profile[32];
+        unsigned long long mem_total, mem_used;
+    } migs[MAX_GPUS * MAX_MIG];
     unsigned int ngpus;
     struct fake_gpu gpus[MAX_GPUS];
     /* Errors and delays for GPUs named by '*', applied to every GPU. */
@@ -226,11 +245,13 @@ struct fake_config {
     unsigned int any_delay_ms[CALL_MAX];
 };
 
-/* Handles point into this array, so they stay valid across reloads. */
+/* Handles point into these arrays, so they stay valid across reloads. */
 struct fake_device {
     unsigned int index;
 };
 static struct fake_device DEVICES[MAX_GPUS];
+/* MIG device handles: slot s of GPU g is MIG_DEVICES[g * MAX_MIG + s]. */
+static struct fake_device MIG_DEVICES[MAX_GPUS * MAX_MIG];
 
 static pthread_mutex_t LOCK = PTHREAD_MUTEX_INITIALIZER;
 static struct fake_config CONFIG;
@@ -307,6 +328,7 @@ static void parse_gpu(struct fake_config *cfg, char **tok, int n) {
     g->pstate = 2;
     g->power_limit_mw = 450000;
     g->mem_temp = -1;
+    g->mig_mode = -1;
     for (int i = 1; i < n; i++) {
         char *eq = strchr(tok[i], '=');
         if (!eq) continue;
@@ -351,8 +373,32 @@ static void parse_gpu(struct fake_config *cfg, char **tok, int n) {
         else if (!strcmp(k, "retired_sbe")) g->retired_sbe = (unsigned)strtoul(v, 0, 10);
         else if (!strcmp(k, "retired_dbe")) g->retired_dbe = (unsigned)strtoul(v, 0, 10);
         else if (!strcmp(k, "retired_pending")) g->retired_pending = (unsigned)strtoul(v, 0, 10);
+        else if (!strcmp(k, "mig_mode")) g->mig_mode = atoi(v);
     }
     cfg->ngpus++;
+}
+
+static void parse_mig(struct fake_config *cfg, char **tok, int n) {
+    if (n < 2 || cfg->nmigs >= MAX_GPUS * MAX_MIG) return;
+    struct fake_mig *m = &cfg->migs[cfg->nmigs];
+    memset(m, 0, sizeof *m);
+    m->gpu = (unsigned)strtoul(tok[1], 0, 10);
+    snprintf(m->uuid, sizeof m->uuid, "MIG-00000000-0000-0000-0000-%012u", cfg->nmigs);
+    snprintf(m->profile, sizeof m->profile, "1g.10gb");
+    m->gi = 1;
+    for (int i = 2; i < n; i++) {
+        char *eq = strchr(tok[i], '=');
+        if (!eq) continue;
+        *eq = '\0';
+        const char *k = tok[i], *v = eq + 1;
+        if (!strcmp(k, "uuid")) snprintf(m->uuid, sizeof m->uuid, "%s", v);
+        else if (!strcmp(k, "profile")) snprintf(m->profile, sizeof m->profile, "%s", v);
+        else if (!strcmp(k, "gi")) m->gi = (unsigned)strtoul(v, 0, 10);
+        else if (!strcmp(k, "ci")) m->ci = (unsigned)strtoul(v, 0, 10);
+        else if (!strcmp(k, "mem_total")) m->mem_total = strtoull(v, 0, 10);
+        else if (!strcmp(k, "mem_used")) m->mem_used = strtoull(v, 0, 10);
+    }
+    cfg->nmigs++;
 }
 
 /* Applies an "error" or "delay" directive to one GPU or, with '*', to all. */
@@ -440,6 +486,8 @@ static void parse_config(struct fake_config *cfg, char *text) {
             parse_fault(cfg, tok, n, 1);
         } else if (!strcmp(tok[0], "process")) {
             parse_process(cfg, tok, n);
+        } else if (!strcmp(tok[0], "mig")) {
+            parse_mig(cfg, tok, n);
         } else if (!strcmp(tok[0], "driver") && n > 1) {
             snprintf(cfg->driver, sizeof cfg->driver, "%s", tok[1]);
         } else if (!strcmp(tok[0], "xid") && n > 2 && cfg->nxids < MAX_XIDS) {
@@ -523,6 +571,98 @@ static nvmlReturn_t enter(nvmlDevice_t device, enum call call, struct fake_gpu *
     return err;
 }
 
+static int is_mig_handle(nvmlDevice_t device) {
+    return device >= MIG_DEVICES && device < MIG_DEVICES + MAX_GPUS * MAX_MIG;
+}
+
+/* The "mig" line of slot `slot` of GPU `gpu`, or NULL. Call with LOCK held. */
+static const struct fake_mig *mig_slot_locked(unsigned gpu, unsigned slot) {
+    unsigned seen = 0;
+    for (unsigned i = 0; i < CONFIG.nmigs; i++)
+        if (CONFIG.migs[i].gpu == gpu && seen++ == slot) return &CONFIG.migs[i];
+    return NULL;
+}
+
+/*
+ * A MIG handle's state for a call: its parent's copy (for the name and
+ * faults) and its own. NOT_FOUND once a reconfiguration removed it.
+ */
+static nvmlReturn_t enter_mig(nvmlDevice_t device, struct fake_gpu *parent, struct fake_mig *out) {
+    unsigned pos = (unsigned)(device - MIG_DEVICES);
+    nvmlDevice_t parent_handle = &DEVICES[pos / MAX_MIG];
+    parent_handle->index = pos / MAX_MIG;
+    nvmlReturn_t err = enter(parent_handle, CALL_MIG, parent);
+    if (err) return err;
+    pthread_mutex_lock(&LOCK);
+    const struct fake_mig *m = parent->mig_mode == 1 ? mig_slot_locked(pos / MAX_MIG, pos % MAX_MIG) : NULL;
+    if (m) *out = *m;
+    pthread_mutex_unlock(&LOCK);
+    return m ? NVML_SUCCESS : NVML_ERROR_NOT_FOUND;
+}
+
+nvmlReturn_t nvmlDeviceGetMigMode(nvmlDevice_t device, unsigned int *current, unsigned int *pending) {
+    struct fake_gpu gpu;
+    nvmlReturn_t err = enter(device, CALL_MIG, &gpu);
+    if (err) return err;
+    if (!current || !pending) return NVML_ERROR_INVALID_ARGUMENT;
+    if (gpu.mig_mode < 0) return NVML_ERROR_NOT_SUPPORTED;
+    *current = *pending = (unsigned)gpu.mig_mode;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetMaxMigDeviceCount(nvmlDevice_t device, unsigned int *count) {
+    struct fake_gpu gpu;
+    nvmlReturn_t err = enter(device, CALL_MIG, &gpu);
+    if (err) return err;
+    if (!count) return NVML_ERROR_INVALID_ARGUMENT;
+    if (gpu.mig_mode < 0) return NVML_ERROR_NOT_SUPPORTED;
+    *count = MAX_MIG;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetMigDeviceHandleByIndex(nvmlDevice_t device, unsigned int index, nvmlDevice_t *mig) {
+    struct fake_gpu gpu;
+    nvmlReturn_t err = enter(device, CALL_MIG, &gpu);
+    if (err) return err;
+    if (!mig || index >= MAX_MIG) return NVML_ERROR_INVALID_ARGUMENT;
+    if (gpu.mig_mode < 0) return NVML_ERROR_NOT_SUPPORTED;
+    if (gpu.mig_mode == 0) return NVML_ERROR_INVALID_ARGUMENT;
+    pthread_mutex_lock(&LOCK);
+    int found = mig_slot_locked(device->index, index) != NULL;
+    pthread_mutex_unlock(&LOCK);
+    if (!found) return NVML_ERROR_NOT_FOUND;
+    *mig = &MIG_DEVICES[device->index * MAX_MIG + index];
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceIsMigDeviceHandle(nvmlDevice_t device, unsigned int *is_mig) {
+    if (!is_mig) return NVML_ERROR_INVALID_ARGUMENT;
+    *is_mig = (unsigned)is_mig_handle(device);
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetGpuInstanceId(nvmlDevice_t device, unsigned int *id) {
+    if (!is_mig_handle(device)) return NVML_ERROR_INVALID_ARGUMENT;
+    struct fake_gpu gpu;
+    struct fake_mig mig;
+    nvmlReturn_t err = enter_mig(device, &gpu, &mig);
+    if (err) return err;
+    if (!id) return NVML_ERROR_INVALID_ARGUMENT;
+    *id = mig.gi;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlDeviceGetComputeInstanceId(nvmlDevice_t device, unsigned int *id) {
+    if (!is_mig_handle(device)) return NVML_ERROR_INVALID_ARGUMENT;
+    struct fake_gpu gpu;
+    struct fake_mig mig;
+    nvmlReturn_t err = enter_mig(device, &gpu, &mig);
+    if (err) return err;
+    if (!id) return NVML_ERROR_INVALID_ARGUMENT;
+    *id = mig.ci;
+    return NVML_SUCCESS;
+}
+
 nvmlReturn_t nvmlInit_v2(void) {
     pthread_mutex_lock(&LOCK);
     LOADED_SIZE = -1;
@@ -587,6 +727,14 @@ nvmlReturn_t nvmlDeviceGetHandleByIndex_v2(unsigned int index, nvmlDevice_t *dev
 
 nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t device, char *name, unsigned int length) {
     struct fake_gpu gpu;
+    if (is_mig_handle(device)) {
+        struct fake_mig mig;
+        nvmlReturn_t err = enter_mig(device, &gpu, &mig);
+        if (err) return err;
+        if (!name || length == 0) return NVML_ERROR_INVALID_ARGUMENT;
+        snprintf(name, length, "%s MIG %s", gpu.name, mig.profile);
+        return NVML_SUCCESS;
+    }
     nvmlReturn_t err = enter(device, CALL_NAME, &gpu);
     if (err) return err;
     if (!name || length == 0) return NVML_ERROR_INVALID_ARGUMENT;
@@ -596,6 +744,14 @@ nvmlReturn_t nvmlDeviceGetName(nvmlDevice_t device, char *name, unsigned int len
 
 nvmlReturn_t nvmlDeviceGetUUID(nvmlDevice_t device, char *uuid, unsigned int length) {
     struct fake_gpu gpu;
+    if (is_mig_handle(device)) {
+        struct fake_mig mig;
+        nvmlReturn_t err = enter_mig(device, &gpu, &mig);
+        if (err) return err;
+        if (!uuid || length == 0) return NVML_ERROR_INVALID_ARGUMENT;
+        snprintf(uuid, length, "%s", mig.uuid);
+        return NVML_SUCCESS;
+    }
     nvmlReturn_t err = enter(device, CALL_UUID, &gpu);
     if (err) return err;
     if (!uuid || length == 0) return NVML_ERROR_INVALID_ARGUMENT;
@@ -614,11 +770,21 @@ nvmlReturn_t nvmlDeviceGetIndex(nvmlDevice_t device, unsigned int *index) {
 
 nvmlReturn_t nvmlDeviceGetMemoryInfo_v2(nvmlDevice_t device, nvmlMemory_v2_t *memory) {
     struct fake_gpu gpu;
-    nvmlReturn_t err = enter(device, CALL_MEMORY, &gpu);
-    if (err) return err;
     /* NVML checks the struct version; nvml-wrapper sets NVML_STRUCT_VERSION(Memory, 2). */
     if (!memory || memory->version != ((unsigned)sizeof(nvmlMemory_v2_t) | (2u << 24)))
         return NVML_ERROR_INVALID_ARGUMENT;
+    if (is_mig_handle(device)) {
+        struct fake_mig mig;
+        nvmlReturn_t err = enter_mig(device, &gpu, &mig);
+        if (err) return err;
+        memory->total = mig.mem_total;
+        memory->used = mig.mem_used;
+        memory->reserved = 0;
+        memory->free = mig.mem_total > mig.mem_used ? mig.mem_total - mig.mem_used : 0;
+        return NVML_SUCCESS;
+    }
+    nvmlReturn_t err = enter(device, CALL_MEMORY, &gpu);
+    if (err) return err;
     memory->total = gpu.mem_total;
     memory->used = gpu.mem_used;
     memory->reserved = gpu.mem_reserved;
@@ -631,6 +797,8 @@ nvmlReturn_t nvmlDeviceGetUtilizationRates(nvmlDevice_t device, nvmlUtilization_
     nvmlReturn_t err = enter(device, CALL_UTILIZATION, &gpu);
     if (err) return err;
     if (!utilization) return NVML_ERROR_INVALID_ARGUMENT;
+    /* As NVML: a GPU in MIG mode has no device-wide utilization. */
+    if (gpu.mig_mode == 1) return NVML_ERROR_NOT_SUPPORTED;
     utilization->gpu = gpu.util;
     utilization->memory = gpu.mem_util;
     return NVML_SUCCESS;

@@ -15,7 +15,7 @@ use http::HeaderValue;
 
 use super::sample::{GpuState, SampleData};
 use crate::attribution::{PodGpuUsage, Sharing};
-use crate::gpu::{ClockEventReason, GpuCall, GpuReading, ViolationPolicy};
+use crate::gpu::{ClockEventReason, GpuCall, GpuReading, MigDevice, ViolationPolicy};
 
 /// `Content-Type` of the text format.
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -226,6 +226,19 @@ impl LabelSets {
         self.ends.push(self.text.len());
     }
 
+    /// Adds one set: `prefix` (a rendered set) and then `pairs`.
+    fn push_after<'v>(&mut self, prefix: &str, pairs: impl IntoIterator<Item = (&'static str, &'v str)>) {
+        let start = self.text.len();
+        self.text.push_str(prefix);
+        for (name, value) in pairs {
+            if self.text.len() > start {
+                self.text.push(',');
+            }
+            push_label(&mut self.text, name, value);
+        }
+        self.ends.push(self.text.len());
+    }
+
     fn get(&self, i: usize) -> &str {
         let start = if i == 0 { 0 } else { self.ends[i - 1] };
         &self.text[start..self.ends[i]]
@@ -410,6 +423,54 @@ fn gpu_label_sets(node: &str, gpus: &[GpuState]) -> LabelSets {
     sets
 }
 
+/// Every MIG device's labels, GPU by GPU: its GPU's set (`gpu_sets`) then
+/// `names` (the UUID, GPU instance, compute instance and profile labels of
+/// the naming scheme). Returns the sets and, per GPU, the position of its
+/// first MIG device's set.
+fn mig_label_sets(gpus: &[GpuState], gpu_sets: &LabelSets, names: [&'static str; 4]) -> (LabelSets, Vec<usize>) {
+    let count: usize = gpus.iter().map(|g| g.reading.mig_devices.len()).sum();
+    let mut sets = LabelSets::with_capacity(count, 256);
+    let mut first = Vec::with_capacity(gpus.len());
+    for (i, gpu) in gpus.iter().enumerate() {
+        first.push(sets.ends.len());
+        for mig in &gpu.reading.mig_devices {
+            let (mut gi, mut ci) = (itoa::Buffer::new(), itoa::Buffer::new());
+            let pairs = [
+                (names[0], mig.uuid.as_str()),
+                (names[1], gi.format(mig.gpu_instance_id)),
+                (names[2], ci.format(mig.compute_instance_id)),
+                (names[3], mig.profile.as_str()),
+            ];
+            sets.push_after(gpu_sets.get(i), pairs.into_iter().filter(|(name, v)| !name.is_empty() && !v.is_empty()));
+        }
+    }
+    (sets, first)
+}
+
+/// The MIG devices' series of one family: each device's labels, with its
+/// holder's pod labels when exactly one container holds it.
+fn mig_series<'a>(
+    data: &'a SampleData,
+    migs: &'a LabelSets,
+    first: &[usize],
+    pods: &'a LabelSets,
+    value: impl Fn(&MigDevice) -> Option<Value>,
+) -> Vec<(LabelParts<'a>, Value)> {
+    let mut series = Vec::new();
+    for (i, gpu) in data.gpus.iter().enumerate().filter(|(_, g)| g.up) {
+        for (m, mig) in gpu.reading.mig_devices.iter().enumerate() {
+            let Some(v) = value(mig) else { continue };
+            let mut holders = data.usages.iter().enumerate().filter(|(_, u)| u.gpu == i && u.mig == Some(m));
+            let pod = match (holders.next(), holders.next()) {
+                (Some((k, _)), None) => pods.get(k),
+                _ => "",
+            };
+            series.push(([migs.get(first[i] + m), pod, ""], v));
+        }
+    }
+    series
+}
+
 /// Every usage's pod labels: `namespace`, `pod`, `container`.
 fn pod_label_sets(usages: &[PodGpuUsage]) -> LabelSets {
     let mut sets = LabelSets::with_capacity(usages.len(), 112);
@@ -492,7 +553,7 @@ fn native_families(e: &mut Encoder<'_>, data: &SampleData, pods: &LabelSets) {
     // A GPU held by exactly one container carries that container's labels.
     let device: Vec<[&str; 2]> = (0..data.gpus.len())
         .map(|i| {
-            let mut holders = data.usages.iter().enumerate().filter(|(_, u)| u.gpu == i);
+            let mut holders = data.usages.iter().enumerate().filter(|(_, u)| u.gpu == i && u.mig.is_none());
             match (holders.next(), holders.next()) {
                 (Some((k, only)), None) if only.sharing == Sharing::Exclusive => [gpus.get(i), pods.get(k)],
                 _ => [gpus.get(i), ""],
@@ -561,8 +622,25 @@ fn native_families(e: &mut Encoder<'_>, data: &SampleData, pods: &LabelSets) {
         up().filter_map(|(g, &[gl, p])| Some(([gl, p, ""], f(g.reading.sm_clock_hertz)?))),
     );
     telemetry_families(e, data, &device);
-    // A pod's series on a GPU: the GPU's labels, the pod's, and `sharing`.
-    let per_pod = |k: usize, u: &PodGpuUsage| [gpus.get(u.gpu), pods.get(k), u.sharing.label()];
+    let (migs, first) =
+        mig_label_sets(&data.gpus, &gpus, ["mig_uuid", "gpu_instance_id", "compute_instance_id", "mig_profile"]);
+    e.gauge(
+        "nvidia_gpu_mig_memory_used_bytes",
+        "Memory in use on a MIG device (a GPU in MIG mode)",
+        mig_series(data, &migs, &first, pods, |m| m.memory_used_bytes.map(Value::U64)),
+    );
+    e.gauge(
+        "nvidia_gpu_mig_memory_total_bytes",
+        "Memory of a MIG device",
+        mig_series(data, &migs, &first, pods, |m| m.memory_total_bytes.map(Value::U64)),
+    );
+    // A pod's series on a GPU: the GPU's labels (its MIG device's, on one),
+    // the pod's, and `sharing`.
+    let gpu_of = |u: &PodGpuUsage| match u.mig {
+        Some(m) => migs.get(first[u.gpu] + m),
+        None => gpus.get(u.gpu),
+    };
+    let per_pod = |k: usize, u: &PodGpuUsage| [gpu_of(u), pods.get(k), u.sharing.label()];
     e.gauge(
         "nvidia_gpu_pod_utilization_percent",
         "A pod's utilization of a GPU: the device value on an exclusive GPU, its processes' share on a shared one",
@@ -603,9 +681,10 @@ fn native_families(e: &mut Encoder<'_>, data: &SampleData, pods: &LabelSets) {
     e.gauge(
         "kube_gpu_metrics_pod_attribution_unresolved",
         "1 for a pod whose share of a GPU cannot be measured, with the reason",
-        data.usages.iter().enumerate().filter_map(|(k, u)| {
-            Some(([gpus.get(u.gpu), pods.get(k), u.utilization_percent.err()?.label()], Value::U64(1)))
-        }),
+        data.usages
+            .iter()
+            .enumerate()
+            .filter_map(|(k, u)| Some(([gpu_of(u), pods.get(k), u.utilization_percent.err()?.label()], Value::U64(1)))),
     );
 }
 
@@ -758,7 +837,7 @@ fn dcgm_families(e: &mut Encoder<'_>, data: &SampleData, pods: &LabelSets) {
     let mut series: Vec<(&GpuReading, [&str; 2])> = Vec::with_capacity(data.gpus.len() + data.usages.len());
     for (i, gpu) in data.gpus.iter().enumerate().filter(|(_, g)| g.up) {
         let before = series.len();
-        for (k, _) in data.usages.iter().enumerate().filter(|(_, u)| u.gpu == i) {
+        for (k, _) in data.usages.iter().enumerate().filter(|(_, u)| u.gpu == i && u.mig.is_none()) {
             series.push((&gpu.reading, [gpus.get(i), pods.get(k)]));
         }
         if series.len() == before {
@@ -771,8 +850,22 @@ fn dcgm_families(e: &mut Encoder<'_>, data: &SampleData, pods: &LabelSets) {
     let family_of = |value: &dyn Fn(&GpuReading) -> Option<Value>| {
         series.iter().filter_map(|&(r, [g, p])| Some(([g, p, ""], value(r)?))).collect::<Vec<_>>()
     };
+    // MIG devices have their own framebuffer series, with dcgm-exporter's
+    // GPU instance labels.
+    let (migs, first) = mig_label_sets(&data.gpus, &gpus, ["", "GPU_I_ID", "", "GPU_I_PROFILE"]);
+    let mig_family = |name: &str| match name {
+        "DCGM_FI_DEV_FB_FREE" => mig_series(data, &migs, &first, pods, |m| {
+            Some(Value::U64(m.memory_total_bytes?.saturating_sub(m.memory_used_bytes?) / MIB))
+        }),
+        "DCGM_FI_DEV_FB_USED" => {
+            mig_series(data, &migs, &first, pods, |m| Some(Value::U64(m.memory_used_bytes? / MIB)))
+        }
+        _ => Vec::new(),
+    };
     let mut family = |name: &str, help: &str, value: &dyn Fn(&GpuReading) -> Option<Value>| {
-        e.gauge(name, help, family_of(value));
+        let mut series = family_of(value);
+        series.extend(mig_family(name));
+        e.gauge(name, help, series);
     };
     family("DCGM_FI_DEV_SM_CLOCK", "SM clock frequency (in MHz)", &|r| Some(whole(r.sm_clock_hertz? / 1e6)));
     family("DCGM_FI_DEV_GPU_TEMP", "GPU temperature (in C)", &|r| Some(whole(r.temperature_celsius?)));

@@ -50,7 +50,17 @@ pub fn node_feed(data: &SampleData) -> NodeFeed {
         }
     }
     for (pod, usages) in pods.iter_mut().zip(&members) {
-        pod.gpus = usages.iter().map(|u| data.gpus[u.gpu].identity.uuid.clone()).collect();
+        // A MIG device is named by its own UUID, as the device plugin names it.
+        pod.gpus = usages
+            .iter()
+            .map(|u| {
+                let gpu = &data.gpus[u.gpu];
+                match u.mig.and_then(|m| gpu.reading.mig_devices.get(m)) {
+                    Some(mig) => mig.uuid.clone(),
+                    None => gpu.identity.uuid.clone(),
+                }
+            })
+            .collect();
         let shared = usages.iter().any(|u| u.sharing == Sharing::Shared);
         pod.sharing = if shared { Sharing::Shared } else { Sharing::Exclusive }.as_str().to_string();
         let n = usages.len() as f64;

@@ -120,6 +120,7 @@ mod tests {
             pod: pod.into(),
             container: "main".into(),
             gpu,
+            mig: None,
             sharing,
             utilization_percent: share,
             memory_utilization_percent: None,

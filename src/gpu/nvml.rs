@@ -21,7 +21,7 @@ use nvml_wrapper::{Device, Nvml};
 
 use super::{
     EccCounts, GpuCall, GpuIdentity, GpuProcess, GpuRead, GpuReading, GpuSource, GpuSourceError, GpuSourceOpener,
-    HealthReading, ProcessKind, ProcessSample, ProcessUsage, ReadRequest, RetiredPages, RunningProcesses,
+    HealthReading, MigDevice, ProcessKind, ProcessSample, ProcessUsage, ReadRequest, RetiredPages, RunningProcesses,
     ViolationPolicy,
 };
 
@@ -158,6 +158,48 @@ fn read_telemetry(nvml: &Nvml, device: &Device<'_>, tally: &mut Tally, reading: 
 /// without it nothing is known; a graphics or MPS list the board or driver
 /// lacks is empty. Any list that fails makes the answer unavailable rather
 /// than a pod's memory too low.
+/// `NVML_DEVICE_MIG_ENABLE`.
+const MIG_ENABLED: u32 = 1;
+
+/// The MIG devices of a GPU in MIG mode, enumerated afresh every read (a
+/// reconfiguration adds or removes them between samples); none when MIG is
+/// off or unsupported. A device that cannot name itself is left out; its
+/// failing calls are counted.
+fn read_mig(nvml: &Nvml, device: &Device<'_>, tally: &mut Tally) -> Vec<MigDevice> {
+    let Some(mode) = tally.take(GpuCall::Mig, device.mig_mode()) else { return Vec::new() };
+    if mode.current != MIG_ENABLED {
+        return Vec::new();
+    }
+    let Some(slots) = tally.take(GpuCall::Mig, device.mig_device_count()) else { return Vec::new() };
+    let mut devices = Vec::new();
+    for slot in 0..slots {
+        let mig = match device.mig_device_by_index(slot) {
+            // The count is the most there can be; empty slots answer NOT_FOUND.
+            Err(NvmlError::NotFound) => continue,
+            result => match tally.take(GpuCall::Mig, result) {
+                Some(mig) => mig,
+                None => continue,
+            },
+        };
+        let (Some(uuid), Some((gpu_instance_id, compute_instance_id))) =
+            (tally.take(GpuCall::Mig, mig.uuid()), tally.take(GpuCall::Mig, raw::mig_instance_ids(nvml, &mig)))
+        else {
+            continue;
+        };
+        let name = tally.take(GpuCall::Mig, mig.name()).unwrap_or_default();
+        let memory = tally.take(GpuCall::Mig, mig.memory_info());
+        devices.push(MigDevice {
+            uuid,
+            gpu_instance_id,
+            compute_instance_id,
+            profile: MigDevice::profile_of(&name).to_string(),
+            memory_used_bytes: memory.as_ref().map(|m| m.used),
+            memory_total_bytes: memory.as_ref().map(|m| m.total),
+        });
+    }
+    devices
+}
+
 fn read_running(device: &Device<'_>, tally: &mut Tally) -> RunningProcesses {
     let lists = [
         (ProcessKind::Compute, GpuCall::RunningProcesses, device.running_compute_processes()),
@@ -275,6 +317,7 @@ impl GpuSource for NvmlSource {
         let mhz = tally.take(GpuCall::Clock, device.clock_info(Clock::Memory));
         reading.memory_clock_hertz = mhz.map(|mhz| f64::from(mhz) * 1e6);
         read_telemetry(&self.nvml, &device, &mut tally, reading);
+        reading.mig_devices = read_mig(&self.nvml, &device, &mut tally);
         if request.health {
             reading.health = read_health(&self.nvml, &device, &mut tally);
         }

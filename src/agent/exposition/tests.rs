@@ -13,8 +13,8 @@ use crate::agent::sample::Readiness;
 use crate::agent::self_metrics::AgentCounters;
 use crate::attribution::{Sharing, Unresolved};
 use crate::gpu::{
-    ClockEventReason, EccCounts, GpuIdentity, GpuReading, HealthReading, RemappedRows, RetiredPages, Violations,
-    XidErrors,
+    ClockEventReason, EccCounts, GpuIdentity, GpuReading, HealthReading, MigDevice, RemappedRows, RetiredPages,
+    Violations, XidErrors,
 };
 
 fn gpu(index: u32, uuid: &str, model: &str, up: bool, reading: GpuReading) -> GpuState {
@@ -56,6 +56,7 @@ fn full_reading(util: f64) -> GpuReading {
             retired_pages: Some(RetiredPages { single_bit: 4, double_bit: 1, pending: Some(false) }),
         },
         xid: Some(XidErrors { counts: [(48, 1), (79, 2)].into_iter().collect(), last: Some(79) }),
+        mig_devices: Vec::new(),
     }
 }
 
@@ -77,6 +78,7 @@ fn usage(pod: &str, gpu: usize, sharing: Sharing, util: Result<f64, Unresolved>)
         pod: pod.into(),
         container: "main".into(),
         gpu,
+        mig: None,
         sharing,
         utilization_percent: util,
         memory_utilization_percent: util.ok().map(|u| u / 2.0),
@@ -602,6 +604,68 @@ fn exclusive_gpus_carry_pod_labels_and_shared_ones_do_not() {
         "nvidia_gpu_utilization_percent{node=\"mainpc\",gpu=\"1\",uuid=\"GPU-bbbb\",model=\"NVIDIA GeForce RTX 3060\"} 55.0\n"
     ));
     assert!(text.contains("pod=\"tutoring \\\"quoted\\\"\\\\pod\",container=\"main\",reason=\"pod-uid-unknown\"} 1\n"));
+}
+
+/// An A100 in MIG mode with two MIG devices, one held by a pod.
+fn mig_data() -> SampleData {
+    let mut reading = geforce_reading(0.0);
+    reading.utilization_percent = None;
+    reading.mig_devices = vec![
+        MigDevice {
+            uuid: "MIG-1111".into(),
+            gpu_instance_id: 1,
+            compute_instance_id: 0,
+            profile: "3g.40gb".into(),
+            memory_used_bytes: Some(5 << 30),
+            memory_total_bytes: Some(40 << 30),
+        },
+        MigDevice {
+            uuid: "MIG-2222".into(),
+            gpu_instance_id: 2,
+            compute_instance_id: 0,
+            profile: "1g.10gb".into(),
+            memory_used_bytes: Some(0),
+            memory_total_bytes: Some(10 << 30),
+        },
+    ];
+    SampleData {
+        gpus: vec![gpu(0, "GPU-a100", "NVIDIA A100-SXM4-80GB", true, reading)],
+        usages: vec![PodGpuUsage {
+            mig: Some(0),
+            memory_used_bytes: Some(5 << 30),
+            ..usage("llm-0", 0, Sharing::Exclusive, Err(Unresolved::MigUtilizationUnmeasured))
+        }],
+        accounts: vec![PodAccount { last_active: SystemTime::UNIX_EPOCH, energy_joules: 0.0 }],
+        ..sample_data()
+    }
+}
+
+#[test]
+fn mig_devices_have_their_own_series_and_their_pods_carry_their_labels() {
+    let (text, _) = render_plain(&mig_data(), MetricNames::Both);
+    let text = String::from_utf8(text).unwrap();
+    let gpu = "node=\"mainpc\",gpu=\"0\",uuid=\"GPU-a100\",model=\"NVIDIA A100-SXM4-80GB\"";
+    let held = "mig_uuid=\"MIG-1111\",gpu_instance_id=\"1\",compute_instance_id=\"0\",mig_profile=\"3g.40gb\"";
+    let pod = "namespace=\"ai-system-gpu\",pod=\"llm-0\",container=\"main\"";
+    for line in [
+        format!("nvidia_gpu_mig_memory_used_bytes{{{gpu},{held},{pod}}} 5368709120\n"),
+        format!(
+            "nvidia_gpu_mig_memory_total_bytes{{{gpu},mig_uuid=\"MIG-2222\",gpu_instance_id=\"2\",compute_instance_id=\"0\",mig_profile=\"1g.10gb\"}} 10737418240\n"
+        ),
+        format!("nvidia_gpu_pod_memory_used_bytes{{{gpu},{held},{pod},sharing=\"exclusive\"}} 5368709120\n"),
+        format!(
+            "kube_gpu_metrics_pod_attribution_unresolved{{{gpu},{held},{pod},reason=\"mig-utilization-unmeasured\"}} 1\n"
+        ),
+    ] {
+        assert!(text.contains(&line), "missing {line}");
+    }
+    // The parent GPU's series carry no pod: the pod holds a MIG device, not it.
+    assert!(text.contains(&format!("nvidia_gpu_memory_used_bytes{{{gpu}}} ")), "{text}");
+    // No utilization is made up for a MIG device or its pod.
+    assert!(!text.contains("nvidia_gpu_pod_utilization_percent{"), "{text}");
+    // dcgm-exporter's names: framebuffer series per MIG device with GPU_I_ID and GPU_I_PROFILE.
+    assert!(text.contains("GPU_I_ID=\"1\",GPU_I_PROFILE=\"3g.40gb\",namespace=\"ai-system-gpu\",pod=\"llm-0\",container=\"main\"} 5120\n"), "{text}");
+    assert!(text.contains("GPU_I_ID=\"2\",GPU_I_PROFILE=\"1g.10gb\"} 10240\n"), "{text}");
 }
 
 #[test]

@@ -1,6 +1,6 @@
 //! The NVML calls nvml-wrapper 0.13 does not wrap, made through its raw
-//! bindings: remapped rows, and the clock-event reasons under their current
-//! name. The crate's only `unsafe` lives here; each call says why it is
+//! bindings: remapped rows, the clock-event reasons under their current
+//! name, and a MIG device's GPU and compute instance IDs. The crate's only `unsafe` lives here; each call says why it is
 //! sound.
 #![allow(unsafe_code)]
 
@@ -27,6 +27,23 @@ pub fn remapped_rows(nvml: &Nvml, device: &Device<'_>) -> Result<RemappedRows, N
         pending: pending != 0,
         failure: failure != 0,
     })
+}
+
+/// `nvmlDeviceGetGpuInstanceId` and `nvmlDeviceGetComputeInstanceId` of a
+/// MIG device handle: which GPU instance it is, and which compute instance
+/// within it.
+pub fn mig_instance_ids(nvml: &Nvml, mig: &Device<'_>) -> Result<(u32, u32), NvmlError> {
+    let lib = nvml.lib();
+    let gpu_instance = nvml_sym(lib.nvmlDeviceGetGpuInstanceId.as_ref())?;
+    let compute_instance = nvml_sym(lib.nvmlDeviceGetComputeInstanceId.as_ref())?;
+    let (mut gi, mut ci) = (0u32, 0u32);
+    // SAFETY: `mig` borrows `nvml`, so its handle is valid while the library
+    // is loaded; each call writes one `c_uint` through a pointer to a live
+    // local, as the bindings declare.
+    nvml_try(unsafe { gpu_instance(mig.handle(), &mut gi) })?;
+    // SAFETY: as above.
+    nvml_try(unsafe { compute_instance(mig.handle(), &mut ci) })?;
+    Ok((gi, ci))
 }
 
 /// `nvmlDeviceGetCurrentClocksEventReasons`, the whole bitmask (nvml-wrapper's
