@@ -20,7 +20,7 @@ use crate::gpu::XidErrors;
 use crate::gpu::model::{GpuModelId, GpuProfile};
 use crate::gpu::{
     ClockEventReason, GpuIdentity, GpuProcess, GpuRead, GpuReading, GpuSource, GpuSourceError, GpuSourceOpener,
-    HealthReading, ProcessKind, ProcessSample, ProcessUsage, ReadRequest, RunningProcesses, ViolationPolicy,
+    HealthReading, MigDevice, ProcessKind, ProcessSample, ProcessUsage, ReadRequest, RunningProcesses, ViolationPolicy,
     Violations,
 };
 use scenario::Scenario;
@@ -31,6 +31,8 @@ pub const GPU_NAMESPACE: &str = "ai-system-gpu";
 /// A simulated pod that holds a slice of one simulated GPU.
 #[derive(Clone, Debug)]
 pub struct SimWorkload {
+    /// The UUID of the MIG device it holds, on a GPU in MIG mode.
+    pub mig_uuid: Option<String>,
     /// The owning Deployment (and the pod's `app` label).
     pub app: String,
     /// Pod name.
@@ -58,9 +60,14 @@ pub struct SimGpu {
     pub identity: GpuIdentity,
     /// What the model can do.
     pub profile: &'static GpuProfile,
-    /// The pods time-sliced onto it.
+    /// The pods time-sliced onto it, or each on a MIG device of its own.
     pub workloads: Vec<SimWorkload>,
+    /// Whether it runs in MIG mode (one 3g.40gb MIG device per workload).
+    pub mig: bool,
 }
+
+/// The memory of each simulated MIG device (3g.40gb).
+const MIG_MEMORY_BYTES: u64 = 40 << 30;
 
 /// The simulated GPUs of one node.
 #[derive(Clone, Debug)]
@@ -81,6 +88,7 @@ fn seed_apps(model: GpuModelId) -> &'static [(&'static str, f64, f64, u64)] {
     match model {
         GpuModelId::Rtx4090 => &[("reasoning-suite", 38.0, 30.0, 9), ("coordination-suite", 16.0, 10.0, 4)],
         GpuModelId::Rtx3060 => &[("vision-dream-suite", 30.0, 25.0, 5), ("tutoring-suite", 14.0, 10.0, 2)],
+        GpuModelId::A100Mig => &[("inference-suite", 35.0, 25.0, 18), ("embedding-suite", 20.0, 10.0, 6)],
         _ => &[("inference-suite", 35.0, 25.0, 8)],
     }
 }
@@ -101,6 +109,7 @@ impl SimNode {
                     .map(|&(app, base, swing, gib)| {
                         next_pid += 1;
                         SimWorkload {
+                            mig_uuid: model.mig().then(|| format!("MIG-{}", uuid(&mut rng))),
                             app: app.to_string(),
                             pod: format!("{app}-{}-{}", hex(&mut rng, 10), alnum(&mut rng, 5)),
                             pod_uid: uuid(&mut rng),
@@ -122,6 +131,7 @@ impl SimNode {
                     },
                     profile,
                     workloads,
+                    mig: model.mig(),
                 }
             })
             .collect();
@@ -147,7 +157,10 @@ impl SimNode {
                     pod: w.pod.clone(),
                     container: w.app.clone(),
                     pod_uid: Some(w.pod_uid.clone()),
-                    device_ids: vec![format!("{}::{replica}", gpu.identity.uuid)],
+                    device_ids: vec![match &w.mig_uuid {
+                        Some(mig) => mig.clone(),
+                        None => format!("{}::{replica}", gpu.identity.uuid),
+                    }],
                 })
             })
             .collect()
@@ -255,7 +268,11 @@ impl SimNode {
             xid: Some(XidErrors::default()),
             mig_devices: Vec::new(),
         };
-        let processes = if request.processes {
+        let reading = if gpu.mig { mig_reading(gpu, reading) } else { reading };
+        let processes = if request.processes && gpu.mig {
+            // As NVML: no per-process utilization in MIG mode.
+            ProcessUsage::Unsupported
+        } else if request.processes {
             let timestamp_us = (t * 1e6) as u64;
             ProcessUsage::Samples(
                 gpu.workloads
@@ -290,6 +307,34 @@ impl SimNode {
             RunningProcesses::NotRead
         };
         GpuRead { identity: Some(gpu.identity.clone()), up: true, reading, processes, running, errors: Vec::new() }
+    }
+}
+
+/// A GPU in MIG mode as NVML reports it: no device-wide utilization, and one
+/// 3g.40gb MIG device per workload holding its memory (plus 300 MiB of
+/// context).
+fn mig_reading(gpu: &SimGpu, reading: GpuReading) -> GpuReading {
+    let mig_devices: Vec<MigDevice> = gpu
+        .workloads
+        .iter()
+        .enumerate()
+        .filter_map(|(i, w)| {
+            Some(MigDevice {
+                uuid: w.mig_uuid.clone()?,
+                gpu_instance_id: 1 + i as u32,
+                compute_instance_id: 0,
+                profile: "3g.40gb".into(),
+                memory_used_bytes: Some((w.memory_bytes + (300 << 20)).min(MIG_MEMORY_BYTES)),
+                memory_total_bytes: Some(MIG_MEMORY_BYTES),
+            })
+        })
+        .collect();
+    GpuReading {
+        utilization_percent: None,
+        memory_utilization_percent: None,
+        memory_used_bytes: Some(mig_devices.iter().filter_map(|m| m.memory_used_bytes).sum()),
+        mig_devices,
+        ..reading
     }
 }
 

@@ -24,6 +24,9 @@ pub enum GpuModelId {
     A100,
     /// NVIDIA H100 80GB HBM3 (80 GiB, 700 W).
     H100,
+    /// An A100 80GB SXM in MIG mode, split into two 3g.40gb MIG devices,
+    /// one per workload.
+    A100Mig,
 }
 
 /// What a GPU model can do.
@@ -117,7 +120,13 @@ pub const REFERENCE: GpuModelId = GpuModelId::Rtx4090;
 impl GpuModelId {
     /// This model's profile.
     pub fn profile(self) -> &'static GpuProfile {
-        PROFILES.iter().find(|p| p.id == self).expect("every GpuModelId has a profile")
+        let id = if self == GpuModelId::A100Mig { GpuModelId::A100 } else { self };
+        PROFILES.iter().find(|p| p.id == id).expect("every GpuModelId has a profile")
+    }
+
+    /// Whether the simulated GPU runs in MIG mode.
+    pub fn mig(self) -> bool {
+        self == GpuModelId::A100Mig
     }
 }
 
@@ -130,7 +139,7 @@ impl GpuProfile {
             GpuModelId::Rtx3090 => "3090",
             GpuModelId::Rtx3060 => "3060",
             GpuModelId::L4 => " L4",
-            GpuModelId::A100 => "A100",
+            GpuModelId::A100 | GpuModelId::A100Mig => "A100",
             GpuModelId::H100 => "H100",
         };
         PROFILES.iter().find(|p| name.contains(key(p)))

@@ -88,3 +88,35 @@ fn a_scenario_scripts_its_workloads_and_leaves_the_others_moving() {
     let at_95 = share(1040.0);
     assert!((75..=95).contains(&at_95), "{at_95}");
 }
+
+#[test]
+fn a_mig_gpu_gives_each_workload_a_mig_device_that_attribution_follows() {
+    let node = SimNode::new("dgx", &[GpuModelId::A100Mig], 3);
+    let request = ReadRequest { processes: true, processes_since_us: 0, health: false, running: true };
+    let read = node.read_at(0, request, 2_000.0);
+    // As NVML in MIG mode: no device-wide or per-process utilization.
+    assert_eq!(read.reading.utilization_percent, None);
+    assert_eq!(read.processes, ProcessUsage::Unsupported);
+    let migs = &read.reading.mig_devices;
+    assert_eq!(migs.len(), 2);
+    assert_eq!((migs[0].gpu_instance_id, migs[1].gpu_instance_id), (1, 2));
+    assert!(migs.iter().all(|m| m.uuid.starts_with("MIG-") && m.profile == "3g.40gb"));
+    assert_eq!(read.reading.memory_used_bytes, Some(migs.iter().filter_map(|m| m.memory_used_bytes).sum()));
+
+    let allocations = node.allocations();
+    assert_eq!(allocations[0].device_ids, vec![migs[0].uuid.clone()]);
+    let view = crate::attribution::GpuView {
+        identity: read.identity.as_ref(),
+        up: read.up,
+        reading: &read.reading,
+        processes: &read.processes,
+        running: &read.running,
+    };
+    let usages = crate::attribution::attribute(&[view], &allocations, |pid| node.pod_uid_of(pid).map(String::from));
+    assert_eq!(usages.len(), 2);
+    for (m, usage) in usages.iter().enumerate() {
+        assert_eq!(usage.mig, Some(m));
+        assert_eq!(usage.memory_used_bytes, migs[m].memory_used_bytes);
+        assert_eq!(usage.utilization_percent, Err(crate::attribution::Unresolved::MigUtilizationUnmeasured));
+    }
+}
