@@ -328,7 +328,8 @@ impl Autoscaler {
         self.scale_ups.retain(|(at, _)| now.duration_since(*at) <= longest.max(Duration::from_secs(600)));
         self.scale_downs.retain(|(at, _)| now.duration_since(*at) <= longest.max(Duration::from_secs(600)));
         let changed = |events: &VecDeque<(Instant, u32)>, period: Duration| -> i64 {
-            events.iter().filter(|(at, _)| now.duration_since(*at) <= period).map(|(_, n)| i64::from(*n)).sum()
+            // In the period means younger than it, as upstream counts them.
+            events.iter().filter(|(at, _)| now.duration_since(*at) < period).map(|(_, n)| i64::from(*n)).sum()
         };
         let proposals = rules.policies.iter().map(|policy| {
             let period = period_of(policy);

@@ -159,3 +159,384 @@ fn a_decision_nobody_carried_out_does_not_spend_the_rate_budget() {
         assert_eq!(d.replicas, 2, "at {second} s: {:?}", d.steps);
     }
 }
+
+// ---- Ported from kubernetes pkg/controller/podautoscaler/horizontal_test.go,
+// TestScalingWithRules: the rate policies, min and max applied to a
+// prenormalized recommendation, with past scale events. Each case keeps its
+// upstream name; the helpers mirror upstream's generateScalingRules and
+// generateEventsUniformDistribution.
+
+/// `generateScalingRules(pods, podsPeriod, percent, percentPeriod, window)`:
+/// select Max, a policy for each non-zero value.
+fn scaling_rules(pods: u32, pods_period: u64, percent: u32, percent_period: u64, window: u64) -> Rules {
+    let mut policies = Vec::new();
+    if pods != 0 {
+        policies.push(Policy::Pods(pods, Duration::from_secs(pods_period)));
+    }
+    if percent != 0 {
+        policies.push(Policy::Percent(percent, Duration::from_secs(percent_period)));
+    }
+    Rules { window: Duration::from_secs(window), policies, select: Select::Max }
+}
+
+/// `generateEventsUniformDistribution(events, period)`: each event in the
+/// middle of its share of the last `period` seconds, oldest first; returns
+/// (age, change).
+fn uniform_events(events: &[u32], period: u64) -> Vec<(Duration, u32)> {
+    let segment = period as f64 / events.len() as f64;
+    events
+        .iter()
+        .enumerate()
+        .map(|(i, &n)| (Duration::from_secs_f64(period as f64 - segment * (i + 1) as f64 + segment / 2.0), n))
+        .collect()
+}
+
+struct RulesCase {
+    name: &'static str,
+    up_events: Vec<(Duration, u32)>,
+    down_events: Vec<(Duration, u32)>,
+    min: u32,
+    max: u32,
+    up: Option<Rules>,
+    down: Option<Rules>,
+    current: u32,
+    prenormalized: u32,
+    expected: u32,
+}
+
+fn case(name: &'static str, min: u32, max: u32, current: u32, prenormalized: u32, expected: u32) -> RulesCase {
+    RulesCase {
+        name,
+        up_events: Vec::new(),
+        down_events: Vec::new(),
+        min,
+        max,
+        up: None,
+        down: None,
+        current,
+        prenormalized,
+        expected,
+    }
+}
+
+#[test]
+fn upstream_scaling_with_rules_cases() {
+    let up = |rules: Rules, c: RulesCase| RulesCase { up: Some(rules), ..c };
+    let down = |rules: Rules, c: RulesCase| RulesCase { down: Some(rules), ..c };
+    let ups = |events: &[u32], period: u64, c: RulesCase| RulesCase { up_events: uniform_events(events, period), ..c };
+    let downs =
+        |events: &[u32], period: u64, c: RulesCase| RulesCase { down_events: uniform_events(events, period), ..c };
+    let cases = vec![
+        case("prenormalized desired replicas within range", 3, 8, 5, 7, 7),
+        case("prenormalized desired replicas < minReplicas", 2, 8, 3, 1, 2),
+        case("prenormalized desired replicas within range when minReplicas is 0", 0, 10, 1, 0, 0),
+        case("maxReplicas is the limit because maxReplicas < scaleUpLimit", 1, 10, 20, 1000, 10),
+        case("desired replica count is more than the maximum replica count", 100, 150, 100, 1000, 150),
+        up(
+            scaling_rules(0, 0, 1, 60, 0),
+            case(
+                "scaleUpLimit is the limit because scaleUpLimit < maxReplicas with user policies",
+                1,
+                2000,
+                3,
+                1000,
+                4,
+            ),
+        ),
+        case("scaleUp with default behavior", 1, 1000, 10, 50, 20),
+        up(
+            scaling_rules(100, 60, 100, 60, 0),
+            case("scaleUp with pods policy larger than percent policy", 1, 1000, 10, 500, 110),
+        ),
+        up(
+            scaling_rules(2, 60, 100, 60, 0),
+            case("scaleUp with percent policy larger than pods policy", 1, 1000, 10, 500, 20),
+        ),
+        up(
+            scaling_rules(100, 60, 0, 0, 0),
+            case("scaleUp with spec MaxReplicas limitation with large pod policy", 1, 1000, 10, 50, 50),
+        ),
+        up(
+            scaling_rules(10000, 60, 0, 0, 0),
+            case("scaleUp with spec MaxReplicas limitation with large percent policy", 1, 1000, 10, 50, 50),
+        ),
+        up(scaling_rules(30, 60, 0, 0, 0), case("scaleUp with pod policy limitation", 1, 1000, 10, 50, 40)),
+        up(scaling_rules(0, 0, 200, 60, 0), case("scaleUp with percent policy limitation", 1, 1000, 10, 50, 30)),
+        down(
+            scaling_rules(20, 60, 1, 60, 300),
+            case("scaleDown with percent policy larger than pod policy", 1, 1000, 100, 2, 80),
+        ),
+        down(
+            scaling_rules(2, 60, 1, 60, 300),
+            case("scaleDown with pod policy larger than percent policy", 1, 1000, 100, 2, 98),
+        ),
+        down(
+            scaling_rules(100, 60, 0, 0, 300),
+            case("scaleDown with spec MinReplicas=nil limitation with large pod policy", 1, 1000, 10, 0, 1),
+        ),
+        down(
+            scaling_rules(100, 60, 0, 0, 300),
+            case("scaleDown with spec MinReplicas limitation with large pod policy", 1, 1000, 10, 0, 1),
+        ),
+        down(
+            scaling_rules(0, 0, 100, 60, 300),
+            case("scaleDown with spec MinReplicas limitation with large percent policy", 5, 1000, 10, 2, 5),
+        ),
+        down(scaling_rules(5, 60, 0, 0, 300), case("scaleDown with pod policy limitation", 1, 1000, 10, 2, 5)),
+        down(scaling_rules(0, 0, 50, 60, 300), case("scaleDown with percent policy limitation", 1, 1000, 10, 5, 5)),
+        ups(
+            &[1, 5, 9],
+            120,
+            up(
+                scaling_rules(300, 60, 0, 0, 0),
+                case(
+                    "scaleUp with spec MaxReplicas limitation with large pod policy and events",
+                    1,
+                    200,
+                    100,
+                    500,
+                    200,
+                ),
+            ),
+        ),
+        ups(
+            &[1, 5, 9],
+            120,
+            up(
+                scaling_rules(0, 0, 10000, 60, 0),
+                case(
+                    "scaleUp with spec MaxReplicas limitation with large percent policy and events",
+                    1,
+                    200,
+                    100,
+                    500,
+                    200,
+                ),
+            ),
+        ),
+        ups(
+            &[1, 5, 9],
+            120,
+            up(
+                scaling_rules(5, 120, 0, 0, 0),
+                case(
+                    "scaleUp with currentReplicas limitation with rate.PeriodSeconds with a lot of recent scale up events",
+                    1,
+                    1000,
+                    100,
+                    500,
+                    100,
+                ),
+            ),
+        ),
+        ups(
+            &[1, 5, 9],
+            120,
+            up(
+                scaling_rules(150, 120, 0, 0, 0),
+                case("scaleUp with pod policy and previous scale up events", 1, 1000, 100, 500, 235),
+            ),
+        ),
+        ups(
+            &[1, 5, 9],
+            120,
+            up(
+                scaling_rules(0, 0, 200, 120, 0),
+                case("scaleUp with percent policy and previous scale up events", 1, 1000, 100, 500, 255),
+            ),
+        ),
+        downs(
+            &[2],
+            120,
+            ups(
+                &[4],
+                120,
+                up(
+                    scaling_rules(0, 0, 300, 300, 0),
+                    case("scaleUp with percent policy and previous scale up and down events", 1, 1000, 6, 24, 16),
+                ),
+            ),
+        ),
+        downs(&[1, 5, 9], 120, case("scaleDown with default policy and previous events", 1, 1000, 10, 5, 5)),
+        downs(
+            &[1, 5, 9],
+            120,
+            down(
+                scaling_rules(115, 120, 0, 0, 300),
+                case(
+                    "scaleDown with spec MinReplicas=nil limitation with large pod policy and previous events",
+                    1,
+                    1000,
+                    100,
+                    0,
+                    1,
+                ),
+            ),
+        ),
+        downs(
+            &[1, 5, 9],
+            120,
+            down(
+                scaling_rules(130, 120, 0, 0, 300),
+                case(
+                    "scaleDown with spec MinReplicas limitation with large pod policy and previous events",
+                    5,
+                    1000,
+                    100,
+                    0,
+                    5,
+                ),
+            ),
+        ),
+        downs(
+            &[1, 5, 9],
+            120,
+            down(
+                scaling_rules(0, 0, 100, 120, 300),
+                case(
+                    "scaleDown with spec MinReplicas limitation with large percent policy and previous events",
+                    5,
+                    1000,
+                    100,
+                    2,
+                    5,
+                ),
+            ),
+        ),
+        downs(
+            &[1, 5, 9],
+            120,
+            down(
+                scaling_rules(5, 120, 0, 0, 300),
+                case("scaleDown with pod policy limitation and previous events", 1, 1000, 100, 2, 100),
+            ),
+        ),
+        downs(
+            &[2, 4, 6],
+            120,
+            down(
+                scaling_rules(0, 0, 50, 120, 300),
+                case("scaleDown with percent policy limitation and previous events", 1, 1000, 100, 0, 56),
+            ),
+        ),
+        downs(
+            &[4],
+            120,
+            ups(
+                &[2],
+                120,
+                down(
+                    scaling_rules(0, 0, 50, 180, 0),
+                    case("scaleDown with percent policy and previous scale up and down events", 1, 1000, 10, 1, 6),
+                ),
+            ),
+        ),
+        downs(
+            &[10, 10, 10],
+            120,
+            down(
+                scaling_rules(0, 0, 10, 120, 300),
+                case("scaleDown with previous events preventing further scale down", 1, 1000, 100, 0, 100),
+            ),
+        ),
+        downs(
+            &[10, 10, 10],
+            120,
+            down(
+                scaling_rules(0, 0, 1000, 120, 300),
+                case("scaleDown with with previous events still allowing more scale down", 1, 1000, 10, 5, 5),
+            ),
+        ),
+        ups(
+            &[8, 12, 9, 11],
+            120,
+            up(
+                scaling_rules(1000, 60, 0, 0, 0),
+                case("check 'outdated' flag for events for one behavior for up", 1, 1000, 100, 200, 200),
+            ),
+        ),
+        ups(
+            &[8, 12, 9, 11],
+            120,
+            up(
+                scaling_rules(1000, 120, 100, 60, 0),
+                case(
+                    "check that events were not marked 'outdated' for two different policies in the behavior for up",
+                    1,
+                    1000,
+                    100,
+                    200,
+                    200,
+                ),
+            ),
+        ),
+        ups(
+            &[8, 12, 9, 11],
+            120,
+            up(
+                scaling_rules(1000, 30, 100, 60, 0),
+                case(
+                    "check that events were marked 'outdated' for two different policies in the behavior for up",
+                    1,
+                    1000,
+                    100,
+                    200,
+                    200,
+                ),
+            ),
+        ),
+        downs(
+            &[8, 12, 9, 11],
+            120,
+            down(
+                scaling_rules(1000, 60, 0, 0, 300),
+                case("check 'outdated' flag for events for one behavior for down", 1, 1000, 100, 5, 5),
+            ),
+        ),
+        downs(
+            &[8, 12, 9, 11],
+            120,
+            down(
+                scaling_rules(1000, 120, 100, 60, 300),
+                case(
+                    "check that events were not marked 'outdated' for two different policies in the behavior for down",
+                    1,
+                    1000,
+                    100,
+                    5,
+                    5,
+                ),
+            ),
+        ),
+        downs(
+            &[8, 12, 9, 11],
+            120,
+            down(
+                scaling_rules(1000, 30, 100, 60, 300),
+                case(
+                    "check that events were marked 'outdated' for two different policies in the behavior for down",
+                    1,
+                    1000,
+                    100,
+                    5,
+                    5,
+                ),
+            ),
+        ),
+    ];
+    // A fixed origin far enough from the process start for every event age.
+    let now = Instant::now() + Duration::from_secs(3600);
+    for c in cases {
+        let mut hpa = Autoscaler::default();
+        for &(age, n) in &c.up_events {
+            hpa.record_scale(now - age, 0, n);
+        }
+        for &(age, n) in &c.down_events {
+            hpa.record_scale(now - age, n, 0);
+        }
+        let defaults = Behavior::default();
+        let behavior = Behavior { up: c.up.unwrap_or(defaults.up), down: c.down.unwrap_or(defaults.down) };
+        let decision = hpa.decide(now, c.prenormalized, c.current, c.min, c.max, &behavior);
+        assert_eq!(decision.replicas, c.expected, "{}: {:?}", c.name, decision.steps);
+    }
+}
