@@ -35,3 +35,4 @@ pub mod retry;
 pub mod shutdown;
 pub mod sim;
 pub mod standalone;
+pub mod twin;

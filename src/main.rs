@@ -14,6 +14,7 @@ use kube_gpu_metrics::attribution::AttributionArgs;
 use kube_gpu_metrics::gpu::GpuArgs;
 use kube_gpu_metrics::hpa::preview::{self, PreviewArgs};
 use kube_gpu_metrics::standalone::{self, StandaloneArgs};
+use kube_gpu_metrics::twin::{self, SimulateArgs};
 
 /// How long the process may take to exit once its servers have drained: a
 /// GPU read hung inside the driver is left behind rather than waited for.
@@ -63,6 +64,8 @@ enum Command {
     Standalone(StandaloneArgs),
     /// What an HPA manifest would decide with the served metrics, and why.
     HpaPreview(PreviewArgs),
+    /// A closed-loop twin of the cluster and its HPAs: what they will do under a scenario.
+    Simulate(SimulateArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -113,6 +116,9 @@ async fn run(command: Command) -> anyhow::Result<()> {
         }
         Command::HpaPreview(args) => {
             println!("{}", preview::run(&args).await?);
+        }
+        Command::Simulate(args) => {
+            print!("{}", twin::run(&args)?);
         }
         Command::Standalone(args) => {
             standalone::run(args, shutdown_tx).await.context("standalone failed")?;

@@ -9,8 +9,10 @@ use clap::ValueEnum;
 
 const GIB: u64 = 1 << 30;
 
-/// The GPU models the simulator knows.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, ValueEnum)]
+/// The GPU models the simulator knows (in YAML and on the command line by
+/// their kebab-case names: `rtx4090`, `a100-mig`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum GpuModelId {
     /// NVIDIA GeForce RTX 4090 (24 GiB, 450 W).
     Rtx4090,

@@ -19,6 +19,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+/// The most load a step may ask for: ten RTX 4090s' worth.
+pub const MAX_LOAD: f64 = 1000.0;
+
 /// Why a scenario file was refused.
 #[derive(Debug, thiserror::Error)]
 #[error("scenario {path} (--scenario): {reason}")]
@@ -48,7 +51,8 @@ struct StepFile {
 pub struct Step {
     /// How long, or `None` for the rest of the run.
     pub duration: Option<Duration>,
-    /// Load, percent of the GPU.
+    /// Load, percent of the GPU (in the twin: demand, percent of an RTX
+    /// 4090's work, so above 100 needs more than one).
     pub load: f64,
 }
 
@@ -72,8 +76,10 @@ impl Scenario {
             let steps = steps
                 .into_iter()
                 .map(|s| {
-                    if !(0.0..=100.0).contains(&s.load) {
-                        return Err(err(format!("workload {app}: load {} is not within 0..=100", s.load)));
+                    // Above 100: more work than one GPU does (the twin's
+                    // demand, in 4090-equivalent percent).
+                    if !(0.0..=MAX_LOAD).contains(&s.load) {
+                        return Err(err(format!("workload {app}: load {} is not within 0..={MAX_LOAD}", s.load)));
                     }
                     let duration = s
                         .duration

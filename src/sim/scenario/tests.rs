@@ -25,7 +25,7 @@ fn a_last_step_with_a_duration_still_holds() {
 #[test]
 fn mistakes_are_named() {
     for (text, needle) in [
-        ("workloads:\n  a:\n    - {for: 10s, load: 150}\n", "within 0..=100"),
+        ("workloads:\n  a:\n    - {for: 10s, load: 1500}\n", "within 0..=1000"),
         ("workloads:\n  a:\n    - {for: soon, load: 5}\n", "for \"soon\""),
         ("workloads:\n  a: []\n", "no steps"),
         ("workloads:\n  a:\n    - {lod: 5}\n", "unknown field"),

@@ -1,0 +1,246 @@
+//! What the twin simulates: the cluster (nodes, their GPUs, taints and the
+//! device plugin's time-slicing replicas), the Deployments (tolerations,
+//! start-up time, initial replicas) and the metric pipeline's stages. Each
+//! has a YAML form and the reference cluster's defaults.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::gpu::model::GpuModelId;
+
+/// Why a twin input was refused.
+#[derive(Debug, thiserror::Error)]
+#[error("{flag} {path}: {reason}")]
+pub struct ModelError {
+    /// The flag that named the file.
+    pub flag: &'static str,
+    /// The file.
+    pub path: String,
+    /// What is wrong.
+    pub reason: String,
+}
+
+/// A taint, as on a Node (`NoSchedule` is what keeps pods off).
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Taint {
+    /// Key.
+    pub key: String,
+    /// Value (may be empty).
+    #[serde(default)]
+    pub value: String,
+    /// Effect: `NoSchedule`, `PreferNoSchedule` or `NoExecute`.
+    pub effect: String,
+}
+
+/// A toleration, as in a pod template.
+#[derive(Clone, Debug, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct Toleration {
+    /// Key; empty with `Exists` tolerates everything.
+    #[serde(default)]
+    pub key: String,
+    /// `Exists` or `Equal` (default).
+    #[serde(default = "equal")]
+    pub operator: String,
+    /// Value, for `Equal`.
+    #[serde(default)]
+    pub value: String,
+    /// Effect; empty matches every effect.
+    #[serde(default)]
+    pub effect: String,
+}
+
+fn equal() -> String {
+    "Equal".into()
+}
+
+impl Toleration {
+    /// Whether this toleration tolerates `taint`, as the scheduler decides.
+    pub fn tolerates(&self, taint: &Taint) -> bool {
+        let effect = self.effect.is_empty() || self.effect == taint.effect;
+        let key = self.key.is_empty() || self.key == taint.key;
+        let value = self.operator == "Exists" || self.value == taint.value;
+        effect && key && value
+    }
+}
+
+/// One node.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NodeSpec {
+    /// Name.
+    pub name: String,
+    /// Its GPUs (`rtx4090`, `rtx3060`, …).
+    pub gpus: Vec<GpuModelId>,
+    /// Its taints.
+    #[serde(default)]
+    pub taints: Vec<Taint>,
+    /// The device plugin's time-slicing replicas per GPU (1: exclusive).
+    #[serde(default = "one")]
+    pub time_slicing: u32,
+}
+
+fn one() -> u32 {
+    1
+}
+
+/// The cluster.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterSpec {
+    /// Its nodes.
+    pub nodes: Vec<NodeSpec>,
+}
+
+impl ClusterSpec {
+    /// The reference cluster: `mainpc` with an RTX 4090 (master and worker),
+    /// `pc2` with an RTX 3060, tainted for GPU work; both GPUs time-sliced
+    /// two ways by the device plugin.
+    pub fn reference() -> Self {
+        let gpu_taint = Taint { key: "gpu".into(), value: "true".into(), effect: "NoSchedule".into() };
+        ClusterSpec {
+            nodes: vec![
+                NodeSpec { name: "mainpc".into(), gpus: vec![GpuModelId::Rtx4090], taints: vec![], time_slicing: 2 },
+                NodeSpec {
+                    name: "pc2".into(),
+                    gpus: vec![GpuModelId::Rtx3060],
+                    taints: vec![gpu_taint],
+                    time_slicing: 2,
+                },
+            ],
+        }
+    }
+}
+
+/// A Deployment the twin runs.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct DeploymentSpec {
+    /// Name (the HPA's `scaleTargetRef.name`, and the scenario's workload).
+    pub name: String,
+    /// The pod template's tolerations.
+    #[serde(default)]
+    pub tolerations: Vec<Toleration>,
+    /// How long a scheduled pod takes to become ready (loading a model).
+    #[serde(default = "default_startup", with = "humantime_serde_compat")]
+    pub startup: Duration,
+    /// Replicas at the start.
+    #[serde(default = "one")]
+    pub replicas: u32,
+}
+
+fn default_startup() -> Duration {
+    Duration::from_secs(45)
+}
+
+/// `humantime` strings (`45s`) for durations.
+mod humantime_serde_compat {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+        let text = String::deserialize(d)?;
+        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+impl DeploymentSpec {
+    /// The default for a Deployment an HPA scales: tolerates the reference
+    /// cluster's `gpu` taint, 45 s to start, `replicas` to begin with.
+    pub fn default_for(name: &str, replicas: u32) -> Self {
+        DeploymentSpec {
+            name: name.into(),
+            tolerations: vec![Toleration {
+                key: "gpu".into(),
+                operator: "Exists".into(),
+                value: String::new(),
+                effect: "NoSchedule".into(),
+            }],
+            startup: default_startup(),
+            replicas,
+        }
+    }
+
+    /// Whether a pod of this Deployment may run on `node`.
+    pub fn fits(&self, node: &NodeSpec) -> bool {
+        node.taints
+            .iter()
+            .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+            .all(|t| self.tolerations.iter().any(|tol| tol.tolerates(t)))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeploymentsFile {
+    deployments: Vec<DeploymentSpec>,
+}
+
+fn read(flag: &'static str, path: &Path) -> Result<String, ModelError> {
+    std::fs::read_to_string(path).map_err(|e| ModelError {
+        flag,
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })
+}
+
+/// Reads `--cluster FILE`.
+pub fn read_cluster(path: &Path) -> Result<ClusterSpec, ModelError> {
+    let err = |reason: String| ModelError { flag: "--cluster", path: path.display().to_string(), reason };
+    let cluster: ClusterSpec = serde_yaml_ng::from_str(&read("--cluster", path)?).map_err(|e| err(e.to_string()))?;
+    if cluster.nodes.iter().all(|n| n.gpus.is_empty()) {
+        return Err(err("no node has a GPU".into()));
+    }
+    if cluster.nodes.iter().any(|n| n.time_slicing == 0) {
+        return Err(err("timeSlicing must be at least 1".into()));
+    }
+    Ok(cluster)
+}
+
+/// Reads `--deployments FILE`.
+pub fn read_deployments(path: &Path) -> Result<Vec<DeploymentSpec>, ModelError> {
+    let file: DeploymentsFile = serde_yaml_ng::from_str(&read("--deployments", path)?).map_err(|e| ModelError {
+        flag: "--deployments",
+        path: path.display().to_string(),
+        reason: e.to_string(),
+    })?;
+    Ok(file.deployments)
+}
+
+/// How the metric reaches the HPA: periodic stages, each passing on the
+/// latest value of the one before at its own ticks.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Pipeline {
+    /// Its name in reports.
+    pub name: String,
+    /// Stage periods, source first.
+    pub stages: Vec<Duration>,
+}
+
+impl Pipeline {
+    /// `direct` (this project: 1 s sampling, 1 s polling), `seed-stack`
+    /// (DCGM's 30 s collection, Prometheus' 30 s scrape; prometheus-adapter
+    /// queries Prometheus on each request), or stage periods (`5s,15s`).
+    pub fn parse(text: &str) -> Result<Pipeline, String> {
+        let seconds = |s: &[u64]| s.iter().map(|&n| Duration::from_secs(n)).collect();
+        match text {
+            "direct" => Ok(Pipeline { name: "direct".into(), stages: seconds(&[1, 1]) }),
+            "seed-stack" => Ok(Pipeline { name: "seed-stack".into(), stages: seconds(&[30, 30]) }),
+            custom => {
+                let stages = custom
+                    .split(',')
+                    .map(|d| humantime::parse_duration(d.trim()).map_err(|e| format!("{d:?}: {e}")))
+                    .collect::<Result<Vec<_>, _>>()
+                    .map_err(|e| format!("--pipeline is direct, seed-stack or stage periods like 5s,15s ({e})"))?;
+                if stages.iter().any(|d| d.as_secs() == 0) {
+                    return Err("--pipeline stages are whole seconds, at least 1s".into());
+                }
+                Ok(Pipeline { name: custom.into(), stages })
+            }
+        }
+    }
+}

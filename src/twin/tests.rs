@@ -1,0 +1,179 @@
+use std::path::Path;
+
+use super::*;
+use crate::gpu::model::GpuModelId;
+use model::{NodeSpec, Toleration};
+
+const HPA: &str = "apiVersion: autoscaling/v2
+kind: HorizontalPodAutoscaler
+metadata: {name: reasoning-gpu-hpa, namespace: ai-system-gpu}
+spec:
+  scaleTargetRef: {apiVersion: apps/v1, kind: Deployment, name: reasoning-suite}
+  minReplicas: 1
+  maxReplicas: 3
+  metrics:
+  - type: Pods
+    pods:
+      metric: {name: nvidia_gpu_utilization_percent}
+      target: {type: AverageValue, averageValue: \"70\"}
+";
+
+fn inputs(scenario: &str, cluster: ClusterSpec, deployment: DeploymentSpec) -> Inputs {
+    Inputs {
+        cluster,
+        scaled: vec![(deployment, parse_hpa(HPA).unwrap())],
+        scenario: Scenario::parse(scenario, Path::new("s.yaml")).unwrap(),
+    }
+}
+
+fn reference(scenario: &str) -> Inputs {
+    inputs(scenario, ClusterSpec::reference(), DeploymentSpec::default_for("reasoning-suite", 1))
+}
+
+const STEP: &str = "workloads:\n  reasoning-suite:\n    - {for: 60s, load: 40}\n    - {load: 95}\n";
+
+#[test]
+fn a_step_scales_up_within_one_sync_and_the_pipeline_in_every_phase() {
+    let direct = Pipeline::parse("direct").unwrap();
+    let runs = reference(STEP).runs(&direct, 40, 7, Duration::from_secs(600));
+    for (summary, _) in &runs {
+        let first = summary.first_scale_up_seconds.expect("a scale-up");
+        // One 15 s sync, 1 s sampling and 1 s polling, and the second the
+        // controller takes to act.
+        assert!(first <= 17.0, "{summary:?}");
+    }
+    let (summary, rows) = &runs[0];
+    assert!(summary.max_replicas >= 2.0, "{summary:?}");
+    // The new pod lands on a node, starts for 45 s and then takes load.
+    let late = rows.iter().rev().find(|r| r.deployment == "reasoning-suite").unwrap();
+    assert!(late.ready >= 2, "{late:?}");
+}
+
+#[test]
+fn the_seed_stack_reacts_later_than_the_direct_path() {
+    let direct = reference(STEP).runs(&Pipeline::parse("direct").unwrap(), 20, 3, Duration::from_secs(600));
+    let seed = reference(STEP).runs(&Pipeline::parse("seed-stack").unwrap(), 20, 3, Duration::from_secs(600));
+    let median = |runs: &[(Summary, Vec<engine::Row>)]| {
+        let summaries: Vec<Summary> = runs.iter().map(|(s, _)| s.clone()).collect();
+        report::over_runs(&summaries)["first_scale_up_seconds"].as_f64().unwrap()
+    };
+    let (d, s) = (median(&direct), median(&seed));
+    assert!(s > d, "seed-stack {s} s, direct {d} s");
+    // By construction at most 30 + 30 + 15 s (plus the controller's second).
+    let worst = seed.iter().filter_map(|(s, _)| s.first_scale_up_seconds).fold(0.0, f64::max);
+    assert!(worst <= 76.0, "{worst}");
+}
+
+#[test]
+fn steady_load_near_the_target_never_changes_direction() {
+    for load in [65, 70, 75] {
+        let steady = format!("workloads:\n  reasoning-suite: [{{load: {load}}}]\n");
+        for (summary, _) in
+            reference(&steady).runs(&Pipeline::parse("direct").unwrap(), 10, 11, Duration::from_secs(900))
+        {
+            assert_eq!(summary.direction_changes, 0.0, "{load} %: {summary:?}");
+            assert_eq!(summary.scale_events, 0.0, "{load} %: {summary:?}");
+        }
+    }
+}
+
+#[test]
+fn a_pod_no_node_can_take_stays_pending_and_is_reported() {
+    // One exclusive GPU: the second replica has nowhere to go.
+    let cluster = ClusterSpec {
+        nodes: vec![NodeSpec { name: "solo".into(), gpus: vec![GpuModelId::Rtx4090], taints: vec![], time_slicing: 1 }],
+    };
+    let surge = "workloads:\n  reasoning-suite:\n    - {for: 60s, load: 40}\n    - {load: 150}\n";
+    let twin = inputs(surge, cluster, DeploymentSpec::default_for("reasoning-suite", 1));
+    let (summary, rows) = &twin.runs(&Pipeline::parse("direct").unwrap(), 1, 1, Duration::from_secs(300))[0];
+    assert!(summary.pending_pods_max >= 1.0, "{summary:?}");
+    assert!(rows.iter().any(|r| r.pending >= 1 && r.unserved > 0.0));
+}
+
+#[test]
+fn taints_keep_pods_without_the_toleration_off_the_tainted_node() {
+    let intolerant =
+        DeploymentSpec { tolerations: Vec::<Toleration>::new(), ..DeploymentSpec::default_for("reasoning-suite", 3) };
+    let twin = inputs(STEP, ClusterSpec::reference(), intolerant);
+    let (_, rows) = &twin.runs(&Pipeline::parse("direct").unwrap(), 1, 1, Duration::from_secs(120))[0];
+    assert!(rows.iter().all(|r| r.pods.iter().all(|(_, node, _)| node == "mainpc")));
+    // mainpc's 4090 has two time-slicing replicas: the third pod waits.
+    assert!(rows.iter().any(|r| r.pending == 1));
+    let tolerant = reference(STEP);
+    let (_, rows) = &tolerant.runs(&Pipeline::parse("direct").unwrap(), 1, 1, Duration::from_secs(600))[0];
+    assert!(rows.iter().any(|r| r.pods.iter().any(|(_, node, _)| node == "pc2")), "the scale-up spreads to pc2");
+}
+
+#[test]
+fn a_saturated_gpu_counts_the_excess_as_unserved() {
+    // 300 % of a 4090's work on at most 3 replicas: the 3060's share is far
+    // more than it can do.
+    let heavy = "workloads:\n  reasoning-suite: [{load: 300}]\n";
+    let (summary, rows) =
+        &reference(heavy).runs(&Pipeline::parse("direct").unwrap(), 1, 5, Duration::from_secs(600))[0];
+    assert!(summary.unserved_work_percent_seconds > 0.0);
+    let last = rows.last().unwrap();
+    assert!(last.gpus.iter().any(|(_, u)| *u >= 99.9), "{last:?}");
+    assert_eq!(summary.time_to_capacity_seconds, None, "{summary:?}");
+}
+
+#[test]
+fn pipelines_parse_by_name_or_stage_periods() {
+    assert_eq!(Pipeline::parse("direct").unwrap().stages, vec![Duration::from_secs(1); 2]);
+    assert_eq!(Pipeline::parse("seed-stack").unwrap().stages, vec![Duration::from_secs(30); 2]);
+    assert_eq!(Pipeline::parse("5s,15s").unwrap().stages, vec![Duration::from_secs(5), Duration::from_secs(15)]);
+    assert!(Pipeline::parse("soon").unwrap_err().contains("--pipeline"));
+}
+
+#[test]
+fn simulate_writes_timelines_charts_and_the_summary_with_worst_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    let write = |name: &str, text: &str| {
+        let path = dir.path().join(name);
+        std::fs::write(&path, text).unwrap();
+        path
+    };
+    let args = SimulateArgs {
+        hpa: vec![write("hpa.yaml", HPA)],
+        scenario: write("scenario.yaml", STEP),
+        cluster: None,
+        deployments: Some(write(
+            "deployments.yaml",
+            "deployments:\n  - {name: reasoning-suite, startup: 20s, replicas: 1, tolerations: [{key: gpu, operator: Exists}]}\n",
+        )),
+        pipeline: "direct".into(),
+        runs: 3,
+        seed: 9,
+        duration: Duration::from_secs(300),
+        out: dir.path().join("out"),
+        report_json: Some(dir.path().join("report.json")),
+        compare: false,
+    };
+    let printed = run(&args).unwrap();
+    assert!(printed.contains("first_scale_up_seconds"), "{printed}");
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(dir.path().join("report.json")).unwrap()).unwrap();
+    for key in [
+        "first_scale_up_seconds",
+        "time_to_capacity_seconds",
+        "scale_events",
+        "direction_changes",
+        "unserved_work_percent_seconds",
+        "max_replicas",
+        "pending_pods_max",
+    ] {
+        assert!(report.get(key).is_some() && report.get(format!("{key}_max")).is_some(), "{key}: {report}");
+    }
+    assert_eq!(report["per_run"].as_array().unwrap().len(), 3);
+    let csv = std::fs::read_to_string(dir.path().join("out/run-0.csv")).unwrap();
+    assert!(csv.starts_with("t,deployment,demand,desired,ready,starting,pending,metric_seen,unserved,pods,gpus\n"));
+    assert_eq!(csv.lines().count(), 301);
+    let svg = std::fs::read_to_string(dir.path().join("out/run-2.svg")).unwrap();
+    assert!(svg.starts_with("<svg") && svg.contains("<polyline"));
+
+    // Bad input names the flag.
+    let bad = SimulateArgs { pipeline: "soon".into(), ..args.clone() };
+    assert!(run(&bad).unwrap_err().to_string().contains("--pipeline"));
+    let bad = SimulateArgs { cluster: Some(write("cluster.yaml", "nodes: [{name: a, gpus: []}]\n")), ..args };
+    assert!(run(&bad).unwrap_err().to_string().contains("--cluster"));
+}
