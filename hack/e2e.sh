@@ -7,7 +7,8 @@
 #      every alert and dashboard query;
 #   5. kubectl and the official Python client read standalone's custom metrics API,
 #      and a Python grpcio client generated from KEDA's proto calls its KEDA scaler;
-#   6. hpa-preview decides live and from a recorded list;
+#   6. hpa-preview decides live and from a recorded list, and simulate runs
+#      the reference HPA through the twin;
 #   7. the migration path: agents with dcgm-exporter's names, scraped by the
 #      real Prometheus, and the custom metrics API served from that Prometheus
 #      agree with the API served from the agents directly.
@@ -390,6 +391,25 @@ grep -q "decision: [0-9] replica" "$work/preview.txt" || fail "hpa-preview: no d
     >"$work/replay.txt" || fail "hpa-preview --metrics"
 grep -q "decision: [0-9] replica" "$work/replay.txt" || fail "hpa-preview replay: $(cat "$work/replay.txt")"
 log "hpa-preview: $(grep decision "$work/preview.txt" | head -1 | sed 's/^ *//')"
+
+# 6b. The scaling twin: the reference HPA through both pipelines; the direct
+# path's worst first scale-up is one sync plus the pipeline.
+"$bin" simulate --hpa deploy/examples/reasoning-gpu-hpa.yaml --scenario hack/scenarios/reasoning-step.yaml \
+    --runs 20 --out "$work/twin" --report-json "$work/twin.json" >"$work/twin.txt" || fail "simulate: $(cat "$work/twin.txt")"
+python3 - "$work/twin.json" "$work/twin/run-0.csv" <<'PY' || fail "simulate: the report or the timeline is not as documented"
+import csv, json, sys
+report = json.load(open(sys.argv[1]))
+for key in ["first_scale_up_seconds", "time_to_capacity_seconds", "scale_events", "direction_changes",
+            "unserved_work_percent_seconds", "max_replicas", "pending_pods_max"]:
+    assert key in report and key + "_max" in report, key
+assert report["first_scale_up_seconds_max"] <= 17, report
+rows = list(csv.DictReader(open(sys.argv[2])))
+assert len(rows) == 600 and max(int(r["desired"]) for r in rows) >= 2, rows[-1]
+PY
+"$bin" simulate --hpa deploy/examples/reasoning-gpu-hpa.yaml --scenario hack/scenarios/reasoning-step.yaml \
+    --runs 5 --compare >"$work/twin-compare.txt" || fail "simulate --compare"
+[ "$(grep -c '^| \(direct\|seed-stack\) |' "$work/twin-compare.txt")" = 8 ] || fail "simulate --compare: $(cat "$work/twin-compare.txt")"
+log "simulate: $(grep first_scale_up "$work/twin.txt" | sed 's/  */ /g')"
 
 # 7. The migration path. A plain adapter polls the dcgm-named agents directly;
 # standalone's adapter serves the same API from Prometheus.

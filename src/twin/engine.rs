@@ -209,7 +209,8 @@ pub fn run(spec: &RunSpec<'_>) -> Vec<Row> {
             let on: Vec<usize> = (0..pods.len()).filter(|&i| pods[i].gpu.map(|(_, pg)| pg) == Some(g)).collect();
             let time: f64 = on.iter().map(|&i| asked[i] / gpu.capacity).sum();
             let scale = if time > 100.0 { 100.0 / time } else { 1.0 };
-            gpu.utilization = time.min(100.0);
+            // (An empty float sum is -0.0.)
+            gpu.utilization = if time > 0.0 { time.min(100.0) } else { 0.0 };
             for i in on {
                 pods[i].utilization = asked[i] / gpu.capacity * scale;
                 served[pods[i].deployment] += asked[i] * scale;
