@@ -540,3 +540,75 @@ fn upstream_scaling_with_rules_cases() {
         assert_eq!(decision.replicas, c.expected, "{}: {:?}", c.name, decision.steps);
     }
 }
+
+// ---- Ported from the same file, TestNormalizeDesiredReplicasWithBehavior:
+// the stabilization windows alone (rate policies wide open, no min/max
+// bounds), over past recommendations. Upstream names kept.
+
+#[test]
+fn upstream_stabilization_window_cases() {
+    // (name, past recommendations as (minutes ago, replicas), current,
+    // prenormalized, expected, scale-up window s, scale-down window s)
+    type Case = (&'static str, &'static [(u64, u32)], u32, u32, u32, u64, u64);
+    let cases: &[Case] = &[
+        ("empty recommendations for scaling down", &[], 100, 5, 5, 0, 0),
+        ("simple scale down stabilization", &[(2, 4), (1, 5)], 100, 3, 5, 0, 180),
+        ("simple scale up stabilization", &[(2, 4), (1, 5)], 1, 7, 4, 300, 0),
+        ("no scale down stabilization", &[(2, 1), (1, 2)], 100, 3, 3, 300, 0),
+        ("no scale up stabilization", &[(2, 4), (1, 5)], 1, 3, 3, 0, 300),
+        ("no scale down stabilization, reuse recommendation element", &[(10, 10), (9, 9)], 100, 3, 3, 0, 0),
+        ("no scale up stabilization, reuse recommendation element", &[(10, 10), (9, 9)], 1, 100, 100, 0, 0),
+        (
+            "scale down stabilization, reuse one of obsolete recommendation element",
+            &[(10, 10), (1, 4), (2, 5), (9, 9)],
+            100,
+            3,
+            5,
+            0,
+            180,
+        ),
+        (
+            "scale up stabilization, reuse one of obsolete recommendation element",
+            &[(100, 10), (1, 6), (2, 5), (3, 9)],
+            1,
+            100,
+            5,
+            300,
+            0,
+        ),
+        (
+            "scale up and down stabilization, do not scale up when prenormalized rec goes down",
+            &[(100, 2), (3, 3)],
+            2,
+            1,
+            2,
+            300,
+            300,
+        ),
+        (
+            "scale up and down stabilization, do not scale down when prenormalized rec goes up",
+            &[(100, 2), (3, 1)],
+            2,
+            3,
+            2,
+            300,
+            300,
+        ),
+    ];
+    let open = vec![Policy::Pods(100_000, Duration::from_secs(1))];
+    let now = Instant::now() + Duration::from_secs(24 * 3600);
+    for &(name, past, current, prenormalized, expected, up_window, down_window) in cases {
+        let behavior = Behavior {
+            up: Rules { window: Duration::from_secs(up_window), policies: open.clone(), select: Select::Max },
+            down: Rules { window: Duration::from_secs(down_window), policies: open.clone(), select: Select::Max },
+        };
+        let mut hpa = Autoscaler::default();
+        let mut past = past.to_vec();
+        past.sort_by(|a, b| b.0.cmp(&a.0));
+        for (minutes, recommendation) in past {
+            hpa.decide(now - Duration::from_secs(minutes * 60), recommendation, current, 0, 1_000_000, &behavior);
+        }
+        let decision = hpa.decide(now, prenormalized, current, 0, 1_000_000, &behavior);
+        assert_eq!(decision.replicas, expected, "{name}: {:?}", decision.steps);
+    }
+}
