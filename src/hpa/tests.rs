@@ -604,7 +604,7 @@ fn upstream_stabilization_window_cases() {
         };
         let mut hpa = Autoscaler::default();
         let mut past = past.to_vec();
-        past.sort_by(|a, b| b.0.cmp(&a.0));
+        past.sort_by_key(|&(minutes, _)| std::cmp::Reverse(minutes));
         for (minutes, recommendation) in past {
             hpa.decide(now - Duration::from_secs(minutes * 60), recommendation, current, 0, 1_000_000, &behavior);
         }
