@@ -162,7 +162,8 @@ impl ExternalScaler for KedaScaler {
         let mut rounds = self.provider.changes();
         let mut shutdown = self.shutdown.clone();
         tokio::spawn(async move {
-            let mut recheck = tokio::time::interval(scaler.recheck);
+            // (An interval of zero would panic; a poll interval is never that short.)
+            let mut recheck = tokio::time::interval(scaler.recheck.max(Duration::from_millis(100)));
             recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut sent = None;
             loop {
