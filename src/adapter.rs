@@ -42,7 +42,7 @@ use admission::Rejections;
 use auth::{AuthArgs, Authenticator, Authorizer};
 use cluster::{AgentDiscovery, ClusterOutputs};
 use keda::KedaScaler;
-use keda::server::{KedaListen, KedaSetup};
+use keda::server::{DEFAULT_KEDA_LISTEN, KedaListen, KedaSetup};
 use provider::Provider;
 use readiness::Readiness;
 use source::agents::{AgentSource, AgentTarget};
@@ -132,10 +132,12 @@ pub struct AdapterArgs {
     #[allow(missing_docs)]
     pub poll: PollArgs,
 
-    /// KEDA's external scaler (gRPC over TLS, with the serving certificate);
-    /// `off` to not serve it.
-    #[arg(long, env = "KGM_KEDA_LISTEN", default_value = "0.0.0.0:9443")]
-    pub keda_listen: KedaListen,
+    /// KEDA's external scaler (gRPC over TLS, with the serving certificate)
+    /// [default: 0.0.0.0:9443; if that port is taken the scaler is left off
+    /// with a warning, while an address given here must bind]; `off` to not
+    /// serve it.
+    #[arg(long, env = "KGM_KEDA_LISTEN")]
+    pub keda_listen: Option<KedaListen>,
 
     /// A CA (PEM) that must have signed the client certificate KEDA presents
     /// to the scaler (the trigger's `tlsClientCert`); without it any client
@@ -422,8 +424,15 @@ impl AdapterSetup {
             limits: Limits::new(&args.poll, args.max_connections),
             max_age: args.poll.max_age,
             keda: match args.keda_listen {
-                KedaListen::Off => None,
-                KedaListen::At(listen) => Some(KedaSetup { listen, client_ca_file: args.keda_client_ca_file }),
+                Some(KedaListen::Off) => None,
+                Some(KedaListen::At(listen)) => {
+                    Some(KedaSetup { listen, required: true, client_ca_file: args.keda_client_ca_file })
+                }
+                None => Some(KedaSetup {
+                    listen: DEFAULT_KEDA_LISTEN.parse().expect("the default address parses"),
+                    required: false,
+                    client_ca_file: args.keda_client_ca_file,
+                }),
             },
         })
     }
@@ -522,7 +531,7 @@ pub async fn start(setup: AdapterSetup, shutdown: watch::Receiver<bool>) -> Resu
     let listener = tokio::net::TcpListener::bind(setup.listen).await.map_err(bind_error)?;
     let addr = listener.local_addr().map_err(bind_error)?;
     let keda = match setup.keda {
-        Some(keda) => Some(bind_keda(keda, resolver.clone()).await?),
+        Some(keda) => bind_keda(keda, resolver.clone()).await?,
         None => None,
     };
 
@@ -623,8 +632,9 @@ struct BoundKeda {
 }
 
 /// Reads the KEDA client CA and binds the scaler's port, so that either
-/// failing stops the start with the flag named.
-async fn bind_keda(setup: KedaSetup, resolver: Arc<CertResolver>) -> Result<BoundKeda, AdapterError> {
+/// failing stops the start with the flag named; only the default port,
+/// taken, leaves the scaler off (`None`) with a warning.
+async fn bind_keda(setup: KedaSetup, resolver: Arc<CertResolver>) -> Result<Option<BoundKeda>, AdapterError> {
     let what = "--keda-client-ca-file";
     let client_ca = match &setup.client_ca_file {
         Some(path) => {
@@ -635,7 +645,18 @@ async fn bind_keda(setup: KedaSetup, resolver: Arc<CertResolver>) -> Result<Boun
     };
     let tls = Arc::new(tls::grpc_server_config(resolver, client_ca.clone())?);
     let bind_error = |source| AdapterError::Bind { addr: setup.listen, flag: "--keda-listen", source };
-    let listener = tokio::net::TcpListener::bind(setup.listen).await.map_err(bind_error)?;
+    let listener = match tokio::net::TcpListener::bind(setup.listen).await {
+        Ok(listener) => listener,
+        Err(e) if !setup.required => {
+            tracing::warn!(
+                addr = %setup.listen,
+                error = %e,
+                "KEDA external scaler not served: its default port cannot be bound; set --keda-listen to another address, or off"
+            );
+            return Ok(None);
+        }
+        Err(e) => return Err(bind_error(e)),
+    };
     let addr = listener.local_addr().map_err(bind_error)?;
-    Ok(BoundKeda { listener, addr, tls, client_ca })
+    Ok(Some(BoundKeda { listener, addr, tls, client_ca }))
 }

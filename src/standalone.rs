@@ -61,9 +61,11 @@ pub struct StandaloneArgs {
     #[arg(long, env = "KGM_KUBECONFIG_OUT", default_value = "standalone.kubeconfig")]
     pub kubeconfig_out: PathBuf,
 
-    /// Port of KEDA's external scaler (gRPC over TLS). 0 picks a free port.
-    #[arg(long, env = "KGM_STANDALONE_KEDA_PORT", default_value_t = 9443)]
-    pub keda_port: u16,
+    /// Port of KEDA's external scaler (gRPC over TLS) [default: 9443; if
+    /// that port is taken the scaler is left off with a warning, while a
+    /// port given here must bind]. 0 picks a free port.
+    #[arg(long, env = "KGM_STANDALONE_KEDA_PORT")]
+    pub keda_port: Option<u16>,
 
     /// A CA (PEM) whose client certificates the KEDA scaler then requires.
     #[arg(long, env = "KGM_KEDA_CLIENT_CA_FILE")]
@@ -99,6 +101,9 @@ pub struct StandaloneArgs {
     #[allow(missing_docs)]
     pub prometheus: PrometheusArgs,
 }
+
+/// The KEDA scaler's port when `--keda-port` is not given.
+pub const DEFAULT_KEDA_PORT: u16 = 9443;
 
 /// The reference cluster's nodes: name and GPU.
 pub const REFERENCE_NODES: [(&str, GpuModelId); 2] = [("mainpc", GpuModelId::Rtx4090), ("pc2", GpuModelId::Rtx3060)];
@@ -275,7 +280,8 @@ pub async fn run(args: StandaloneArgs, shutdown_tx: watch::Sender<bool>) -> anyh
         prometheus: args.prometheus.settings()?,
         kubeconfig_out: args.kubeconfig_out.clone(),
         keda: Some(KedaSetup {
-            listen: SocketAddr::new(args.host, args.keda_port),
+            listen: SocketAddr::new(args.host, args.keda_port.unwrap_or(DEFAULT_KEDA_PORT)),
+            required: args.keda_port.is_some(),
             client_ca_file: args.keda_client_ca_file.clone(),
         }),
         ca_out: Some(args.ca_out.clone()),

@@ -1106,3 +1106,50 @@ async fn sighup_is_survived_and_connections_over_the_limit_are_closed() {
     sigterm(&adapter);
     assert!(exit_status(&mut adapter).await.success());
 }
+
+#[tokio::test]
+async fn a_keda_port_asked_for_must_bind_and_the_default_one_taken_leaves_the_scaler_off() {
+    let pki = Pki::new();
+    let base = |cmd: &mut Command| {
+        cmd.args(["adapter", "--secure-listen", "127.0.0.1:0", "--discover-agents=false"])
+            .args(["--authorization-mode", "always-allow"])
+            .args(pki.flags())
+            .env_remove("KUBECONFIG")
+            .env("KGM_LOG", "info");
+    };
+    // An address given must bind: the start stops, naming the flag.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap().to_string();
+    let mut cmd = Command::new(BIN);
+    base(&mut cmd);
+    let output = cmd.args(["--keda-listen", &taken_addr]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains(&format!("cannot listen on {taken_addr} (--keda-listen)")), "{stderr}");
+
+    // The default port taken (by this test, or by anything else): the
+    // adapter serves the metrics APIs and leaves the scaler off, saying so.
+    let _default = std::net::TcpListener::bind("0.0.0.0:9443");
+    let mut cmd = Command::new(BIN);
+    base(&mut cmd);
+    let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let mut warned = false;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let line = rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("the adapter started");
+        warned |= line.contains("KEDA external scaler not served");
+        if line.contains("adapter listening on https://") {
+            break;
+        }
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(warned, "no warning that the scaler is off");
+}

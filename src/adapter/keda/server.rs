@@ -53,11 +53,18 @@ impl std::str::FromStr for KedaListen {
     }
 }
 
+/// The scaler's address when `--keda-listen` is not given.
+pub const DEFAULT_KEDA_LISTEN: &str = "0.0.0.0:9443";
+
 /// Where the scaler listens and whom it trusts.
 #[derive(Clone, Debug)]
 pub struct KedaSetup {
     /// `--keda-listen`.
     pub listen: SocketAddr,
+    /// Whether the address was asked for: a port asked for that cannot be
+    /// bound stops the start; the default port taken by something else
+    /// only leaves the scaler off, with a warning.
+    pub required: bool,
     /// `--keda-client-ca-file`: when set, a client certificate it signed is
     /// required.
     pub client_ca_file: Option<PathBuf>,
