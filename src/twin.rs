@@ -111,6 +111,9 @@ impl Inputs {
         for path in &args.hpa {
             let text = std::fs::read_to_string(path).with_context(|| format!("--hpa {}", path.display()))?;
             let hpa = parse_hpa(&text).map_err(|e| anyhow::anyhow!("--hpa {}: {e}", path.display()))?;
+            if hpa.min > hpa.max {
+                anyhow::bail!("--hpa {}: minReplicas {} is above maxReplicas {}", path.display(), hpa.min, hpa.max);
+            }
             if !hpa.metrics.iter().any(|m| matches!(m, MetricSpec::Pods { .. })) {
                 anyhow::bail!(
                     "--hpa {}: the twin simulates Pods metrics with an AverageValue target; this HPA has none",

@@ -125,7 +125,7 @@ pub fn run(spec: &RunSpec<'_>) -> Vec<Row> {
             spec: d.clone(),
             hpa: h.clone(),
             autoscaler: Autoscaler::default(),
-            desired: d.replicas.clamp(h.min, h.max),
+            desired: d.replicas.max(h.min).min(h.max.max(h.min)),
             seen: None,
             created: 0,
         })

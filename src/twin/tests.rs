@@ -174,6 +174,9 @@ fn simulate_writes_timelines_charts_and_the_summary_with_worst_runs() {
     // Bad input names the flag.
     let bad = SimulateArgs { pipeline: "soon".into(), ..args.clone() };
     assert!(run(&bad).unwrap_err().to_string().contains("--pipeline"));
-    let bad = SimulateArgs { cluster: Some(write("cluster.yaml", "nodes: [{name: a, gpus: []}]\n")), ..args };
+    let bad = SimulateArgs { cluster: Some(write("cluster.yaml", "nodes: [{name: a, gpus: []}]\n")), ..args.clone() };
     assert!(run(&bad).unwrap_err().to_string().contains("--cluster"));
+    let inverted = HPA.replace("minReplicas: 1", "minReplicas: 5");
+    let bad = SimulateArgs { hpa: vec![write("inverted.yaml", &inverted)], ..args };
+    assert!(run(&bad).unwrap_err().to_string().contains("minReplicas 5 is above maxReplicas 3"));
 }
