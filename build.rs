@@ -6,33 +6,24 @@
 use std::path::PathBuf;
 
 fn main() {
-    compile_podresources_proto();
-    compile_keda_proto();
+    compile_protos();
     build_fake_nvml();
 }
 
-fn compile_podresources_proto() {
-    let proto = "proto/podresources/v1/api.proto";
-    println!("cargo:rerun-if-changed={proto}");
-    let descriptors = protox::compile([proto], ["proto"]).expect("parse the PodResources proto");
+/// Both gRPC APIs, client and server halves: the agent calls the kubelet and
+/// the fake kubelet (tests, `standalone`) serves it; the adapter serves KEDA's
+/// scaler and tests and benches call it.
+fn compile_protos() {
+    let protos = ["proto/podresources/v1/api.proto", "proto/keda/externalscaler.proto"];
+    for proto in protos {
+        println!("cargo:rerun-if-changed={proto}");
+    }
+    let descriptors = protox::compile(protos, ["proto"]).expect("parse the vendored protos");
     tonic_prost_build::configure()
         .build_client(true)
-        // The server half serves the fake kubelet in tests and in `standalone`.
         .build_server(true)
         .compile_fds(descriptors)
-        .expect("generate the PodResources gRPC code");
-}
-
-fn compile_keda_proto() {
-    let proto = "proto/keda/externalscaler.proto";
-    println!("cargo:rerun-if-changed={proto}");
-    let descriptors = protox::compile([proto], ["proto"]).expect("parse KEDA's external scaler proto");
-    tonic_prost_build::configure()
-        // The adapter serves it; the client drives it in tests and benches.
-        .build_server(true)
-        .build_client(true)
-        .compile_fds(descriptors)
-        .expect("generate the external scaler gRPC code");
+        .expect("generate the gRPC code");
 }
 
 /// Builds `hack/fake-nvml/fake_nvml.c` as a shared library and exposes its path

@@ -641,26 +641,24 @@ nvmlReturn_t nvmlDeviceIsMigDeviceHandle(nvmlDevice_t device, unsigned int *is_m
     return NVML_SUCCESS;
 }
 
-nvmlReturn_t nvmlDeviceGetGpuInstanceId(nvmlDevice_t device, unsigned int *id) {
+/* A MIG handle's GPU instance ID, or with `compute` its compute instance ID. */
+static nvmlReturn_t mig_instance_id(nvmlDevice_t device, unsigned int *id, int compute) {
     if (!is_mig_handle(device)) return NVML_ERROR_INVALID_ARGUMENT;
     struct fake_gpu gpu;
     struct fake_mig mig;
     nvmlReturn_t err = enter_mig(device, &gpu, &mig);
     if (err) return err;
     if (!id) return NVML_ERROR_INVALID_ARGUMENT;
-    *id = mig.gi;
+    *id = compute ? mig.ci : mig.gi;
     return NVML_SUCCESS;
 }
 
+nvmlReturn_t nvmlDeviceGetGpuInstanceId(nvmlDevice_t device, unsigned int *id) {
+    return mig_instance_id(device, id, 0);
+}
+
 nvmlReturn_t nvmlDeviceGetComputeInstanceId(nvmlDevice_t device, unsigned int *id) {
-    if (!is_mig_handle(device)) return NVML_ERROR_INVALID_ARGUMENT;
-    struct fake_gpu gpu;
-    struct fake_mig mig;
-    nvmlReturn_t err = enter_mig(device, &gpu, &mig);
-    if (err) return err;
-    if (!id) return NVML_ERROR_INVALID_ARGUMENT;
-    *id = mig.ci;
-    return NVML_SUCCESS;
+    return mig_instance_id(device, id, 1);
 }
 
 nvmlReturn_t nvmlInit_v2(void) {
