@@ -89,8 +89,7 @@ impl KedaScaler {
     pub fn state(&self, spec: &ScalerSpec, now: SystemTime) -> Result<WorkloadState, Status> {
         if !self.readiness.is_ready() {
             let (_, report) = self.readiness.report();
-            let failed: Vec<&str> = report.lines().filter(|l| l.starts_with("[-]")).collect();
-            return Err(Status::unavailable(format!("the adapter is not ready: {}", failed.join("; "))));
+            return Err(Status::unavailable(format!("the adapter is not ready: {}", Readiness::failures(&report))));
         }
         let snapshot = self.provider.snapshot(now);
         let workload = snapshot.workload(spec.metric, &spec.namespace, &spec.selector);

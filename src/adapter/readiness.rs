@@ -71,4 +71,10 @@ impl Readiness {
         out.push_str(if ready { "readyz check passed\n" } else { "readyz check failed\n" });
         (ready, out)
     }
+
+    /// The failed checks of a [`Readiness::report`], on one line, for a
+    /// refusal that says why.
+    pub fn failures(report: &str) -> String {
+        report.lines().filter(|l| l.starts_with("[-]")).collect::<Vec<_>>().join("; ")
+    }
 }

@@ -126,10 +126,7 @@ impl AdapterService {
         match (ready, verbose) {
             (true, false) => json(StatusCode::OK, Bytes::from_static(b"ok")),
             (true, true) => text(StatusCode::OK, report),
-            (false, _) => {
-                let failed: Vec<&str> = report.lines().filter(|l| l.starts_with("[-]")).collect();
-                status(&ApiError::unavailable(format!("not ready: {}", failed.join("; "))))
-            }
+            (false, _) => status(&ApiError::unavailable(format!("not ready: {}", Readiness::failures(&report)))),
         }
     }
 
