@@ -271,15 +271,7 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<String> {
             .with_context(|| format!("--report-json {}", path.display()))?;
     }
     let _ = writeln!(out, "{} run(s) through the {} pipeline; median / worst run:", summaries.len(), pipeline.name);
-    for key in [
-        "first_scale_up_seconds",
-        "time_to_capacity_seconds",
-        "scale_events",
-        "direction_changes",
-        "unserved_work_percent_seconds",
-        "max_replicas",
-        "pending_pods_max",
-    ] {
+    for (key, _) in report::FIGURES {
         let _ = writeln!(out, "  {key:<32} {}", cell(&figures, key));
     }
     let _ = writeln!(out, "timelines and charts in {}", args.out.display());

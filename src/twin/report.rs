@@ -90,20 +90,24 @@ pub fn summarize(rows: &[Row]) -> Summary {
     summary
 }
 
+/// How a figure is read from a summary.
+pub type Figure = fn(&Summary) -> Option<f64>;
+
+/// Every summary figure by its report key, in report order.
+pub const FIGURES: [(&str, Figure); 7] = [
+    ("first_scale_up_seconds", |s| s.first_scale_up_seconds),
+    ("time_to_capacity_seconds", |s| s.time_to_capacity_seconds),
+    ("scale_events", |s| Some(s.scale_events)),
+    ("direction_changes", |s| Some(s.direction_changes)),
+    ("unserved_work_percent_seconds", |s| Some(s.unserved_work_percent_seconds)),
+    ("max_replicas", |s| Some(s.max_replicas)),
+    ("pending_pods_max", |s| Some(s.pending_pods_max)),
+];
+
 /// The median of each figure over runs, with `<key>_max` the worst run's.
 pub fn over_runs(runs: &[Summary]) -> serde_json::Map<String, serde_json::Value> {
     let mut out = serde_json::Map::new();
-    type Figure = fn(&Summary) -> Option<f64>;
-    let fields: [(&str, Figure); 7] = [
-        ("first_scale_up_seconds", |s| s.first_scale_up_seconds),
-        ("time_to_capacity_seconds", |s| s.time_to_capacity_seconds),
-        ("scale_events", |s| Some(s.scale_events)),
-        ("direction_changes", |s| Some(s.direction_changes)),
-        ("unserved_work_percent_seconds", |s| Some(s.unserved_work_percent_seconds)),
-        ("max_replicas", |s| Some(s.max_replicas)),
-        ("pending_pods_max", |s| Some(s.pending_pods_max)),
-    ];
-    for (key, get) in fields {
+    for (key, get) in FIGURES {
         let mut values: Vec<f64> = runs.iter().filter_map(get).collect();
         values.sort_by(f64::total_cmp);
         let median = (!values.is_empty()).then(|| values[values.len() / 2]);
