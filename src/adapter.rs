@@ -27,6 +27,9 @@ pub mod source;
 pub mod store;
 pub mod tls;
 
+#[cfg(test)]
+mod fixtures;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;

@@ -1,79 +1,36 @@
-use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use tonic::Code;
 
 use super::*;
-use crate::adapter::admission::Rejections;
-use crate::adapter::source::agents::{AgentTarget, build_view};
-use crate::adapter::store::MetricStore;
-use crate::feed::{FeedGpu, FeedPod, NodeFeed};
-use crate::k8s::labels::{LabelIndex, LabelMaps};
+use crate::adapter::fixtures::{T0_MS, feed, labels, now, provider};
+use crate::k8s::labels::LabelMaps;
 
-const T0_MS: u64 = 1_795_430_000_000;
-
-fn now() -> SystemTime {
-    UNIX_EPOCH + Duration::from_millis(T0_MS + 500)
-}
-
-/// One node's feed, sampled at `timestamp_ms`, with these pods' utilization.
-fn feed(node: &str, timestamp_ms: u64, pods: &[(&str, f64)]) -> (AgentTarget, Arc<NodeFeed>) {
-    let uuid = format!("GPU-{node}");
-    let feed = NodeFeed {
-        node: node.into(),
-        timestamp_ms,
-        interval_ms: 1000,
-        gpus: vec![FeedGpu {
-            index: 0,
-            uuid: uuid.clone(),
-            model: "NVIDIA GeForce RTX 4090".into(),
-            up: true,
-            utilization_percent: Some(50.0),
-            memory_utilization_percent: None,
-            memory_used_bytes: None,
-            memory_total_bytes: None,
-        }],
-        pods: pods
-            .iter()
-            .map(|(pod, util)| FeedPod {
-                namespace: "ai".into(),
-                pod: pod.to_string(),
-                gpus: vec![uuid.clone()],
-                sharing: "shared".into(),
-                utilization_percent: Some(*util),
-                memory_utilization_percent: None,
-                memory_used_bytes: None,
-                reason: None,
-            })
-            .collect(),
-    };
-    (AgentTarget::unbound(format!("http://{node}:9402")), Arc::new(feed))
-}
+const NAMESPACE: &str = "ai-system-gpu";
 
 /// A scaler whose API lists `web-0`..`web-3` (app=web); `fresh` pods have
 /// values on one node, `stale` ones on a node whose feed is 10 s old.
 fn scaler(fresh: &[(&str, f64)], stale: &[(&str, f64)], ready: bool) -> KedaScaler {
     let mut maps = LabelMaps::default();
-    let pods = maps.pods.entry("ai".into()).or_default();
+    let pods = maps.pods.entry(NAMESPACE.into()).or_default();
     for n in 0..4 {
-        pods.insert(format!("web-{n}"), [("app".to_string(), "web".to_string())].into_iter().collect());
+        pods.insert(format!("web-{n}"), labels(&[("app", "web")]));
     }
-    let targets = [feed("a", T0_MS, fresh), feed("b", T0_MS - 10_000, stale)];
-    let store = Arc::new(MetricStore::new(None));
-    store.publish(build_view(&targets, &LabelIndex::new(maps), &Rejections::default(), usize::MAX, now()));
+    let model = "NVIDIA GeForce RTX 4090";
+    let provider = provider(&[feed("a", model, T0_MS, fresh), feed("b", model, T0_MS - 10_000, stale)], maps);
     let readiness = Readiness::default();
     let check = readiness.check("source", "no round has been polled yet");
     if ready {
         check.pass();
     }
     let (_, shutdown) = watch::channel(false);
-    KedaScaler::new(Provider::new(store), readiness, Duration::from_secs(1), shutdown)
+    KedaScaler::new(provider, readiness, Duration::from_secs(1), shutdown)
 }
 
 fn spec(selector: &str, target: &str, activation: &str) -> ScalerSpec {
     let object = ScaledObjectRef {
         name: "web".into(),
-        namespace: "ai".into(),
+        namespace: NAMESPACE.into(),
         scaler_metadata: [("podSelector", selector), ("targetValue", target), ("activationTargetValue", activation)]
             .into_iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
