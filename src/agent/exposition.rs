@@ -429,6 +429,10 @@ fn gpu_label_sets(node: &str, gpus: &[GpuState]) -> LabelSets {
 /// first MIG device's set.
 fn mig_label_sets(gpus: &[GpuState], gpu_sets: &LabelSets, names: [&'static str; 4]) -> (LabelSets, Vec<usize>) {
     let count: usize = gpus.iter().map(|g| g.reading.mig_devices.len()).sum();
+    if count == 0 {
+        // No GPU in MIG mode (the usual case): nothing to index, nothing allocated.
+        return (LabelSets::with_capacity(0, 0), Vec::new());
+    }
     let mut sets = LabelSets::with_capacity(count, 256);
     let mut first = Vec::with_capacity(gpus.len());
     for (i, gpu) in gpus.iter().enumerate() {
