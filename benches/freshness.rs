@@ -318,6 +318,8 @@ fn activation_latencies(flips: usize) -> Vec<Duration> {
         .args([
             "--scenario",
             &path("scenario.yaml"),
+            // One pod whose load flips: no HPA scales it meanwhile.
+            "--fixed-replicas",
             "--kubeconfig-out",
             &path("kubeconfig"),
             "--ca-out",

@@ -411,6 +411,37 @@ PY
 [ "$(grep -c '^| \(direct\|seed-stack\) |' "$work/twin-compare.txt")" = 8 ] || fail "simulate --compare: $(cat "$work/twin-compare.txt")"
 log "simulate: $(grep first_scale_up "$work/twin.txt" | sed 's/  */ /g')"
 
+# 6c. standalone closes the loop: with a scenario the reference HPA scales
+# reasoning-suite, and kubectl lists the new pod (sync and start-up shortened).
+cat >"$work/live-step.yaml" <<'YAML'
+workloads:
+  reasoning-suite:
+    - {for: 5s, load: 40}
+    - {load: 95}
+YAML
+cat >"$work/live-deployments.yaml" <<'YAML'
+deployments:
+- {name: reasoning-suite, startup: 3s, tolerations: [{key: gpu, operator: Exists}]}
+YAML
+live_kubeconfig="$work/live.kubeconfig"
+"$bin" standalone --agent-port 19406 --adapter-port 19445 --keda-port 19545 --kubeconfig-out "$live_kubeconfig" \
+    --ca-out "$work/live-ca.pem" --scenario "$work/live-step.yaml" --deployments "$work/live-deployments.yaml" \
+    --hpa-sync-period 3s --duration 60s >"$work/live.log" 2>&1 &
+live_pid=$!
+live_pods=0
+for _ in $(seq 1 80); do
+    live_pods=$(kubectl --kubeconfig "$live_kubeconfig" get --raw \
+        "/apis/custom.metrics.k8s.io/v1beta2/namespaces/ai-system-gpu/pods/*/nvidia_gpu_utilization_percent?labelSelector=app%3Dreasoning-suite" 2>/dev/null \
+        | python3 -c 'import json, sys; print(sum(1 for i in json.load(sys.stdin)["items"] if float(i["value"].rstrip("m")) > 0))' 2>/dev/null || echo 0)
+    [ "$live_pods" -ge 2 ] && break
+    sleep 0.5
+done
+kill "$live_pid" 2>/dev/null; wait "$live_pid" 2>/dev/null
+[ "$live_pods" -ge 2 ] || fail "standalone --scenario: kubectl never listed two busy reasoning-suite pods: $(tail -5 "$work/live.log")"
+grep -q "scaled hpa=reasoning-gpu-hpa deployment=reasoning-suite from=1 to=2" "$work/live.log" \
+    || fail "standalone --scenario: the scale-up was not logged"
+log "standalone --scenario: the reference HPA scaled reasoning-suite to $live_pods busy pods, listed by kubectl"
+
 # 7. The migration path. A plain adapter polls the dcgm-named agents directly;
 # standalone's adapter serves the same API from Prometheus.
 python3 - "$migration_kubeconfig" "$work/migration-ca.pem" <<'PY'

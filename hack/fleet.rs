@@ -35,7 +35,7 @@ use hyper_util::rt::TokioIo;
 use kube_gpu_metrics::adapter::PollArgs;
 use kube_gpu_metrics::adapter::keda::server::KedaSetup;
 use kube_gpu_metrics::feed::{FeedGpu, FeedPod, NodeFeed};
-use kube_gpu_metrics::k8s::labels::LabelMaps;
+use kube_gpu_metrics::k8s::labels::{LabelIndex, LabelMaps};
 use kube_gpu_metrics::standalone::{LocalAdapter, start_local_adapter};
 use tokio::sync::watch;
 
@@ -201,7 +201,7 @@ async fn adapter(fleet: FleetAdapter) -> anyhow::Result<()> {
     let local = LocalAdapter {
         listen,
         agents: urls,
-        labels,
+        labels: std::sync::Arc::new(LabelIndex::new(labels)),
         poll: PollArgs { poll_interval, max_age: Some(max_age), ..PollArgs::default() },
         prometheus: None,
         kubeconfig_out,

@@ -360,9 +360,10 @@ pub struct AdapterSetup {
     pub authorization: (AuthorizationMode, Duration),
     /// Where values come from.
     pub source: SourceSetup,
-    /// Fixed labels and placements (standalone); `None` to watch the cluster
-    /// when one is used, or to trust static agents without one.
-    pub labels: Option<LabelMaps>,
+    /// Labels and placements kept by the caller (standalone, whose live twin
+    /// replaces them as it scales); `None` to watch the cluster when one is
+    /// used, or to trust static agents without one.
+    pub labels: Option<Arc<LabelIndex>>,
     /// Limits.
     pub limits: Limits,
     /// Oldest sample served.
@@ -558,9 +559,9 @@ pub async fn start(setup: AdapterSetup, shutdown: watch::Receiver<bool>) -> Resu
     let (synced_tx, synced_rx) = watch::channel(false);
     let mut background = Tasks::default();
     let labels = match (setup.labels, client.clone()) {
-        (Some(maps), _) => {
+        (Some(index), _) => {
             synced_tx.send_replace(true);
-            Arc::new(LabelIndex::new(maps))
+            index
         }
         (None, Some(client)) => {
             let labels =

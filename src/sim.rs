@@ -13,6 +13,8 @@
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use arc_swap::ArcSwap;
+
 pub mod scenario;
 
 use crate::attribution::{Allocations, Attribution, ContainerAllocation};
@@ -23,6 +25,7 @@ use crate::gpu::{
     HealthReading, MigDevice, ProcessKind, ProcessSample, ProcessUsage, ReadRequest, RunningProcesses, ViolationPolicy,
     Violations,
 };
+use crate::k8s::labels::{LabelMaps, Labels};
 use scenario::Scenario;
 
 /// The namespace the reference cluster runs GPU workloads in.
@@ -51,31 +54,94 @@ pub struct SimWorkload {
     pub period_seconds: f64,
     /// Phase of the slow wave, radians.
     pub phase: f64,
+    /// The load the live twin sets (percent of its GPU's time), over the
+    /// scenario and the wave: a scaled Deployment's pods get their share of
+    /// its demand, and 0 while they start.
+    pub twin_load: Option<f64>,
 }
 
-/// One simulated GPU and its workloads.
+impl SimWorkload {
+    /// Its slow wave at `t` seconds since the epoch, percent of its GPU
+    /// (no noise).
+    pub fn wave(&self, t: f64) -> f64 {
+        self.base_percent + self.swing_percent * (t / self.period_seconds * std::f64::consts::TAU + self.phase).sin()
+    }
+
+    /// Another pod of the same Deployment, as its ReplicaSet would name it
+    /// (same `pod-template-hash`, a new suffix and UID), with process `pid`.
+    pub fn replica(&self, rng: &mut fastrand::Rng, pid: u32) -> SimWorkload {
+        SimWorkload {
+            pod: format!("{}-{}-{}", self.app, self.template_hash(), alnum(rng, 5)),
+            pod_uid: uuid(rng),
+            pid,
+            mig_uuid: None,
+            twin_load: None,
+            ..self.clone()
+        }
+    }
+
+    /// Its `pod-template-hash`.
+    pub fn template_hash(&self) -> &str {
+        self.pod.trim_start_matches(&self.app).trim_start_matches('-').split('-').next().unwrap_or("")
+    }
+
+    /// Its pod's labels: `app` and `pod-template-hash`.
+    pub fn pod_labels(&self) -> Labels {
+        [("app", self.app.as_str()), ("pod-template-hash", self.template_hash())]
+            .into_iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect()
+    }
+}
+
+/// What the API would say about the simulated nodes: each node's labels,
+/// and each pod's labels and placement, from the pods the nodes run now.
+pub fn label_maps<'a>(nodes: impl IntoIterator<Item = &'a SimNode>) -> LabelMaps {
+    let mut maps = LabelMaps { placements: Some(Default::default()), ..LabelMaps::default() };
+    for node in nodes {
+        for w in node.workloads().iter().flatten() {
+            add_pod(&mut maps, w, Some(&node.node));
+        }
+        maps.nodes.insert(node.node.clone(), node.node_labels());
+    }
+    maps
+}
+
+/// Adds a simulated pod to `maps`: its labels, and its node once scheduled.
+pub fn add_pod(maps: &mut LabelMaps, w: &SimWorkload, node: Option<&str>) {
+    maps.pods.entry(GPU_NAMESPACE.into()).or_default().insert(w.pod.clone(), w.pod_labels());
+    if let (Some(node), Some(placements)) = (node, maps.placements.as_mut()) {
+        placements.entry(GPU_NAMESPACE.into()).or_default().insert(w.pod.clone(), node.to_string());
+    }
+}
+
+/// One simulated GPU.
 #[derive(Clone, Debug)]
 pub struct SimGpu {
     /// Index, UUID and model name.
     pub identity: GpuIdentity,
     /// What the model can do.
     pub profile: &'static GpuProfile,
-    /// The pods time-sliced onto it, or each on a MIG device of its own.
-    pub workloads: Vec<SimWorkload>,
     /// Whether it runs in MIG mode (one 3g.40gb MIG device per workload).
     pub mig: bool,
 }
+
+/// The pods on each GPU of a node (by GPU index): time-sliced onto it, or
+/// each on a MIG device of its own.
+pub type Workloads = Vec<Vec<SimWorkload>>;
 
 /// The memory of each simulated MIG device (3g.40gb).
 const MIG_MEMORY_BYTES: u64 = 40 << 30;
 
 /// The simulated GPUs of one node.
-#[derive(Clone, Debug)]
+#[derive(Debug)]
 pub struct SimNode {
     /// Node name.
     pub node: String,
     /// Its GPUs.
     pub gpus: Vec<SimGpu>,
+    /// Their pods: the seed workloads, or what the live twin sets.
+    workloads: ArcSwap<Workloads>,
     seed: u64,
     /// Scripted loads, and when the script started (seconds since the epoch).
     scenario: Option<(Scenario, f64)>,
@@ -99,7 +165,7 @@ impl SimNode {
     pub fn new(node: &str, models: &[GpuModelId], seed: u64) -> Self {
         let mut rng = fastrand::Rng::with_seed(seed ^ fnv1a(node.as_bytes()));
         let mut next_pid = 4000 + (rng.u32(0..1000) * 10);
-        let gpus = models
+        let (gpus, workloads) = models
             .iter()
             .enumerate()
             .map(|(index, &model)| {
@@ -119,10 +185,11 @@ impl SimNode {
                             swing_percent: swing,
                             period_seconds: 60.0 + rng.f64() * 120.0,
                             phase: rng.f64() * std::f64::consts::TAU,
+                            twin_load: None,
                         }
                     })
                     .collect();
-                SimGpu {
+                let gpu = SimGpu {
                     identity: GpuIdentity {
                         index: index as u32,
                         uuid: format!("GPU-{}", uuid(&mut rng)),
@@ -130,12 +197,22 @@ impl SimNode {
                         pci_bus_id: format!("00000000:{:02X}:00.0", index + 1),
                     },
                     profile,
-                    workloads,
                     mig: model.mig(),
-                }
+                };
+                (gpu, workloads)
             })
-            .collect();
-        Self { node: node.to_string(), gpus, seed, scenario: None }
+            .unzip();
+        Self { node: node.to_string(), gpus, workloads: ArcSwap::from_pointee(workloads), seed, scenario: None }
+    }
+
+    /// The pods on each GPU now.
+    pub fn workloads(&self) -> Arc<Workloads> {
+        self.workloads.load_full()
+    }
+
+    /// Replaces the pods (the live twin, as it schedules and removes them).
+    pub fn set_workloads(&self, workloads: Workloads) {
+        self.workloads.store(Arc::new(workloads));
     }
 
     /// Scripts the load of the workloads `scenario` names, from `start`
@@ -151,8 +228,9 @@ impl SimNode {
     pub fn allocations(&self) -> Vec<ContainerAllocation> {
         self.gpus
             .iter()
-            .flat_map(|gpu| {
-                gpu.workloads.iter().enumerate().map(|(replica, w)| ContainerAllocation {
+            .zip(self.workloads().iter())
+            .flat_map(|(gpu, workloads)| {
+                workloads.iter().enumerate().map(|(replica, w)| ContainerAllocation {
                     namespace: GPU_NAMESPACE.to_string(),
                     pod: w.pod.clone(),
                     container: w.app.clone(),
@@ -166,53 +244,42 @@ impl SimNode {
             .collect()
     }
 
-    /// The simulated pods' labels (`app`, `pod-template-hash`) and the node's
-    /// (hostname and the GPU product, as GPU feature discovery labels it).
-    pub fn labels(&self) -> (Vec<(String, String, crate::k8s::labels::Labels)>, crate::k8s::labels::Labels) {
-        let pods = self
-            .gpus
-            .iter()
-            .flat_map(|g| &g.workloads)
-            .map(|w| {
-                let hash = w.pod.trim_start_matches(&w.app).trim_start_matches('-').split('-').next().unwrap_or("");
-                let labels = [("app", w.app.as_str()), ("pod-template-hash", hash)]
-                    .into_iter()
-                    .map(|(k, v)| (k.to_string(), v.to_string()))
-                    .collect();
-                (GPU_NAMESPACE.to_string(), w.pod.clone(), labels)
-            })
-            .collect();
-        let mut node = crate::k8s::labels::Labels::new();
+    /// The node's labels: hostname and the GPU product, as GPU feature
+    /// discovery labels it.
+    pub fn node_labels(&self) -> Labels {
+        let mut node = Labels::new();
         node.insert("kubernetes.io/hostname".into(), self.node.clone());
         if let Some(gpu) = self.gpus.first() {
             node.insert("nvidia.com/gpu.product".into(), gpu.profile.name.replace(' ', "-"));
             node.insert("nvidia.com/gpu.count".into(), self.gpus.len().to_string());
         }
-        (pods, node)
+        node
     }
 
     /// The pod UID a simulated PID belongs to.
-    pub fn pod_uid_of(&self, pid: u32) -> Option<&str> {
-        self.gpus.iter().flat_map(|g| &g.workloads).find(|w| w.pid == pid).map(|w| w.pod_uid.as_str())
+    pub fn pod_uid_of(&self, pid: u32) -> Option<String> {
+        self.workloads().iter().flatten().find(|w| w.pid == pid).map(|w| w.pod_uid.clone())
     }
 
-    /// A workload's load at `t` seconds since the epoch: its wave, plus noise
-    /// drawn from the seed and the second, clamped to 0..=100.
-    fn load(&self, gpu: usize, workload: usize, t: f64) -> f64 {
-        let w = &self.gpus[gpu].workloads[workload];
+    /// The load of `gpu`'s `workload`-th pod `w` at `t` seconds since the
+    /// epoch: the twin's, the scenario's, or its wave plus noise drawn from
+    /// the seed and the second, clamped to 0..=100.
+    fn load(&self, gpu: usize, workload: usize, w: &SimWorkload, t: f64) -> f64 {
+        if let Some(load) = w.twin_load {
+            return load;
+        }
         if let Some((scenario, start)) = &self.scenario {
             let elapsed = std::time::Duration::from_secs_f64((t - start).max(0.0));
             if let Some(load) = scenario.load(&w.app, elapsed) {
                 return load;
             }
         }
-        let wave = (t / w.period_seconds * std::f64::consts::TAU + w.phase).sin();
         let second = t.floor() as u64;
         let mut rng = fastrand::Rng::with_seed(
             self.seed ^ second.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ ((gpu as u64) << 32 | workload as u64),
         );
         let noise = (rng.f64() - 0.5) * 6.0;
-        (w.base_percent + w.swing_percent * wave + noise).clamp(0.0, 100.0)
+        (w.wave(t) + noise).clamp(0.0, 100.0)
     }
 
     /// Reads one GPU at `t` seconds since the epoch.
@@ -220,14 +287,16 @@ impl SimNode {
         let Some(gpu) = self.gpus.get(index as usize) else {
             return GpuRead::default();
         };
-        let loads: Vec<f64> = (0..gpu.workloads.len()).map(|w| self.load(index as usize, w, t)).collect();
+        let all = self.workloads();
+        let workloads: &[SimWorkload] = all.get(index as usize).map_or(&[], Vec::as_slice);
+        let loads: Vec<f64> = workloads.iter().enumerate().map(|(k, w)| self.load(index as usize, k, w, t)).collect();
         let demand: f64 = loads.iter().sum();
         // Time-slicing: when demand exceeds the GPU, every workload gets its share.
         let scale = if demand > 100.0 { 100.0 / demand } else { 1.0 };
         let utilization = (demand * scale).round();
         let busy = utilization / 100.0;
         let p = gpu.profile;
-        let memory_used: u64 = (600 << 20) + gpu.workloads.iter().map(|w| w.memory_bytes).sum::<u64>();
+        let memory_used: u64 = (600 << 20) + workloads.iter().map(|w| w.memory_bytes).sum::<u64>();
         let reading = GpuReading {
             utilization_percent: Some(utilization),
             memory_utilization_percent: Some((utilization * 0.55).round()),
@@ -268,14 +337,14 @@ impl SimNode {
             xid: Some(XidErrors::default()),
             mig_devices: Vec::new(),
         };
-        let reading = if gpu.mig { mig_reading(gpu, reading) } else { reading };
+        let reading = if gpu.mig { mig_reading(workloads, reading) } else { reading };
         let processes = if request.processes && gpu.mig {
             // As NVML: no per-process utilization in MIG mode.
             ProcessUsage::Unsupported
         } else if request.processes {
             let timestamp_us = (t * 1e6) as u64;
             ProcessUsage::Samples(
-                gpu.workloads
+                workloads
                     .iter()
                     .zip(&loads)
                     .filter(|_| timestamp_us > request.processes_since_us)
@@ -294,7 +363,7 @@ impl SimNode {
         // device's use (600 MiB) is the driver's and no pod's.
         let running = if request.running {
             RunningProcesses::Listed(
-                gpu.workloads
+                workloads
                     .iter()
                     .map(|w| GpuProcess {
                         pid: w.pid,
@@ -313,9 +382,8 @@ impl SimNode {
 /// A GPU in MIG mode as NVML reports it: no device-wide utilization, and one
 /// 3g.40gb MIG device per workload holding its memory (plus 300 MiB of
 /// context).
-fn mig_reading(gpu: &SimGpu, reading: GpuReading) -> GpuReading {
-    let mig_devices: Vec<MigDevice> = gpu
-        .workloads
+fn mig_reading(workloads: &[SimWorkload], reading: GpuReading) -> GpuReading {
+    let mig_devices: Vec<MigDevice> = workloads
         .iter()
         .enumerate()
         .filter_map(|(i, w)| {
@@ -369,7 +437,7 @@ impl Attribution for SimAttribution {
     }
 
     fn pod_uid_of(&mut self, pid: u32) -> Option<String> {
-        self.0.pod_uid_of(pid).map(str::to_string)
+        self.0.pod_uid_of(pid)
     }
 }
 

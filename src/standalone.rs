@@ -35,9 +35,12 @@ use crate::gpu::nvml::NvmlOpener;
 use crate::gpu::{GpuArgs, GpuSourceKind};
 use crate::hpa::preview::{HpaSpec, MetricSpec, parse_hpa};
 use crate::hpa::{Autoscaler, PodValue};
-use crate::k8s::labels::LabelMaps;
-use crate::sim::scenario::{Scenario, ScenarioError};
+use crate::k8s::labels::LabelIndex;
+use crate::sim::scenario::Scenario;
 use crate::sim::{SimAttribution, SimNode, SimOpener};
+use crate::twin::live::{DeploymentStatus, LiveSetup, LiveTwin};
+use crate::twin::model::read_deployments;
+use crate::twin::{deployment_for, read_hpa};
 
 /// Flags of `standalone`: its own, plus the agent's sampling, the GPU
 /// source (simulated by default), the adapter's polling and its Prometheus
@@ -77,9 +80,34 @@ pub struct StandaloneArgs {
     pub ca_out: PathBuf,
 
     /// A YAML file scripting the simulated load per workload (see
-    /// `hack/scenarios/`); unnamed workloads keep their moving load.
+    /// `hack/scenarios/`); unnamed workloads keep their moving load. With
+    /// it, the HPAs (`--hpa`) scale their Deployments live: a Deployment's
+    /// load is then its demand in RTX 4090s' percent, spread over its ready
+    /// pods.
     #[arg(long, env = "KGM_SCENARIO")]
     pub scenario: Option<PathBuf>,
+
+    /// HPA manifests that scale the simulated Deployments under
+    /// `--scenario`, used as written [default: the reference HPA,
+    /// deploy/examples/reasoning-gpu-hpa.yaml]; repeat for several.
+    #[arg(long = "hpa", env = "KGM_HPA", value_delimiter = ',')]
+    pub hpa: Vec<PathBuf>,
+
+    /// The scaled Deployments' tolerations, start-up time and initial
+    /// replicas (`simulate`'s format) [default: tolerate the `gpu` taint,
+    /// 45 s to start].
+    #[arg(long, env = "KGM_DEPLOYMENTS")]
+    pub deployments: Option<PathBuf>,
+
+    /// How often the HPAs sync (kube-controller-manager's
+    /// `--horizontal-pod-autoscaler-sync-period`).
+    #[arg(long, env = "KGM_HPA_SYNC_PERIOD", default_value = "15s", value_parser = humantime::parse_duration)]
+    pub hpa_sync_period: Duration,
+
+    /// Under `--scenario`, keep every Deployment at its pods: the scenario
+    /// only scripts each pod's load, as a percent of its GPU.
+    #[arg(long, env = "KGM_FIXED_REPLICAS")]
+    pub fixed_replicas: bool,
 
     /// Stop after this long (default: run until interrupted).
     #[arg(long, env = "KGM_DURATION", value_parser = humantime::parse_duration)]
@@ -119,53 +147,74 @@ fn agent_args(args: &StandaloneArgs, node: &str, offset: u16) -> AgentArgs {
     }
 }
 
-/// The agents `standalone` runs, and the labels of their simulated pods and
-/// nodes.
-pub fn setups(args: &StandaloneArgs) -> Result<(Vec<AgentSetup>, LabelMaps), ScenarioError> {
+/// What `standalone` runs: its agents, the labels of their simulated pods
+/// and nodes, and the live twin that scales them under `--scenario`.
+pub struct Prepared {
+    /// One agent per node.
+    pub agents: Vec<AgentSetup>,
+    /// The API's labels and placements.
+    pub labels: Arc<LabelIndex>,
+    /// The twin, unless there is no scenario, `--fixed-replicas`, or real
+    /// GPUs.
+    pub live: Option<LiveTwin>,
+}
+
+/// Builds the agents, the labels, and the live twin.
+pub fn prepare(args: &StandaloneArgs) -> anyhow::Result<Prepared> {
     let scenario = args.scenario.as_deref().map(Scenario::read).transpose()?;
     let start = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
     if scenario.is_some() {
         // Its t = 0, for anyone timing what the pipeline does with it.
         tracing::info!(unix_ms = (start * 1000.0) as u64, "scenario clock started");
     }
-    let mut labels = LabelMaps { placements: Some(Default::default()), ..LabelMaps::default() };
-    let agents = match args.gpu.gpu_source {
-        GpuSourceKind::Sim => REFERENCE_NODES
-            .iter()
-            .zip(0..)
-            .map(|(&(node, model), offset)| {
-                let mut sim = SimNode::new(node, &[model], args.gpu.seed);
-                if let Some(scenario) = &scenario {
-                    sim = sim.with_scenario(scenario.clone(), start);
-                }
-                let sim = Arc::new(sim);
-                let (pods, node_labels) = sim.labels();
-                for (namespace, pod, pod_labels) in pods {
-                    if let Some(placements) = labels.placements.as_mut() {
-                        placements.entry(namespace.clone()).or_default().insert(pod.clone(), node.to_string());
-                    }
-                    labels.pods.entry(namespace).or_default().insert(pod, pod_labels);
-                }
-                labels.nodes.insert(node.to_string(), node_labels);
-                AgentSetup {
-                    agent: agent_args(args, node, offset),
-                    opener: Arc::new(SimOpener(sim.clone())),
-                    attribution: Box::new(SimAttribution(sim)),
-                }
+    if args.gpu.gpu_source == GpuSourceKind::Nvml {
+        // Real GPUs' pods are not known here: the agent is trusted.
+        let node = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".to_string());
+        let agent = AgentSetup {
+            agent: agent_args(args, &node, 0),
+            opener: Arc::new(NvmlOpener::new(args.gpu.nvml_lib.clone())),
+            attribution: Box::new(Unattributed),
+        };
+        return Ok(Prepared { agents: vec![agent], labels: Arc::new(LabelIndex::default()), live: None });
+    }
+    let sims: Vec<Arc<SimNode>> = REFERENCE_NODES
+        .iter()
+        .map(|&(node, model)| {
+            let sim = SimNode::new(node, &[model], args.gpu.seed);
+            Arc::new(match &scenario {
+                Some(scenario) => sim.with_scenario(scenario.clone(), start),
+                None => sim,
             })
-            .collect(),
-        GpuSourceKind::Nvml => {
-            // Real GPUs' pods are not known here: the agent is trusted.
-            labels.placements = None;
-            let node = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".to_string());
-            vec![AgentSetup {
-                agent: agent_args(args, &node, 0),
-                opener: Arc::new(NvmlOpener::new(args.gpu.nvml_lib.clone())),
-                attribution: Box::new(Unattributed),
-            }]
+        })
+        .collect();
+    let labels = Arc::new(LabelIndex::new(crate::sim::label_maps(sims.iter().map(|s| &**s))));
+    let agents = sims
+        .iter()
+        .zip(0..)
+        .map(|(sim, offset)| AgentSetup {
+            agent: agent_args(args, &sim.node, offset),
+            opener: Arc::new(SimOpener(sim.clone())),
+            attribution: Box::new(SimAttribution(sim.clone())),
+        })
+        .collect();
+    let live = match scenario {
+        Some(scenario) if !args.fixed_replicas => {
+            let deployments = match &args.deployments {
+                Some(path) => read_deployments(path)?,
+                None => Vec::new(),
+            };
+            let hpas = if args.hpa.is_empty() {
+                vec![parse_hpa(REFERENCE_HPA).expect("the embedded reference HPA parses")]
+            } else {
+                args.hpa.iter().map(|p| read_hpa(p)).collect::<anyhow::Result<_>>()?
+            };
+            let scaled = hpas.into_iter().map(|hpa| (deployment_for(&deployments, &hpa), hpa)).collect();
+            let setup = LiveSetup { scaled, sync_period: args.hpa_sync_period, scenario, start, seed: args.gpu.seed };
+            Some(LiveTwin::new(setup, sims, labels.clone())?)
         }
+        _ => None,
     };
-    Ok((agents, labels))
+    Ok(Prepared { agents, labels, live })
 }
 
 /// A kubeconfig for the adapter: its CA, and a client certificate from it.
@@ -205,7 +254,7 @@ pub struct LocalAdapter {
     /// Agent base URLs to poll.
     pub agents: Vec<String>,
     /// Pod and node labels, for selectors.
-    pub labels: LabelMaps,
+    pub labels: Arc<LabelIndex>,
     /// Polling and its limits.
     pub poll: PollArgs,
     /// Values from Prometheus instead of the agents.
@@ -264,7 +313,7 @@ pub async fn start_local_adapter(
 pub async fn run(args: StandaloneArgs, shutdown_tx: watch::Sender<bool>) -> anyhow::Result<()> {
     let shutdown = shutdown_tx.subscribe();
     let mut agents: Vec<RunningAgent> = Vec::new();
-    let (setups, labels) = setups(&args)?;
+    let Prepared { agents: setups, labels, live } = prepare(&args)?;
     for setup in setups {
         let listen = setup.agent.listen;
         let agent = crate::agent::start(setup, shutdown.clone())
@@ -322,7 +371,12 @@ pub async fn run(args: StandaloneArgs, shutdown_tx: watch::Sender<bool>) -> anyh
             let _ = tx.send(true);
         });
     }
-    status_loop(&agents, &adapter, shutdown.clone()).await;
+    let scaling = live.map(|live| {
+        let (tx, rx) = watch::channel(Vec::new());
+        tokio::spawn(live.run(adapter.provider.clone(), tx, shutdown.clone()));
+        rx
+    });
+    status_loop(&agents, &adapter, scaling, shutdown.clone()).await;
     let _ = adapter.done.await;
     for agent in agents {
         let _ = agent.done.await;
@@ -332,7 +386,14 @@ pub async fn run(args: StandaloneArgs, shutdown_tx: watch::Sender<bool>) -> anyh
 
 /// Prints one status line per second: rewritten in place on a terminal,
 /// every tenth second otherwise (logs stay readable).
-async fn status_loop(agents: &[RunningAgent], adapter: &RunningAdapter, mut shutdown: watch::Receiver<bool>) {
+/// With the live twin, the line shows each scaled Deployment's replicas and
+/// pods; without it, what the reference HPA would decide.
+async fn status_loop(
+    agents: &[RunningAgent],
+    adapter: &RunningAdapter,
+    scaling: Option<watch::Receiver<Vec<DeploymentStatus>>>,
+    mut shutdown: watch::Receiver<bool>,
+) {
     let tty = std::io::stdout().is_terminal();
     let hpa = parse_hpa(REFERENCE_HPA).expect("the embedded reference HPA parses");
     let mut autoscaler = Autoscaler::default();
@@ -351,7 +412,13 @@ async fn status_loop(agents: &[RunningAgent], adapter: &RunningAdapter, mut shut
         }
         let mut line = status_line(agents);
         line.push_str(" | ");
-        line.push_str(&hpa_status(&hpa, adapter, &mut autoscaler));
+        match &scaling {
+            Some(scaling) => {
+                let deployments: Vec<String> = scaling.borrow().iter().map(ToString::to_string).collect();
+                line.push_str(&deployments.join(" | "));
+            }
+            None => line.push_str(&hpa_status(&hpa, adapter, &mut autoscaler)),
+        }
         let mut out = std::io::stdout().lock();
         let _ = if tty { write!(out, "\r\x1b[2K{line}") } else { writeln!(out, "{line}") };
         let _ = out.flush();

@@ -13,11 +13,12 @@
 //!   worst beside them), the timeline CSV and the chart.
 
 pub mod engine;
+pub mod live;
 pub mod model;
 pub mod report;
 
 use std::fmt::Write as _;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context;
@@ -109,23 +110,8 @@ impl Inputs {
         };
         let mut scaled = Vec::new();
         for path in &args.hpa {
-            let text = std::fs::read_to_string(path).with_context(|| format!("--hpa {}", path.display()))?;
-            let hpa = parse_hpa(&text).map_err(|e| anyhow::anyhow!("--hpa {}: {e}", path.display()))?;
-            if hpa.min > hpa.max {
-                anyhow::bail!("--hpa {}: minReplicas {} is above maxReplicas {}", path.display(), hpa.min, hpa.max);
-            }
-            if !hpa.metrics.iter().any(|m| matches!(m, MetricSpec::Pods { .. })) {
-                anyhow::bail!(
-                    "--hpa {}: the twin simulates Pods metrics with an AverageValue target; this HPA has none",
-                    path.display()
-                );
-            }
-            let deployment = deployments
-                .iter()
-                .find(|d| d.name == hpa.target_name)
-                .cloned()
-                .unwrap_or_else(|| DeploymentSpec::default_for(&hpa.target_name, hpa.min));
-            scaled.push((deployment, hpa));
+            let hpa = read_hpa(path)?;
+            scaled.push((deployment_for(&deployments, &hpa), hpa));
         }
         let scenario = Scenario::read(&args.scenario)?;
         Ok(Inputs { cluster, scaled, scenario })
@@ -176,6 +162,36 @@ impl Inputs {
             .collect();
         Inputs { cluster: self.cluster.clone(), scaled, scenario: self.scenario.clone() }
     }
+}
+
+/// Reads an HPA manifest (`--hpa`) and checks that the twin can run it: its
+/// bounds in order, and a Pods metric with an AverageValue target.
+pub fn read_hpa(path: &Path) -> anyhow::Result<HpaSpec> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("--hpa {}", path.display()))?;
+    let hpa = parse_hpa(&text).map_err(|e| anyhow::anyhow!("--hpa {}: {e}", path.display()))?;
+    check_hpa(&hpa).map_err(|e| anyhow::anyhow!("--hpa {}: {e}", path.display()))?;
+    Ok(hpa)
+}
+
+/// Whether the twin can run `hpa`.
+pub fn check_hpa(hpa: &HpaSpec) -> Result<(), String> {
+    if hpa.min > hpa.max {
+        return Err(format!("minReplicas {} is above maxReplicas {}", hpa.min, hpa.max));
+    }
+    if !hpa.metrics.iter().any(|m| matches!(m, MetricSpec::Pods { .. })) {
+        return Err("the twin simulates Pods metrics with an AverageValue target; this HPA has none".into());
+    }
+    Ok(())
+}
+
+/// The Deployment `hpa` scales, as `deployments` (`--deployments`)
+/// describes it, or the defaults at the HPA's minReplicas.
+pub fn deployment_for(deployments: &[DeploymentSpec], hpa: &HpaSpec) -> DeploymentSpec {
+    deployments
+        .iter()
+        .find(|d| d.name == hpa.target_name)
+        .cloned()
+        .unwrap_or_else(|| DeploymentSpec::default_for(&hpa.target_name, hpa.min))
 }
 
 /// The plan's behaviour: scale up after a 60 s window, down after 300 s.

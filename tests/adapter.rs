@@ -1153,3 +1153,113 @@ async fn a_keda_port_asked_for_must_bind_and_the_default_one_taken_leaves_the_sc
     let _ = child.wait();
     assert!(warned, "no warning that the scaler is off");
 }
+
+/// Reads the client certificate and CA that `standalone` writes into its
+/// kubeconfig.
+fn standalone_credentials(kubeconfig: &Path) -> (String, PemPair) {
+    let config: serde_yaml_ng::Value = serde_yaml_ng::from_str(&std::fs::read_to_string(kubeconfig).unwrap()).unwrap();
+    let decode = |v: &serde_yaml_ng::Value| {
+        use base64::Engine;
+        String::from_utf8(base64::engine::general_purpose::STANDARD.decode(v.as_str().unwrap()).unwrap()).unwrap()
+    };
+    let ca = decode(&config["clusters"][0]["cluster"]["certificate-authority-data"]);
+    let user = &config["users"][0]["user"];
+    (ca, PemPair { cert: decode(&user["client-certificate-data"]), key: decode(&user["client-key-data"]) })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_with_a_scenario_scales_the_deployment_and_serves_the_new_pod() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    // 40 % of a 4090, then 150 %: more than one pod can serve.
+    std::fs::write(
+        path("scenario.yaml"),
+        "workloads:\n  reasoning-suite:\n    - {for: 2s, load: 40}\n    - {load: 150}\n",
+    )
+    .unwrap();
+    // The reference HPA, up to 2 replicas.
+    let hpa = std::fs::read_to_string("deploy/examples/reasoning-gpu-hpa.yaml").unwrap();
+    std::fs::write(path("hpa.yaml"), hpa.replace("maxReplicas: 3", "maxReplicas: 2")).unwrap();
+    std::fs::write(
+        path("deployments.yaml"),
+        "deployments:\n- name: reasoning-suite\n  startup: 2s\n  tolerations: [{key: gpu, operator: Exists}]\n",
+    )
+    .unwrap();
+    let mut child = Command::new(BIN)
+        .args(["standalone", "--agent-port", "0", "--adapter-port", "0", "--keda-port", "0"])
+        .args(["--interval", "200ms", "--poll-interval", "200ms", "--hpa-sync-period", "2s"])
+        .args(["--kubeconfig-out", &path("kubeconfig"), "--ca-out", &path("ca.pem")])
+        .args(["--scenario", &path("scenario.yaml"), "--deployments", &path("deployments.yaml")])
+        .args(["--hpa", &path("hpa.yaml")])
+        .env("KGM_LOG", "warn")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    struct Kill(Child);
+    impl Drop for Kill {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let stdout = child.stdout.take().unwrap();
+    let _child = Kill(child);
+    // `  agent pc2      http://…/metrics   http://…/v1/pods`, `  adapter        https://…`.
+    let (mut agents, mut adapter) = (std::collections::HashMap::new(), None);
+    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["agent", node, metrics, ..] => {
+                agents.insert(node.to_string(), metrics.strip_suffix("/metrics").unwrap().to_string());
+            }
+            ["adapter", url, ..] => adapter = url.strip_prefix("https://").map(|a| a.parse::<SocketAddr>().unwrap()),
+            _ => {}
+        }
+        if adapter.is_some() {
+            break;
+        }
+    }
+    let adapter = adapter.expect("the adapter line");
+    let (ca, client) = standalone_credentials(&dir.path().join("kubeconfig"));
+    let list = format!("{PODS}/*/nvidia_gpu_utilization_percent?labelSelector=app%3Dreasoning-suite");
+
+    // After the step: a second pod, busy once started.
+    let deadline = Instant::now() + Duration::from_secs(40);
+    let pods = loop {
+        let answer = https(adapter, &ca, Some(&client), "GET", &list, &[]).await;
+        assert_eq!(answer.status, 200, "{}", answer.body);
+        let pods = pod_values(&answer.body);
+        let busy = pods.iter().filter(|(_, v)| v.trim_end_matches('m').parse::<f64>().unwrap() > 0.0).count();
+        if pods.len() >= 2 && busy == pods.len() {
+            break pods;
+        }
+        assert!(Instant::now() < deadline, "no second busy pod: {pods:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    // The seed pod stays on mainpc; the new one is on pc2 (the scheduler
+    // spreads the Deployment onto the tainted node it tolerates), under a
+    // new name from the same ReplicaSet.
+    let (mainpc, pc2) = (
+        http_get(&format!("{}/v1/pods", agents["mainpc"])).await,
+        http_get(&format!("{}/v1/pods", agents["pc2"])).await,
+    );
+    let on = |feed: &str| pods.iter().map(|(n, _)| n.clone()).filter(|n| feed.contains(n.as_str())).collect::<Vec<_>>();
+    let (seed, new) = (on(&mainpc), on(&pc2));
+    assert_eq!((seed.len(), new.len()), (1, 1), "mainpc {seed:?}, pc2 {new:?} of {pods:?}");
+    let hash = seed[0].trim_start_matches("reasoning-suite-").split('-').next().unwrap();
+    assert!(new[0].starts_with(&format!("reasoning-suite-{hash}-")), "{} is not of {}'s ReplicaSet", new[0], seed[0]);
+    assert_ne!(new[0], seed[0]);
+}
+
+/// A plain HTTP GET's body (the agents' feeds).
+async fn http_get(url: &str) -> String {
+    let rest = url.strip_prefix("http://").unwrap();
+    let (addr, path) = rest.split_once('/').unwrap();
+    let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let request = format!("GET /{path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    tcp.write_all(request.as_bytes()).await.unwrap();
+    let mut raw = Vec::new();
+    tcp.read_to_end(&mut raw).await.unwrap();
+    String::from_utf8_lossy(&raw).into_owned()
+}

@@ -76,7 +76,7 @@ fn a_scenario_scripts_its_workloads_and_leaves_the_others_moving() {
     )
     .unwrap();
     let node = SimNode::new("mainpc", &[GpuModelId::Rtx4090], 5).with_scenario(scenario, 1000.0);
-    let reasoning = node.gpus[0].workloads.iter().find(|w| w.app == "reasoning-suite").unwrap().pid;
+    let reasoning = node.workloads()[0].iter().find(|w| w.app == "reasoning-suite").unwrap().pid;
     let share = |t: f64| {
         let read =
             node.read_at(0, ReadRequest { processes: true, processes_since_us: 0, health: true, running: true }, t);
@@ -112,7 +112,7 @@ fn a_mig_gpu_gives_each_workload_a_mig_device_that_attribution_follows() {
         processes: &read.processes,
         running: &read.running,
     };
-    let usages = crate::attribution::attribute(&[view], &allocations, |pid| node.pod_uid_of(pid).map(String::from));
+    let usages = crate::attribution::attribute(&[view], &allocations, |pid| node.pod_uid_of(pid));
     assert_eq!(usages.len(), 2);
     for (m, usage) in usages.iter().enumerate() {
         assert_eq!(usage.mig, Some(m));

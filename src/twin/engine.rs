@@ -1,30 +1,37 @@
-//! The closed loop, one simulated second at a time: the scheduler places
-//! pending pods by GPU slots, taints and tolerations; each Deployment's
-//! demand is spread over its ready pods; each GPU serves what fits in 100 %
-//! of its time, the rest is unserved; the metric passes through the
-//! pipeline's stages; every HPA syncs each 15 s with the controller's
-//! algorithm ([`crate::hpa`]); the Deployment controller adds pods and
-//! removes the newest. Loops run at their own random phases. Nothing sleeps:
-//! the clock is a counter.
+//! The closed loop, one second at a time: the scheduler places pending pods
+//! by GPU slots, taints and tolerations; each Deployment's demand is spread
+//! over its ready pods; each GPU serves what fits in 100 % of its time, the
+//! rest is unserved; every HPA syncs each 15 s with the controller's
+//! algorithm ([`crate::hpa`]) on the values its metric pipeline delivers; the
+//! Deployment controller adds pods and removes the newest.
+//!
+//! [`Twin`] is one step of each loop, driven from outside: [`run`] drives it
+//! on a counter with the pipeline's stages simulated (`simulate`; nothing
+//! sleeps), and `standalone --scenario` drives it on the wall clock with the
+//! values the real adapter serves ([`super::live`]).
 
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use super::model::{ClusterSpec, DeploymentSpec, Pipeline};
+use super::model::{ClusterSpec, DeploymentSpec, NodeSpec, Pipeline};
 use crate::hpa::preview::{HpaSpec, MetricSpec};
 use crate::hpa::{Autoscaler, PodValue, pods_average_value};
 use crate::sim::scenario::Scenario;
 
-/// The HPA controller's sync period (`--horizontal-pod-autoscaler-sync-period`).
+/// The HPA controller's default sync period
+/// (`--horizontal-pod-autoscaler-sync-period`).
 pub const HPA_SYNC: u64 = 15;
+
+/// The metric that weighs utilization by the GPU's capacity.
+pub const WEIGHTED_METRIC: &str = "nvidia_gpu_weighted_utilization_percent";
 
 /// One pod of a Deployment.
 #[derive(Clone, Debug)]
 struct Pod {
     name: String,
     deployment: usize,
-    /// (node, GPU) once scheduled.
-    gpu: Option<(usize, usize)>,
+    /// The GPU it was scheduled onto.
+    gpu: Option<usize>,
     /// When it became (or becomes) ready.
     ready_at: Option<u64>,
     /// Its GPU utilization this second, percent of its GPU's time.
@@ -35,6 +42,10 @@ struct Pod {
 #[derive(Clone, Debug)]
 struct Gpu {
     node: usize,
+    /// Its index on its node.
+    index: usize,
+    /// Time-slicing replicas the twin's pods may take (the device plugin's,
+    /// less those other tenants hold).
     slots: u32,
     capacity: f64,
     utilization: f64,
@@ -49,6 +60,8 @@ struct Scaled {
     /// The metric the HPA last computed (its average), for the timeline.
     seen: Option<f64>,
     created: u32,
+    /// The second of its first sync, within the sync period.
+    phase: u64,
 }
 
 /// One second of the timeline, for one Deployment.
@@ -78,84 +91,100 @@ pub struct Row {
     pub gpus: Vec<(String, f64)>,
 }
 
-/// What one run is.
-pub struct RunSpec<'a> {
-    /// The cluster.
-    pub cluster: &'a ClusterSpec,
-    /// The Deployments, each with its HPA.
-    pub scaled: Vec<(DeploymentSpec, HpaSpec)>,
-    /// Demand over time per Deployment.
-    pub scenario: &'a Scenario,
-    /// The metric pipeline.
-    pub pipeline: &'a Pipeline,
-    /// How long.
-    pub duration: Duration,
-    /// Seed of the loops' phases.
-    pub seed: u64,
+/// A pod as the twin has it now.
+#[derive(Clone, Debug, PartialEq)]
+pub struct PodView<'a> {
+    /// Pod name.
+    pub name: &'a str,
+    /// Its Deployment.
+    pub deployment: &'a str,
+    /// Node and GPU index on it, once scheduled.
+    pub placed: Option<(&'a str, usize)>,
+    /// Started and ready (its model loaded).
+    pub ready: bool,
+    /// Its GPU utilization, percent of its GPU's time.
+    pub utilization: f64,
 }
 
-/// Runs the twin and returns its timeline.
-pub fn run(spec: &RunSpec<'_>) -> Vec<Row> {
-    let mut rng = fastrand::Rng::with_seed(spec.seed);
-    let mut gpus: Vec<Gpu> = Vec::new();
-    for (n, node) in spec.cluster.nodes.iter().enumerate() {
-        for model in &node.gpus {
-            gpus.push(Gpu {
-                node: n,
-                slots: node.time_slicing,
-                capacity: model.profile().relative_capacity(),
-                utilization: 0.0,
-            });
+/// A cluster, its Deployments and their HPAs, one loop step at a time.
+pub struct Twin {
+    nodes: Vec<NodeSpec>,
+    gpus: Vec<Gpu>,
+    scaled: Vec<Scaled>,
+    pods: Vec<Pod>,
+    sync_period: u64,
+    origin: Instant,
+}
+
+impl Twin {
+    /// The cluster with each Deployment at its initial replicas (within its
+    /// HPA's bounds); each HPA's sync phase drawn from `rng`.
+    pub fn new(
+        cluster: &ClusterSpec,
+        scaled: Vec<(DeploymentSpec, HpaSpec)>,
+        sync_period: Duration,
+        rng: &mut fastrand::Rng,
+    ) -> Self {
+        let sync_period = sync_period.as_secs().max(1);
+        let gpus = cluster
+            .nodes
+            .iter()
+            .enumerate()
+            .flat_map(|(n, node)| {
+                node.gpus.iter().enumerate().map(move |(index, model)| Gpu {
+                    node: n,
+                    index,
+                    slots: node.time_slicing,
+                    capacity: model.profile().relative_capacity(),
+                    utilization: 0.0,
+                })
+            })
+            .collect();
+        let scaled = scaled
+            .into_iter()
+            .map(|(spec, hpa)| Scaled {
+                desired: spec.replicas.max(hpa.min).min(hpa.max.max(hpa.min)),
+                spec,
+                hpa,
+                autoscaler: Autoscaler::default(),
+                seen: None,
+                created: 0,
+                phase: rng.u64(0..sync_period),
+            })
+            .collect();
+        Twin { nodes: cluster.nodes.clone(), gpus, scaled, pods: Vec::new(), sync_period, origin: Instant::now() }
+    }
+
+    /// Leaves `slots` of the time-slicing replicas of GPU `index` on `node`
+    /// to pods the twin does not scale.
+    pub fn occupy(&mut self, node: &str, index: usize, slots: u32) {
+        if let Some(gpu) = self.gpus.iter_mut().find(|g| g.index == index && self.nodes[g.node].name == node) {
+            gpu.slots = gpu.slots.saturating_sub(slots);
         }
     }
-    let gpu_names: Vec<String> = {
-        let mut per_node: HashMap<usize, usize> = HashMap::new();
-        gpus.iter()
-            .map(|g| {
-                let i = per_node.entry(g.node).or_default();
-                *i += 1;
-                format!("{}/{}", spec.cluster.nodes[g.node].name, *i - 1)
-            })
-            .collect()
-    };
-    let mut scaled: Vec<Scaled> = spec
-        .scaled
-        .iter()
-        .map(|(d, h)| Scaled {
-            spec: d.clone(),
-            hpa: h.clone(),
-            autoscaler: Autoscaler::default(),
-            desired: d.replicas.max(h.min).min(h.max.max(h.min)),
-            seen: None,
-            created: 0,
-        })
-        .collect();
-    let mut pods: Vec<Pod> = Vec::new();
-    // Phases: each pipeline stage, and each HPA's sync.
-    let stage_phase: Vec<u64> = spec.pipeline.stages.iter().map(|p| rng.u64(0..p.as_secs().max(1))).collect();
-    let hpa_phase: Vec<u64> = scaled.iter().map(|_| rng.u64(0..HPA_SYNC)).collect();
-    // Per stage: pod name → (plain, weighted) as that stage last saw it.
-    let mut stages: Vec<HashMap<String, (f64, f64)>> = vec![HashMap::new(); spec.pipeline.stages.len()];
-    let origin = Instant::now();
-    let mut rows = Vec::new();
 
-    for t in 0..spec.duration.as_secs() {
-        // The Deployment controller: create up to desired, remove the
-        // newest (pending first, then starting) beyond it.
-        for (d, s) in scaled.iter_mut().enumerate() {
-            let mut mine: Vec<usize> = (0..pods.len()).filter(|&i| pods[i].deployment == d).collect();
+    /// The Deployment controller and the scheduler at second `t`: pods up
+    /// to each Deployment's desired replicas (the newest removed beyond it:
+    /// pending first, then starting), and each pending pod onto the GPU of
+    /// a node it tolerates, preferring nodes with fewer of its Deployment's
+    /// pods (as the default topology spreading does), then the GPU with the
+    /// most free slots.
+    pub fn reconcile(&mut self, t: u64) {
+        for (d, s) in self.scaled.iter_mut().enumerate() {
+            let mut mine: Vec<usize> = (0..self.pods.len()).filter(|&i| self.pods[i].deployment == d).collect();
             while (mine.len() as u32) < s.desired {
                 s.created += 1;
-                pods.push(Pod {
+                self.pods.push(Pod {
                     name: format!("{}-{:05x}", s.spec.name, s.created),
                     deployment: d,
                     gpu: None,
                     ready_at: None,
                     utilization: 0.0,
                 });
-                mine.push(pods.len() - 1);
+                mine.push(self.pods.len() - 1);
             }
             if (mine.len() as u32) > s.desired {
+                let pods = &self.pods;
                 let rank = |p: &Pod| match (p.gpu, p.ready_at) {
                     (None, _) => 0,
                     (Some(_), Some(r)) if r > t => 1,
@@ -165,99 +194,108 @@ pub fn run(spec: &RunSpec<'_>) -> Vec<Row> {
                 let mut remove: Vec<usize> = mine[..mine.len() - s.desired as usize].to_vec();
                 remove.sort_unstable_by(|a, b| b.cmp(a));
                 for i in remove {
-                    pods.remove(i);
+                    self.pods.remove(i);
                 }
             }
         }
 
-        // The scheduler: the GPU with the most free slots on a node the
-        // pod tolerates.
-        for i in 0..pods.len() {
-            if pods[i].gpu.is_some() {
+        for i in 0..self.pods.len() {
+            if self.pods[i].gpu.is_some() {
                 continue;
             }
-            let deployment = &scaled[pods[i].deployment].spec;
-            let used = |g: usize| pods.iter().filter(|p| p.gpu.map(|(_, pg)| pg) == Some(g)).count() as u32;
-            let best = (0..gpus.len())
-                .filter(|&g| deployment.fits(&spec.cluster.nodes[gpus[g].node]))
-                .map(|g| (g, gpus[g].slots.saturating_sub(used(g))))
+            let deployment = &self.scaled[self.pods[i].deployment].spec;
+            let used = |g: usize| self.pods.iter().filter(|p| p.gpu == Some(g)).count() as u32;
+            let siblings = |node: usize| {
+                self.pods
+                    .iter()
+                    .filter(|p| p.deployment == self.pods[i].deployment)
+                    .filter(|p| p.gpu.is_some_and(|g| self.gpus[g].node == node))
+                    .count()
+            };
+            let best = (0..self.gpus.len())
+                .filter(|&g| deployment.fits(&self.nodes[self.gpus[g].node]))
+                .map(|g| (g, self.gpus[g].slots.saturating_sub(used(g))))
                 .filter(|&(_, free)| free > 0)
-                .max_by_key(|&(g, free)| (free, std::cmp::Reverse(g)));
+                .min_by_key(|&(g, free)| (siblings(self.gpus[g].node), std::cmp::Reverse(free), g));
             if let Some((g, _)) = best {
-                pods[i].gpu = Some((gpus[g].node, g));
                 // The Deployment's first replicas were running before the
-                // scenario began; later ones load their model first.
+                // loop began; later ones load their model first.
                 let startup = if t == 0 { 0 } else { deployment.startup.as_secs() };
-                pods[i].ready_at = Some(t + startup);
+                self.pods[i].gpu = Some(g);
+                self.pods[i].ready_at = Some(t + startup);
             }
         }
+    }
 
-        // Demand over ready pods; each GPU serves what fits in its time.
-        let elapsed = Duration::from_secs(t);
-        let demand: Vec<f64> =
-            scaled.iter().map(|s| spec.scenario.load(&s.spec.name, elapsed).unwrap_or(0.0)).collect();
-        let ready = |p: &Pod| p.gpu.is_some() && p.ready_at.is_some_and(|r| r <= t);
-        let ready_count: Vec<usize> =
-            (0..scaled.len()).map(|d| pods.iter().filter(|p| p.deployment == d && ready(p)).count()).collect();
-        // Work each pod is asked for, percent of a 4090.
-        let asked: Vec<f64> = pods
-            .iter()
-            .map(|p| if ready(p) { demand[p.deployment] / ready_count[p.deployment] as f64 } else { 0.0 })
+    fn ready(&self, p: &Pod, t: u64) -> bool {
+        p.gpu.is_some() && p.ready_at.is_some_and(|r| r <= t)
+    }
+
+    /// Spreads each Deployment's demand (percent of an RTX 4090's work)
+    /// over its ready pods; each GPU serves what fits in its time. Returns
+    /// the work served per Deployment.
+    pub fn serve(&mut self, t: u64, demand: &[f64]) -> Vec<f64> {
+        let ready_count: Vec<usize> = (0..self.scaled.len())
+            .map(|d| self.pods.iter().filter(|p| p.deployment == d && self.ready(p, t)).count())
             .collect();
-        let mut served = vec![0.0; scaled.len()];
-        for (g, gpu) in gpus.iter_mut().enumerate() {
-            let on: Vec<usize> = (0..pods.len()).filter(|&i| pods[i].gpu.map(|(_, pg)| pg) == Some(g)).collect();
+        // Work each pod is asked for, percent of a 4090.
+        let asked: Vec<f64> = self
+            .pods
+            .iter()
+            .map(|p| {
+                let share = demand.get(p.deployment).copied().unwrap_or(0.0) / ready_count[p.deployment] as f64;
+                if self.ready(p, t) { share } else { 0.0 }
+            })
+            .collect();
+        let mut served = vec![0.0; self.scaled.len()];
+        for (g, gpu) in self.gpus.iter_mut().enumerate() {
+            let on: Vec<usize> = (0..self.pods.len()).filter(|&i| self.pods[i].gpu == Some(g)).collect();
             let time: f64 = on.iter().map(|&i| asked[i] / gpu.capacity).sum();
             let scale = if time > 100.0 { 100.0 / time } else { 1.0 };
             // (An empty float sum is -0.0.)
             gpu.utilization = if time > 0.0 { time.min(100.0) } else { 0.0 };
             for i in on {
-                pods[i].utilization = asked[i] / gpu.capacity * scale;
-                served[pods[i].deployment] += asked[i] * scale;
+                self.pods[i].utilization = asked[i] / gpu.capacity * scale;
+                served[self.pods[i].deployment] += asked[i] * scale;
             }
         }
+        served
+    }
 
-        // The pipeline: each stage, at its ticks, takes the latest of the one
-        // before (the first takes the pods' values).
-        for (k, period) in spec.pipeline.stages.iter().enumerate() {
-            let period = period.as_secs().max(1);
-            if !(t + period - stage_phase[k]).is_multiple_of(period) {
+    /// Each scheduled pod's values as its GPU reports them: plain
+    /// utilization and the capacity-weighted one.
+    fn measured(&self) -> HashMap<String, (f64, f64)> {
+        self.pods
+            .iter()
+            .filter_map(|p| {
+                let g = p.gpu?;
+                Some((p.name.clone(), (p.utilization, p.utilization * self.gpus[g].capacity)))
+            })
+            .collect()
+    }
+
+    /// Syncs the HPAs whose period comes round at second `t`, each on the
+    /// values `seen(metric, pod)` that reach it, and sets their Deployments'
+    /// desired replicas. Returns whether any HPA synced.
+    pub fn sync(&mut self, t: u64, seen: &dyn Fn(&str, &str) -> Option<f64>) -> bool {
+        let now = self.origin + Duration::from_secs(t);
+        let mut synced = false;
+        for (d, s) in self.scaled.iter_mut().enumerate() {
+            if !(t + self.sync_period - s.phase).is_multiple_of(self.sync_period) {
                 continue;
             }
-            stages[k] = if k == 0 {
-                pods.iter()
-                    .filter_map(|p| {
-                        let (_, g) = p.gpu?;
-                        Some((p.name.clone(), (p.utilization, p.utilization * gpus[g].capacity)))
-                    })
-                    .collect()
-            } else {
-                stages[k - 1].clone()
-            };
-        }
-        let seen_by_hpa = stages.last().cloned().unwrap_or_default();
-
-        // Each HPA at its sync.
-        let now = origin + elapsed;
-        for (d, s) in scaled.iter_mut().enumerate() {
-            if !(t + HPA_SYNC - hpa_phase[d]).is_multiple_of(HPA_SYNC) {
-                continue;
-            }
-            let mine: Vec<&Pod> = pods.iter().filter(|p| p.deployment == d).collect();
+            synced = true;
+            let mine: Vec<&Pod> = self.pods.iter().filter(|p| p.deployment == d).collect();
             let current = mine.len() as u32;
             let mut best: Option<u32> = None;
             for metric in &s.hpa.metrics {
                 let MetricSpec::Pods { name, target } = metric else { continue };
-                let weighted = name == "nvidia_gpu_weighted_utilization_percent";
                 // Scheduled pods report (or are missing); pending ones are
                 // unready: counted as 0 on a scale-up, else left out.
                 let values: Vec<PodValue> = mine
                     .iter()
                     .filter(|p| p.gpu.is_some())
-                    .map(|p| PodValue {
-                        pod: p.name.clone(),
-                        value: seen_by_hpa.get(&p.name).map(|&(plain, w)| if weighted { w } else { plain }),
-                    })
+                    .map(|p| PodValue { pod: p.name.clone(), value: seen(name, &p.name) })
                     .collect();
                 let pending = mine.iter().filter(|p| p.gpu.is_none()).count();
                 let Ok(mut proposal) = pods_average_value(&values, *target, values.len() as u32) else { continue };
@@ -279,29 +317,111 @@ pub fn run(spec: &RunSpec<'_>) -> Vec<Row> {
             }
             s.desired = decision.replicas;
         }
+        synced
+    }
 
-        for (d, s) in scaled.iter().enumerate() {
-            let mine: Vec<&Pod> = pods.iter().filter(|p| p.deployment == d).collect();
-            rows.push(Row {
-                t,
-                deployment: s.spec.name.clone(),
-                demand: demand[d],
-                desired: s.desired,
-                ready: ready_count[d] as u32,
-                starting: mine.iter().filter(|p| p.gpu.is_some() && !ready(p)).count() as u32,
-                pending: mine.iter().filter(|p| p.gpu.is_none()).count() as u32,
-                seen: s.seen,
-                unserved: (demand[d] - served[d]).max(0.0),
-                pods: mine
-                    .iter()
-                    .filter_map(|p| {
-                        let (node, _) = p.gpu?;
-                        Some((p.name.clone(), spec.cluster.nodes[node].name.clone(), p.utilization))
-                    })
-                    .collect(),
-                gpus: gpu_names.iter().zip(&gpus).map(|(n, g)| (n.clone(), g.utilization)).collect(),
-            });
+    /// The Deployments' names, in the order demand is given.
+    pub fn deployments(&self) -> impl Iterator<Item = &str> {
+        self.scaled.iter().map(|s| s.spec.name.as_str())
+    }
+
+    /// Each Deployment's HPA and its current desired replicas.
+    pub fn desired(&self) -> impl Iterator<Item = (&HpaSpec, u32, Option<f64>)> {
+        self.scaled.iter().map(|s| (&s.hpa, s.desired, s.seen))
+    }
+
+    /// Every pod, oldest first.
+    pub fn pods(&self, t: u64) -> impl Iterator<Item = PodView<'_>> {
+        self.pods.iter().map(move |p| PodView {
+            name: &p.name,
+            deployment: &self.scaled[p.deployment].spec.name,
+            placed: p.gpu.map(|g| (self.nodes[self.gpus[g].node].name.as_str(), self.gpus[g].index)),
+            ready: self.ready(p, t),
+            utilization: p.utilization,
+        })
+    }
+
+    /// Second `t` of the timeline, one row per Deployment.
+    pub fn rows(&self, t: u64, demand: &[f64], served: &[f64]) -> Vec<Row> {
+        let gpus: Vec<(String, f64)> =
+            self.gpus.iter().map(|g| (format!("{}/{}", self.nodes[g.node].name, g.index), g.utilization)).collect();
+        self.scaled
+            .iter()
+            .enumerate()
+            .map(|(d, s)| {
+                let mine: Vec<&Pod> = self.pods.iter().filter(|p| p.deployment == d).collect();
+                let demand = demand.get(d).copied().unwrap_or(0.0);
+                Row {
+                    t,
+                    deployment: s.spec.name.clone(),
+                    demand,
+                    desired: s.desired,
+                    ready: mine.iter().filter(|p| self.ready(p, t)).count() as u32,
+                    starting: mine.iter().filter(|p| p.gpu.is_some() && !self.ready(p, t)).count() as u32,
+                    pending: mine.iter().filter(|p| p.gpu.is_none()).count() as u32,
+                    seen: s.seen,
+                    unserved: (demand - served[d]).max(0.0),
+                    pods: mine
+                        .iter()
+                        .filter_map(|p| {
+                            let g = p.gpu?;
+                            Some((p.name.clone(), self.nodes[self.gpus[g].node].name.clone(), p.utilization))
+                        })
+                        .collect(),
+                    gpus: gpus.clone(),
+                }
+            })
+            .collect()
+    }
+}
+
+/// What one run is.
+pub struct RunSpec<'a> {
+    /// The cluster.
+    pub cluster: &'a ClusterSpec,
+    /// The Deployments, each with its HPA.
+    pub scaled: Vec<(DeploymentSpec, HpaSpec)>,
+    /// Demand over time per Deployment.
+    pub scenario: &'a Scenario,
+    /// The metric pipeline.
+    pub pipeline: &'a Pipeline,
+    /// How long.
+    pub duration: Duration,
+    /// Seed of the loops' phases.
+    pub seed: u64,
+}
+
+/// Runs the twin on a counter, the pipeline's stages simulated, and returns
+/// its timeline.
+pub fn run(spec: &RunSpec<'_>) -> Vec<Row> {
+    let mut rng = fastrand::Rng::with_seed(spec.seed);
+    // Phases: each pipeline stage, and each HPA's sync.
+    let stage_phase: Vec<u64> = spec.pipeline.stages.iter().map(|p| rng.u64(0..p.as_secs().max(1))).collect();
+    let mut twin = Twin::new(spec.cluster, spec.scaled.clone(), Duration::from_secs(HPA_SYNC), &mut rng);
+    // Per stage: pod name → (plain, weighted) as that stage last saw it.
+    let mut stages: Vec<HashMap<String, (f64, f64)>> = vec![HashMap::new(); spec.pipeline.stages.len()];
+    let mut rows = Vec::new();
+    for t in 0..spec.duration.as_secs() {
+        twin.reconcile(t);
+        let elapsed = Duration::from_secs(t);
+        let demand: Vec<f64> = twin.deployments().map(|d| spec.scenario.load(d, elapsed).unwrap_or(0.0)).collect();
+        let served = twin.serve(t, &demand);
+
+        // Each stage, at its ticks, takes the latest of the one before (the
+        // first takes the pods' values).
+        for (k, period) in spec.pipeline.stages.iter().enumerate() {
+            let period = period.as_secs().max(1);
+            if !(t + period - stage_phase[k]).is_multiple_of(period) {
+                continue;
+            }
+            stages[k] = if k == 0 { twin.measured() } else { stages[k - 1].clone() };
         }
+        let last = stages.last().cloned().unwrap_or_default();
+        twin.sync(t, &|metric, pod| {
+            let &(plain, weighted) = last.get(pod)?;
+            Some(if metric == WEIGHTED_METRIC { weighted } else { plain })
+        });
+        rows.extend(twin.rows(t, &demand, &served));
     }
     rows
 }
