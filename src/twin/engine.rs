@@ -166,9 +166,10 @@ impl Twin {
     /// The Deployment controller and the scheduler at second `t`: pods up
     /// to each Deployment's desired replicas (the newest removed beyond it:
     /// pending first, then starting), and each pending pod onto the GPU of
-    /// a node it tolerates, preferring nodes with fewer of its Deployment's
-    /// pods (as the default topology spreading does), then the GPU with the
-    /// most free slots.
+    /// a node it may run on (taints, required nodes), preferring its
+    /// preferred nodes, then nodes with fewer of its Deployment's pods (as
+    /// the default topology spreading does), then the GPU with the most free
+    /// slots.
     pub fn reconcile(&mut self, t: u64) {
         for (d, s) in self.scaled.iter_mut().enumerate() {
             let mut mine: Vec<usize> = (0..self.pods.len()).filter(|&i| self.pods[i].deployment == d).collect();
@@ -212,11 +213,15 @@ impl Twin {
                     .filter(|p| p.gpu.is_some_and(|g| self.gpus[g].node == node))
                     .count()
             };
+            let preferred = |node: usize| deployment.preferred_nodes.contains(&self.nodes[node].name);
             let best = (0..self.gpus.len())
                 .filter(|&g| deployment.fits(&self.nodes[self.gpus[g].node]))
                 .map(|g| (g, self.gpus[g].slots.saturating_sub(used(g))))
                 .filter(|&(_, free)| free > 0)
-                .min_by_key(|&(g, free)| (siblings(self.gpus[g].node), std::cmp::Reverse(free), g));
+                .min_by_key(|&(g, free)| {
+                    let node = self.gpus[g].node;
+                    (!preferred(node), siblings(node), std::cmp::Reverse(free), g)
+                });
             if let Some((g, _)) = best {
                 // The Deployment's first replicas were running before the
                 // loop began; later ones load their model first.
@@ -231,23 +236,33 @@ impl Twin {
         p.gpu.is_some() && p.ready_at.is_some_and(|r| r <= t)
     }
 
-    /// Spreads each Deployment's demand (percent of an RTX 4090's work)
-    /// over its ready pods; each GPU serves what fits in its time. Returns
-    /// the work served per Deployment.
+    /// Each Deployment's index into the demands ([`Twin::demands`]).
+    fn demand_index(&self) -> Vec<usize> {
+        let demands: Vec<&str> = self.demands().collect();
+        self.scaled.iter().map(|s| demands.iter().position(|g| *g == s.spec.demand_name()).unwrap_or(0)).collect()
+    }
+
+    /// Spreads each demand (percent of an RTX 4090's work, per
+    /// [`Twin::demands`]) over the ready pods behind it; each GPU serves
+    /// what fits in its time. Returns the work left unserved per Deployment
+    /// (a demand with no ready pod at all is its first Deployment's).
     pub fn serve(&mut self, t: u64, demand: &[f64]) -> Vec<f64> {
-        let ready_count: Vec<usize> = (0..self.scaled.len())
-            .map(|d| self.pods.iter().filter(|p| p.deployment == d && self.ready(p, t)).count())
-            .collect();
+        let group_of = self.demand_index();
+        let mut ready_count = vec![0usize; demand.len().max(1)];
+        for p in self.pods.iter().filter(|p| self.ready(p, t)) {
+            ready_count[group_of[p.deployment]] += 1;
+        }
         // Work each pod is asked for, percent of a 4090.
         let asked: Vec<f64> = self
             .pods
             .iter()
             .map(|p| {
-                let share = demand.get(p.deployment).copied().unwrap_or(0.0) / ready_count[p.deployment] as f64;
+                let group = group_of[p.deployment];
+                let share = demand.get(group).copied().unwrap_or(0.0) / ready_count[group] as f64;
                 if self.ready(p, t) { share } else { 0.0 }
             })
             .collect();
-        let mut served = vec![0.0; self.scaled.len()];
+        let mut unserved = vec![0.0; self.scaled.len()];
         for (g, gpu) in self.gpus.iter_mut().enumerate() {
             let on: Vec<usize> = (0..self.pods.len()).filter(|&i| self.pods[i].gpu == Some(g)).collect();
             let time: f64 = on.iter().map(|&i| asked[i] / gpu.capacity).sum();
@@ -256,10 +271,15 @@ impl Twin {
             gpu.utilization = if time > 0.0 { time.min(100.0) } else { 0.0 };
             for i in on {
                 self.pods[i].utilization = asked[i] / gpu.capacity * scale;
-                served[self.pods[i].deployment] += asked[i] * scale;
+                unserved[self.pods[i].deployment] += asked[i] * (1.0 - scale);
             }
         }
-        served
+        for (group, &count) in ready_count.iter().enumerate() {
+            if let Some(first) = group_of.iter().position(|&g| g == group).filter(|_| count == 0) {
+                unserved[first] += demand.get(group).copied().unwrap_or(0.0);
+            }
+        }
+        unserved
     }
 
     /// Each scheduled pod's values as its GPU reports them: plain
@@ -320,9 +340,15 @@ impl Twin {
         synced
     }
 
-    /// The Deployments' names, in the order demand is given.
-    pub fn deployments(&self) -> impl Iterator<Item = &str> {
-        self.scaled.iter().map(|s| s.spec.name.as_str())
+    /// What demand is given for, in order: each Service shared by
+    /// Deployments, and each Deployment on its own.
+    pub fn demands(&self) -> impl Iterator<Item = &str> {
+        let mut seen: Vec<&str> = Vec::new();
+        self.scaled.iter().map(|s| s.spec.demand_name()).filter(move |name| {
+            let new = !seen.contains(name);
+            seen.push(name);
+            new
+        })
     }
 
     /// Each Deployment's HPA and its current desired replicas.
@@ -341,8 +367,10 @@ impl Twin {
         })
     }
 
-    /// Second `t` of the timeline, one row per Deployment.
-    pub fn rows(&self, t: u64, demand: &[f64], served: &[f64]) -> Vec<Row> {
+    /// Second `t` of the timeline, one row per Deployment: the demand it
+    /// is behind, and the work it left unserved.
+    pub fn rows(&self, t: u64, demand: &[f64], unserved: &[f64]) -> Vec<Row> {
+        let group_of = self.demand_index();
         let gpus: Vec<(String, f64)> =
             self.gpus.iter().map(|g| (format!("{}/{}", self.nodes[g.node].name, g.index), g.utilization)).collect();
         self.scaled
@@ -350,7 +378,7 @@ impl Twin {
             .enumerate()
             .map(|(d, s)| {
                 let mine: Vec<&Pod> = self.pods.iter().filter(|p| p.deployment == d).collect();
-                let demand = demand.get(d).copied().unwrap_or(0.0);
+                let demand = demand.get(group_of[d]).copied().unwrap_or(0.0);
                 Row {
                     t,
                     deployment: s.spec.name.clone(),
@@ -360,7 +388,7 @@ impl Twin {
                     starting: mine.iter().filter(|p| p.gpu.is_some() && !self.ready(p, t)).count() as u32,
                     pending: mine.iter().filter(|p| p.gpu.is_none()).count() as u32,
                     seen: s.seen,
-                    unserved: (demand - served[d]).max(0.0),
+                    unserved: unserved[d].max(0.0),
                     pods: mine
                         .iter()
                         .filter_map(|p| {
@@ -404,8 +432,8 @@ pub fn run(spec: &RunSpec<'_>) -> Vec<Row> {
     for t in 0..spec.duration.as_secs() {
         twin.reconcile(t);
         let elapsed = Duration::from_secs(t);
-        let demand: Vec<f64> = twin.deployments().map(|d| spec.scenario.load(d, elapsed).unwrap_or(0.0)).collect();
-        let served = twin.serve(t, &demand);
+        let demand: Vec<f64> = twin.demands().map(|d| spec.scenario.load(d, elapsed).unwrap_or(0.0)).collect();
+        let unserved = twin.serve(t, &demand);
 
         // Each stage, at its ticks, takes the latest of the one before (the
         // first takes the pods' values).
@@ -421,7 +449,7 @@ pub fn run(spec: &RunSpec<'_>) -> Vec<Row> {
             let &(plain, weighted) = last.get(pod)?;
             Some(if metric == WEIGHTED_METRIC { weighted } else { plain })
         });
-        rows.extend(twin.rows(t, &demand, &served));
+        rows.extend(twin.rows(t, &demand, &unserved));
     }
     rows
 }

@@ -225,12 +225,13 @@ impl LiveTwin {
         })
     }
 
-    /// Each scaled Deployment's demand at second `t`: the scenario's, or
-    /// its seed workload's wave, in RTX 4090s' percent.
+    /// Each demand at second `t` (a scaled Deployment's, or a Service's in
+    /// front of several): the scenario's, or the seed workload's wave, in
+    /// RTX 4090s' percent.
     fn demand(&self, t: u64) -> Vec<f64> {
         let elapsed = Duration::from_secs(t);
         self.twin
-            .deployments()
+            .demands()
             .map(|d| {
                 self.scenario.load(d, elapsed).unwrap_or_else(|| {
                     self.seeds

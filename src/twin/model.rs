@@ -130,6 +130,19 @@ pub struct DeploymentSpec {
     /// Replicas at the start.
     #[serde(default = "one")]
     pub replicas: u32,
+    /// Nodes its pods may run on (a `nodeSelector` on the hostname, or
+    /// required node affinity); empty: any node it tolerates.
+    #[serde(default)]
+    pub required_nodes: Vec<String>,
+    /// Nodes the scheduler prefers while they have room (preferred node
+    /// affinity, which outweighs spreading).
+    #[serde(default)]
+    pub preferred_nodes: Vec<String>,
+    /// The Service in front of its pods, when several Deployments share
+    /// one (one per GPU model, each with its own HPA): the scenario's
+    /// demand is then the Service's, spread over all their ready pods.
+    #[serde(default)]
+    pub service: Option<String>,
 }
 
 fn default_startup() -> Duration {
@@ -162,15 +175,27 @@ impl DeploymentSpec {
             }],
             startup: default_startup(),
             replicas,
+            required_nodes: Vec::new(),
+            preferred_nodes: Vec::new(),
+            service: None,
         }
     }
 
-    /// Whether a pod of this Deployment may run on `node`.
+    /// Whether a pod of this Deployment may run on `node`: its taints are
+    /// tolerated, and it is one of the required nodes if any are named.
     pub fn fits(&self, node: &NodeSpec) -> bool {
-        node.taints
-            .iter()
-            .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
-            .all(|t| self.tolerations.iter().any(|tol| tol.tolerates(t)))
+        let required = self.required_nodes.is_empty() || self.required_nodes.contains(&node.name);
+        required
+            && node
+                .taints
+                .iter()
+                .filter(|t| t.effect == "NoSchedule" || t.effect == "NoExecute")
+                .all(|t| self.tolerations.iter().any(|tol| tol.tolerates(t)))
+    }
+
+    /// The name the scenario gives its demand: its Service's, or its own.
+    pub fn demand_name(&self) -> &str {
+        self.service.as_deref().unwrap_or(&self.name)
     }
 }
 

@@ -180,3 +180,56 @@ fn simulate_writes_timelines_charts_and_the_summary_with_worst_runs() {
     let bad = SimulateArgs { hpa: vec![write("inverted.yaml", &inverted)], ..args };
     assert!(run(&bad).unwrap_err().to_string().contains("minReplicas 5 is above maxReplicas 3"));
 }
+
+#[test]
+fn preferred_nodes_take_replicas_while_they_have_room_and_spreading_decides_otherwise() {
+    let nodes_at_start = |deployment: DeploymentSpec| {
+        let twin = inputs(STEP, ClusterSpec::reference(), deployment);
+        let (_, rows) = &twin.runs(&Pipeline::parse("direct").unwrap(), 1, 1, Duration::from_secs(1))[0];
+        rows[0].pods.iter().map(|(_, node, _)| node.clone()).collect::<Vec<_>>()
+    };
+    // Default: spread over the nodes first (each GPU has two slots).
+    assert_eq!(nodes_at_start(DeploymentSpec::default_for("reasoning-suite", 3)), ["mainpc", "pc2", "mainpc"]);
+    // Preferred: the 4090's two slots first, then the 3060.
+    let prefer =
+        DeploymentSpec { preferred_nodes: vec!["mainpc".into()], ..DeploymentSpec::default_for("reasoning-suite", 3) };
+    assert_eq!(nodes_at_start(prefer), ["mainpc", "mainpc", "pc2"]);
+    // Required: never elsewhere, even when that leaves a pod pending.
+    let required =
+        DeploymentSpec { required_nodes: vec!["pc2".into()], ..DeploymentSpec::default_for("reasoning-suite", 3) };
+    assert_eq!(nodes_at_start(required), ["pc2", "pc2"]);
+}
+
+#[test]
+fn deployments_behind_one_service_share_its_demand_and_their_unserved_work_adds_up() {
+    let hpa = |name: &str| {
+        let text =
+            HPA.replace("name: reasoning-suite", &format!("name: {name}")).replace("maxReplicas: 3", "maxReplicas: 1");
+        parse_hpa(&text).unwrap()
+    };
+    let pinned = |name: &str, node: &str| DeploymentSpec {
+        service: Some("reasoning-suite".into()),
+        required_nodes: vec![node.into()],
+        ..DeploymentSpec::default_for(name, 1)
+    };
+    let twin = Inputs {
+        cluster: ClusterSpec::reference(),
+        scaled: vec![
+            (pinned("reasoning-4090", "mainpc"), hpa("reasoning-4090")),
+            (pinned("reasoning-3060", "pc2"), hpa("reasoning-3060")),
+        ],
+        scenario: Scenario::parse("workloads:\n  reasoning-suite: [{load: 100}]\n", Path::new("s.yaml")).unwrap(),
+    };
+    let (summary, rows) = &twin.runs(&Pipeline::parse("direct").unwrap(), 1, 1, Duration::from_secs(2))[0];
+    let row = |name: &str| rows.iter().find(|r| r.t == 0 && r.deployment == name).unwrap();
+    // Each pod gets half of the Service's 100 % of a 4090: the 4090 serves
+    // its half, the 3060 (15.4 % of a 4090) saturates.
+    let (fast, slow) = (row("reasoning-4090"), row("reasoning-3060"));
+    assert_eq!((fast.demand, slow.demand), (100.0, 100.0));
+    assert!((fast.pods[0].2 - 50.0).abs() < 1e-9, "{fast:?}");
+    assert_eq!(fast.unserved, 0.0);
+    assert!((slow.pods[0].2 - 100.0).abs() < 1e-9, "{slow:?}");
+    let capacity = GpuModelId::Rtx3060.profile().relative_capacity();
+    assert!((slow.unserved - (50.0 - 100.0 * capacity)).abs() < 1e-9, "{slow:?}");
+    assert!((summary.unserved_work_percent_seconds - 2.0 * slow.unserved).abs() < 1e-6, "{summary:?}");
+}
