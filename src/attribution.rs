@@ -176,8 +176,10 @@ crate::label_value::label_value! {
         /// The pod's processes are MPS clients, and NVML's utilization
         /// samples name none of them (the MPS server runs their work).
         MpsClientUnsampled = "mps-client-unsampled",
-        /// The pod holds a MIG device, whose utilization NVML's device calls
-        /// do not measure (its memory is measured).
+        /// The pod holds a MIG device whose utilization is not measured:
+        /// the GPU has no GPM (Ampere and older), GPM has only one sample
+        /// yet, the GPU instance is split into compute instances, or the
+        /// device is time-sliced between pods (its memory is measured).
         MigUtilizationUnmeasured = "mig-utilization-unmeasured",
     }
 }
@@ -308,10 +310,11 @@ pub fn attribute(
 }
 
 /// Gives each container that holds a MIG device of this GPU (the device
-/// plugin hands out MIG UUIDs) that device's values: its memory; its
-/// utilization is not measured by NVML's device calls. A MIG device held by
-/// several containers (time-sliced) is marked shared; its memory is the
-/// device's, not theirs.
+/// plugin hands out MIG UUIDs) that device's values: its memory, and its
+/// utilization where GPM measures it (otherwise unmeasured, never the
+/// parent's). A MIG device held by several containers (time-sliced) is
+/// marked shared; its memory and utilization are the device's, not theirs,
+/// and NVML has no per-process split in MIG mode.
 fn attribute_mig(
     gpu_pos: usize,
     gpu: &GpuView<'_>,
@@ -330,11 +333,11 @@ fn attribute_mig(
                 gpu: gpu_pos,
                 mig: Some(mig_pos),
                 sharing,
-                utilization_percent: Err(if gpu.up {
-                    Unresolved::MigUtilizationUnmeasured
-                } else {
-                    Unresolved::GpuDown
-                }),
+                utilization_percent: match (gpu.up, mig.utilization_percent) {
+                    (false, _) => Err(Unresolved::GpuDown),
+                    (true, Some(busy)) if sharing == Sharing::Exclusive => Ok(busy),
+                    (true, _) => Err(Unresolved::MigUtilizationUnmeasured),
+                },
                 memory_utilization_percent: None,
                 memory_used_bytes: mig.memory_used_bytes.filter(|_| gpu.up && sharing == Sharing::Exclusive),
             });

@@ -110,7 +110,7 @@ pub struct GpuReading {
 
 /// One MIG device: a compute instance of a GPU instance of a MIG-enabled
 /// GPU, with its own UUID, as the device plugin hands it to pods.
-#[derive(Clone, Debug, Default, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq)]
 pub struct MigDevice {
     /// `MIG-…` UUID.
     pub uuid: String,
@@ -125,6 +125,10 @@ pub struct MigDevice {
     pub memory_used_bytes: Option<u64>,
     /// Its memory in total.
     pub memory_total_bytes: Option<u64>,
+    /// Its GPU instance's graphics utilization over the last interval, from
+    /// GPM (Hopper and newer); `None` where GPM is missing, on the first
+    /// read, or when the instance is split into several compute instances.
+    pub utilization_percent: Option<f64>,
 }
 
 impl MigDevice {
@@ -132,6 +136,19 @@ impl MigDevice {
     /// 1g.5gb` gives `1g.5gb`.
     pub fn profile_of(name: &str) -> &str {
         name.rsplit_once("MIG ").map_or("", |(_, profile)| profile.trim())
+    }
+
+    /// The compute slices it has, from its profile: `3g.40gb` has 3; a
+    /// compute instance `1c.3g.40gb` has 1 of its GPU instance's 3; 1 when
+    /// the profile says nothing.
+    pub fn compute_slices(&self) -> u32 {
+        let first = self.profile.split('.').next().unwrap_or("");
+        first
+            .strip_suffix('c')
+            .or_else(|| first.strip_suffix('g'))
+            .and_then(|n| n.parse().ok())
+            .filter(|&n| n > 0)
+            .unwrap_or(1)
     }
 }
 
@@ -375,6 +392,9 @@ crate::label_value::label_value! {
         /// `nvmlDeviceGetMigMode`, `nvmlDeviceGetMigDeviceHandleByIndex` and the
         /// MIG devices' identity, instance IDs and memory.
         Mig = "mig",
+        /// GPM: `nvmlGpmQueryDeviceSupport`, `nvmlGpmMigSampleGet` and
+        /// `nvmlGpmMetricsGet` (MIG devices' utilization).
+        Gpm = "gpm",
     }
 }
 

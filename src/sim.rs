@@ -394,6 +394,8 @@ fn mig_reading(workloads: &[SimWorkload], reading: GpuReading) -> GpuReading {
                 profile: "3g.40gb".into(),
                 memory_used_bytes: Some((w.memory_bytes + (300 << 20)).min(MIG_MEMORY_BYTES)),
                 memory_total_bytes: Some(MIG_MEMORY_BYTES),
+                // An A100: no GPM, so no MIG utilization.
+                utilization_percent: None,
             })
         })
         .collect();

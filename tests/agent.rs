@@ -697,6 +697,77 @@ fn mig_devices_are_read_and_a_pod_on_one_gets_its_values_through_reconfiguration
 }
 
 #[test]
+fn gpm_measures_each_mig_device_and_its_pod_gets_that_utilization() {
+    // An H100 in MIG mode (GPM): a 3g instance at 60 %, a 1g instance split
+    // into two compute instances (GPM measures the instance, not them).
+    let config = |util: u32| {
+        format!(
+            "gpu name=\"NVIDIA H100 80GB HBM3\" uuid=GPU-h100-0000 mem_total=85899345920 mem_used=6442450944 mig_mode=1 gpm=1 energy_mj=1000000\n\
+             mig 0 uuid=MIG-aaaa gi=1 ci=0 profile=3g.40gb mem_total=42949672960 mem_used=5368709120 util={util}\n\
+             mig 0 uuid=MIG-bbbb gi=2 ci=0 profile=1c.2g.20gb mem_total=21474836480 mem_used=0 util=90\n\
+             mig 0 uuid=MIG-cccc gi=2 ci=1 profile=1c.2g.20gb mem_total=21474836480 mem_used=0 util=90\n"
+        )
+    };
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("nvml.conf"), config(60)).unwrap();
+    let kubelet = FakeKubelet::default();
+    kubelet.0.lock().unwrap().pod_resources = vec![
+        with_resource("nvidia.com/mig-3g.40gb", pod("ai", "llm-0", "main", &["MIG-aaaa"])),
+        with_resource("nvidia.com/mig-1c.2g.20gb", pod("ai", "embed-0", "main", &["MIG-bbbb"])),
+    ];
+    let _kubelet = serve_kubelet(&dir.path().join("kubelet.sock"), kubelet);
+    let flags = attribution_flags(dir.path());
+    let agent = Agent::start_in(dir, &flags.iter().map(String::as_str).collect::<Vec<_>>());
+
+    let h100 = "node=\"testnode\",gpu=\"0\",uuid=\"GPU-h100-0000\",model=\"NVIDIA H100 80GB HBM3\"";
+    let held = "mig_uuid=\"MIG-aaaa\",gpu_instance_id=\"1\",compute_instance_id=\"0\",mig_profile=\"3g.40gb\"";
+    let llm = "namespace=\"ai\",pod=\"llm-0\",container=\"main\"";
+    let pod_util = format!("nvidia_gpu_pod_utilization_percent{{{h100},{held},{llm},sharing=\"exclusive\"}}");
+    // The first read has one GPM sample; the second has an interval.
+    let text = agent.metrics_until("GPM utilization", |t| value(t, &pod_util).is_some());
+    let busy: f64 = value(&text, &pod_util).unwrap().parse().unwrap();
+    assert!((busy - 60.0).abs() < 0.5, "{busy}");
+    let device: f64 =
+        value(&text, &format!("nvidia_gpu_mig_utilization_percent{{{h100},{held},{llm}}}")).unwrap().parse().unwrap();
+    assert_eq!(device, busy);
+    // The split instance: no value for either compute instance, and the
+    // pod on one says why; the parent GPU has none either.
+    assert!(
+        !text
+            .lines()
+            .any(|l| l.starts_with("nvidia_gpu_mig_utilization_percent{") && l.contains("gpu_instance_id=\"2\"")),
+        "{text}"
+    );
+    assert!(text.contains("pod=\"embed-0\",container=\"main\",reason=\"mig-utilization-unmeasured\"} 1"), "{text}");
+    assert!(!text.lines().any(|l| l.starts_with("nvidia_gpu_utilization_percent{") && l.contains("GPU-h100")));
+    assert_eq!(value(&text, "kube_gpu_metrics_nvml_errors_total{node=\"testnode\",call=\"gpm\"}"), Some("0".into()));
+    // The feed carries it, for the custom metrics API.
+    let feed: serde_json::Value = serde_json::from_slice(&agent.get("/v1/pods").body).unwrap();
+    let llm_feed = feed["pods"].as_array().unwrap().iter().find(|p| p["pod"] == "llm-0").unwrap();
+    assert_eq!(llm_feed["gpus"], serde_json::json!(["MIG-aaaa"]));
+    assert!((llm_feed["utilizationPercent"].as_f64().unwrap() - 60.0).abs() < 0.5, "{llm_feed}");
+
+    // The load changes: the next intervals show it.
+    agent.set_config(&config(20));
+    agent.metrics_until("the new GPM utilization", |t| {
+        value(t, &pod_util).and_then(|v| v.parse::<f64>().ok()).is_some_and(|v| (v - 20.0).abs() < 0.5)
+    });
+
+    // A GPM failure: the device's utilization goes, counted; nothing else does.
+    agent.set_config(&format!("{}error 0 gpm UNKNOWN\n", config(20)));
+    let text = agent.metrics_until("the GPM error", |t| {
+        value(t, "kube_gpu_metrics_nvml_errors_total{node=\"testnode\",call=\"gpm\"}").is_some_and(|v| v != "0")
+    });
+    let text = if value(&text, &pod_util).is_some() {
+        agent.metrics_until("no utilization", |t| value(t, &pod_util).is_none())
+    } else {
+        text
+    };
+    assert!(text.contains(&format!("nvidia_gpu_mig_memory_used_bytes{{{h100},{held},{llm}}} 5368709120")), "{text}");
+    assert!(text.contains("pod=\"llm-0\",container=\"main\",reason=\"mig-utilization-unmeasured\"} 1"), "{text}");
+}
+
+#[test]
 fn gpus_claimed_through_dra_are_attributed_and_a_malformed_claim_spares_the_rest() {
     let dir = tempfile::tempdir().unwrap();
     let kubelet = attribution_fixture(dir.path());

@@ -24,12 +24,12 @@
  *   error <gpu|*> <call|*> <GPU_IS_LOST|NOT_SUPPORTED|NOT_FOUND|UNKNOWN|...>
  *   delay <gpu|*> <call|*> <milliseconds>
  *   process <gpu> pid=1234 sm=30 mem=10 used_mib=2048 kind=compute
- *   mig <gpu> uuid=MIG-aaaa gi=1 ci=0 profile=1g.10gb mem_total=10200547328 mem_used=2147483648
+ *   mig <gpu> uuid=MIG-aaaa gi=1 ci=0 profile=1g.10gb mem_total=10200547328 mem_used=2147483648 util=40
  *   xid <gpu> <code>
  *
  * Calls: count handle name uuid index memory utilization temperature power
  * clock processes pci energy pcie codec fan pstate clock_events violation
- * fields power_limit ecc remap retired events running mps mig. A "gpu" line must
+ * fields power_limit ecc remap retired events running mps mig gpm. A "gpu" line must
  * fit on one line (the backslashes above are only for this comment).
  *
  * A "process" line is one utilization sample (sm, mem percent) and one entry
@@ -49,6 +49,16 @@
  * <profile>", its memory and its GPU and compute instance IDs; the parent in
  * MIG mode answers utilization NOT_SUPPORTED, as NVML does. "error <gpu> mig
  * ..." fails the parent's MIG calls.
+ *
+ * GPM (GPU performance monitoring, Hopper and newer): a "gpu" line with gpm=1
+ * reports GPM support; without it nvmlGpmQueryDeviceSupport says
+ * unsupported and the sample calls answer NOT_SUPPORTED, as on older GPUs.
+ * nvmlGpmMigSampleGet takes a sample of a GPU instance (a "mig" line's gi);
+ * nvmlGpmMetricsGet over two samples of the same instance answers
+ * NVML_GPM_METRIC_GRAPHICS_UTIL as the busy time between them: each "mig"
+ * line's util (percent) integrated over time since the library loaded, so a
+ * change of util shows in the next interval; other metrics answer
+ * NOT_SUPPORTED each. "error <gpu> gpm ..." fails the sample calls.
  *
  * Each "xid" line is delivered once, in order, by nvmlEventSetWait_v2 to a
  * set its GPU is registered in; lines added later are delivered as they
@@ -177,6 +187,7 @@ enum call {
     CALL_RUNNING,
     CALL_MPS,
     CALL_MIG,
+    CALL_GPM,
     CALL_MAX
 };
 
@@ -185,7 +196,7 @@ static const char *const CALL_NAMES[CALL_MAX] = {
     "utilization", "temperature", "power", "clock", "processes",
     "pci", "energy", "pcie", "codec", "fan", "pstate", "clock_events",
     "violation", "fields", "power_limit", "ecc", "remap", "retired", "events",
-    "running", "mps", "mig",
+    "running", "mps", "mig", "gpm",
 };
 
 #define MAX_GPUS 64
@@ -214,6 +225,7 @@ struct fake_gpu {
     unsigned long long mem_reserved, energy_mj, clock_events, viol_power_ns, viol_thermal_ns;
     int ecc, remap, retired; /* 0: not supported */
     int mig_mode;            /* -1: not supported, 0: off, 1: on */
+    int gpm;                 /* GPM supported */
     unsigned long long ecc_sbe_vol, ecc_dbe_vol, ecc_sbe_agg, ecc_dbe_agg;
     unsigned int remap_corr, remap_unc, remap_pending, remap_failure;
     unsigned int retired_sbe, retired_dbe, retired_pending;
@@ -234,7 +246,7 @@ struct fake_config {
     int init_error;
     unsigned int nmigs;
     struct fake_mig {
-        unsigned int gpu, gi, ci;
+        unsigned int gpu, gi, ci, util;
         char uuid[96], profile[32];
         unsigned long long mem_total, mem_used;
     } migs[MAX_GPUS * MAX_MIG];
@@ -374,6 +386,7 @@ static void parse_gpu(struct fake_config *cfg, char **tok, int n) {
         else if (!strcmp(k, "retired_dbe")) g->retired_dbe = (unsigned)strtoul(v, 0, 10);
         else if (!strcmp(k, "retired_pending")) g->retired_pending = (unsigned)strtoul(v, 0, 10);
         else if (!strcmp(k, "mig_mode")) g->mig_mode = atoi(v);
+        else if (!strcmp(k, "gpm")) g->gpm = atoi(v);
     }
     cfg->ngpus++;
 }
@@ -397,6 +410,7 @@ static void parse_mig(struct fake_config *cfg, char **tok, int n) {
         else if (!strcmp(k, "ci")) m->ci = (unsigned)strtoul(v, 0, 10);
         else if (!strcmp(k, "mem_total")) m->mem_total = strtoull(v, 0, 10);
         else if (!strcmp(k, "mem_used")) m->mem_used = strtoull(v, 0, 10);
+        else if (!strcmp(k, "util")) m->util = (unsigned)strtoul(v, 0, 10);
     }
     cfg->nmigs++;
 }
@@ -659,6 +673,153 @@ nvmlReturn_t nvmlDeviceGetGpuInstanceId(nvmlDevice_t device, unsigned int *id) {
 
 nvmlReturn_t nvmlDeviceGetComputeInstanceId(nvmlDevice_t device, unsigned int *id) {
     return mig_instance_id(device, id, 1);
+}
+
+/* GPM. The layouts are NVML's (nvml.h, NVML_GPM_METRICS_GET_VERSION 1). */
+typedef struct {
+    unsigned int version;
+    unsigned int isSupportedDevice;
+} nvmlGpmSupport_t;
+
+struct fake_gpm_sample {
+    int taken;
+    unsigned int gpu, gi;
+    double t;    /* seconds, monotonic */
+    double busy; /* the instance's util integrated over time, percent-seconds */
+};
+typedef struct fake_gpm_sample *nvmlGpmSample_t;
+
+typedef struct {
+    unsigned int metricId;
+    nvmlReturn_t nvmlReturn;
+    double value;
+    struct {
+        char *shortName;
+        char *longName;
+        char *unit;
+    } metricInfo;
+} nvmlGpmMetric_t;
+
+typedef struct {
+    unsigned int version;
+    unsigned int numMetrics;
+    nvmlGpmSample_t sample1;
+    nvmlGpmSample_t sample2;
+    nvmlGpmMetric_t metrics[210];
+} nvmlGpmMetricsGet_t;
+
+enum { NVML_GPM_METRIC_GRAPHICS_UTIL = 1 };
+
+/* Per GPU instance: its util integrated up to `t`, and the util since. */
+static struct {
+    unsigned int gpu, gi, util;
+    double t, busy;
+    int used;
+} GPM_INTEGRALS[MAX_GPUS * MAX_MIG];
+
+static double monotonic_seconds(void) {
+    struct timespec ts;
+    clock_gettime(CLOCK_MONOTONIC, &ts);
+    return (double)ts.tv_sec + (double)ts.tv_nsec / 1e9;
+}
+
+nvmlReturn_t nvmlGpmQueryDeviceSupport(nvmlDevice_t device, nvmlGpmSupport_t *support) {
+    if (!support || support->version != 1) return NVML_ERROR_INVALID_ARGUMENT;
+    struct fake_gpu gpu;
+    nvmlReturn_t err = enter(device, CALL_GPM, &gpu);
+    if (err) return err;
+    support->isSupportedDevice = gpu.gpm ? 1 : 0;
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlGpmSampleAlloc(nvmlGpmSample_t *sample) {
+    if (!sample) return NVML_ERROR_INVALID_ARGUMENT;
+    *sample = calloc(1, sizeof **sample);
+    return *sample ? NVML_SUCCESS : NVML_ERROR_UNKNOWN;
+}
+
+nvmlReturn_t nvmlGpmSampleFree(nvmlGpmSample_t sample) {
+    if (!sample) return NVML_ERROR_INVALID_ARGUMENT;
+    free(sample);
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlGpmSampleGet(nvmlDevice_t device, nvmlGpmSample_t sample) {
+    struct fake_gpu gpu;
+    nvmlReturn_t err = enter(device, CALL_GPM, &gpu);
+    if (err) return err;
+    if (!sample) return NVML_ERROR_INVALID_ARGUMENT;
+    /* Whole-GPU GPM is not faked: the agent reads it only for MIG. */
+    return NVML_ERROR_NOT_SUPPORTED;
+}
+
+nvmlReturn_t nvmlGpmMigSampleGet(nvmlDevice_t device, unsigned int gpu_instance, nvmlGpmSample_t sample) {
+    struct fake_gpu gpu;
+    nvmlReturn_t err = enter(device, CALL_GPM, &gpu);
+    if (err) return err;
+    if (!sample) return NVML_ERROR_INVALID_ARGUMENT;
+    if (!gpu.gpm) return NVML_ERROR_NOT_SUPPORTED;
+    if (gpu.mig_mode != 1) return NVML_ERROR_INVALID_ARGUMENT;
+    unsigned index = device->index;
+    pthread_mutex_lock(&LOCK);
+    const struct fake_mig *m = NULL;
+    for (unsigned i = 0; i < CONFIG.nmigs && !m; i++)
+        if (CONFIG.migs[i].gpu == index && CONFIG.migs[i].gi == gpu_instance) m = &CONFIG.migs[i];
+    if (!m) {
+        pthread_mutex_unlock(&LOCK);
+        return NVML_ERROR_NOT_FOUND;
+    }
+    double now = monotonic_seconds();
+    int slot = -1;
+    for (int i = 0; i < MAX_GPUS * MAX_MIG; i++) {
+        if (GPM_INTEGRALS[i].used && GPM_INTEGRALS[i].gpu == index && GPM_INTEGRALS[i].gi == gpu_instance) {
+            slot = i;
+            break;
+        }
+        if (!GPM_INTEGRALS[i].used && slot < 0) slot = i;
+    }
+    if (slot < 0) {
+        pthread_mutex_unlock(&LOCK);
+        return NVML_ERROR_UNKNOWN;
+    }
+    if (!GPM_INTEGRALS[slot].used) {
+        GPM_INTEGRALS[slot].used = 1;
+        GPM_INTEGRALS[slot].gpu = index;
+        GPM_INTEGRALS[slot].gi = gpu_instance;
+        GPM_INTEGRALS[slot].t = now;
+        GPM_INTEGRALS[slot].busy = 0;
+    }
+    GPM_INTEGRALS[slot].busy += GPM_INTEGRALS[slot].util * (now - GPM_INTEGRALS[slot].t);
+    GPM_INTEGRALS[slot].t = now;
+    GPM_INTEGRALS[slot].util = m->util;
+    sample->taken = 1;
+    sample->gpu = index;
+    sample->gi = gpu_instance;
+    sample->t = now;
+    sample->busy = GPM_INTEGRALS[slot].busy;
+    pthread_mutex_unlock(&LOCK);
+    return NVML_SUCCESS;
+}
+
+nvmlReturn_t nvmlGpmMetricsGet(nvmlGpmMetricsGet_t *request) {
+    if (!request || request->version != 1 || request->numMetrics > 210) return NVML_ERROR_INVALID_ARGUMENT;
+    const struct fake_gpm_sample *a = request->sample1, *b = request->sample2;
+    if (!a || !b || !a->taken || !b->taken || a->gpu != b->gpu || a->gi != b->gi || b->t <= a->t)
+        return NVML_ERROR_INVALID_ARGUMENT;
+    static char short_name[] = "gr_util", long_name[] = "graphics utilization", unit[] = "%";
+    for (unsigned i = 0; i < request->numMetrics; i++) {
+        nvmlGpmMetric_t *metric = &request->metrics[i];
+        if (metric->metricId == NVML_GPM_METRIC_GRAPHICS_UTIL) {
+            metric->nvmlReturn = NVML_SUCCESS;
+            metric->value = (b->busy - a->busy) / (b->t - a->t);
+            metric->metricInfo.shortName = short_name;
+            metric->metricInfo.longName = long_name;
+            metric->metricInfo.unit = unit;
+        } else {
+            metric->nvmlReturn = NVML_ERROR_NOT_SUPPORTED;
+        }
+    }
+    return NVML_SUCCESS;
 }
 
 nvmlReturn_t nvmlInit_v2(void) {

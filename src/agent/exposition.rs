@@ -638,6 +638,11 @@ fn native_families(e: &mut Encoder<'_>, data: &SampleData, pods: &LabelSets) {
         "Memory of a MIG device",
         mig_series(data, &migs, &first, pods, |m| m.memory_total_bytes.map(Value::U64)),
     );
+    e.gauge(
+        "nvidia_gpu_mig_utilization_percent",
+        "Share of the last interval a MIG device's GPU instance was busy (GPM graphics utilization; Hopper and newer)",
+        mig_series(data, &migs, &first, pods, |m| m.utilization_percent.map(Value::F64)),
+    );
     // A pod's series on a GPU: the GPU's labels (its MIG device's, on one),
     // the pod's, and `sharing`.
     let gpu_of = |u: &PodGpuUsage| match u.mig {

@@ -10,7 +10,10 @@
 //! - *Energy*: each interval, the growth of the GPU's energy counter is split
 //!   between the pods holding the GPU at the end of it, by their utilization
 //!   shares (evenly when all are zero: idle power is still the holders').
-//!   An exclusive pod gets all of it. When any holder's share cannot be
+//!   An exclusive pod gets all of it. On a GPU in MIG mode the holders are
+//!   MIG devices of different sizes, so each share is weighed by its
+//!   device's compute slices (a busy `3g.40gb` draws more than a busy
+//!   `1g.10gb`). When any holder's share cannot be
 //!   measured, that interval's energy is charged to no one rather than
 //!   guessed. The pods' counters of a GPU thus sum to the GPU's energy
 //!   counted while pods held it with known shares.
@@ -46,7 +49,7 @@ impl PodLedger {
     /// `usages`. Pods no longer on a GPU are forgotten.
     pub fn record(&mut self, taken_at: SystemTime, gpus: &[GpuState], usages: &[PodGpuUsage]) -> Vec<PodAccount> {
         let deltas: Vec<Option<f64>> = gpus.iter().map(|gpu| self.energy_delta(gpu)).collect();
-        let shares = holder_shares(gpus.len(), usages);
+        let shares = holder_shares(gpus, usages);
         let mut accounts = Vec::with_capacity(usages.len());
         let mut kept = HashMap::with_capacity(usages.len());
         for usage in usages {
@@ -57,7 +60,8 @@ impl PodLedger {
             if usage.utilization_percent.is_ok_and(|share| share > 0.0) {
                 account.last_active = taken_at;
             }
-            if let (Some(delta), Some(fraction)) = (deltas[usage.gpu], energy_fraction(usage, shares[usage.gpu])) {
+            let fraction = energy_fraction(usage, slices(gpus, usage), shares[usage.gpu]);
+            if let (Some(delta), Some(fraction)) = (deltas[usage.gpu], fraction) {
                 account.energy_joules += delta * fraction;
             }
             accounts.push(account);
@@ -77,25 +81,37 @@ impl PodLedger {
     }
 }
 
-/// Per GPU, its holders' summed utilization shares and their number;
-/// `None` when any holder's share is unknown.
-fn holder_shares(gpus: usize, usages: &[PodGpuUsage]) -> Vec<Option<(f64, usize)>> {
-    let mut shares = vec![Some((0.0, 0)); gpus];
+/// How much of its GPU a usage holds: its MIG device's compute slices, or 1
+/// for a whole GPU (or a time-slice of one).
+fn slices(gpus: &[GpuState], usage: &PodGpuUsage) -> f64 {
+    usage
+        .mig
+        .and_then(|m| gpus.get(usage.gpu)?.reading.mig_devices.get(m))
+        .map_or(1.0, |mig| f64::from(mig.compute_slices()))
+}
+
+/// Per GPU, its holders' summed weighted shares and summed weights
+/// ([`slices`]); `None` when any holder's share is unknown.
+fn holder_shares(gpus: &[GpuState], usages: &[PodGpuUsage]) -> Vec<Option<(f64, f64)>> {
+    let mut shares = vec![Some((0.0, 0.0)); gpus.len()];
     for usage in usages {
+        let weight = slices(gpus, usage);
         if let Some(slot) = shares.get_mut(usage.gpu) {
-            *slot = slot.zip(usage.utilization_percent.ok()).map(|((total, n), share)| (total + share, n + 1));
+            *slot = slot
+                .zip(usage.utilization_percent.ok())
+                .map(|((total, weights), share)| (total + share * weight, weights + weight));
         }
     }
     shares
 }
 
-/// The part of its GPU's energy a usage is charged: its share over its GPU's
-/// holders' `shares` (total, count), an even part when all are zero, and
-/// `None` when any holder's share is unknown.
-fn energy_fraction(usage: &PodGpuUsage, shares: Option<(f64, usize)>) -> Option<f64> {
-    let (total, holders) = shares?;
+/// The part of its GPU's energy a usage of `weight` is charged: its weighted
+/// share over its GPU's holders' `shares` (total, weights), a part by
+/// weight when all are zero, and `None` when any holder's share is unknown.
+fn energy_fraction(usage: &PodGpuUsage, weight: f64, shares: Option<(f64, f64)>) -> Option<f64> {
+    let (total, weights) = shares?;
     let own = usage.utilization_percent.ok()?;
-    Some(if total > 0.0 { own / total } else { 1.0 / holders as f64 })
+    Some(if total > 0.0 { own * weight / total } else { weight / weights })
 }
 
 #[cfg(test)]
@@ -160,6 +176,41 @@ mod tests {
         assert!(last[0].energy_joules > last[1].energy_joules, "the busier pod is charged more");
         // The exclusive pod gets all of GPU 1's growth.
         assert!((last[2].energy_joules - 2.0 * gpu_energy_held).abs() < 1e-6);
+    }
+
+    #[test]
+    fn mig_pods_are_charged_by_busy_time_weighed_by_their_devices_size() {
+        use crate::gpu::MigDevice;
+        let mig = |gi: u32, profile: &str| MigDevice {
+            uuid: format!("MIG-{gi}"),
+            gpu_instance_id: gi,
+            profile: profile.into(),
+            ..MigDevice::default()
+        };
+        let h100 = |energy: f64| {
+            let mut gpu = gpu("GPU-h100", energy);
+            gpu.reading.mig_devices = vec![mig(1, "3g.40gb"), mig(2, "1g.10gb"), mig(3, "1c.3g.40gb")];
+            gpu
+        };
+        let on = |pod: &str, m: usize, share: f64| PodGpuUsage {
+            mig: Some(m),
+            ..usage(pod, 0, Sharing::Exclusive, Ok(share))
+        };
+        let mut ledger = PodLedger::default();
+        let usages = [on("big", 0, 50.0), on("small", 1, 50.0), on("ci", 2, 0.0)];
+        ledger.record(at(0), &[h100(0.0)], &usages);
+        let accounts = ledger.record(at(1), &[h100(400.0)], &usages);
+        // 50 % of 3 slices against 50 % of 1: three parts to one.
+        assert_eq!(accounts.iter().map(|a| a.energy_joules).collect::<Vec<_>>(), [300.0, 100.0, 0.0]);
+        // All idle: split by size (3 : 1 : 1).
+        let idle = usages.clone().map(|mut u| {
+            u.utilization_percent = Ok(0.0);
+            u
+        });
+        let accounts = ledger.record(at(2), &[h100(900.0)], &idle);
+        assert_eq!(accounts.iter().map(|a| a.energy_joules).collect::<Vec<_>>(), [600.0, 200.0, 100.0]);
+        let total: f64 = accounts.iter().map(|a| a.energy_joules).sum();
+        assert_eq!(total, 900.0, "the pods' counters sum to the GPU's energy while they held it");
     }
 
     #[test]

@@ -4,6 +4,7 @@
 //! is left out, logged at debug, and never counted as an error or reported as
 //! zero. `GPU_IS_LOST`, or a handle that cannot be had, marks the GPU down.
 
+pub mod gpm;
 pub mod raw;
 pub mod xid;
 
@@ -63,6 +64,7 @@ impl GpuSourceOpener for NvmlOpener {
             driver_version,
             cuda_version,
             xid,
+            mig_utilization: gpm::MigUtilization::new(count),
         }))
     }
 }
@@ -75,11 +77,13 @@ pub struct NvmlSource {
     driver_version: Option<String>,
     cuda_version: Option<String>,
     xid: Arc<xid::XidCounts>,
+    mig_utilization: gpm::MigUtilization,
 }
 
 impl Drop for NvmlSource {
     fn drop(&mut self) {
         self.xid.stop();
+        self.mig_utilization.release(&self.nvml);
     }
 }
 
@@ -195,6 +199,7 @@ fn read_mig(nvml: &Nvml, device: &Device<'_>, tally: &mut Tally) -> Vec<MigDevic
             profile: MigDevice::profile_of(&name).to_string(),
             memory_used_bytes: memory.as_ref().map(|m| m.used),
             memory_total_bytes: memory.as_ref().map(|m| m.total),
+            utilization_percent: None,
         });
     }
     devices
@@ -318,6 +323,7 @@ impl GpuSource for NvmlSource {
         reading.memory_clock_hertz = mhz.map(|mhz| f64::from(mhz) * 1e6);
         read_telemetry(&self.nvml, &device, &mut tally, reading);
         reading.mig_devices = read_mig(&self.nvml, &device, &mut tally);
+        self.mig_utilization.read(&self.nvml, index, &device, &mut reading.mig_devices, &mut tally);
         if request.health {
             reading.health = read_health(&self.nvml, &device, &mut tally);
         }

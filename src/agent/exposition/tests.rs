@@ -618,6 +618,7 @@ fn mig_data() -> SampleData {
             profile: "3g.40gb".into(),
             memory_used_bytes: Some(5 << 30),
             memory_total_bytes: Some(40 << 30),
+            utilization_percent: None,
         },
         MigDevice {
             uuid: "MIG-2222".into(),
@@ -626,6 +627,7 @@ fn mig_data() -> SampleData {
             profile: "1g.10gb".into(),
             memory_used_bytes: Some(0),
             memory_total_bytes: Some(10 << 30),
+            utilization_percent: None,
         },
     ];
     SampleData {
@@ -663,6 +665,7 @@ fn mig_devices_have_their_own_series_and_their_pods_carry_their_labels() {
     assert!(text.contains(&format!("nvidia_gpu_memory_used_bytes{{{gpu}}} ")), "{text}");
     // No utilization is made up for a MIG device or its pod.
     assert!(!text.contains("nvidia_gpu_pod_utilization_percent{"), "{text}");
+    assert!(!text.contains("nvidia_gpu_mig_utilization_percent{"), "{text}");
     // dcgm-exporter's names: framebuffer series per MIG device with GPU_I_ID and GPU_I_PROFILE.
     assert!(text.contains("GPU_I_ID=\"1\",GPU_I_PROFILE=\"3g.40gb\",namespace=\"ai-system-gpu\",pod=\"llm-0\",container=\"main\"} 5120\n"), "{text}");
     assert!(text.contains("GPU_I_ID=\"2\",GPU_I_PROFILE=\"1g.10gb\"} 10240\n"), "{text}");
@@ -749,4 +752,30 @@ fn negotiation_follows_accept_and_q_values() {
     assert!(!negotiate(Some("application/openmetrics-text;q=0"), None).openmetrics);
     assert!(!negotiate(None, Some("gzip;q=0")).gzip);
     assert!(negotiate(None, Some("identity;q=0.5, GZIP")).gzip);
+}
+
+#[test]
+fn a_mig_device_gpm_measures_has_its_utilization_and_so_does_its_pod() {
+    // An H100: GPM measures each GPU instance.
+    let mut data = mig_data();
+    data.gpus[0].reading.mig_devices[0].utilization_percent = Some(62.5);
+    data.gpus[0].reading.mig_devices[1].utilization_percent = Some(0.0);
+    data.usages[0].utilization_percent = Ok(62.5);
+    let (text, _) = render_plain(&data, MetricNames::Native);
+    let text = String::from_utf8(text).unwrap();
+    let gpu = "node=\"mainpc\",gpu=\"0\",uuid=\"GPU-a100\",model=\"NVIDIA A100-SXM4-80GB\"";
+    let held = "mig_uuid=\"MIG-1111\",gpu_instance_id=\"1\",compute_instance_id=\"0\",mig_profile=\"3g.40gb\"";
+    let pod = "namespace=\"ai-system-gpu\",pod=\"llm-0\",container=\"main\"";
+    for line in [
+        format!("nvidia_gpu_mig_utilization_percent{{{gpu},{held},{pod}}} 62.5\n"),
+        format!(
+            "nvidia_gpu_mig_utilization_percent{{{gpu},mig_uuid=\"MIG-2222\",gpu_instance_id=\"2\",compute_instance_id=\"0\",mig_profile=\"1g.10gb\"}} 0.0\n"
+        ),
+        format!("nvidia_gpu_pod_utilization_percent{{{gpu},{held},{pod},sharing=\"exclusive\"}} 62.5\n"),
+    ] {
+        assert!(text.contains(&line), "missing {line}");
+    }
+    assert!(!text.contains("kube_gpu_metrics_pod_attribution_unresolved{"), "{text}");
+    // The parent GPU still has no device-wide utilization.
+    assert!(!text.contains(&format!("nvidia_gpu_utilization_percent{{{gpu}}}")), "{text}");
 }

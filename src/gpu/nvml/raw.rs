@@ -1,12 +1,13 @@
 //! The NVML calls nvml-wrapper 0.13 does not wrap, made through its raw
 //! bindings: remapped rows, the clock-event reasons under their current
-//! name, and a MIG device's GPU and compute instance IDs. The crate's only `unsafe` lives here; each call says why it is
-//! sound.
+//! name, and a MIG device's GPU and compute instance IDs; and a GPM sample
+//! kept between reads. The crate's only `unsafe` lives here; each use says
+//! why it is sound.
 #![allow(unsafe_code)]
 
-use nvml_wrapper::Device;
-use nvml_wrapper::Nvml;
 use nvml_wrapper::error::{NvmlError, nvml_sym, nvml_try};
+use nvml_wrapper::{Device, GpmSample, Nvml};
+use nvml_wrapper_sys::bindings::nvmlGpmSample_t;
 
 use crate::gpu::RemappedRows;
 
@@ -62,4 +63,34 @@ pub fn clock_event_reasons(nvml: &Nvml, device: &Device<'_>) -> Result<u64, Nvml
     let code = unsafe { sym(device.handle(), &mut reasons) };
     nvml_try(code)?;
     Ok(reasons)
+}
+
+/// A GPM sample kept from one read to the next, as its raw handle:
+/// nvml-wrapper's [`GpmSample`] borrows the `Nvml` it came from, which the
+/// source that owns that `Nvml` cannot hold beside it. Give it back with
+/// [`KeptGpmSample::restore`] to the same `Nvml` (which frees it when the
+/// sample drops); one dropped unrestored is leaked, never freed twice.
+#[derive(Debug)]
+pub struct KeptGpmSample(nvmlGpmSample_t);
+
+// SAFETY: the handle points at memory NVML allocated for this one sample;
+// NVML lets any thread use a sample, one at a time, and `KeptGpmSample` is
+// neither `Clone` nor `Sync`, so one thread at a time holds it.
+unsafe impl Send for KeptGpmSample {}
+
+impl KeptGpmSample {
+    /// Keeps `sample` past the borrow of its `Nvml`.
+    pub fn keep(sample: GpmSample<'_>) -> Self {
+        Self(sample.into_handle())
+    }
+
+    /// The sample again, borrowing `nvml`, which must be the library that
+    /// allocated it.
+    pub fn restore(self, nvml: &Nvml) -> GpmSample<'_> {
+        // SAFETY: the handle came from `GpmSample::into_handle` on a sample
+        // of `nvml` (each source keeps only samples of its own library), so
+        // it is live and nothing else owns it; `self` is consumed, so it is
+        // wrapped once and freed once, when the returned sample drops.
+        unsafe { GpmSample::from_handle(nvml, self.0) }
+    }
 }
