@@ -76,7 +76,7 @@ rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 install_tools
 log "building (release): the binary and the benchmark helpers"
 cargo build --release --quiet --bin kube-gpu-metrics --example static-server --example fleet --example loadgen
-cargo bench --quiet --no-run --bench exposition --bench adapter --bench freshness 2>/dev/null
+cargo bench --quiet --no-run --bench exposition --bench adapter --bench freshness --bench nvml 2>/dev/null
 bin=target/release/kube-gpu-metrics
 examples=target/release/examples
 
@@ -141,6 +141,7 @@ done
 log "criterion: exposition and adapter benches ${criterion[*]}"
 cargo bench --quiet --bench exposition -- "${criterion[@]}" >"$out/criterion-exposition.txt" 2>&1
 cargo bench --quiet --bench adapter -- "${criterion[@]}" >"$out/criterion-adapter.txt" 2>&1
+cargo bench --quiet --bench nvml -- "${criterion[@]}" >"$out/criterion-nvml.txt" 2>&1
 
 # 3. Footprint: the agent over the fake NVML with 8 GPUs beside the static
 # server, both scraped every 15 s (as the ServiceMonitor does).

@@ -122,6 +122,11 @@ for function in ("HPA query, labelSelector app=app-7 (200 match)", "no selector 
     value = medians.get(("adapter query, 10000 pods", function))
     if value:
         emit(f"| adapter {function}, 10 000 pods | {fmt_ns(value)} | JSON of the answer: {fmt_ns(encode)} | {ratio(value, encode)} |")
+call = medians.get(("gpu read", "one NVML call (baseline)"))
+for function in ("every field", "every field, 16 processes (time-sliced)"):
+    value = medians.get(("gpu read", function))
+    if value and call:
+        emit(f"| one GPU's read, {function} (fake NVML) | {fmt_ns(value)} | one NVML call: {fmt_ns(call)} | {ratio(value, call)} |")
 exposition = read("criterion-exposition.txt")
 for line in exposition.splitlines():
     if line.startswith("allocations per"):
