@@ -15,7 +15,7 @@ use criterion::{Criterion, criterion_group, criterion_main};
 use nvml_wrapper::Nvml;
 
 use kube_gpu_metrics::gpu::nvml::NvmlOpener;
-use kube_gpu_metrics::gpu::{GpuSource, GpuSourceOpener, ReadRequest};
+use kube_gpu_metrics::gpu::{GpuSourceOpener, ReadRequest};
 
 /// An RTX 4090 with every field the fake knows, and 16 processes (eight
 /// compute, eight graphics) on it.
