@@ -196,7 +196,7 @@ for _ in $(seq 100); do [ -s "$kubeconfig" ] && break; sleep 0.1; done
 # names, its adapter serving from the Prometheus of step 4 (step 7).
 migration_kubeconfig="$work/migration.kubeconfig"
 "$bin" standalone --agent-port 19404 --adapter-port 19444 --kubeconfig-out "$migration_kubeconfig" --seed 7 \
-    --keda-port 19544 --ca-out "$work/migration-standalone-ca.pem" --names dcgm --prometheus-url http://127.0.0.1:19090 --scenario hack/scenarios/constant.yaml \
+    --keda-port 19544 --ca-out "$work/migration-standalone-ca.pem" --names dcgm --prometheus-url http://127.0.0.1:19090 --scenario hack/scenarios/constant.yaml --fixed-replicas \
     >"$work/migration.log" 2>&1 &
 pids+=($!)
 wait_http http://127.0.0.1:19404/readyz

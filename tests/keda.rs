@@ -35,7 +35,8 @@ impl Standalone {
             .args(["standalone", "--agent-port", "0", "--adapter-port", "0", "--keda-port", "0"])
             .args(["--interval", "200ms", "--poll-interval", "200ms"])
             .args(["--kubeconfig-out", &path("kubeconfig"), "--ca-out", &path("ca.pem")])
-            .args(["--scenario", &path("scenario.yaml")])
+            // The scenario scripts each pod's load; no HPA scales them meanwhile.
+            .args(["--scenario", &path("scenario.yaml"), "--fixed-replicas"])
             .args(extra)
             .env("KGM_LOG", "warn")
             .stdout(Stdio::piped())
