@@ -377,17 +377,50 @@ fn sample(out: &mut Vec<u8>, name: &str, suffix: &str, parts: LabelParts<'_>, va
     }
     out.push(b' ');
     match value {
-        // Most GPU values are whole numbers: itoa plus ".0" is what dtoa
-        // writes for them, several times faster.
-        // (The cast and compare are two instructions; `fract` is a call.)
-        Value::F64(v) if v.abs() < 1e15 && (v as i64) as f64 == v => {
-            out.extend_from_slice(itoa::Buffer::new().format(v as i64).as_bytes());
-            out.extend_from_slice(b".0");
-        }
-        Value::F64(v) => out.extend_from_slice(dtoa::Buffer::new().format(v).as_bytes()),
+        Value::F64(v) => write_f64(out, v),
         Value::U64(v) => out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes()),
     }
     out.push(b'\n');
+}
+
+/// Writes `v` as dtoa writes it (the shortest text that reads back as `v`),
+/// taking a fast path for the values GPUs mostly have.
+fn write_f64(out: &mut Vec<u8>, v: f64) {
+    // Whole numbers: itoa plus ".0", several times faster than dtoa.
+    // (The cast and compare are two instructions; `fract` is a call.)
+    if v.abs() < 1e15 && (v as i64) as f64 == v {
+        out.extend_from_slice(itoa::Buffer::new().format(v as i64).as_bytes());
+        out.extend_from_slice(b".0");
+        return;
+    }
+    // Up to three decimals (watts, percents, joules from millijoules): the
+    // exact decimal is the shortest text for `v`, since below 1e12 doubles
+    // lie closer together than half a thousandth, so no shorter decimal
+    // reads back as `v`.
+    let thousandths = v * 1000.0;
+    if v.abs() < 1e12 && thousandths == thousandths.round() && thousandths / 1000.0 == v {
+        let n = thousandths as i64;
+        if n < 0 {
+            out.push(b'-');
+        }
+        let n = n.unsigned_abs();
+        out.extend_from_slice(itoa::Buffer::new().format(n / 1000).as_bytes());
+        let mut fraction = n % 1000;
+        let mut digits = [b'0'; 4];
+        digits[0] = b'.';
+        let mut len = 4;
+        while fraction % 10 == 0 {
+            fraction /= 10;
+            len -= 1;
+        }
+        for slot in digits[1..len].iter_mut().rev() {
+            *slot = b'0' + (fraction % 10) as u8;
+            fraction /= 10;
+        }
+        out.extend_from_slice(&digits[..len]);
+        return;
+    }
+    out.extend_from_slice(dtoa::Buffer::new().format(v).as_bytes());
 }
 
 /// Appends `name="value"`, escaping the value.

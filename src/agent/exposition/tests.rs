@@ -779,3 +779,40 @@ fn a_mig_device_gpm_measures_has_its_utilization_and_so_does_its_pod() {
     // The parent GPU still has no device-wide utilization.
     assert!(!text.contains(&format!("nvidia_gpu_utilization_percent{{{gpu}}}")), "{text}");
 }
+
+proptest::proptest! {
+    #[test]
+    fn values_are_written_as_dtoa_writes_them(thousandths in -999_999_999_999_999i64..999_999_999_999_999, bits: u64) {
+        // Decimals with up to three places (the fast path), and any double.
+        let small = thousandths % 10_000_000;
+        for v in [thousandths as f64 / 1000.0, small as f64 / 1000.0, f64::from_bits(bits)] {
+            if v.is_finite() && v != 0.0 {
+                let mut out = Vec::new();
+                super::write_f64(&mut out, v);
+                let expected = dtoa::Buffer::new().format(v).to_string();
+                proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), expected);
+            }
+        }
+    }
+}
+
+#[test]
+fn short_decimals_take_the_fast_path_exactly() {
+    for (v, text) in [
+        (312.5, "312.5"),
+        (0.25, "0.25"),
+        (-1.5, "-1.5"),
+        (0.001, "0.001"),
+        (123_456.789, "123456.789"),
+        (42.0, "42.0"),
+        (1.005, "1.005"),
+    ] {
+        let mut out = Vec::new();
+        super::write_f64(&mut out, v);
+        assert_eq!(String::from_utf8(out).unwrap(), text);
+    }
+    // Anything else is dtoa's.
+    let mut out = Vec::new();
+    super::write_f64(&mut out, 0.1 + 0.2);
+    assert_eq!(String::from_utf8(out).unwrap(), dtoa::Buffer::new().format(0.1 + 0.2));
+}
