@@ -409,7 +409,7 @@ fn write_f64(out: &mut Vec<u8>, v: f64) {
         let mut digits = [b'0'; 4];
         digits[0] = b'.';
         let mut len = 4;
-        while fraction % 10 == 0 {
+        while fraction.is_multiple_of(10) {
             fraction /= 10;
             len -= 1;
         }
