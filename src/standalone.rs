@@ -90,13 +90,13 @@ pub struct StandaloneArgs {
     /// HPA manifests that scale the simulated Deployments under
     /// `--scenario`, used as written [default: the reference HPA,
     /// deploy/examples/reasoning-gpu-hpa.yaml]; repeat for several.
-    #[arg(long = "hpa", env = "KGM_HPA", value_delimiter = ',')]
+    #[arg(long = "hpa", env = "KGM_HPA", value_delimiter = ',', requires = "scenario")]
     pub hpa: Vec<PathBuf>,
 
     /// The scaled Deployments' tolerations, start-up time and initial
     /// replicas (`simulate`'s format) [default: tolerate the `gpu` taint,
     /// 45 s to start].
-    #[arg(long, env = "KGM_DEPLOYMENTS")]
+    #[arg(long, env = "KGM_DEPLOYMENTS", requires = "scenario")]
     pub deployments: Option<PathBuf>,
 
     /// How often the HPAs sync (kube-controller-manager's
@@ -106,7 +106,7 @@ pub struct StandaloneArgs {
 
     /// Under `--scenario`, keep every Deployment at its pods: the scenario
     /// only scripts each pod's load, as a percent of its GPU.
-    #[arg(long, env = "KGM_FIXED_REPLICAS")]
+    #[arg(long, env = "KGM_FIXED_REPLICAS", requires = "scenario")]
     pub fixed_replicas: bool,
 
     /// Stop after this long (default: run until interrupted).
