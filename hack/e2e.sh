@@ -201,12 +201,16 @@ migration_kubeconfig="$work/migration.kubeconfig"
 pids+=($!)
 wait_http http://127.0.0.1:19404/readyz
 
-# 2. the agent over the fake libnvidia-ml, with one GPU lost and one field unsupported.
+# 2. the agent over the fake libnvidia-ml, with one GPU lost, one field
+# unsupported, and an H100 in MIG mode (GPM measures its two GPU instances).
 gcc -shared -fPIC -O2 -o "$work/libnvidia-ml.so" hack/fake-nvml/fake_nvml.c -lpthread
 cat >"$work/nvml.conf" <<'CONF'
 gpu name="NVIDIA GeForce RTX 4090" uuid=GPU-e2e-4090 util=63 mem_util=41 mem_total=25757220864 mem_used=9663676416 temp=66 power_mw=351000 sm_clock_mhz=2520
 gpu name="NVIDIA GeForce RTX 3060" uuid=GPU-e2e-3060 util=22 mem_util=12 mem_total=12884901888 mem_used=3221225472 temp=51 power_mw=101000 sm_clock_mhz=1777
 gpu name="NVIDIA GeForce RTX 3060" uuid=GPU-e2e-lost util=5
+gpu name="NVIDIA H100 80GB HBM3" uuid=GPU-e2e-h100 mem_total=85899345920 mem_used=6442450944 temp=45 power_mw=180000 sm_clock_mhz=1980 mig_mode=1 gpm=1
+mig 3 uuid=MIG-e2e-3g gi=1 ci=0 profile=3g.40gb mem_total=42949672960 mem_used=5368709120 util=55
+mig 3 uuid=MIG-e2e-1g gi=2 ci=0 profile=1g.10gb mem_total=10737418240 mem_used=0 util=10
 error 1 power NOT_SUPPORTED
 error 2 * GPU_IS_LOST
 CONF
@@ -312,6 +316,11 @@ expect_series 'count by (node) (nvidia_gpu_power_watts{job="kube-gpu-metrics"})'
 expect_series 'kube_gpu_metrics_scrapes_total{job="kube-gpu-metrics",format="openmetrics"} > 0' 3
 expect_series 'DCGM_FI_DEV_GPU_UTIL{job="dcgm"}' 4
 expect_series 'kube_horizontalpodautoscaler_spec_max_replicas' 1
+# The H100 in MIG mode: no device-wide utilization; each MIG device's memory,
+# and its GPU instance's GPM utilization.
+expect_series 'nvidia_gpu_utilization_percent{node="e2e-node",model="NVIDIA H100 80GB HBM3"}' 0
+expect_series 'nvidia_gpu_mig_memory_total_bytes{node="e2e-node"}' 2
+expect_series 'nvidia_gpu_mig_utilization_percent{node="e2e-node",mig_profile="3g.40gb"} > 54 < 56' 1
 # NVIDIA's own dcgm-exporter dashboard: every non-profiling panel has data
 # from the agent's dcgm names.
 while IFS=$'\t' read -r title expr; do
