@@ -54,6 +54,8 @@ impl MigUtilization {
             return;
         };
         if devices.is_empty() {
+            // MIG turned off, or every instance gone: nothing to compare with.
+            free(nvml, &mut kept.lock().unwrap_or_else(|e| e.into_inner()));
             return;
         }
         let has_gpm = match supported.get() {
@@ -88,18 +90,20 @@ impl MigUtilization {
             kept.insert(gi, KeptGpmSample::keep(now));
         }
         // Instances gone since the last read: their samples are freed here.
-        for (_, sample) in previous {
-            drop(sample.restore(nvml));
-        }
+        free(nvml, &mut previous);
     }
 
     /// Frees every kept sample; call before `nvml` is dropped.
     pub fn release(&self, nvml: &Nvml) {
         for kept in &self.kept {
-            let mut kept = kept.lock().unwrap_or_else(|e| e.into_inner());
-            for (_, sample) in kept.drain() {
-                drop(sample.restore(nvml));
-            }
+            free(nvml, &mut kept.lock().unwrap_or_else(|e| e.into_inner()));
         }
+    }
+}
+
+/// Frees the samples in `kept` (through the library that made them).
+fn free(nvml: &Nvml, kept: &mut HashMap<u32, KeptGpmSample>) {
+    for (_, sample) in kept.drain() {
+        drop(sample.restore(nvml));
     }
 }
