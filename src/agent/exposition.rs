@@ -383,6 +383,12 @@ fn sample(out: &mut Vec<u8>, name: &str, suffix: &str, parts: LabelParts<'_>, va
     out.push(b'\n');
 }
 
+/// Seconds since the Unix epoch, to the millisecond: finer than any sample
+/// interval, and short to write.
+fn epoch_seconds(t: std::time::SystemTime) -> f64 {
+    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as f64 / 1000.0
+}
+
 /// Writes `v` as dtoa writes it (the shortest text that reads back as `v`),
 /// taking a fast path for the values GPUs mostly have.
 fn write_f64(out: &mut Vec<u8>, v: f64) {
@@ -549,7 +555,7 @@ fn encode(e: &mut Encoder<'_>, data: &SampleData, names: MetricNames) {
         "Duration of the last sample pass",
         [([own, "", ""], Value::F64(data.sample_duration.as_secs_f64()))],
     );
-    let taken_at = data.taken_at.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+    let taken_at = epoch_seconds(data.taken_at);
     e.gauge(
         "kube_gpu_metrics_last_sample_timestamp_seconds",
         "When the last sample pass started, seconds since the Unix epoch",
@@ -707,7 +713,7 @@ fn native_families(e: &mut Encoder<'_>, data: &SampleData, pods: &LabelSets) {
         "nvidia_gpu_pod_last_active_timestamp_seconds",
         "When the pod's utilization share of the GPU was last above zero (or, never seen active, when the agent first saw it hold the GPU), seconds since the Unix epoch",
         data.usages.iter().zip(&data.accounts).enumerate().map(|(k, (u, account))| {
-            let at = account.last_active.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+            let at = epoch_seconds(account.last_active);
             (per_pod(k, u), Value::F64(at))
         }),
     );
