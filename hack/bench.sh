@@ -138,7 +138,7 @@ for c in 1 8 32; do
 done
 
 # 2. Criterion: render, scrape path, allocations, adapter query, scaling.
-log "criterion: exposition and adapter benches ${criterion[*]}"
+log "criterion: exposition, adapter and nvml benches ${criterion[*]}"
 cargo bench --quiet --bench exposition -- "${criterion[@]}" >"$out/criterion-exposition.txt" 2>&1
 cargo bench --quiet --bench adapter -- "${criterion[@]}" >"$out/criterion-adapter.txt" 2>&1
 cargo bench --quiet --bench nvml -- "${criterion[@]}" >"$out/criterion-nvml.txt" 2>&1
