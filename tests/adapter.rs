@@ -1206,8 +1206,17 @@ async fn standalone_with_a_scenario_scales_the_deployment_and_serves_the_new_pod
     let stdout = child.stdout.take().unwrap();
     let _child = Kill(child);
     // `  agent pc2      http://…/metrics   http://…/v1/pods`, `  adapter        https://…`.
+    // Standalone's stdout is read to its end, so that it never writes into a
+    // closed pipe.
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
     let (mut agents, mut adapter) = (std::collections::HashMap::new(), None);
-    for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+    while adapter.is_none() {
+        let line = rx.recv_timeout(Duration::from_secs(30)).expect("standalone printed its adapter line");
         let words: Vec<&str> = line.split_whitespace().collect();
         match words.as_slice() {
             ["agent", node, metrics, ..] => {
@@ -1215,9 +1224,6 @@ async fn standalone_with_a_scenario_scales_the_deployment_and_serves_the_new_pod
             }
             ["adapter", url, ..] => adapter = url.strip_prefix("https://").map(|a| a.parse::<SocketAddr>().unwrap()),
             _ => {}
-        }
-        if adapter.is_some() {
-            break;
         }
     }
     let adapter = adapter.expect("the adapter line");
