@@ -94,17 +94,24 @@ impl SimWorkload {
     }
 }
 
-/// What the API would say about the simulated nodes: each node's labels,
-/// and each pod's labels and placement, from the pods the nodes run now.
-pub fn label_maps<'a>(nodes: impl IntoIterator<Item = &'a SimNode>) -> LabelMaps {
+/// What the API would say about the simulated nodes running `workloads`
+/// (one entry per node, in order): each node's labels, and each pod's
+/// labels and placement.
+pub fn label_maps<'a>(nodes: impl IntoIterator<Item = (&'a SimNode, &'a Workloads)>) -> LabelMaps {
     let mut maps = LabelMaps { placements: Some(Default::default()), ..LabelMaps::default() };
-    for node in nodes {
-        for w in node.workloads().iter().flatten() {
+    for (node, workloads) in nodes {
+        for w in workloads.iter().flatten() {
             add_pod(&mut maps, w, Some(&node.node));
         }
         maps.nodes.insert(node.node.clone(), node.node_labels());
     }
     maps
+}
+
+/// [`label_maps`] of the pods the nodes run now.
+pub fn current_label_maps(nodes: &[Arc<SimNode>]) -> LabelMaps {
+    let workloads: Vec<Arc<Workloads>> = nodes.iter().map(|n| n.workloads()).collect();
+    label_maps(nodes.iter().map(|n| &**n).zip(workloads.iter().map(|w| &**w)))
 }
 
 /// Adds a simulated pod to `maps`: its labels, and its node once scheduled.

@@ -187,7 +187,7 @@ pub fn prepare(args: &StandaloneArgs) -> anyhow::Result<Prepared> {
             })
         })
         .collect();
-    let labels = Arc::new(LabelIndex::new(crate::sim::label_maps(sims.iter().map(|s| &**s))));
+    let labels = Arc::new(LabelIndex::new(crate::sim::current_label_maps(&sims)));
     let agents = sims
         .iter()
         .zip(0..)

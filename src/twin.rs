@@ -174,7 +174,7 @@ pub fn read_hpa(path: &Path) -> anyhow::Result<HpaSpec> {
 }
 
 /// Whether the twin can run `hpa`.
-pub fn check_hpa(hpa: &HpaSpec) -> Result<(), String> {
+fn check_hpa(hpa: &HpaSpec) -> Result<(), String> {
     if hpa.min > hpa.max {
         return Err(format!("minReplicas {} is above maxReplicas {}", hpa.min, hpa.max));
     }

@@ -14,6 +14,7 @@ use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 use super::model::{ClusterSpec, DeploymentSpec, NodeSpec, Pipeline};
+use crate::adapter::store::Metric;
 use crate::hpa::preview::{HpaSpec, MetricSpec};
 use crate::hpa::{Autoscaler, PodValue, pods_average_value};
 use crate::sim::scenario::Scenario;
@@ -21,9 +22,6 @@ use crate::sim::scenario::Scenario;
 /// The HPA controller's default sync period
 /// (`--horizontal-pod-autoscaler-sync-period`).
 pub const HPA_SYNC: u64 = 15;
-
-/// The metric that weighs utilization by the GPU's capacity.
-pub const WEIGHTED_METRIC: &str = "nvidia_gpu_weighted_utilization_percent";
 
 /// One pod of a Deployment.
 #[derive(Clone, Debug)]
@@ -296,15 +294,13 @@ impl Twin {
 
     /// Syncs the HPAs whose period comes round at second `t`, each on the
     /// values `seen(metric, pod)` that reach it, and sets their Deployments'
-    /// desired replicas. Returns whether any HPA synced.
-    pub fn sync(&mut self, t: u64, seen: &dyn Fn(&str, &str) -> Option<f64>) -> bool {
+    /// desired replicas.
+    pub fn sync(&mut self, t: u64, seen: &dyn Fn(&str, &str) -> Option<f64>) {
         let now = self.origin + Duration::from_secs(t);
-        let mut synced = false;
         for (d, s) in self.scaled.iter_mut().enumerate() {
             if !(t + self.sync_period - s.phase).is_multiple_of(self.sync_period) {
                 continue;
             }
-            synced = true;
             let mine: Vec<&Pod> = self.pods.iter().filter(|p| p.deployment == d).collect();
             let current = mine.len() as u32;
             let mut best: Option<u32> = None;
@@ -337,7 +333,6 @@ impl Twin {
             }
             s.desired = decision.replicas;
         }
-        synced
     }
 
     /// What demand is given for, in order: each Service shared by
@@ -447,7 +442,7 @@ pub fn run(spec: &RunSpec<'_>) -> Vec<Row> {
         let last = stages.last().cloned().unwrap_or_default();
         twin.sync(t, &|metric, pod| {
             let &(plain, weighted) = last.get(pod)?;
-            Some(if metric == WEIGHTED_METRIC { weighted } else { plain })
+            Some(if metric == Metric::WeightedUtilization.name() { weighted } else { plain })
         });
         rows.extend(twin.rows(t, &demand, &unserved));
     }

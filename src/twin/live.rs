@@ -23,9 +23,9 @@ use super::engine::Twin;
 use super::model::{ClusterSpec, DeploymentSpec};
 use crate::adapter::provider::Provider;
 use crate::hpa::preview::{HpaSpec, MetricSpec};
-use crate::k8s::labels::{LabelIndex, LabelMaps};
+use crate::k8s::labels::LabelIndex;
 use crate::sim::scenario::Scenario;
-use crate::sim::{GPU_NAMESPACE, SimNode, SimWorkload, Workloads, add_pod};
+use crate::sim::{GPU_NAMESPACE, SimNode, SimWorkload, Workloads, add_pod, label_maps};
 
 /// The device plugin's time-slicing replicas per GPU in standalone's
 /// cluster: the README's config (`replicas: 4`), so that a scaled pod fits
@@ -143,8 +143,9 @@ pub struct LiveTwin {
     seeds: HashMap<String, Seed>,
     /// The API's pod for each of the twin's pods.
     identities: HashMap<String, SimWorkload>,
-    /// Pods removed, still terminating: (removed at, pod, node).
-    terminating: Vec<(u64, SimWorkload, String)>,
+    /// Pods removed, still terminating: (removed at, pod, its node if it
+    /// was scheduled).
+    terminating: Vec<(u64, SimWorkload, Option<String>)>,
     scenario: Scenario,
     start: f64,
     rng: fastrand::Rng,
@@ -275,7 +276,7 @@ impl LiveTwin {
             self.identities.keys().filter(|k| !current.iter().any(|(name, _)| name == *k)).cloned().collect();
         for name in gone {
             if let Some(w) = self.identities.remove(&name) {
-                let node = self.placement_of(&w.pod).unwrap_or_default();
+                let node = self.placement_of(&w.pod);
                 self.terminating.push((t, w, node));
             }
         }
@@ -318,18 +319,12 @@ impl LiveTwin {
                 None => pending.push(w),
             }
         }
-        let mut maps = LabelMaps { placements: Some(Default::default()), ..LabelMaps::default() };
-        for (sim, per_gpu) in self.sims.iter().zip(&workloads) {
-            maps.nodes.insert(sim.node.clone(), sim.node_labels());
-            for w in per_gpu.iter().flatten() {
-                add_pod(&mut maps, w, Some(&sim.node));
-            }
-        }
+        let mut maps = label_maps(self.sims.iter().map(|s| &**s).zip(&workloads));
         for w in &pending {
             add_pod(&mut maps, w, None);
         }
         for (_, w, node) in &self.terminating {
-            add_pod(&mut maps, w, Some(node.as_str()).filter(|n| !n.is_empty()));
+            add_pod(&mut maps, w, node.as_deref());
         }
         self.labels.replace(maps);
         for (sim, per_gpu) in self.sims.iter().zip(workloads) {

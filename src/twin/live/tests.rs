@@ -19,7 +19,7 @@ type Live = (LiveTwin, Vec<Arc<SimNode>>, Arc<LabelIndex>);
 
 fn live(scenario: &str, hpa: &str) -> Result<Live, LiveError> {
     let sims = nodes();
-    let labels = Arc::new(LabelIndex::new(crate::sim::label_maps(sims.iter().map(|s| &**s))));
+    let labels = Arc::new(LabelIndex::new(crate::sim::current_label_maps(&sims)));
     let hpa = parse_hpa(hpa).unwrap();
     let deployment = crate::twin::deployment_for(&[], &hpa);
     let setup = LiveSetup {
