@@ -285,8 +285,8 @@ fn report_allocations() {
     });
     let handler = allocations_per_call(n, || handle(&state, &req));
     let baseline = allocations_per_call(n, || static_response(&static_body));
-    let mut renderer = Renderer::default();
-    let render_allocs = allocations_per_call(100, || render_recycled(&mut renderer, &data, MetricNames::Native));
+    let mut passes = Passes::new(passes(8, 2, Motion::Load), MetricNames::Native);
+    let render_allocs = allocations_per_call(100, || passes.render());
     println!("allocations per scrape, choosing and sharing the body: {select}");
     println!("allocations per scrape, whole handler incl. response headers: {handler}");
     println!("allocations per response, static-bytes baseline: {baseline}");
@@ -294,13 +294,132 @@ fn report_allocations() {
     println!("text body: {} bytes", snapshot.exposition.text.len());
 }
 
-/// One render as the sampler does it: the bodies of the sample before go
-/// back to the renderer (no scrape holds them here).
-fn render_recycled(renderer: &mut Renderer, data: &SampleData, names: MetricNames) -> usize {
-    let (text, openmetrics) = renderer.render_plain(data, names);
-    let len = text.len() + openmetrics.len();
-    renderer.recycle(Exposition { text: text.into(), openmetrics: openmetrics.into(), ..Exposition::default() });
-    len
+/// How the samples of a render bench differ from one pass to the next.
+#[derive(Clone, Copy)]
+enum Motion {
+    /// What moves on a GPU under load: utilization, memory in use,
+    /// temperatures, power, clocks, energy, PCIe throughput, fan, the pods'
+    /// shares, memory and energy, the timestamps, the pass's duration and
+    /// counters. Identities, totals, limits, states, flags and health
+    /// counters hold.
+    Load,
+    /// Every value of every series (the least a render can copy).
+    Everything,
+    /// A pod is renamed every pass, so every label set is rebuilt and
+    /// nothing is copied (the first sample after a change).
+    Labels,
+}
+
+/// Four passes of `sample(gpus, per_gpu)` moving as `motion` says.
+fn passes(gpus: u32, per_gpu: u32, motion: Motion) -> Vec<SampleData> {
+    (0..4u32)
+        .map(|pass| {
+            let mut data = sample(gpus, per_gpu);
+            let step = f64::from(pass);
+            data.taken_at += Duration::from_millis(1000 * u64::from(pass));
+            data.sample_duration += Duration::from_micros(17 * u64::from(pass));
+            data.counters.samples += u64::from(pass);
+            data.counters.scrapes_openmetrics += u64::from(pass);
+            for g in &mut data.gpus {
+                let r = &mut g.reading;
+                let moved = |v: &mut Option<f64>, by: f64| *v = v.map(|v| v + by * step);
+                moved(&mut r.utilization_percent, 1.0);
+                moved(&mut r.memory_utilization_percent, 1.0);
+                r.memory_used_bytes = r.memory_used_bytes.map(|m| m + (u64::from(pass) << 20));
+                moved(&mut r.temperature_celsius, 1.0);
+                moved(&mut r.memory_temperature_celsius, 1.0);
+                moved(&mut r.power_watts, 2.25);
+                moved(&mut r.sm_clock_hertz, 15e6);
+                moved(&mut r.memory_clock_hertz, 1e6);
+                moved(&mut r.energy_joules, 312.5);
+                moved(&mut r.pcie_transmit_bytes_per_second, 4096.0);
+                moved(&mut r.pcie_receive_bytes_per_second, 8192.0);
+                moved(&mut r.fan_speed_percent, 1.0);
+                if let Motion::Everything = motion {
+                    moved(&mut r.encoder_utilization_percent, 1.0);
+                    moved(&mut r.decoder_utilization_percent, 1.0);
+                    r.memory_total_bytes = r.memory_total_bytes.map(|m| m + u64::from(pass));
+                    r.memory_reserved_bytes = r.memory_reserved_bytes.map(|m| m + u64::from(pass));
+                    r.pcie_replays = r.pcie_replays.map(|m| m + u64::from(pass));
+                    r.performance_state = r.performance_state.map(|p| p + pass);
+                    r.violations.0.iter_mut().for_each(|v| moved(v, 0.5));
+                    moved(&mut r.health.power_limit_watts, 1.0);
+                    if let Some(ecc) = &mut r.health.ecc {
+                        for count in [
+                            &mut ecc.corrected_volatile,
+                            &mut ecc.uncorrected_volatile,
+                            &mut ecc.corrected_aggregate,
+                            &mut ecc.uncorrected_aggregate,
+                        ] {
+                            *count = count.map(|c| c + u64::from(pass));
+                        }
+                    }
+                    if let Some(rows) = &mut r.health.remapped_rows {
+                        rows.correctable += u64::from(pass);
+                        rows.uncorrectable += u64::from(pass);
+                        rows.pending = pass % 2 == 1;
+                    }
+                    if let Some(pages) = &mut r.health.retired_pages {
+                        pages.single_bit += u64::from(pass);
+                        pages.double_bit += u64::from(pass);
+                        pages.pending = Some(pass % 2 == 1);
+                    }
+                    r.clock_events = r.clock_events.map(|bits| bits ^ u64::from(pass));
+                    if let Some(xid) = &mut r.xid {
+                        xid.counts.values_mut().for_each(|c| *c += u64::from(pass));
+                    }
+                }
+            }
+            for (u, account) in data.usages.iter_mut().zip(&mut data.accounts) {
+                u.utilization_percent = u.utilization_percent.map(|v| v + step);
+                u.memory_utilization_percent = u.memory_utilization_percent.map(|v| v + step);
+                u.memory_used_bytes = u.memory_used_bytes.map(|m| m + (u64::from(pass) << 20));
+                account.energy_joules += 19.5 * step;
+                account.last_active += Duration::from_millis(1000 * u64::from(pass));
+            }
+            if let Motion::Labels = motion {
+                data.usages[0].pod.push_str(&pass.to_string());
+            }
+            data
+        })
+        .collect()
+}
+
+/// Renders sample after sample as the sampler does: each pass's bodies go
+/// back to the renderer once the next pass is out (no scrape holds them
+/// here).
+struct Passes {
+    samples: Vec<SampleData>,
+    next: usize,
+    renderer: Renderer,
+    previous: Option<Exposition>,
+    names: MetricNames,
+}
+
+impl Passes {
+    fn new(samples: Vec<SampleData>, names: MetricNames) -> Self {
+        Self { samples, next: 0, renderer: Renderer::default(), previous: None, names }
+    }
+
+    /// Renders the next pass's plain bodies; returns their length.
+    fn render(&mut self) -> usize {
+        let data = &self.samples[self.next % self.samples.len()];
+        self.next += 1;
+        let (text, openmetrics) = self.renderer.render_plain(black_box(data), self.names);
+        let len = text.len() + openmetrics.len();
+        let exposition = Exposition { text, openmetrics, ..Exposition::default() };
+        if let Some(previous) = self.previous.replace(exposition) {
+            self.renderer.recycle(previous);
+        }
+        len
+    }
+
+    /// Renders the next pass in both formats, plain and gzipped.
+    fn render_gzipped(&mut self) -> Exposition {
+        let data = &self.samples[self.next % self.samples.len()];
+        self.next += 1;
+        self.renderer.render(black_box(data), self.names)
+    }
 }
 
 fn benches(c: &mut Criterion) {
@@ -308,20 +427,19 @@ fn benches(c: &mut Criterion) {
 
     let mut render_group = c.benchmark_group("render");
     for (gpus, per_gpu, name) in [(8, 2, "8 GPUs x 16 pods"), (8, 16, "8 GPUs x 128 pods")] {
-        let data = sample(gpus, per_gpu);
-        let mut renderer = Renderer::default();
-        render_group.bench_function(format!("{name}, text + OpenMetrics"), |b| {
-            b.iter(|| render_recycled(&mut renderer, black_box(&data), MetricNames::Native))
-        });
-        render_group.bench_function(format!("{name}, text + OpenMetrics + gzip"), |b| {
-            b.iter(|| renderer.render(black_box(&data), MetricNames::Native))
-        });
+        let mut load = Passes::new(passes(gpus, per_gpu, Motion::Load), MetricNames::Native);
+        render_group.bench_function(format!("{name}, text + OpenMetrics"), |b| b.iter(|| load.render()));
+        render_group.bench_function(format!("{name}, text + OpenMetrics + gzip"), |b| b.iter(|| load.render_gzipped()));
+    }
+    for (motion, label) in [(Motion::Everything, "every value changing"), (Motion::Labels, "labels changing")] {
+        let mut passes = Passes::new(passes(8, 2, motion), MetricNames::Native);
+        render_group
+            .bench_function(format!("8 GPUs x 16 pods, {label}, text + OpenMetrics"), |b| b.iter(|| passes.render()));
     }
     for (names, label) in [(MetricNames::Dcgm, "dcgm"), (MetricNames::Both, "native + dcgm")] {
-        let data = sample(8, 2);
-        let mut renderer = Renderer::default();
+        let mut passes = Passes::new(passes(8, 2, Motion::Load), names);
         render_group.bench_function(format!("8 GPUs x 16 pods, {label} names, text + OpenMetrics"), |b| {
-            b.iter(|| render_recycled(&mut renderer, black_box(&data), names))
+            b.iter(|| passes.render())
         });
     }
     let data = sample(8, 2);
@@ -339,11 +457,8 @@ fn benches(c: &mut Criterion) {
     let mut scaling = c.benchmark_group("scaling-render");
     scaling.sample_size(10);
     for pods in [100u32, 1_000, 10_000, 100_000] {
-        let data = sample(8, pods / 8);
-        let mut renderer = Renderer::default();
-        scaling.bench_with_input(BenchmarkId::from_parameter(pods), &pods, |b, _| {
-            b.iter(|| render_recycled(&mut renderer, black_box(&data), MetricNames::Native))
-        });
+        let mut load = Passes::new(passes(8, pods / 8, Motion::Load), MetricNames::Native);
+        scaling.bench_with_input(BenchmarkId::from_parameter(pods), &pods, |b, _| b.iter(|| load.render()));
     }
     scaling.finish();
 

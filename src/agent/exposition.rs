@@ -13,7 +13,15 @@ use flate2::Compression;
 use flate2::write::GzEncoder;
 use http::HeaderValue;
 
-use super::sample::{GpuState, SampleData};
+mod encoder;
+mod labels;
+
+#[cfg(test)]
+use encoder::write_f64;
+use encoder::{Buffers, Encoder, LabelParts};
+use labels::{Labels, PerGpuSets};
+
+use super::sample::SampleData;
 use crate::attribution::{PodGpuUsage, Sharing};
 use crate::gpu::{ClockEventReason, GpuCall, GpuReading, MigDevice, ViolationPolicy};
 
@@ -124,53 +132,52 @@ pub fn render(data: &SampleData, names: MetricNames) -> Exposition {
 
 /// Renders the plain text and OpenMetrics bodies once.
 pub fn render_plain(data: &SampleData, names: MetricNames) -> (Vec<u8>, Vec<u8>) {
-    Renderer::default().render_plain(data, names)
+    let (text, openmetrics) = Renderer::default().render_plain(data, names);
+    (text.into(), openmetrics.into())
 }
 
 /// Renders sample after sample, keeping its working buffers between them:
 /// once their sizes settle a render grows no buffer and touches no fresh
-/// page, and each body is allocated once, at its size.
+/// page, and each body is allocated once, at its size. It also keeps the
+/// sample before's label sets and bodies, and writes over them: what did
+/// not change since is copied (see [`encoder`]).
 #[derive(Debug, Default)]
 pub struct Renderer {
     /// The last text body's length, the next one's starting capacity.
     text_len: usize,
     /// Bodies of an earlier sample that no reader holds any more.
     spare: Vec<Vec<u8>>,
-    counters: Vec<u8>,
-    headers: Vec<u8>,
-    families: Vec<CounterFamily>,
+    labels: Labels,
+    buffers: Buffers,
 }
 
 impl Renderer {
     /// Renders a sample in both formats, plain and gzipped.
     pub fn render(&mut self, data: &SampleData, names: MetricNames) -> Exposition {
         let (text, openmetrics) = self.render_plain(data, names);
-        Exposition {
-            text_gzip: gzip(&text),
-            openmetrics_gzip: gzip(&openmetrics),
-            text: text.into(),
-            openmetrics: openmetrics.into(),
-        }
+        Exposition { text_gzip: gzip(&text), openmetrics_gzip: gzip(&openmetrics), text, openmetrics }
     }
 
     /// Renders the plain text and OpenMetrics bodies.
-    pub fn render_plain(&mut self, data: &SampleData, names: MetricNames) -> (Vec<u8>, Vec<u8>) {
+    pub fn render_plain(&mut self, data: &SampleData, names: MetricNames) -> (Bytes, Bytes) {
+        if self.labels.refresh(data) {
+            self.buffers.forget();
+        }
         let estimate = 64 + data.gpus.len() * 1800 + data.usages.len() * 700;
-        self.counters.clear();
-        self.headers.clear();
-        self.families.clear();
         let mut text = self.spare.pop().unwrap_or_default();
         text.reserve(self.text_len.max(estimate));
-        let mut e =
-            Encoder { text, counters: &mut self.counters, headers: &mut self.headers, families: &mut self.families };
-        encode(&mut e, data, names);
-        let bodies = e.finish(self.spare.pop().unwrap_or_default());
-        self.text_len = bodies.0.len();
-        bodies
+        let mut e = Encoder::new(text, &mut self.buffers);
+        encode(&mut e, data, &self.labels, names);
+        let (text, openmetrics) = e.finish(self.spare.pop().unwrap_or_default());
+        self.text_len = text.len();
+        let text = Bytes::from(text);
+        self.buffers.keep(text.clone());
+        (text, openmetrics.into())
     }
 
     /// Takes back an earlier sample's plain bodies for the next render to
-    /// write into; a body a reader still holds is left to it.
+    /// write into; a body a reader still holds (or the renderer itself, the
+    /// last text body) is left to it.
     pub fn recycle(&mut self, exposition: Exposition) {
         for body in [exposition.text, exposition.openmetrics] {
             if let Ok(mut body) = body.try_into_mut()
@@ -196,348 +203,46 @@ enum Value {
     U64(u64),
 }
 
-/// A series' labels as three pre-rendered parts, written comma-joined: the
-/// GPU's (or the agent's) set, the pod's set, and one that tells this series
-/// apart (often a static string). Any may be empty. Sets are rendered once
-/// per sample and shared by every series that carries them.
-type LabelParts<'a> = [&'a str; 3];
-
-/// Label sets rendered back to back into one buffer: one allocation for all
-/// the GPUs (or pods) of a sample instead of one per set.
-struct LabelSets {
-    text: String,
-    ends: Vec<usize>,
-}
-
-impl LabelSets {
-    fn with_capacity(sets: usize, bytes_each: usize) -> Self {
-        Self { text: String::with_capacity(sets * bytes_each), ends: Vec::with_capacity(sets) }
-    }
-
-    /// Adds one set of `name="value"` pairs.
-    fn push<'v>(&mut self, pairs: impl IntoIterator<Item = (&'static str, &'v str)>) {
-        let start = self.text.len();
-        for (name, value) in pairs {
-            if self.text.len() > start {
-                self.text.push(',');
-            }
-            push_label(&mut self.text, name, value);
-        }
-        self.ends.push(self.text.len());
-    }
-
-    /// Adds one set: `prefix` (a rendered set) and then `pairs`.
-    fn push_after<'v>(&mut self, prefix: &str, pairs: impl IntoIterator<Item = (&'static str, &'v str)>) {
-        let start = self.text.len();
-        self.text.push_str(prefix);
-        for (name, value) in pairs {
-            if self.text.len() > start {
-                self.text.push(',');
-            }
-            push_label(&mut self.text, name, value);
-        }
-        self.ends.push(self.text.len());
-    }
-
-    fn get(&self, i: usize) -> &str {
-        let start = if i == 0 { 0 } else { self.ends[i - 1] };
-        &self.text[start..self.ends[i]]
-    }
-}
-
-/// Writes gauge families straight into the text body, and counter samples
-/// into a buffer of their own with each family's two headers kept apart:
-/// the formats differ only in how a counter's header names it, so every
-/// sample is written once.
-struct Encoder<'r> {
-    text: Vec<u8>,
-    counters: &'r mut Vec<u8>,
-    headers: &'r mut Vec<u8>,
-    families: &'r mut Vec<CounterFamily>,
-}
-
-/// Where one counter family's headers and samples lie in the encoder's
-/// buffers.
-#[derive(Debug)]
-struct CounterFamily {
-    text_header: std::ops::Range<usize>,
-    openmetrics_header: std::ops::Range<usize>,
-    samples: std::ops::Range<usize>,
-}
-
-impl Encoder<'_> {
-    /// Writes a gauge family; its header only if it has a series.
-    fn gauge<'a>(&mut self, name: &str, help: &str, series: impl IntoIterator<Item = (LabelParts<'a>, Value)>) {
-        let mut series = series.into_iter().peekable();
-        if series.peek().is_none() {
-            return;
-        }
-        let out = &mut self.text;
-        header(out, name, help, "gauge");
-        for (labels, value) in series {
-            sample(out, name, "", labels, value);
-        }
-    }
-
-    /// Writes a counter family: `name_total` samples, typed `name` in
-    /// OpenMetrics and `name_total` in the text format; its header only if
-    /// it has a series.
-    fn counter<'a>(&mut self, name: &str, help: &str, series: impl IntoIterator<Item = (LabelParts<'a>, Value)>) {
-        self.counter_family(name, help, "_total", "counter", series);
-    }
-
-    /// Writes a counter named as dcgm-exporter names it, without `_total`:
-    /// typed `counter` in the text format (what dcgm-exporter serves) and
-    /// `unknown` in OpenMetrics, whose counters must end in `_total`.
-    fn bare_counter<'a>(&mut self, name: &str, help: &str, series: impl IntoIterator<Item = (LabelParts<'a>, Value)>) {
-        self.counter_family(name, help, "", "unknown", series);
-    }
-
-    /// `suffix` ends every sample's name and the text format's header name;
-    /// `openmetrics_kind` types the family in OpenMetrics.
-    fn counter_family<'a>(
-        &mut self,
-        name: &str,
-        help: &str,
-        suffix: &str,
-        openmetrics_kind: &str,
-        series: impl IntoIterator<Item = (LabelParts<'a>, Value)>,
-    ) {
-        let mut series = series.into_iter().peekable();
-        if series.peek().is_none() {
-            return;
-        }
-        let start = self.headers.len();
-        header_parts(self.headers, [name, suffix], help, "counter");
-        let text_end = self.headers.len();
-        header_parts(self.headers, [name, ""], help, openmetrics_kind);
-        let samples_start = self.counters.len();
-        for (labels, value) in series {
-            sample(self.counters, name, suffix, labels, value);
-        }
-        self.families.push(CounterFamily {
-            text_header: start..text_end,
-            openmetrics_header: text_end..self.headers.len(),
-            samples: samples_start..self.counters.len(),
-        });
-    }
-
-    /// The text and OpenMetrics bodies; the latter is written into
-    /// `openmetrics`, an empty buffer, grown once to its size.
-    fn finish(self, mut openmetrics: Vec<u8>) -> (Vec<u8>, Vec<u8>) {
-        let Encoder { mut text, counters, headers, families } = self;
-        let gauges = text.len();
-        let openmetrics_headers: usize = families.iter().map(|f| f.openmetrics_header.len()).sum();
-        openmetrics.reserve(gauges + openmetrics_headers + counters.len() + 6);
-        openmetrics.extend_from_slice(&text);
-        text.reserve(headers.len() - openmetrics_headers + counters.len());
-        for family in families.iter() {
-            text.extend_from_slice(&headers[family.text_header.clone()]);
-            text.extend_from_slice(&counters[family.samples.clone()]);
-            openmetrics.extend_from_slice(&headers[family.openmetrics_header.clone()]);
-            openmetrics.extend_from_slice(&counters[family.samples.clone()]);
-        }
-        openmetrics.extend_from_slice(b"# EOF\n");
-        (text, openmetrics)
-    }
-}
-
-fn header(out: &mut Vec<u8>, name: &str, help: &str, kind: &str) {
-    header_parts(out, [name, ""], help, kind);
-}
-
-/// A header whose name is written in two parts (a name and a suffix).
-fn header_parts(out: &mut Vec<u8>, [name, suffix]: [&str; 2], help: &str, kind: &str) {
-    for part in ["# HELP ", name, suffix, " ", help, ".\n# TYPE ", name, suffix, " ", kind, "\n"] {
-        out.extend_from_slice(part.as_bytes());
-    }
-}
-
-fn sample(out: &mut Vec<u8>, name: &str, suffix: &str, parts: LabelParts<'_>, value: Value) {
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(suffix.as_bytes());
-    // Written out rather than looped: this runs for every series.
-    let [gpu, pod, own] = parts;
-    if !(gpu.is_empty() && pod.is_empty() && own.is_empty()) {
-        out.push(b'{');
-        out.extend_from_slice(gpu.as_bytes());
-        if !pod.is_empty() {
-            if !gpu.is_empty() {
-                out.push(b',');
-            }
-            out.extend_from_slice(pod.as_bytes());
-        }
-        if !own.is_empty() {
-            if !(gpu.is_empty() && pod.is_empty()) {
-                out.push(b',');
-            }
-            out.extend_from_slice(own.as_bytes());
-        }
-        out.push(b'}');
-    }
-    out.push(b' ');
-    match value {
-        Value::F64(v) => write_f64(out, v),
-        Value::U64(v) => out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes()),
-    }
-    out.push(b'\n');
-}
-
 /// Seconds since the Unix epoch, to the millisecond: finer than any sample
 /// interval, and short to write.
 fn epoch_seconds(t: std::time::SystemTime) -> f64 {
     t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as f64 / 1000.0
 }
 
-/// Writes `v` as dtoa writes it (the shortest text that reads back as `v`),
-/// taking a fast path for the values GPUs mostly have.
-fn write_f64(out: &mut Vec<u8>, v: f64) {
-    // Whole numbers: itoa plus ".0", several times faster than dtoa.
-    // (The cast and compare are two instructions; `fract` is a call.)
-    if v.abs() < 1e15 && (v as i64) as f64 == v {
-        out.extend_from_slice(itoa::Buffer::new().format(v as i64).as_bytes());
-        out.extend_from_slice(b".0");
-        return;
-    }
-    // Up to three decimals (watts, percents, joules from millijoules): the
-    // exact decimal is the shortest text for `v`, since below 1e12 doubles
-    // lie closer together than half a thousandth, so no shorter decimal
-    // reads back as `v`.
-    let thousandths = v * 1000.0;
-    if v.abs() < 1e12 && thousandths == thousandths.round() && thousandths / 1000.0 == v {
-        let n = thousandths as i64;
-        if n < 0 {
-            out.push(b'-');
-        }
-        let n = n.unsigned_abs();
-        out.extend_from_slice(itoa::Buffer::new().format(n / 1000).as_bytes());
-        let mut fraction = n % 1000;
-        let mut digits = [b'0'; 4];
-        digits[0] = b'.';
-        let mut len = 4;
-        while fraction.is_multiple_of(10) {
-            fraction /= 10;
-            len -= 1;
-        }
-        for slot in digits[1..len].iter_mut().rev() {
-            *slot = b'0' + (fraction % 10) as u8;
-            fraction /= 10;
-        }
-        out.extend_from_slice(&digits[..len]);
-        return;
-    }
-    out.extend_from_slice(dtoa::Buffer::new().format(v).as_bytes());
-}
-
-/// Appends `name="value"`, escaping the value.
-fn push_label(labels: &mut String, name: &str, value: &str) {
-    labels.push_str(name);
-    labels.push_str("=\"");
-    if !value.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
-        labels.push_str(value);
-    } else {
-        for c in value.chars() {
-            match c {
-                '\\' => labels.push_str("\\\\"),
-                '"' => labels.push_str("\\\""),
-                '\n' => labels.push_str("\\n"),
-                c => labels.push(c),
-            }
-        }
-    }
-    labels.push('"');
-}
-
-/// Every GPU's native labels: `node`, `gpu`, and `uuid`, `model` when known.
-fn gpu_label_sets(node: &str, gpus: &[GpuState]) -> LabelSets {
-    let mut sets = LabelSets::with_capacity(gpus.len(), 160);
-    for gpu in gpus {
-        let mut index = itoa::Buffer::new();
-        let index = index.format(gpu.identity.index);
-        // A GPU lost before it could name itself has no UUID or model: an
-        // empty label is no label to Prometheus, so none is written.
-        let named = [("uuid", gpu.identity.uuid.as_str()), ("model", gpu.identity.model.as_str())];
-        sets.push([("node", node), ("gpu", index)].into_iter().chain(named.into_iter().filter(|(_, v)| !v.is_empty())));
-    }
-    sets
-}
-
-/// Every MIG device's labels, GPU by GPU: its GPU's set (`gpu_sets`) then
-/// `names` (the UUID, GPU instance, compute instance and profile labels of
-/// the naming scheme). Returns the sets and, per GPU, the position of its
-/// first MIG device's set.
-fn mig_label_sets(gpus: &[GpuState], gpu_sets: &LabelSets, names: [&'static str; 4]) -> (LabelSets, Vec<usize>) {
-    let count: usize = gpus.iter().map(|g| g.reading.mig_devices.len()).sum();
-    if count == 0 {
-        // No GPU in MIG mode (the usual case): nothing to index, nothing allocated.
-        return (LabelSets::with_capacity(0, 0), Vec::new());
-    }
-    let mut sets = LabelSets::with_capacity(count, 256);
-    let mut first = Vec::with_capacity(gpus.len());
-    for (i, gpu) in gpus.iter().enumerate() {
-        first.push(sets.ends.len());
-        for mig in &gpu.reading.mig_devices {
-            let (mut gi, mut ci) = (itoa::Buffer::new(), itoa::Buffer::new());
-            let pairs = [
-                (names[0], mig.uuid.as_str()),
-                (names[1], gi.format(mig.gpu_instance_id)),
-                (names[2], ci.format(mig.compute_instance_id)),
-                (names[3], mig.profile.as_str()),
-            ];
-            sets.push_after(gpu_sets.get(i), pairs.into_iter().filter(|(name, v)| !name.is_empty() && !v.is_empty()));
-        }
-    }
-    (sets, first)
-}
-
 /// The MIG devices' series of one family: each device's labels, with its
 /// holder's pod labels when exactly one container holds it.
-fn mig_series<'a>(
-    data: &'a SampleData,
-    migs: &'a LabelSets,
-    first: &[usize],
-    pods: &'a LabelSets,
+fn mig_series<'l>(
+    data: &SampleData,
+    migs: &'l PerGpuSets,
+    labels: &'l Labels,
     value: impl Fn(&MigDevice) -> Option<Value>,
-) -> Vec<(LabelParts<'a>, Value)> {
+) -> Vec<(LabelParts<'l>, Value)> {
     let mut series = Vec::new();
     for (i, gpu) in data.gpus.iter().enumerate().filter(|(_, g)| g.up) {
         for (m, mig) in gpu.reading.mig_devices.iter().enumerate() {
             let Some(v) = value(mig) else { continue };
             let mut holders = data.usages.iter().enumerate().filter(|(_, u)| u.gpu == i && u.mig == Some(m));
             let pod = match (holders.next(), holders.next()) {
-                (Some((k, _)), None) => pods.get(k),
+                (Some((k, _)), None) => labels.pods.get(k),
                 _ => "",
             };
-            series.push(([migs.get(first[i] + m), pod, ""], v));
+            series.push(([migs.get(i, m), pod, ""], v));
         }
     }
     series
 }
 
-/// Every usage's pod labels: `namespace`, `pod`, `container`.
-fn pod_label_sets(usages: &[PodGpuUsage]) -> LabelSets {
-    let mut sets = LabelSets::with_capacity(usages.len(), 112);
-    for u in usages {
-        sets.push([("namespace", u.namespace.as_str()), ("pod", u.pod.as_str()), ("container", u.container.as_str())]);
-    }
-    sets
-}
-
 /// Writes every family of a sample.
-fn encode(e: &mut Encoder<'_>, data: &SampleData, names: MetricNames) {
-    let node = data.node.as_str();
-    let pods = pod_label_sets(&data.usages);
+fn encode<'l>(e: &mut Encoder<'_, 'l>, data: &SampleData, labels: &'l Labels, names: MetricNames) {
     if names.native() {
-        native_families(e, data, &pods);
+        native_families(e, data, labels);
     }
     if names.dcgm() {
-        dcgm_families(e, data, &pods);
+        dcgm_families(e, data, labels);
     }
 
     // The agent's own state, labelled with its node like every GPU series.
-    let mut own = String::with_capacity(32);
-    push_label(&mut own, "node", node);
-    let own = own.as_str();
+    let own = labels.own.as_str();
     let version = concat!("version=\"", env!("CARGO_PKG_VERSION"), "\"");
     e.gauge("kube_gpu_metrics_build_info", "Build of the agent", [([own, "", version], Value::U64(1))]);
     e.gauge(
@@ -590,9 +295,9 @@ fn encode(e: &mut Encoder<'_>, data: &SampleData, names: MetricNames) {
     );
 }
 
-/// The `nvidia_gpu_*` families; `pods` holds each usage's pod labels.
-fn native_families(e: &mut Encoder<'_>, data: &SampleData, pods: &LabelSets) {
-    let gpus = gpu_label_sets(&data.node, &data.gpus);
+/// The `nvidia_gpu_*` families.
+fn native_families<'l>(e: &mut Encoder<'_, 'l>, data: &SampleData, labels: &'l Labels) {
+    let (gpus, pods) = (&labels.gpus, &labels.pods);
     // A GPU held by exactly one container carries that container's labels.
     let device: Vec<[&str; 2]> = (0..data.gpus.len())
         .map(|i| {
@@ -608,17 +313,7 @@ fn native_families(e: &mut Encoder<'_>, data: &SampleData, pods: &LabelSets) {
     let f = |v: Option<f64>| v.map(Value::F64);
     let u = |v: Option<u64>| v.map(Value::U64);
 
-    let mut info = LabelSets::with_capacity(data.gpus.len(), 96);
-    for gpu in &data.gpus {
-        let versions =
-            [("driver_version", data.driver_version.as_deref()), ("cuda_version", data.cuda_version.as_deref())];
-        info.push(
-            [("pci_bus_id", gpu.identity.pci_bus_id.as_str())]
-                .into_iter()
-                .chain(versions.into_iter().filter_map(|(k, v)| Some((k, v?))))
-                .filter(|(_, v)| !v.is_empty()),
-        );
-    }
+    let info = &labels.info;
     e.gauge(
         "nvidia_gpu_info",
         "GPU identity, 1 for every GPU the agent found, with its PCI bus ID and the driver and CUDA versions",
@@ -664,28 +359,27 @@ fn native_families(e: &mut Encoder<'_>, data: &SampleData, pods: &LabelSets) {
         "Current SM clock",
         up().filter_map(|(g, &[gl, p])| Some(([gl, p, ""], f(g.reading.sm_clock_hertz)?))),
     );
-    telemetry_families(e, data, &device);
-    let (migs, first) =
-        mig_label_sets(&data.gpus, &gpus, ["mig_uuid", "gpu_instance_id", "compute_instance_id", "mig_profile"]);
+    telemetry_families(e, data, labels, &device);
+    let migs = &labels.migs;
     e.gauge(
         "nvidia_gpu_mig_memory_used_bytes",
         "Memory in use on a MIG device (a GPU in MIG mode)",
-        mig_series(data, &migs, &first, pods, |m| m.memory_used_bytes.map(Value::U64)),
+        mig_series(data, migs, labels, |m| m.memory_used_bytes.map(Value::U64)),
     );
     e.gauge(
         "nvidia_gpu_mig_memory_total_bytes",
         "Memory of a MIG device",
-        mig_series(data, &migs, &first, pods, |m| m.memory_total_bytes.map(Value::U64)),
+        mig_series(data, migs, labels, |m| m.memory_total_bytes.map(Value::U64)),
     );
     e.gauge(
         "nvidia_gpu_mig_utilization_percent",
         "Share of the last interval a MIG device's GPU instance was busy (GPM graphics utilization; Hopper and newer)",
-        mig_series(data, &migs, &first, pods, |m| m.utilization_percent.map(Value::F64)),
+        mig_series(data, migs, labels, |m| m.utilization_percent.map(Value::F64)),
     );
     // A pod's series on a GPU: the GPU's labels (its MIG device's, on one),
     // the pod's, and `sharing`.
     let gpu_of = |u: &PodGpuUsage| match u.mig {
-        Some(m) => migs.get(first[u.gpu] + m),
+        Some(m) => migs.get(u.gpu, m),
         None => gpus.get(u.gpu),
     };
     let per_pod = |k: usize, u: &PodGpuUsage| [gpu_of(u), pods.get(k), u.sharing.label()];
@@ -738,9 +432,12 @@ fn native_families(e: &mut Encoder<'_>, data: &SampleData, pods: &LabelSets) {
 
 /// The telemetry families beyond utilization, memory, temperature, power
 /// and SM clock; `device` holds each GPU's label parts.
-fn telemetry_families(e: &mut Encoder<'_>, data: &SampleData, device: &[[&str; 2]]) {
+fn telemetry_families<'l>(e: &mut Encoder<'_, 'l>, data: &SampleData, labels: &'l Labels, device: &[[&'l str; 2]]) {
     let up = || data.gpus.iter().zip(device).filter(|(g, _)| g.up);
-    let gauge = |e: &mut Encoder<'_>, name: &str, help: &str, value: &dyn Fn(&GpuReading) -> Option<Value>| {
+    let gauge = |e: &mut Encoder<'_, 'l>,
+                 name: &'static str,
+                 help: &'static str,
+                 value: &dyn Fn(&GpuReading) -> Option<Value>| {
         e.gauge(name, help, up().filter_map(|(g, &[gl, p])| Some(([gl, p, ""], value(&g.reading)?))));
     };
     let f = |v: Option<f64>| v.map(Value::F64);
@@ -784,21 +481,13 @@ fn telemetry_families(e: &mut Encoder<'_>, data: &SampleData, device: &[[&str; 2
                 .filter_map(move |v| Some(([gl, p, v.label()], Value::F64(g.reading.violations.get(*v)?))))
         }),
     );
-    // XID codes as label values, rendered once per sample.
-    let mut xids = LabelSets::with_capacity(8, 12);
-    let mut xid_series: Vec<(usize, u64)> = Vec::new();
-    for (i, gpu) in data.gpus.iter().enumerate().filter(|(_, g)| g.up) {
-        for (&code, &count) in gpu.reading.xid.iter().flat_map(|x| &x.counts) {
-            xids.push([("xid", itoa::Buffer::new().format(code))]);
-            xid_series.push((i, count));
-        }
-    }
+    let xids = &labels.xids;
     e.counter(
         "nvidia_gpu_xid_errors",
         "XID errors since the agent started, by XID code (NVML critical XID events)",
-        xid_series.iter().enumerate().map(|(k, &(i, count))| {
-            let [gl, p] = device[i];
-            ([gl, p, xids.get(k)], Value::U64(count))
+        data.gpus.iter().enumerate().zip(device).filter(|((_, g), _)| g.up).flat_map(|((i, g), &[gl, p])| {
+            let counts = g.reading.xid.iter().flat_map(|x| x.counts.values());
+            counts.enumerate().map(move |(j, &count)| ([gl, p, xids.get(i, j)], Value::U64(count)))
         }),
     );
     e.counter(
@@ -852,36 +541,12 @@ fn telemetry_families(e: &mut Encoder<'_>, data: &SampleData, device: &[[&str; 2
     });
 }
 
-/// Every GPU's dcgm-exporter labels: `gpu`, `UUID`, `pci_bus_id`, `device`,
-/// `modelName`, `Hostname`, and `DCGM_FI_DRIVER_VERSION` where known.
-fn dcgm_label_sets(node: &str, driver: Option<&str>, gpus: &[GpuState]) -> LabelSets {
-    let mut sets = LabelSets::with_capacity(gpus.len(), 220);
-    for gpu in gpus {
-        let mut index = itoa::Buffer::new();
-        let index = index.format(gpu.identity.index);
-        let device = ["nvidia", index].concat();
-        let pci = Some(gpu.identity.pci_bus_id.as_str()).filter(|p| !p.is_empty());
-        sets.push(
-            [("gpu", Some(index)), ("UUID", Some(gpu.identity.uuid.as_str())), ("pci_bus_id", pci)]
-                .into_iter()
-                .chain([
-                    ("device", Some(device.as_str())),
-                    ("modelName", Some(gpu.identity.model.as_str())),
-                    ("Hostname", Some(node)),
-                    ("DCGM_FI_DRIVER_VERSION", driver),
-                ])
-                .filter_map(|(k, v)| Some((k, v?))),
-        );
-    }
-    sets
-}
-
 /// The dcgm-exporter families for the fields the agent reads, in its names,
 /// units (MiB, MHz, W) and labels. As with dcgm-exporter's pod mapping, a GPU
 /// held by pods has one series per holding container, each with the
 /// device's value; a GPU no pod holds has one series without pod labels.
-fn dcgm_families(e: &mut Encoder<'_>, data: &SampleData, pods: &LabelSets) {
-    let gpus = dcgm_label_sets(&data.node, data.driver_version.as_deref(), &data.gpus);
+fn dcgm_families<'l>(e: &mut Encoder<'_, 'l>, data: &SampleData, labels: &'l Labels) {
+    let (gpus, pods) = (&labels.dcgm, &labels.pods);
     let mut series: Vec<(&GpuReading, [&str; 2])> = Vec::with_capacity(data.gpus.len() + data.usages.len());
     for (i, gpu) in data.gpus.iter().enumerate().filter(|(_, g)| g.up) {
         let before = series.len();
@@ -900,17 +565,15 @@ fn dcgm_families(e: &mut Encoder<'_>, data: &SampleData, pods: &LabelSets) {
     };
     // MIG devices have their own framebuffer series, with dcgm-exporter's
     // GPU instance labels.
-    let (migs, first) = mig_label_sets(&data.gpus, &gpus, ["", "GPU_I_ID", "", "GPU_I_PROFILE"]);
+    let migs = &labels.dcgm_migs;
     let mig_family = |name: &str| match name {
-        "DCGM_FI_DEV_FB_FREE" => mig_series(data, &migs, &first, pods, |m| {
+        "DCGM_FI_DEV_FB_FREE" => mig_series(data, migs, labels, |m| {
             Some(Value::U64(m.memory_total_bytes?.saturating_sub(m.memory_used_bytes?) / MIB))
         }),
-        "DCGM_FI_DEV_FB_USED" => {
-            mig_series(data, &migs, &first, pods, |m| Some(Value::U64(m.memory_used_bytes? / MIB)))
-        }
+        "DCGM_FI_DEV_FB_USED" => mig_series(data, migs, labels, |m| Some(Value::U64(m.memory_used_bytes? / MIB))),
         _ => Vec::new(),
     };
-    let mut family = |name: &str, help: &str, value: &dyn Fn(&GpuReading) -> Option<Value>| {
+    let mut family = |name: &'static str, help: &'static str, value: &dyn Fn(&GpuReading) -> Option<Value>| {
         let mut series = family_of(value);
         series.extend(mig_family(name));
         e.gauge(name, help, series);
@@ -949,7 +612,7 @@ fn dcgm_families(e: &mut Encoder<'_>, data: &SampleData, pods: &LabelSets) {
     family("DCGM_FI_DEV_XID_ERRORS", "Value of the last XID error encountered", &|r| {
         Some(Value::U64(r.xid.as_ref()?.last.unwrap_or(0)))
     });
-    let counters: [(&str, &str, &ReadValue<'_>); 17] = [
+    let counters: [(&'static str, &'static str, &ReadValue<'_>); 17] = [
         ("DCGM_FI_DEV_TOTAL_ENERGY_CONSUMPTION", "Total energy consumption since boot (in mJ)", &|r| {
             Some(Value::U64((r.energy_joules? * 1000.0).round() as u64))
         }),

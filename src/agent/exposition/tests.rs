@@ -9,7 +9,7 @@ use prometheus_client::registry::Registry;
 
 use super::*;
 use crate::agent::ledger::PodAccount;
-use crate::agent::sample::Readiness;
+use crate::agent::sample::{GpuState, Readiness};
 use crate::agent::self_metrics::AgentCounters;
 use crate::attribution::{Sharing, Unresolved};
 use crate::gpu::{
@@ -706,11 +706,14 @@ fn a_renderer_reusing_its_buffers_writes_what_a_fresh_one_writes() {
     smaller.usages.truncate(1);
     smaller.gpus.truncate(1);
     let mut renderer = Renderer::default();
-    // Large, then small, then large again, every body going back each time:
-    // nothing of an earlier sample may show through.
+    // Large, then small, then large again, each sample's bodies going back
+    // once the next is out (as the sampler does): nothing of an earlier
+    // sample may show through.
+    let mut previous = None;
     for (data, names) in [
         (&full, MetricNames::Both),
         (&smaller, MetricNames::Native),
+        (&full, MetricNames::Native),
         (&full, MetricNames::Native),
         (&smaller, MetricNames::Dcgm),
     ] {
@@ -718,9 +721,20 @@ fn a_renderer_reusing_its_buffers_writes_what_a_fresh_one_writes() {
         let (text, openmetrics) = render_plain(data, names);
         assert_eq!(&exposition.text[..], &text[..]);
         assert_eq!(&exposition.openmetrics[..], &openmetrics[..]);
-        renderer.recycle(exposition);
+        if let Some(previous) = previous.replace(exposition) {
+            renderer.recycle(previous);
+        }
     }
     assert_eq!(renderer.spare.len(), 2, "both plain bodies went back");
+}
+
+#[test]
+fn the_renderer_keeps_the_last_text_body_it_writes_over() {
+    let data = sample_data();
+    let mut renderer = Renderer::default();
+    let exposition = renderer.render(&data, MetricNames::Native);
+    renderer.recycle(exposition);
+    assert_eq!(renderer.spare.len(), 1, "the text body stays with the renderer, the OpenMetrics one came back");
 }
 
 #[test]
@@ -729,8 +743,10 @@ fn a_body_a_reader_still_holds_is_not_recycled() {
     let mut renderer = Renderer::default();
     let exposition = renderer.render(&data, MetricNames::Native);
     let held = exposition.text.clone();
+    let next_but_one = renderer.render(&data, MetricNames::Native);
     renderer.recycle(exposition);
     assert_eq!(renderer.spare.len(), 1, "only the OpenMetrics body came back");
+    renderer.recycle(next_but_one);
     let next = renderer.render(&data, MetricNames::Native);
     assert_eq!(held, next.text, "the held body is unchanged");
 }
@@ -815,4 +831,108 @@ fn short_decimals_take_the_fast_path_exactly() {
     let mut out = Vec::new();
     super::write_f64(&mut out, 0.1 + 0.2);
     assert_eq!(String::from_utf8(out).unwrap(), dtoa::Buffer::new().format(0.1 + 0.2));
+}
+
+/// A sample as the agent may see it from one pass to the next: `values`
+/// moves what changes every pass; each bit of `changes` makes one change of
+/// the kind that moves series or labels.
+fn changed_sample(values: u32, changes: u16) -> SampleData {
+    let mut data = if changes & 1 << 0 != 0 { mig_data() } else { sample_data() };
+    let v = f64::from(values);
+    data.taken_at += Duration::from_millis(u64::from(values));
+    data.sample_duration = Duration::from_micros(u64::from(values % 2000));
+    data.counters.samples = u64::from(values);
+    for gpu in &mut data.gpus {
+        let r = &mut gpu.reading;
+        r.utilization_percent = r.utilization_percent.map(|_| v % 101.0);
+        r.power_watts = r.power_watts.map(|p| p + v / 8.0);
+        r.energy_joules = r.energy_joules.map(|e| e + v * 0.25);
+        r.temperature_celsius = Some(f64::from(values % 3) + 60.0);
+        if let Some(mig) = r.mig_devices.first_mut() {
+            mig.memory_used_bytes = Some(u64::from(values) << 20);
+        }
+    }
+    for (u, account) in data.usages.iter_mut().zip(&mut data.accounts) {
+        u.utilization_percent = u.utilization_percent.map(|_| v % 50.0);
+        account.energy_joules += v;
+    }
+    let gpus = data.gpus.len();
+    if changes & 1 << 1 != 0 {
+        data.gpus[gpus - 1].up = !data.gpus[gpus - 1].up;
+    }
+    if changes & 1 << 2 != 0 {
+        data.usages.pop();
+        data.accounts.pop();
+    }
+    if changes & 1 << 3 != 0 {
+        // The same length: a set rebuilt in place must not pass for the old.
+        if let Some(u) = data.usages.first_mut() {
+            u.pod.replace_range(u.pod.len() - 1.., "q");
+        }
+    }
+    if changes & 1 << 4 != 0 {
+        data.gpus[0].reading.xid.get_or_insert_default().counts.insert(94, 1);
+    }
+    if changes & 1 << 5 != 0 {
+        data.gpus[0].reading.power_watts = None;
+    }
+    if changes & 1 << 6 != 0 {
+        data.driver_version = Some("550.54.15".into());
+    }
+    if changes & 1 << 7 != 0 {
+        data.gpus[0].reading.health = HealthReading::default();
+    }
+    if changes & 1 << 8 != 0 {
+        data.pod_resources_up = None;
+    }
+    if changes & 1 << 9 != 0 {
+        data.gpus.swap(0, gpus - 1);
+    }
+    data
+}
+
+proptest::proptest! {
+    /// Whatever changes from one sample to the next, a renderer writing over
+    /// the sample before writes what a fresh one writes.
+    #[test]
+    fn writing_over_the_sample_before_writes_what_a_fresh_render_writes(
+        samples in proptest::collection::vec((0u32..5000, proptest::prop_oneof![
+            // Mostly only values change, as from one pass to the next.
+            3 => proptest::strategy::Just(0u16),
+            1 => 0u16..1024,
+        ]), 1..8),
+        names in proptest::prop_oneof![
+            proptest::strategy::Just(MetricNames::Native),
+            proptest::strategy::Just(MetricNames::Dcgm),
+            proptest::strategy::Just(MetricNames::Both),
+        ],
+    ) {
+        let mut renderer = Renderer::default();
+        let mut previous = None;
+        for (values, changes) in samples {
+            let data = changed_sample(values, changes);
+            let exposition = renderer.render(&data, names);
+            let (text, openmetrics) = render_plain(&data, names);
+            proptest::prop_assert_eq!(std::str::from_utf8(&exposition.text).unwrap(), std::str::from_utf8(&text).unwrap());
+            proptest::prop_assert_eq!(&exposition.openmetrics[..], &openmetrics[..]);
+            if let Some(previous) = previous.replace(exposition) {
+                renderer.recycle(previous);
+            }
+        }
+    }
+}
+
+#[test]
+fn a_changed_value_is_written_and_the_rest_copied() {
+    let mut renderer = Renderer::default();
+    let first = renderer.render(&changed_sample(10, 0), MetricNames::Native);
+    let second = renderer.render(&changed_sample(11, 0), MetricNames::Native);
+    let (first, second) =
+        (String::from_utf8(first.text.to_vec()).unwrap(), String::from_utf8(second.text.to_vec()).unwrap());
+    // The shared 3060: no pod labels.
+    let gpu = "node=\"mainpc\",gpu=\"1\",uuid=\"GPU-bbbb\",model=\"NVIDIA GeForce RTX 3060\"";
+    assert!(first.contains(&format!("nvidia_gpu_utilization_percent{{{gpu}}} 10.0\n")), "{first}");
+    assert!(second.contains(&format!("nvidia_gpu_utilization_percent{{{gpu}}} 11.0\n")), "{second}");
+    assert!(second.contains(&format!("nvidia_gpu_memory_total_bytes{{{gpu}}} 12884901888\n")), "{second}");
+    assert_eq!(first.lines().count(), second.lines().count());
 }

@@ -1,0 +1,455 @@
+//! Writes series into the two bodies, over what the sample before wrote.
+//!
+//! From one sample to the next most of a body stays the same: the families,
+//! every series' name and labels, and many values (memory totals, limits,
+//! health counters, flags). So each series is compared with the series at
+//! the same place in the sample before: when its family and label sets are
+//! the same, its bytes up to the value are copied from there, and its value
+//! too when unchanged, so that a run of unchanged series is one copy. Label
+//! sets are compared by address: they come from [`super::labels::Labels`],
+//! which keeps them in place while they are unchanged and says when it
+//! rebuilt them, and then nothing of the sample before is compared. A series
+//! that does not match, and every series after it, is written afresh.
+//!
+//! Gauge families go straight into the text body. Counter samples go into a
+//! buffer of their own, each family behind its two headers (the formats
+//! differ only in how a counter's header names it), and are copied into both
+//! bodies at the end: every sample is written once.
+
+use std::ops::Range;
+
+use super::Value;
+
+/// A series' labels as three pre-rendered parts, written comma-joined: the
+/// GPU's (or the agent's) set, the pod's set, and one that tells this series
+/// apart. Any may be empty. Each part is a kept label set or a static
+/// string, which is what makes comparing addresses sound: the lifetime `'l`
+/// is that of the kept sets.
+pub(super) type LabelParts<'l> = [&'l str; 3];
+
+/// What a series' bytes before its value are made of: its family, whether it
+/// is the family's first (and so carries the headers), and its label parts,
+/// each by address and length.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct SeriesKey {
+    /// The name's and the three parts' addresses.
+    at: [usize; 4],
+    /// Their lengths; the name's top bit says whether it is the first.
+    lens: [u32; 4],
+}
+
+impl SeriesKey {
+    fn new(name: &'static str, [gpu, pod, own]: LabelParts<'_>, first: bool) -> Self {
+        let mut at = [name, gpu, pod, own].map(|s| s.as_ptr() as usize);
+        let lens = [len_of(name) | u32::from(first) << 31, len_of(gpu), len_of(pod), len_of(own)];
+        if lens.contains(&u32::MAX) {
+            // No reference is null, so no series is of this key.
+            at[0] = 0;
+        }
+        Self { at, lens }
+    }
+
+    /// Whether a series of `name` with `parts` has this key. Compared word
+    /// by word from the arguments, not from a key built beside them: a key
+    /// built on the stack and read back whole stalls the load.
+    #[inline(always)]
+    fn is(&self, name: &'static str, [gpu, pod, own]: LabelParts<'_>, first: bool) -> bool {
+        self.at[0] == name.as_ptr() as usize
+            && self.at[1] == gpu.as_ptr() as usize
+            && self.at[2] == pod.as_ptr() as usize
+            && self.at[3] == own.as_ptr() as usize
+            && self.lens[0] == len_of(name) | u32::from(first) << 31
+            && self.lens[1] == len_of(gpu)
+            && self.lens[2] == len_of(pod)
+            && self.lens[3] == len_of(own)
+    }
+}
+
+/// A part's length, for a key. No label part nears 2 GiB; one that long
+/// could not be told apart by its length, and its key matches nothing.
+fn len_of(s: &str) -> u32 {
+    u32::try_from(s.len()).ok().filter(|&l| l < (1 << 31) - 1).unwrap_or(u32::MAX)
+}
+
+impl Value {
+    /// Equal for two values written as the same text.
+    fn identity(self) -> (bool, u64) {
+        match self {
+            Value::F64(v) => (true, v.to_bits()),
+            Value::U64(v) => (false, v),
+        }
+    }
+}
+
+/// One series of a stream, by length: its family's headers when it is the
+/// first (in a counter stream the text header, then the OpenMetrics one),
+/// its name and labels up to the value, and its value and newline.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Line {
+    key: SeriesKey,
+    value: (bool, u64),
+    text_header: u32,
+    headers: u32,
+    prefix: u32,
+    value_len: u32,
+}
+
+impl Line {
+    fn len(&self) -> usize {
+        (self.headers + self.prefix + self.value_len) as usize
+    }
+}
+
+/// Where a series landed in its stream: its headers, its OpenMetrics
+/// header, its sample, its end.
+#[derive(Clone, Copy, Debug)]
+struct Placed {
+    start: usize,
+    openmetrics_header_at: usize,
+    sample_at: usize,
+    end: usize,
+}
+
+/// One stream of series written over the same stream of the sample before.
+/// Its lines are the sample before's, overwritten in place as the series
+/// come: a series that matches changes at most its value.
+struct Stream<'r> {
+    out: Vec<u8>,
+    lines: &'r mut Vec<Line>,
+    before: &'r [u8],
+    /// Where the next line's bytes begin in `before`.
+    before_at: usize,
+    /// Series written so far.
+    written: usize,
+    /// Every series so far matched the one at its place before.
+    matching: bool,
+    /// Bytes of `before` still to be copied to `out`.
+    run: Range<usize>,
+}
+
+impl<'r> Stream<'r> {
+    fn new(out: Vec<u8>, lines: &'r mut Vec<Line>, before: &'r [u8]) -> Self {
+        Self { out, lines, before, before_at: 0, written: 0, matching: true, run: 0..0 }
+    }
+
+    /// Writes a series. `prefix` writes it afresh up to its value and
+    /// returns where its OpenMetrics header and its sample begin.
+    fn series(
+        &mut self,
+        (name, parts, first): (&'static str, LabelParts<'_>, bool),
+        value: Value,
+        prefix: impl FnOnce(&mut Vec<u8>) -> [usize; 2],
+    ) -> Placed {
+        let value_id = value.identity();
+        let k = self.written;
+        self.written += 1;
+        if self.matching {
+            match self.lines.get_mut(k) {
+                Some(old) if old.key.is(name, parts, first) => {
+                    // `before`'s bytes from the run's start land at `out`'s end.
+                    let start = self.out.len() + (self.before_at - self.run.start);
+                    let value_before = self.before_at + (old.headers + old.prefix) as usize;
+                    let end_before = value_before + old.value_len as usize;
+                    if old.value != value_id {
+                        self.run.end = value_before;
+                        self.out.extend_from_slice(&self.before[self.run.clone()]);
+                        let value_at = self.out.len();
+                        write_value(&mut self.out, value);
+                        old.value = value_id;
+                        old.value_len = (self.out.len() - value_at) as u32;
+                        self.run = end_before..end_before;
+                    } else {
+                        self.run.end = end_before;
+                    }
+                    self.before_at = end_before;
+                    return Placed {
+                        start,
+                        openmetrics_header_at: start + old.text_header as usize,
+                        sample_at: start + old.headers as usize,
+                        end: start + old.len(),
+                    };
+                }
+                _ => {
+                    self.flush();
+                    self.matching = false;
+                    self.lines.truncate(k);
+                }
+            }
+        }
+        let start = self.out.len();
+        let [openmetrics_header_at, sample_at] = prefix(&mut self.out);
+        let value_at = self.out.len();
+        write_value(&mut self.out, value);
+        let end = self.out.len();
+        self.lines.push(Line {
+            key: SeriesKey::new(name, parts, first),
+            value: value_id,
+            text_header: (openmetrics_header_at - start) as u32,
+            headers: (sample_at - start) as u32,
+            prefix: (value_at - sample_at) as u32,
+            value_len: (end - value_at) as u32,
+        });
+        Placed { start, openmetrics_header_at, sample_at, end }
+    }
+
+    fn flush(&mut self) {
+        self.out.extend_from_slice(&self.before[self.run.clone()]);
+        self.run = self.run.end..self.run.end;
+    }
+
+    /// The stream's bytes; its lines are now this sample's.
+    fn finish(mut self) -> Vec<u8> {
+        self.flush();
+        self.lines.truncate(self.written);
+        self.out
+    }
+}
+
+/// Where one counter family's headers and samples lie in the counter stream.
+#[derive(Debug)]
+pub(super) struct CounterFamily {
+    text_header: Range<usize>,
+    openmetrics_header: Range<usize>,
+    samples: Range<usize>,
+}
+
+/// The buffers an encoder works in, kept by the renderer between samples.
+#[derive(Debug, Default)]
+pub(super) struct Buffers {
+    /// The last text body: its gauges are the next sample's gauges before.
+    text_before: bytes::Bytes,
+    gauge_lines: Vec<Line>,
+    counters: Vec<u8>,
+    counters_before: Vec<u8>,
+    counter_lines: Vec<Line>,
+    families: Vec<CounterFamily>,
+}
+
+impl Buffers {
+    /// Forgets the sample before, whose label sets have moved.
+    pub(super) fn forget(&mut self) {
+        self.gauge_lines.clear();
+        self.counter_lines.clear();
+    }
+
+    /// Keeps the text body just written for the next sample.
+    pub(super) fn keep(&mut self, text: bytes::Bytes) {
+        self.text_before = text;
+        std::mem::swap(&mut self.counters, &mut self.counters_before);
+    }
+}
+
+/// Writes the families of one sample. Every label part a series carries
+/// lives for `'l`, the kept label sets' borrow (or is static): a set built
+/// while encoding cannot be passed, so comparing addresses stays sound.
+pub(super) struct Encoder<'r, 'l> {
+    gauges: Stream<'r>,
+    counters: Stream<'r>,
+    /// Where the counter stream goes back at the end.
+    counters_home: &'r mut Vec<u8>,
+    families: &'r mut Vec<CounterFamily>,
+    labels: std::marker::PhantomData<&'l str>,
+}
+
+impl<'r, 'l> Encoder<'r, 'l> {
+    /// An encoder writing the text body into `text`, an empty buffer.
+    pub(super) fn new(text: Vec<u8>, buffers: &'r mut Buffers) -> Self {
+        let Buffers { text_before, gauge_lines, counters, counters_before, counter_lines, families } = buffers;
+        let mut stream = std::mem::take(counters);
+        stream.clear();
+        stream.reserve(counters_before.len());
+        families.clear();
+        Self {
+            gauges: Stream::new(text, gauge_lines, text_before),
+            counters: Stream::new(stream, counter_lines, counters_before),
+            counters_home: counters,
+            families,
+            labels: std::marker::PhantomData,
+        }
+    }
+
+    /// Writes a gauge family; its header with its first series.
+    pub(super) fn gauge(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        series: impl IntoIterator<Item = (LabelParts<'l>, Value)>,
+    ) {
+        let mut first = true;
+        for (parts, value) in series {
+            self.gauges.series((name, parts, first), value, |out| {
+                if first {
+                    header(out, [name, ""], help, "gauge");
+                }
+                let at = out.len();
+                sample_prefix(out, [name, ""], parts);
+                [at, at]
+            });
+            first = false;
+        }
+    }
+
+    /// Writes a counter family: `name_total` samples, typed `name` in
+    /// OpenMetrics and `name_total` in the text format.
+    pub(super) fn counter(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        series: impl IntoIterator<Item = (LabelParts<'l>, Value)>,
+    ) {
+        self.counter_family(name, help, "_total", "counter", series);
+    }
+
+    /// Writes a counter named as dcgm-exporter names it, without `_total`:
+    /// typed `counter` in the text format (what dcgm-exporter serves) and
+    /// `unknown` in OpenMetrics, whose counters must end in `_total`.
+    pub(super) fn bare_counter(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        series: impl IntoIterator<Item = (LabelParts<'l>, Value)>,
+    ) {
+        self.counter_family(name, help, "", "unknown", series);
+    }
+
+    /// `suffix` ends every sample's name and the text format's header name;
+    /// `openmetrics_kind` types the family in OpenMetrics.
+    fn counter_family(
+        &mut self,
+        name: &'static str,
+        help: &'static str,
+        suffix: &'static str,
+        openmetrics_kind: &'static str,
+        series: impl IntoIterator<Item = (LabelParts<'l>, Value)>,
+    ) {
+        let mut first = true;
+        for (parts, value) in series {
+            let line = self.counters.series((name, parts, first), value, |out| {
+                if first {
+                    header(out, [name, suffix], help, "counter");
+                }
+                let openmetrics_header_at = out.len();
+                if first {
+                    header(out, [name, ""], help, openmetrics_kind);
+                }
+                let sample_at = out.len();
+                sample_prefix(out, [name, suffix], parts);
+                [openmetrics_header_at, sample_at]
+            });
+            if first {
+                self.families.push(CounterFamily {
+                    text_header: line.start..line.openmetrics_header_at,
+                    openmetrics_header: line.openmetrics_header_at..line.sample_at,
+                    samples: line.sample_at..line.end,
+                });
+            } else if let Some(family) = self.families.last_mut() {
+                family.samples.end = line.end;
+            }
+            first = false;
+        }
+    }
+
+    /// The text and OpenMetrics bodies; the latter is written into
+    /// `openmetrics`, an empty buffer, grown once to its size.
+    pub(super) fn finish(self, mut openmetrics: Vec<u8>) -> (Vec<u8>, Vec<u8>) {
+        let Encoder { gauges, counters, counters_home, families, .. } = self;
+        let mut text = gauges.finish();
+        let counters = counters.finish();
+        let openmetrics_headers: usize = families.iter().map(|f| f.openmetrics_header.len()).sum();
+        let text_headers: usize = families.iter().map(|f| f.text_header.len()).sum();
+        let samples = counters.len() - openmetrics_headers - text_headers;
+        openmetrics.reserve(text.len() + openmetrics_headers + samples + 6);
+        openmetrics.extend_from_slice(&text);
+        text.reserve(text_headers + samples);
+        for family in families.iter() {
+            text.extend_from_slice(&counters[family.text_header.clone()]);
+            text.extend_from_slice(&counters[family.samples.clone()]);
+            openmetrics.extend_from_slice(&counters[family.openmetrics_header.clone()]);
+            openmetrics.extend_from_slice(&counters[family.samples.clone()]);
+        }
+        openmetrics.extend_from_slice(b"# EOF\n");
+        *counters_home = counters;
+        (text, openmetrics)
+    }
+}
+
+/// `# HELP` and `# TYPE` of a family whose name is written in two parts (a
+/// name and a suffix).
+fn header(out: &mut Vec<u8>, [name, suffix]: [&str; 2], help: &str, kind: &str) {
+    for part in ["# HELP ", name, suffix, " ", help, ".\n# TYPE ", name, suffix, " ", kind, "\n"] {
+        out.extend_from_slice(part.as_bytes());
+    }
+}
+
+/// A sample up to its value: its name (in two parts), its labels, a space.
+fn sample_prefix(out: &mut Vec<u8>, [name, suffix]: [&str; 2], [gpu, pod, own]: LabelParts<'_>) {
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(suffix.as_bytes());
+    if !(gpu.is_empty() && pod.is_empty() && own.is_empty()) {
+        out.push(b'{');
+        out.extend_from_slice(gpu.as_bytes());
+        if !pod.is_empty() {
+            if !gpu.is_empty() {
+                out.push(b',');
+            }
+            out.extend_from_slice(pod.as_bytes());
+        }
+        if !own.is_empty() {
+            if !(gpu.is_empty() && pod.is_empty()) {
+                out.push(b',');
+            }
+            out.extend_from_slice(own.as_bytes());
+        }
+        out.push(b'}');
+    }
+    out.push(b' ');
+}
+
+/// A sample's value and the newline that ends it.
+fn write_value(out: &mut Vec<u8>, value: Value) {
+    match value {
+        Value::F64(v) => write_f64(out, v),
+        Value::U64(v) => out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes()),
+    }
+    out.push(b'\n');
+}
+
+/// Writes `v` as dtoa writes it (the shortest text that reads back as `v`),
+/// taking a fast path for the values GPUs mostly have.
+pub(super) fn write_f64(out: &mut Vec<u8>, v: f64) {
+    // Whole numbers: itoa plus ".0", several times faster than dtoa.
+    // (The cast and compare are two instructions; `fract` is a call.)
+    if v.abs() < 1e15 && (v as i64) as f64 == v {
+        out.extend_from_slice(itoa::Buffer::new().format(v as i64).as_bytes());
+        out.extend_from_slice(b".0");
+        return;
+    }
+    // Up to three decimals (watts, percents, joules from millijoules): the
+    // exact decimal is the shortest text for `v`, since below 1e12 doubles
+    // lie closer together than half a thousandth, so no shorter decimal
+    // reads back as `v`.
+    let thousandths = v * 1000.0;
+    if v.abs() < 1e12 && thousandths == thousandths.round() && thousandths / 1000.0 == v {
+        let n = thousandths as i64;
+        if n < 0 {
+            out.push(b'-');
+        }
+        let n = n.unsigned_abs();
+        out.extend_from_slice(itoa::Buffer::new().format(n / 1000).as_bytes());
+        let mut fraction = n % 1000;
+        let mut digits = [b'0'; 4];
+        digits[0] = b'.';
+        let mut len = 4;
+        while fraction.is_multiple_of(10) {
+            fraction /= 10;
+            len -= 1;
+        }
+        for slot in digits[1..len].iter_mut().rev() {
+            *slot = b'0' + (fraction % 10) as u8;
+            fraction /= 10;
+        }
+        out.extend_from_slice(&digits[..len]);
+        return;
+    }
+    out.extend_from_slice(dtoa::Buffer::new().format(v).as_bytes());
+}
