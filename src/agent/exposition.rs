@@ -138,18 +138,29 @@ pub fn render_plain(data: &SampleData, names: MetricNames) -> (Vec<u8>, Vec<u8>)
 
 /// Renders sample after sample, keeping its working buffers between them:
 /// once their sizes settle a render grows no buffer and touches no fresh
-/// page, and each body is allocated once, at its size. It also keeps the
+/// page, and each buffer is allocated once, at its size. It also keeps the
 /// sample before's label sets and bodies, and writes over them: what did
 /// not change since is copied (see [`encoder`]).
 #[derive(Debug, Default)]
 pub struct Renderer {
-    /// The last text body's length, the next one's starting capacity.
-    text_len: usize,
-    /// Bodies of an earlier sample that no reader holds any more.
-    spare: Vec<Vec<u8>>,
+    /// The last buffer's length, the next one's starting capacity.
+    body_len: usize,
+    /// The last text format's counters' length, the room the next leaves.
+    text_counters: usize,
+    /// A buffer of an earlier sample that no reader holds any more.
+    spare: Option<Vec<u8>>,
+    /// Buffers of earlier samples that readers may still hold.
+    lent: Vec<Bytes>,
     labels: Labels,
     buffers: Buffers,
 }
+
+/// Room left for the text format's counters beyond the last sample's.
+const COUNTER_ROOM: usize = 1024;
+
+/// How many buffers of earlier samples the renderer waits for; beyond
+/// that, a slow reader keeps its buffer and frees it alone.
+const LENT: usize = 4;
 
 impl Renderer {
     /// Renders a sample in both formats, plain and gzipped.
@@ -158,34 +169,50 @@ impl Renderer {
         Exposition { text_gzip: gzip(&text), openmetrics_gzip: gzip(&openmetrics), text, openmetrics }
     }
 
-    /// Renders the plain text and OpenMetrics bodies.
+    /// Renders the plain text and OpenMetrics bodies: two slices of one
+    /// buffer.
     pub fn render_plain(&mut self, data: &SampleData, names: MetricNames) -> (Bytes, Bytes) {
         if self.labels.refresh(data) {
             self.buffers.forget();
         }
-        let estimate = 64 + data.gpus.len() * 1800 + data.usages.len() * 700;
-        let mut text = self.spare.pop().unwrap_or_default();
-        text.reserve(self.text_len.max(estimate));
-        let mut e = Encoder::new(text, &mut self.buffers);
+        self.reclaim();
+        let estimate = 64 + data.gpus.len() * 3200 + data.usages.len() * 1200;
+        let mut body = self.spare.take().unwrap_or_default();
+        body.reserve(self.body_len.max(estimate));
+        let mut e = Encoder::new(body, self.text_counters + COUNTER_ROOM, &mut self.buffers);
         encode(&mut e, data, &self.labels, names);
-        let (text, openmetrics) = e.finish(self.spare.pop().unwrap_or_default());
-        self.text_len = text.len();
-        let text = Bytes::from(text);
-        self.buffers.keep(text.clone());
-        (text, openmetrics.into())
+        let written = e.finish();
+        self.body_len = written.body.len();
+        self.text_counters = written.text_counters;
+        let body = Bytes::from(written.body);
+        let bodies = (body.slice(written.text), body.slice(written.openmetrics));
+        let before = self.buffers.keep(body, written.gauges_at);
+        if !before.is_empty() {
+            if self.lent.len() == LENT {
+                self.lent.remove(0);
+            }
+            self.lent.push(before);
+        }
+        bodies
     }
 
-    /// Takes back an earlier sample's plain bodies for the next render to
-    /// write into; a body a reader still holds (or the renderer itself, the
-    /// last text body) is left to it.
+    /// Lets an earlier sample's bodies go, and takes their buffer back for
+    /// the next render once no reader holds it.
     pub fn recycle(&mut self, exposition: Exposition) {
-        for body in [exposition.text, exposition.openmetrics] {
-            if let Ok(mut body) = body.try_into_mut()
-                && self.spare.len() < 2
-            {
-                body.clear();
-                self.spare.push(body.into());
-            }
+        drop(exposition);
+        self.reclaim();
+    }
+
+    /// Takes back a lent buffer that no reader holds any more.
+    fn reclaim(&mut self) {
+        if self.spare.is_some() {
+            return;
+        }
+        if let Some(i) = self.lent.iter().position(Bytes::is_unique)
+            && let Ok(mut body) = self.lent.remove(i).try_into_mut()
+        {
+            body.clear();
+            self.spare = Some(body.into());
         }
     }
 }

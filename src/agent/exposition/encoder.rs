@@ -11,10 +11,19 @@
 //! rebuilt them, and then nothing of the sample before is compared. A series
 //! that does not match, and every series after it, is written afresh.
 //!
-//! Gauge families go straight into the text body. Counter samples go into a
-//! buffer of their own, each family behind its two headers (the formats
-//! differ only in how a counter's header names it), and are copied into both
-//! bodies at the end: every sample is written once.
+//! Both bodies lie in one buffer, sharing their gauges:
+//!
+//! ```text
+//! [ counters, text headers | gauges | counters, OpenMetrics headers | # EOF ]
+//!   `------------------ text -------'
+//!                            `------------------ OpenMetrics -------------'
+//! ```
+//!
+//! Gauge families go straight into the buffer, after room left for the
+//! counters. Counter samples go into a buffer of their own, each family
+//! behind its two headers (the formats differ only in how a counter's header
+//! names it), and are copied to both sides of the gauges at the end: every
+//! sample is written once.
 
 use std::ops::Range;
 
@@ -125,11 +134,14 @@ struct Stream<'r> {
     matching: bool,
     /// Bytes of `before` still to be copied to `out`.
     run: Range<usize>,
+    /// Where the stream begins in `out`.
+    start: usize,
 }
 
 impl<'r> Stream<'r> {
     fn new(out: Vec<u8>, lines: &'r mut Vec<Line>, before: &'r [u8]) -> Self {
-        Self { out, lines, before, before_at: 0, written: 0, matching: true, run: 0..0 }
+        let start = out.len();
+        Self { out, lines, before, before_at: 0, written: 0, matching: true, run: 0..0, start }
     }
 
     /// Writes a series. `prefix` writes it afresh up to its value and
@@ -216,8 +228,10 @@ pub(super) struct CounterFamily {
 /// The buffers an encoder works in, kept by the renderer between samples.
 #[derive(Debug, Default)]
 pub(super) struct Buffers {
-    /// The last text body: its gauges are the next sample's gauges before.
-    text_before: bytes::Bytes,
+    /// The last bodies' buffer: its gauges, from `gauges_at`, are the next
+    /// sample's gauges before.
+    body_before: bytes::Bytes,
+    gauges_at: usize,
     gauge_lines: Vec<Line>,
     counters: Vec<u8>,
     counters_before: Vec<u8>,
@@ -232,10 +246,12 @@ impl Buffers {
         self.counter_lines.clear();
     }
 
-    /// Keeps the text body just written for the next sample.
-    pub(super) fn keep(&mut self, text: bytes::Bytes) {
-        self.text_before = text;
+    /// Keeps the buffer just written for the next sample; returns the one
+    /// it kept before.
+    pub(super) fn keep(&mut self, body: bytes::Bytes, gauges_at: usize) -> bytes::Bytes {
+        self.gauges_at = gauges_at;
         std::mem::swap(&mut self.counters, &mut self.counters_before);
+        std::mem::replace(&mut self.body_before, body)
     }
 }
 
@@ -252,15 +268,18 @@ pub(super) struct Encoder<'r, 'l> {
 }
 
 impl<'r, 'l> Encoder<'r, 'l> {
-    /// An encoder writing the text body into `text`, an empty buffer.
-    pub(super) fn new(text: Vec<u8>, buffers: &'r mut Buffers) -> Self {
-        let Buffers { text_before, gauge_lines, counters, counters_before, counter_lines, families } = buffers;
+    /// An encoder writing into `body`, an empty buffer, after `room`
+    /// bytes for the text format's counters.
+    pub(super) fn new(mut body: Vec<u8>, room: usize, buffers: &'r mut Buffers) -> Self {
+        body.resize(room, 0);
+        let Buffers { body_before, gauges_at, gauge_lines, counters, counters_before, counter_lines, families } =
+            buffers;
         let mut stream = std::mem::take(counters);
         stream.clear();
         stream.reserve(counters_before.len());
         families.clear();
         Self {
-            gauges: Stream::new(text, gauge_lines, text_before),
+            gauges: Stream::new(body, gauge_lines, &body_before[*gauges_at..]),
             counters: Stream::new(stream, counter_lines, counters_before),
             counters_home: counters,
             families,
@@ -349,28 +368,51 @@ impl<'r, 'l> Encoder<'r, 'l> {
         }
     }
 
-    /// The text and OpenMetrics bodies; the latter is written into
-    /// `openmetrics`, an empty buffer, grown once to its size.
-    pub(super) fn finish(self, mut openmetrics: Vec<u8>) -> (Vec<u8>, Vec<u8>) {
+    /// The buffer, with where the text and OpenMetrics bodies and the
+    /// gauges lie in it.
+    pub(super) fn finish(self) -> Written {
         let Encoder { gauges, counters, counters_home, families, .. } = self;
-        let mut text = gauges.finish();
+        let mut room = gauges.start;
+        let mut body = gauges.finish();
         let counters = counters.finish();
-        let openmetrics_headers: usize = families.iter().map(|f| f.openmetrics_header.len()).sum();
-        let text_headers: usize = families.iter().map(|f| f.text_header.len()).sum();
-        let samples = counters.len() - openmetrics_headers - text_headers;
-        openmetrics.reserve(text.len() + openmetrics_headers + samples + 6);
-        openmetrics.extend_from_slice(&text);
-        text.reserve(text_headers + samples);
-        for family in families.iter() {
-            text.extend_from_slice(&counters[family.text_header.clone()]);
-            text.extend_from_slice(&counters[family.samples.clone()]);
-            openmetrics.extend_from_slice(&counters[family.openmetrics_header.clone()]);
-            openmetrics.extend_from_slice(&counters[family.samples.clone()]);
+        let text_counters: usize = families.iter().map(|f| f.text_header.len() + f.samples.len()).sum();
+        if text_counters > room {
+            // More counters than last time: move the gauges up.
+            let more = text_counters - room;
+            let end = body.len();
+            body.resize(end + more, 0);
+            body.copy_within(room..end, room + more);
+            room += more;
         }
-        openmetrics.extend_from_slice(b"# EOF\n");
+        let gauges_end = body.len();
+        let mut at = room - text_counters;
+        let text_start = at;
+        for family in families.iter() {
+            for part in [&family.text_header, &family.samples] {
+                body[at..at + part.len()].copy_from_slice(&counters[part.clone()]);
+                at += part.len();
+            }
+        }
+        for family in families.iter() {
+            body.extend_from_slice(&counters[family.openmetrics_header.clone()]);
+            body.extend_from_slice(&counters[family.samples.clone()]);
+        }
+        body.extend_from_slice(b"# EOF\n");
         *counters_home = counters;
-        (text, openmetrics)
+        Written { text: text_start..gauges_end, openmetrics: room..body.len(), gauges_at: room, text_counters, body }
     }
+}
+
+/// What an encoder wrote: one buffer holding both bodies.
+pub(super) struct Written {
+    pub body: Vec<u8>,
+    pub text: Range<usize>,
+    pub openmetrics: Range<usize>,
+    /// Where the gauges begin, the end of the room for the text format's
+    /// counters.
+    pub gauges_at: usize,
+    /// The text format's counters' length: the room the next sample leaves.
+    pub text_counters: usize,
 }
 
 /// `# HELP` and `# TYPE` of a family whose name is written in two parts (a
