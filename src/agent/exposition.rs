@@ -145,8 +145,6 @@ pub fn render_plain(data: &SampleData, names: MetricNames) -> (Vec<u8>, Vec<u8>)
 pub struct Renderer {
     /// The last buffer's length, the next one's starting capacity.
     body_len: usize,
-    /// The last text format's counters' length, the room the next leaves.
-    text_counters: usize,
     /// A buffer of an earlier sample that no reader holds any more.
     spare: Option<Vec<u8>>,
     /// Buffers of earlier samples that readers may still hold.
@@ -154,9 +152,6 @@ pub struct Renderer {
     labels: Labels,
     buffers: Buffers,
 }
-
-/// Room left for the text format's counters beyond the last sample's.
-const COUNTER_ROOM: usize = 1024;
 
 /// How many buffers of earlier samples the renderer waits for; beyond
 /// that, a slow reader keeps its buffer and frees it alone.
@@ -179,14 +174,12 @@ impl Renderer {
         let estimate = 64 + data.gpus.len() * 3200 + data.usages.len() * 1200;
         let mut body = self.spare.take().unwrap_or_default();
         body.reserve(self.body_len.max(estimate));
-        let mut e = Encoder::new(body, self.text_counters + COUNTER_ROOM, &mut self.buffers);
-        encode(&mut e, data, &self.labels, names);
-        let written = e.finish();
+        let holders = Holders::of(data, &self.labels, names);
+        let written = Encoder::write(body, &mut self.buffers, |e| encode(e, data, &self.labels, &holders, names));
         self.body_len = written.body.len();
-        self.text_counters = written.text_counters;
         let body = Bytes::from(written.body);
         let bodies = (body.slice(written.text), body.slice(written.openmetrics));
-        let before = self.buffers.keep(body, written.gauges_at);
+        let before = self.buffers.keep(body, written.gauges);
         if !before.is_empty() {
             if self.lent.len() == LENT {
                 self.lent.remove(0);
@@ -259,13 +252,63 @@ fn mig_series<'l>(
     series
 }
 
+/// Who holds each GPU, as the families label it: worked out once a sample,
+/// for both of the encoder's passes.
+struct Holders<'d, 'l> {
+    /// Per GPU, for the native families: its label set, and its container's
+    /// when exactly one container holds it, exclusively.
+    device: Vec<[&'l str; 2]>,
+    /// For dcgm-exporter's families, per GPU that is up: one series per
+    /// container holding it, each with the device's reading, or one without
+    /// pod labels when none does.
+    dcgm: Vec<(&'d GpuReading, [&'l str; 2])>,
+}
+
+impl<'d, 'l> Holders<'d, 'l> {
+    fn of(data: &'d SampleData, labels: &'l Labels, names: MetricNames) -> Self {
+        let pods = &labels.pods;
+        let mut device = Vec::new();
+        if names.native() {
+            let gpus = &labels.gpus;
+            device.extend((0..data.gpus.len()).map(|i| {
+                let mut holders = data.usages.iter().enumerate().filter(|(_, u)| u.gpu == i && u.mig.is_none());
+                match (holders.next(), holders.next()) {
+                    (Some((k, only)), None) if only.sharing == Sharing::Exclusive => [gpus.get(i), pods.get(k)],
+                    _ => [gpus.get(i), ""],
+                }
+            }));
+        }
+        let mut dcgm = Vec::new();
+        if names.dcgm() {
+            let gpus = &labels.dcgm;
+            dcgm.reserve(data.gpus.len() + data.usages.len());
+            for (i, gpu) in data.gpus.iter().enumerate().filter(|(_, g)| g.up) {
+                let before = dcgm.len();
+                for (k, _) in data.usages.iter().enumerate().filter(|(_, u)| u.gpu == i && u.mig.is_none()) {
+                    dcgm.push((&gpu.reading, [gpus.get(i), pods.get(k)]));
+                }
+                if dcgm.len() == before {
+                    dcgm.push((&gpu.reading, [gpus.get(i), ""]));
+                }
+            }
+        }
+        Self { device, dcgm }
+    }
+}
+
 /// Writes every family of a sample.
-fn encode<'l>(e: &mut Encoder<'_, 'l>, data: &SampleData, labels: &'l Labels, names: MetricNames) {
+fn encode<'l>(
+    e: &mut Encoder<'_, 'l>,
+    data: &SampleData,
+    labels: &'l Labels,
+    holders: &Holders<'_, 'l>,
+    names: MetricNames,
+) {
     if names.native() {
-        native_families(e, data, labels);
+        native_families(e, data, labels, &holders.device);
     }
     if names.dcgm() {
-        dcgm_families(e, data, labels);
+        dcgm_families(e, data, labels, &holders.dcgm);
     }
 
     // The agent's own state, labelled with its node like every GPU series.
@@ -322,21 +365,10 @@ fn encode<'l>(e: &mut Encoder<'_, 'l>, data: &SampleData, labels: &'l Labels, na
     );
 }
 
-/// The `nvidia_gpu_*` families.
-fn native_families<'l>(e: &mut Encoder<'_, 'l>, data: &SampleData, labels: &'l Labels) {
+/// The `nvidia_gpu_*` families; `device` holds each GPU's label parts.
+fn native_families<'l>(e: &mut Encoder<'_, 'l>, data: &SampleData, labels: &'l Labels, device: &[[&'l str; 2]]) {
     let (gpus, pods) = (&labels.gpus, &labels.pods);
-    // A GPU held by exactly one container carries that container's labels.
-    let device: Vec<[&str; 2]> = (0..data.gpus.len())
-        .map(|i| {
-            let mut holders = data.usages.iter().enumerate().filter(|(_, u)| u.gpu == i && u.mig.is_none());
-            match (holders.next(), holders.next()) {
-                (Some((k, only)), None) if only.sharing == Sharing::Exclusive => [gpus.get(i), pods.get(k)],
-                _ => [gpus.get(i), ""],
-            }
-        })
-        .collect();
-
-    let up = || data.gpus.iter().zip(&device).filter(|(g, _)| g.up);
+    let up = || data.gpus.iter().zip(device).filter(|(g, _)| g.up);
     let f = |v: Option<f64>| v.map(Value::F64);
     let u = |v: Option<u64>| v.map(Value::U64);
 
@@ -349,7 +381,7 @@ fn native_families<'l>(e: &mut Encoder<'_, 'l>, data: &SampleData, labels: &'l L
     e.gauge(
         "nvidia_gpu_up",
         "1 when the GPU answered this sample, 0 when it stopped answering",
-        data.gpus.iter().zip(&device).map(|(g, &[gl, p])| ([gl, p, ""], Value::U64(u64::from(g.up)))),
+        data.gpus.iter().zip(device).map(|(g, &[gl, p])| ([gl, p, ""], Value::U64(u64::from(g.up)))),
     );
     e.gauge(
         "nvidia_gpu_utilization_percent",
@@ -386,7 +418,7 @@ fn native_families<'l>(e: &mut Encoder<'_, 'l>, data: &SampleData, labels: &'l L
         "Current SM clock",
         up().filter_map(|(g, &[gl, p])| Some(([gl, p, ""], f(g.reading.sm_clock_hertz)?))),
     );
-    telemetry_families(e, data, labels, &device);
+    telemetry_families(e, data, labels, device);
     let migs = &labels.migs;
     e.gauge(
         "nvidia_gpu_mig_memory_used_bytes",
@@ -572,24 +604,15 @@ fn telemetry_families<'l>(e: &mut Encoder<'_, 'l>, data: &SampleData, labels: &'
 /// units (MiB, MHz, W) and labels. As with dcgm-exporter's pod mapping, a GPU
 /// held by pods has one series per holding container, each with the
 /// device's value; a GPU no pod holds has one series without pod labels.
-fn dcgm_families<'l>(e: &mut Encoder<'_, 'l>, data: &SampleData, labels: &'l Labels) {
-    let (gpus, pods) = (&labels.dcgm, &labels.pods);
-    let mut series: Vec<(&GpuReading, [&str; 2])> = Vec::with_capacity(data.gpus.len() + data.usages.len());
-    for (i, gpu) in data.gpus.iter().enumerate().filter(|(_, g)| g.up) {
-        let before = series.len();
-        for (k, _) in data.usages.iter().enumerate().filter(|(_, u)| u.gpu == i && u.mig.is_none()) {
-            series.push((&gpu.reading, [gpus.get(i), pods.get(k)]));
-        }
-        if series.len() == before {
-            series.push((&gpu.reading, [gpus.get(i), ""]));
-        }
-    }
+fn dcgm_families<'l>(
+    e: &mut Encoder<'_, 'l>,
+    data: &SampleData,
+    labels: &'l Labels,
+    series: &[(&GpuReading, [&'l str; 2])],
+) {
     const MIB: u64 = 1 << 20;
     // dcgm-exporter writes whole numbers for integer fields.
     let whole = |v: f64| Value::U64(v.max(0.0).round() as u64);
-    let family_of = |value: &dyn Fn(&GpuReading) -> Option<Value>| {
-        series.iter().filter_map(|&(r, [g, p])| Some(([g, p, ""], value(r)?))).collect::<Vec<_>>()
-    };
     // MIG devices have their own framebuffer series, with dcgm-exporter's
     // GPU instance labels.
     let migs = &labels.dcgm_migs;
@@ -600,10 +623,8 @@ fn dcgm_families<'l>(e: &mut Encoder<'_, 'l>, data: &SampleData, labels: &'l Lab
         "DCGM_FI_DEV_FB_USED" => mig_series(data, migs, labels, |m| Some(Value::U64(m.memory_used_bytes? / MIB))),
         _ => Vec::new(),
     };
-    let mut family = |name: &'static str, help: &'static str, value: &dyn Fn(&GpuReading) -> Option<Value>| {
-        let mut series = family_of(value);
-        series.extend(mig_family(name));
-        e.gauge(name, help, series);
+    let mut family = |name: &'static str, help: &'static str, value: &ReadValue<'_>| {
+        e.gauge(name, help, per_holder(series, value).chain(mig_family(name)));
     };
     family("DCGM_FI_DEV_SM_CLOCK", "SM clock frequency (in MHz)", &|r| Some(whole(r.sm_clock_hertz? / 1e6)));
     family("DCGM_FI_DEV_GPU_TEMP", "GPU temperature (in C)", &|r| Some(whole(r.temperature_celsius?)));
@@ -693,25 +714,30 @@ fn dcgm_families<'l>(e: &mut Encoder<'_, 'l>, data: &SampleData, labels: &'l Lab
         }),
     ];
     for (name, help, value) in counters {
-        e.bare_counter(name, help, family_of(value));
+        e.bare_counter(name, help, per_holder(series, value));
     }
     for (name, help, rows) in [
         ("DCGM_FI_DEV_UNCORRECTABLE_REMAPPED_ROWS", "Number of remapped rows for uncorrectable errors", true),
         ("DCGM_FI_DEV_CORRECTABLE_REMAPPED_ROWS", "Number of remapped rows for correctable errors", false),
     ] {
-        e.bare_counter(
-            name,
-            help,
-            family_of(&|r| {
-                let remapped = r.health.remapped_rows?;
-                Some(Value::U64(if rows { remapped.uncorrectable } else { remapped.correctable }))
-            }),
-        );
+        let value = |r: &GpuReading| {
+            let remapped = r.health.remapped_rows?;
+            Some(Value::U64(if rows { remapped.uncorrectable } else { remapped.correctable }))
+        };
+        e.bare_counter(name, help, per_holder(series, &value));
     }
 }
 
 /// How a family's value is read from a GPU's reading.
 type ReadValue<'a> = dyn Fn(&GpuReading) -> Option<Value> + 'a;
+
+/// A dcgm-exporter family's series: one per holder that has a value.
+fn per_holder<'a, 'l>(
+    series: &'a [(&'a GpuReading, [&'l str; 2])],
+    value: &'a ReadValue<'a>,
+) -> impl Iterator<Item = (LabelParts<'l>, Value)> + 'a {
+    series.iter().filter_map(move |&(r, [g, p])| Some(([g, p, ""], value(r)?)))
+}
 
 /// A violation counter in microseconds, as dcgm-exporter reports it.
 fn violation_us(r: &GpuReading, policy: ViolationPolicy) -> Option<Value> {

@@ -19,11 +19,13 @@
 //!                            `------------------ OpenMetrics -------------'
 //! ```
 //!
-//! Gauge families go straight into the buffer, after room left for the
-//! counters. Counter samples go into a buffer of their own, each family
-//! behind its two headers (the formats differ only in how a counter's header
-//! names it), and are copied to both sides of the gauges at the end: every
-//! sample is written once.
+//! So the family code runs twice, in two passes over the same buffer: the
+//! first writes the counters, the second the gauges after them (in each
+//! pass the calls for the other kind return at once). The OpenMetrics
+//! counters are then copied from the text ones, each family behind its
+//! OpenMetrics header, itself copied from the sample before while the
+//! family is the same. Every sample is written once and copied at most
+//! once more.
 
 use std::ops::Range;
 
@@ -90,31 +92,26 @@ impl Value {
     }
 }
 
-/// One series of a stream, by length: its family's headers when it is the
-/// first (in a counter stream the text header, then the OpenMetrics one),
-/// its name and labels up to the value, and its value and newline.
+/// One series of a stream, by length: its family's header when it is the
+/// first, its name and labels up to the value, and its value and newline.
 #[derive(Clone, Copy, Debug)]
 pub(super) struct Line {
     key: SeriesKey,
     value: (bool, u64),
-    text_header: u32,
-    headers: u32,
+    header: u32,
     prefix: u32,
     value_len: u32,
 }
 
 impl Line {
     fn len(&self) -> usize {
-        (self.headers + self.prefix + self.value_len) as usize
+        (self.header + self.prefix + self.value_len) as usize
     }
 }
 
-/// Where a series landed in its stream: its headers, its OpenMetrics
-/// header, its sample, its end.
+/// Where a series' sample landed in the buffer, and where it ends.
 #[derive(Clone, Copy, Debug)]
 struct Placed {
-    start: usize,
-    openmetrics_header_at: usize,
     sample_at: usize,
     end: usize,
 }
@@ -145,12 +142,12 @@ impl<'r> Stream<'r> {
     }
 
     /// Writes a series. `prefix` writes it afresh up to its value and
-    /// returns where its OpenMetrics header and its sample begin.
+    /// returns where its sample begins (after its family's header).
     fn series(
         &mut self,
         (name, parts, first): (&'static str, LabelParts<'_>, bool),
         value: Value,
-        prefix: impl FnOnce(&mut Vec<u8>) -> [usize; 2],
+        prefix: impl FnOnce(&mut Vec<u8>) -> usize,
     ) -> Placed {
         let value_id = value.identity();
         let k = self.written;
@@ -160,7 +157,7 @@ impl<'r> Stream<'r> {
                 Some(old) if old.key.is(name, parts, first) => {
                     // `before`'s bytes from the run's start land at `out`'s end.
                     let start = self.out.len() + (self.before_at - self.run.start);
-                    let value_before = self.before_at + (old.headers + old.prefix) as usize;
+                    let value_before = self.before_at + (old.header + old.prefix) as usize;
                     let end_before = value_before + old.value_len as usize;
                     if old.value != value_id {
                         self.run.end = value_before;
@@ -174,12 +171,7 @@ impl<'r> Stream<'r> {
                         self.run.end = end_before;
                     }
                     self.before_at = end_before;
-                    return Placed {
-                        start,
-                        openmetrics_header_at: start + old.text_header as usize,
-                        sample_at: start + old.headers as usize,
-                        end: start + old.len(),
-                    };
+                    return Placed { sample_at: start + old.header as usize, end: start + old.len() };
                 }
                 _ => {
                     self.flush();
@@ -189,19 +181,18 @@ impl<'r> Stream<'r> {
             }
         }
         let start = self.out.len();
-        let [openmetrics_header_at, sample_at] = prefix(&mut self.out);
+        let sample_at = prefix(&mut self.out);
         let value_at = self.out.len();
         write_value(&mut self.out, value);
         let end = self.out.len();
         self.lines.push(Line {
             key: SeriesKey::new(name, parts, first),
             value: value_id,
-            text_header: (openmetrics_header_at - start) as u32,
-            headers: (sample_at - start) as u32,
+            header: (sample_at - start) as u32,
             prefix: (value_at - sample_at) as u32,
             value_len: (end - value_at) as u32,
         });
-        Placed { start, openmetrics_header_at, sample_at, end }
+        Placed { sample_at, end }
     }
 
     fn flush(&mut self) {
@@ -209,7 +200,15 @@ impl<'r> Stream<'r> {
         self.run = self.run.end..self.run.end;
     }
 
-    /// The stream's bytes; its lines are now this sample's.
+    /// Ends this stream, whose lines are now this sample's, and starts the
+    /// next one in the same buffer, after it, over `before` with `lines`.
+    fn restart(&mut self, lines: &'r mut Vec<Line>, before: &'r [u8]) {
+        self.flush();
+        self.lines.truncate(self.written);
+        *self = Stream::new(std::mem::take(&mut self.out), lines, before);
+    }
+
+    /// The buffer; the stream's lines are now this sample's.
     fn finish(mut self) -> Vec<u8> {
         self.flush();
         self.lines.truncate(self.written);
@@ -217,26 +216,38 @@ impl<'r> Stream<'r> {
     }
 }
 
-/// Where one counter family's headers and samples lie in the counter stream.
-#[derive(Debug)]
+/// One counter family: how its headers name it, and where its samples and
+/// its OpenMetrics header lie in the buffer.
+#[derive(Clone, Debug)]
 pub(super) struct CounterFamily {
-    text_header: Range<usize>,
-    openmetrics_header: Range<usize>,
+    name: &'static str,
+    help: &'static str,
+    openmetrics_kind: &'static str,
     samples: Range<usize>,
+    openmetrics_header: Range<usize>,
+}
+
+impl CounterFamily {
+    /// Whether `other`'s OpenMetrics header is this family's: the same
+    /// static strings, by address.
+    fn headed_as(&self, other: &CounterFamily) -> bool {
+        std::ptr::eq(self.name, other.name)
+            && std::ptr::eq(self.help, other.help)
+            && std::ptr::eq(self.openmetrics_kind, other.openmetrics_kind)
+    }
 }
 
 /// The buffers an encoder works in, kept by the renderer between samples.
 #[derive(Debug, Default)]
 pub(super) struct Buffers {
-    /// The last bodies' buffer: its gauges, from `gauges_at`, are the next
-    /// sample's gauges before.
+    /// The last bodies' buffer: its text counters (before its gauges) and
+    /// its gauges are the next sample's before.
     body_before: bytes::Bytes,
-    gauges_at: usize,
-    gauge_lines: Vec<Line>,
-    counters: Vec<u8>,
-    counters_before: Vec<u8>,
+    gauges_before: Range<usize>,
     counter_lines: Vec<Line>,
+    gauge_lines: Vec<Line>,
     families: Vec<CounterFamily>,
+    families_before: Vec<CounterFamily>,
 }
 
 impl Buffers {
@@ -246,45 +257,66 @@ impl Buffers {
         self.counter_lines.clear();
     }
 
-    /// Keeps the buffer just written for the next sample; returns the one
-    /// it kept before.
-    pub(super) fn keep(&mut self, body: bytes::Bytes, gauges_at: usize) -> bytes::Bytes {
-        self.gauges_at = gauges_at;
-        std::mem::swap(&mut self.counters, &mut self.counters_before);
+    /// Keeps the buffer just written, with where its gauges lie, for the
+    /// next sample; returns the one it kept before.
+    pub(super) fn keep(&mut self, body: bytes::Bytes, gauges: Range<usize>) -> bytes::Bytes {
+        self.gauges_before = gauges;
+        std::mem::swap(&mut self.families, &mut self.families_before);
         std::mem::replace(&mut self.body_before, body)
     }
+}
+
+/// Which kind of family a pass writes.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Pass {
+    Counters,
+    Gauges,
 }
 
 /// Writes the families of one sample. Every label part a series carries
 /// lives for `'l`, the kept label sets' borrow (or is static): a set built
 /// while encoding cannot be passed, so comparing addresses stays sound.
 pub(super) struct Encoder<'r, 'l> {
-    gauges: Stream<'r>,
-    counters: Stream<'r>,
-    /// Where the counter stream goes back at the end.
-    counters_home: &'r mut Vec<u8>,
+    pass: Pass,
+    stream: Stream<'r>,
+    /// The gauges' lines and bytes before, for the second pass.
+    gauges: Option<(&'r mut Vec<Line>, &'r [u8])>,
     families: &'r mut Vec<CounterFamily>,
+    families_before: &'r [CounterFamily],
+    body_before: &'r [u8],
     labels: std::marker::PhantomData<&'l str>,
 }
 
 impl<'r, 'l> Encoder<'r, 'l> {
-    /// An encoder writing into `body`, an empty buffer, after `room`
-    /// bytes for the text format's counters.
-    pub(super) fn new(mut body: Vec<u8>, room: usize, buffers: &'r mut Buffers) -> Self {
-        body.resize(room, 0);
-        let Buffers { body_before, gauges_at, gauge_lines, counters, counters_before, counter_lines, families } =
-            buffers;
-        let mut stream = std::mem::take(counters);
-        stream.clear();
-        stream.reserve(counters_before.len());
-        families.clear();
-        Self {
-            gauges: Stream::new(body, gauge_lines, &body_before[*gauges_at..]),
-            counters: Stream::new(stream, counter_lines, counters_before),
-            counters_home: counters,
-            families,
+    /// Writes a sample into `body`, an empty buffer: `families` writes
+    /// every family, and is called twice, for the counters and then for the
+    /// gauges.
+    pub(super) fn write(body: Vec<u8>, buffers: &'r mut Buffers, families: impl Fn(&mut Self)) -> Written {
+        let Buffers {
+            body_before,
+            gauges_before,
+            counter_lines,
+            gauge_lines,
+            families: counter_families,
+            families_before,
+        } = buffers;
+        counter_families.clear();
+        let mut e = Encoder {
+            pass: Pass::Counters,
+            stream: Stream::new(body, counter_lines, &body_before[..gauges_before.start]),
+            gauges: Some((gauge_lines, &body_before[gauges_before.clone()])),
+            families: counter_families,
+            families_before,
+            body_before,
             labels: std::marker::PhantomData,
+        };
+        families(&mut e);
+        if let Some((lines, before)) = e.gauges.take() {
+            e.stream.restart(lines, before);
+            e.pass = Pass::Gauges;
         }
+        families(&mut e);
+        e.finish()
     }
 
     /// Writes a gauge family; its header with its first series.
@@ -294,15 +326,18 @@ impl<'r, 'l> Encoder<'r, 'l> {
         help: &'static str,
         series: impl IntoIterator<Item = (LabelParts<'l>, Value)>,
     ) {
+        if self.pass != Pass::Gauges {
+            return;
+        }
         let mut first = true;
         for (parts, value) in series {
-            self.gauges.series((name, parts, first), value, |out| {
+            self.stream.series((name, parts, first), value, |out| {
                 if first {
                     header(out, [name, ""], help, "gauge");
                 }
                 let at = out.len();
                 sample_prefix(out, [name, ""], parts);
-                [at, at]
+                at
             });
             first = false;
         }
@@ -341,28 +376,29 @@ impl<'r, 'l> Encoder<'r, 'l> {
         openmetrics_kind: &'static str,
         series: impl IntoIterator<Item = (LabelParts<'l>, Value)>,
     ) {
+        if self.pass != Pass::Counters {
+            return;
+        }
         let mut first = true;
         for (parts, value) in series {
-            let line = self.counters.series((name, parts, first), value, |out| {
+            let placed = self.stream.series((name, parts, first), value, |out| {
                 if first {
                     header(out, [name, suffix], help, "counter");
                 }
-                let openmetrics_header_at = out.len();
-                if first {
-                    header(out, [name, ""], help, openmetrics_kind);
-                }
-                let sample_at = out.len();
+                let at = out.len();
                 sample_prefix(out, [name, suffix], parts);
-                [openmetrics_header_at, sample_at]
+                at
             });
             if first {
                 self.families.push(CounterFamily {
-                    text_header: line.start..line.openmetrics_header_at,
-                    openmetrics_header: line.openmetrics_header_at..line.sample_at,
-                    samples: line.sample_at..line.end,
+                    name,
+                    help,
+                    openmetrics_kind,
+                    samples: placed.sample_at..placed.end,
+                    openmetrics_header: 0..0,
                 });
             } else if let Some(family) = self.families.last_mut() {
-                family.samples.end = line.end;
+                family.samples.end = placed.end;
             }
             first = false;
         }
@@ -370,36 +406,24 @@ impl<'r, 'l> Encoder<'r, 'l> {
 
     /// The buffer, with where the text and OpenMetrics bodies and the
     /// gauges lie in it.
-    pub(super) fn finish(self) -> Written {
-        let Encoder { gauges, counters, counters_home, families, .. } = self;
-        let mut room = gauges.start;
-        let mut body = gauges.finish();
-        let counters = counters.finish();
-        let text_counters: usize = families.iter().map(|f| f.text_header.len() + f.samples.len()).sum();
-        if text_counters > room {
-            // More counters than last time: move the gauges up.
-            let more = text_counters - room;
-            let end = body.len();
-            body.resize(end + more, 0);
-            body.copy_within(room..end, room + more);
-            room += more;
-        }
-        let gauges_end = body.len();
-        let mut at = room - text_counters;
-        let text_start = at;
-        for family in families.iter() {
-            for part in [&family.text_header, &family.samples] {
-                body[at..at + part.len()].copy_from_slice(&counters[part.clone()]);
-                at += part.len();
+    fn finish(self) -> Written {
+        let Encoder { stream, families, families_before, body_before, .. } = self;
+        let gauges_at = stream.start;
+        let mut body = stream.finish();
+        let gauges = gauges_at..body.len();
+        for (i, family) in families.iter_mut().enumerate() {
+            let at = body.len();
+            match families_before.get(i) {
+                Some(before) if before.headed_as(family) => {
+                    body.extend_from_slice(&body_before[before.openmetrics_header.clone()]);
+                }
+                _ => header(&mut body, [family.name, ""], family.help, family.openmetrics_kind),
             }
-        }
-        for family in families.iter() {
-            body.extend_from_slice(&counters[family.openmetrics_header.clone()]);
-            body.extend_from_slice(&counters[family.samples.clone()]);
+            family.openmetrics_header = at..body.len();
+            body.extend_from_within(family.samples.clone());
         }
         body.extend_from_slice(b"# EOF\n");
-        *counters_home = counters;
-        Written { text: text_start..gauges_end, openmetrics: room..body.len(), gauges_at: room, text_counters, body }
+        Written { text: 0..gauges.end, openmetrics: gauges.start..body.len(), gauges, body }
     }
 }
 
@@ -408,11 +432,8 @@ pub(super) struct Written {
     pub body: Vec<u8>,
     pub text: Range<usize>,
     pub openmetrics: Range<usize>,
-    /// Where the gauges begin, the end of the room for the text format's
-    /// counters.
-    pub gauges_at: usize,
-    /// The text format's counters' length: the room the next sample leaves.
-    pub text_counters: usize,
+    /// Where the gauges lie: after the text format's counters.
+    pub gauges: Range<usize>,
 }
 
 /// `# HELP` and `# TYPE` of a family whose name is written in two parts (a
