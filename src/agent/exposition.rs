@@ -15,15 +15,16 @@ use http::HeaderValue;
 
 mod encoder;
 mod labels;
+mod value;
 
-#[cfg(test)]
-use encoder::write_f64;
 use encoder::{Buffers, Encoder, LabelParts};
 use labels::{Labels, PerGpuSets};
+#[cfg(test)]
+use value::{write_f64, write_u64};
 
 use super::sample::SampleData;
 use crate::attribution::{PodGpuUsage, Sharing};
-use crate::gpu::{ClockEventReason, GpuCall, GpuReading, MigDevice, ViolationPolicy};
+use crate::gpu::{ClockEventReason, GpuCall, GpuReading, HealthReading, MigDevice, ViolationPolicy};
 
 /// `Content-Type` of the text format.
 pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -151,6 +152,10 @@ pub struct Renderer {
     lent: Vec<Bytes>,
     labels: Labels,
     buffers: Buffers,
+    /// What the steady families were written from, this sample and the one
+    /// before.
+    steady: Steady,
+    steady_before: Steady,
 }
 
 /// How many buffers of earlier samples the renderer waits for; beyond
@@ -174,8 +179,14 @@ impl Renderer {
         let estimate = 64 + data.gpus.len() * 3200 + data.usages.len() * 1200;
         let mut body = self.spare.take().unwrap_or_default();
         body.reserve(self.body_len.max(estimate));
-        let holders = Holders::of(data, &self.labels, names);
-        let written = Encoder::write(body, &mut self.buffers, |e| encode(e, data, &self.labels, &holders, names));
+        std::mem::swap(&mut self.steady, &mut self.steady_before);
+        self.steady.fill(data, names);
+        let unchanged = self.steady == self.steady_before;
+        let (labels, steady) = (&self.labels, &self.steady);
+        let holders = Holders::of(data, labels, steady, names);
+        let written = Encoder::write(body, &mut self.buffers, |e| {
+            encode(e, Sample { data, labels, holders: &holders, steady, unchanged }, names)
+        });
         self.body_len = written.body.len();
         let body = Bytes::from(written.body);
         let bodies = (body.slice(written.text), body.slice(written.openmetrics));
@@ -252,6 +263,85 @@ fn mig_series<'l>(
     series
 }
 
+/// What the steady families are written from: each GPU's identity, clock
+/// events and health (read every 30 s or so), and the agent's error counts,
+/// which seldom change. While it is what the sample before's was, the
+/// encoder copies those families whole (see [`Encoder::steady`]), so they
+/// are written from it alone.
+#[derive(Clone, Debug, Default, PartialEq)]
+struct Steady {
+    names: Option<MetricNames>,
+    gpus: Vec<SteadyGpu>,
+    gpu_errors: [u64; GpuCall::ALL.len()],
+    gpu_read_timeouts: u64,
+    pod_resources_errors: u64,
+}
+
+/// One GPU, as the steady families read it.
+#[derive(Clone, Copy, Debug, PartialEq)]
+struct SteadyGpu {
+    /// The usage of the one container holding the whole GPU exclusively,
+    /// whose pod labels its series carry.
+    holder: Option<usize>,
+    up: bool,
+    memory_total_bytes: Option<u64>,
+    clock_events: Option<u64>,
+    health: HealthReading,
+}
+
+impl Steady {
+    /// Makes this what `data`'s steady families are written from.
+    fn fill(&mut self, data: &SampleData, names: MetricNames) {
+        self.names = Some(names);
+        self.gpus.clear();
+        self.gpus.extend(data.gpus.iter().enumerate().map(|(i, g)| {
+            let mut holders = data.usages.iter().enumerate().filter(|(_, u)| u.gpu == i && u.mig.is_none());
+            let holder = match (holders.next(), holders.next()) {
+                (Some((k, only)), None) if only.sharing == Sharing::Exclusive => Some(k),
+                _ => None,
+            };
+            SteadyGpu {
+                holder,
+                up: g.up,
+                memory_total_bytes: g.reading.memory_total_bytes,
+                clock_events: g.reading.clock_events,
+                health: g.reading.health,
+            }
+        }));
+        self.gpu_errors = data.counters.gpu_errors;
+        self.gpu_read_timeouts = data.counters.gpu_read_timeouts;
+        self.pod_resources_errors = data.counters.pod_resources_errors;
+    }
+
+    /// The GPUs that answered, each with its index and its native label
+    /// parts.
+    fn up<'s, 'l>(&'s self, labels: &'l Labels) -> impl Iterator<Item = (usize, &'s SteadyGpu, [&'l str; 2])> + 's
+    where
+        'l: 's,
+    {
+        self.gpus.iter().enumerate().filter(|(_, g)| g.up).map(move |(i, g)| (i, g, g.device(labels, i)))
+    }
+}
+
+impl SteadyGpu {
+    /// GPU `i`'s native label parts: its set, and its holder's.
+    fn device<'l>(&self, labels: &'l Labels, i: usize) -> [&'l str; 2] {
+        [labels.gpus.get(i), self.holder.map_or("", |k| labels.pods.get(k))]
+    }
+}
+
+/// A sample as the family code reads it, in both of the encoder's passes.
+#[derive(Clone, Copy)]
+struct Sample<'a, 'l> {
+    data: &'a SampleData,
+    labels: &'l Labels,
+    holders: &'a Holders<'a, 'l>,
+    steady: &'a Steady,
+    /// `steady` is what the sample before's steady families were written
+    /// from.
+    unchanged: bool,
+}
+
 /// Who holds each GPU, as the families label it: worked out once a sample,
 /// for both of the encoder's passes.
 struct Holders<'d, 'l> {
@@ -265,18 +355,11 @@ struct Holders<'d, 'l> {
 }
 
 impl<'d, 'l> Holders<'d, 'l> {
-    fn of(data: &'d SampleData, labels: &'l Labels, names: MetricNames) -> Self {
+    fn of(data: &'d SampleData, labels: &'l Labels, steady: &Steady, names: MetricNames) -> Self {
         let pods = &labels.pods;
         let mut device = Vec::new();
         if names.native() {
-            let gpus = &labels.gpus;
-            device.extend((0..data.gpus.len()).map(|i| {
-                let mut holders = data.usages.iter().enumerate().filter(|(_, u)| u.gpu == i && u.mig.is_none());
-                match (holders.next(), holders.next()) {
-                    (Some((k, only)), None) if only.sharing == Sharing::Exclusive => [gpus.get(i), pods.get(k)],
-                    _ => [gpus.get(i), ""],
-                }
-            }));
+            device.extend(steady.gpus.iter().enumerate().map(|(i, g)| g.device(labels, i)));
         }
         let mut dcgm = Vec::new();
         if names.dcgm() {
@@ -297,20 +380,14 @@ impl<'d, 'l> Holders<'d, 'l> {
 }
 
 /// Writes every family of a sample.
-fn encode<'l>(
-    e: &mut Encoder<'_, 'l>,
-    data: &SampleData,
-    labels: &'l Labels,
-    holders: &Holders<'_, 'l>,
-    names: MetricNames,
-) {
+fn encode<'l>(e: &mut Encoder<'_, 'l>, sample: Sample<'_, 'l>, names: MetricNames) {
+    let Sample { data, labels, holders, .. } = sample;
     if names.native() {
-        native_families(e, data, labels, &holders.device);
+        native_families(e, sample);
     }
     if names.dcgm() {
         dcgm_families(e, data, labels, &holders.dcgm);
     }
-
     // The agent's own state, labelled with its node like every GPU series.
     let own = labels.own.as_str();
     let version = concat!("version=\"", env!("CARGO_PKG_VERSION"), "\"");
@@ -340,21 +417,7 @@ fn encode<'l>(
     let c = &data.counters;
     let n = Value::U64;
     e.counter("kube_gpu_metrics_samples", "Sample passes finished", [([own, "", ""], n(c.samples))]);
-    e.counter(
-        "kube_gpu_metrics_nvml_errors",
-        "Failed NVML calls, by call (not-supported answers are not errors)",
-        GpuCall::ALL.iter().zip(c.gpu_errors).map(|(call, count)| ([own, "", call.label()], n(count))),
-    );
-    e.counter(
-        "kube_gpu_metrics_gpu_read_timeouts",
-        "GPU reads that missed their deadline; the GPU is reported down for that sample",
-        [([own, "", ""], n(c.gpu_read_timeouts))],
-    );
-    e.counter(
-        "kube_gpu_metrics_pod_resources_errors",
-        "Failed kubelet PodResources calls",
-        [([own, "", ""], n(c.pod_resources_errors))],
-    );
+    e.steady(sample.unchanged, |e| agent_error_families(e, own, sample.steady));
     e.counter(
         "kube_gpu_metrics_scrapes",
         "Scrapes of /metrics, by format, as of this sample",
@@ -365,24 +428,57 @@ fn encode<'l>(
     );
 }
 
-/// The `nvidia_gpu_*` families; `device` holds each GPU's label parts.
-fn native_families<'l>(e: &mut Encoder<'_, 'l>, data: &SampleData, labels: &'l Labels, device: &[[&'l str; 2]]) {
+/// The agent's error counters, from `steady` alone.
+fn agent_error_families<'l>(e: &mut Encoder<'_, 'l>, own: &'l str, steady: &Steady) {
+    let n = Value::U64;
+    e.counter(
+        "kube_gpu_metrics_nvml_errors",
+        "Failed NVML calls, by call (not-supported answers are not errors)",
+        GpuCall::ALL.iter().zip(steady.gpu_errors).map(|(call, count)| ([own, "", call.label()], n(count))),
+    );
+    e.counter(
+        "kube_gpu_metrics_gpu_read_timeouts",
+        "GPU reads that missed their deadline; the GPU is reported down for that sample",
+        [([own, "", ""], n(steady.gpu_read_timeouts))],
+    );
+    e.counter(
+        "kube_gpu_metrics_pod_resources_errors",
+        "Failed kubelet PodResources calls",
+        [([own, "", ""], n(steady.pod_resources_errors))],
+    );
+}
+
+/// The families of what a GPU is, from `steady` alone.
+fn identity_families<'l>(e: &mut Encoder<'_, 'l>, labels: &'l Labels, steady: &Steady) {
+    let gpus = || steady.gpus.iter().enumerate().map(|(i, g)| (i, g, g.device(labels, i)));
+    let info = &labels.info;
+    e.gauge(
+        "nvidia_gpu_info",
+        "GPU identity, 1 for every GPU the agent found, with its PCI bus ID and the driver and CUDA versions",
+        gpus().map(|(i, _, [gl, p])| ([gl, p, info.get(i)], Value::U64(1))),
+    );
+    e.gauge(
+        "nvidia_gpu_up",
+        "1 when the GPU answered this sample, 0 when it stopped answering",
+        gpus().map(|(_, g, [gl, p])| ([gl, p, ""], Value::U64(u64::from(g.up)))),
+    );
+    e.gauge(
+        "nvidia_gpu_memory_total_bytes",
+        "Device memory in total",
+        steady.up(labels).filter_map(|(_, g, [gl, p])| Some(([gl, p, ""], Value::U64(g.memory_total_bytes?)))),
+    );
+}
+
+/// The `nvidia_gpu_*` families.
+fn native_families<'l>(e: &mut Encoder<'_, 'l>, sample: Sample<'_, 'l>) {
+    let Sample { data, labels, holders, steady, unchanged } = sample;
+    let device = holders.device.as_slice();
     let (gpus, pods) = (&labels.gpus, &labels.pods);
     let up = || data.gpus.iter().zip(device).filter(|(g, _)| g.up);
     let f = |v: Option<f64>| v.map(Value::F64);
     let u = |v: Option<u64>| v.map(Value::U64);
 
-    let info = &labels.info;
-    e.gauge(
-        "nvidia_gpu_info",
-        "GPU identity, 1 for every GPU the agent found, with its PCI bus ID and the driver and CUDA versions",
-        device.iter().enumerate().map(|(i, &[g, p])| ([g, p, info.get(i)], Value::U64(1))),
-    );
-    e.gauge(
-        "nvidia_gpu_up",
-        "1 when the GPU answered this sample, 0 when it stopped answering",
-        data.gpus.iter().zip(device).map(|(g, &[gl, p])| ([gl, p, ""], Value::U64(u64::from(g.up)))),
-    );
+    e.steady(unchanged, |e| identity_families(e, labels, steady));
     e.gauge(
         "nvidia_gpu_utilization_percent",
         "Percent of time a kernel ran on the GPU over the driver's sample period",
@@ -397,11 +493,6 @@ fn native_families<'l>(e: &mut Encoder<'_, 'l>, data: &SampleData, labels: &'l L
         "nvidia_gpu_memory_used_bytes",
         "Device memory in use",
         up().filter_map(|(g, &[gl, p])| Some(([gl, p, ""], u(g.reading.memory_used_bytes)?))),
-    );
-    e.gauge(
-        "nvidia_gpu_memory_total_bytes",
-        "Device memory in total",
-        up().filter_map(|(g, &[gl, p])| Some(([gl, p, ""], u(g.reading.memory_total_bytes)?))),
     );
     e.gauge(
         "nvidia_gpu_temperature_celsius",
@@ -419,6 +510,7 @@ fn native_families<'l>(e: &mut Encoder<'_, 'l>, data: &SampleData, labels: &'l L
         up().filter_map(|(g, &[gl, p])| Some(([gl, p, ""], f(g.reading.sm_clock_hertz)?))),
     );
     telemetry_families(e, data, labels, device);
+    e.steady(unchanged, |e| health_families(e, labels, steady));
     let migs = &labels.migs;
     e.gauge(
         "nvidia_gpu_mig_memory_used_bytes",
@@ -501,7 +593,6 @@ fn telemetry_families<'l>(e: &mut Encoder<'_, 'l>, data: &SampleData, labels: &'
     };
     let f = |v: Option<f64>| v.map(Value::F64);
     let u = |v: Option<u64>| v.map(Value::U64);
-    let flag = |v: bool| Value::U64(u64::from(v));
     gauge(e, "nvidia_gpu_memory_clock_hertz", "Current memory clock", &|r| f(r.memory_clock_hertz));
     gauge(e, "nvidia_gpu_memory_temperature_celsius", "Memory (HBM) temperature", &|r| f(r.memory_temperature_celsius));
     gauge(e, "nvidia_gpu_pcie_transmit_bytes_per_second", "PCIe transmit throughput (NVML's 20 ms window)", &|r| {
@@ -523,14 +614,6 @@ fn telemetry_families<'l>(e: &mut Encoder<'_, 'l>, data: &SampleData, labels: &'
         r.performance_state.map(|p| Value::U64(u64::from(p)))
     });
     gauge(e, "nvidia_gpu_memory_reserved_bytes", "Device memory the driver reserves", &|r| u(r.memory_reserved_bytes));
-    gauge(e, "nvidia_gpu_power_limit_watts", "Enforced power limit", &|r| f(r.health.power_limit_watts));
-    e.gauge(
-        "nvidia_gpu_clock_event_active",
-        "1 while a clock-event (throttle) reason holds clocks back, by reason",
-        up().filter_map(|(g, d)| Some((g.reading.clock_events?, d))).flat_map(|(mask, &[gl, p])| {
-            ClockEventReason::ALL.iter().map(move |r| ([gl, p, r.label()], flag(mask & r.bit() != 0)))
-        }),
-    );
     e.counter(
         "nvidia_gpu_clock_event_violation_seconds",
         "Time clocks were held back by a policy since the driver loaded, by reason",
@@ -559,10 +642,30 @@ fn telemetry_families<'l>(e: &mut Encoder<'_, 'l>, data: &SampleData, labels: &'
         "PCIe replays (retries) since the driver loaded",
         up().filter_map(|(g, &[gl, p])| Some(([gl, p, ""], Value::U64(g.reading.pcie_replays?)))),
     );
+}
+
+/// The families of a GPU's clock events and health, from `steady` alone.
+fn health_families<'l>(e: &mut Encoder<'_, 'l>, labels: &'l Labels, steady: &Steady) {
+    let up = || steady.up(labels);
+    let flag = |v: bool| Value::U64(u64::from(v));
+    let gauge = |e: &mut Encoder<'_, 'l>,
+                 name: &'static str,
+                 help: &'static str,
+                 value: &dyn Fn(&HealthReading) -> Option<Value>| {
+        e.gauge(name, help, up().filter_map(|(_, g, [gl, p])| Some(([gl, p, ""], value(&g.health)?))));
+    };
+    e.gauge(
+        "nvidia_gpu_clock_event_active",
+        "1 while a clock-event (throttle) reason holds clocks back, by reason",
+        up().filter_map(|(_, g, d)| Some((g.clock_events?, d))).flat_map(|(mask, [gl, p])| {
+            ClockEventReason::ALL.iter().map(move |r| ([gl, p, r.label()], flag(mask & r.bit() != 0)))
+        }),
+    );
+    gauge(e, "nvidia_gpu_power_limit_watts", "Enforced power limit", &|h| h.power_limit_watts.map(Value::F64));
     e.counter(
         "nvidia_gpu_ecc_errors",
         "ECC errors while ECC is on: corrected or uncorrected, since the driver loaded (volatile) or over the board's life (aggregate)",
-        up().filter_map(|(g, d)| Some((g.reading.health.ecc?, d))).flat_map(|(ecc, &[gl, p])| {
+        up().filter_map(|(_, g, d)| Some((g.health.ecc?, d))).flat_map(|(ecc, [gl, p])| {
             [
                 ("error=\"corrected\",counter=\"volatile\"", ecc.corrected_volatile),
                 ("error=\"uncorrected\",counter=\"volatile\"", ecc.uncorrected_volatile),
@@ -576,27 +679,27 @@ fn telemetry_families<'l>(e: &mut Encoder<'_, 'l>, data: &SampleData, labels: &'
     e.counter(
         "nvidia_gpu_remapped_rows",
         "Memory rows remapped, by the error that caused it",
-        up().filter_map(|(g, d)| Some((g.reading.health.remapped_rows?, d))).flat_map(|(rows, &[gl, p])| {
+        up().filter_map(|(_, g, d)| Some((g.health.remapped_rows?, d))).flat_map(|(rows, [gl, p])| {
             [("error=\"correctable\"", rows.correctable), ("error=\"uncorrectable\"", rows.uncorrectable)]
                 .map(|(own, v)| ([gl, p, own], Value::U64(v)))
         }),
     );
-    gauge(e, "nvidia_gpu_remapped_rows_pending", "1 while a row remapping waits for a GPU reset", &|r| {
-        Some(flag(r.health.remapped_rows?.pending))
+    gauge(e, "nvidia_gpu_remapped_rows_pending", "1 while a row remapping waits for a GPU reset", &|h| {
+        Some(flag(h.remapped_rows?.pending))
     });
-    gauge(e, "nvidia_gpu_remapped_rows_failed", "1 when a row remapping failed: the GPU needs service", &|r| {
-        Some(flag(r.health.remapped_rows?.failure))
+    gauge(e, "nvidia_gpu_remapped_rows_failed", "1 when a row remapping failed: the GPU needs service", &|h| {
+        Some(flag(h.remapped_rows?.failure))
     });
     e.gauge(
         "nvidia_gpu_retired_pages",
         "Memory pages retired, by cause",
-        up().filter_map(|(g, d)| Some((g.reading.health.retired_pages?, d))).flat_map(|(pages, &[gl, p])| {
+        up().filter_map(|(_, g, d)| Some((g.health.retired_pages?, d))).flat_map(|(pages, [gl, p])| {
             [("cause=\"single_bit_ecc\"", pages.single_bit), ("cause=\"double_bit_ecc\"", pages.double_bit)]
                 .map(|(own, v)| ([gl, p, own], Value::U64(v)))
         }),
     );
-    gauge(e, "nvidia_gpu_retired_pages_pending", "1 while pages wait to be retired at the next reset", &|r| {
-        Some(flag(r.health.retired_pages?.pending?))
+    gauge(e, "nvidia_gpu_retired_pages_pending", "1 while pages wait to be retired at the next reset", &|h| {
+        Some(flag(h.retired_pages?.pending?))
     });
 }
 

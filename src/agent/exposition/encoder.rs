@@ -11,6 +11,11 @@
 //! rebuilt them, and then nothing of the sample before is compared. A series
 //! that does not match, and every series after it, is written afresh.
 //!
+//! Families that seldom change can go further: written as a steady group
+//! ([`Encoder::steady`]) from inputs the caller compares with the sample
+//! before's, the group is copied whole while they are unchanged, without
+//! walking its series.
+//!
 //! Both bodies lie in one buffer, sharing their gauges:
 //!
 //! ```text
@@ -30,6 +35,7 @@
 use std::ops::Range;
 
 use super::Value;
+use super::value::write_value;
 
 /// A series' labels as three pre-rendered parts, written comma-joined: the
 /// GPU's (or the agent's) set, the pod's set, and one that tells this series
@@ -195,6 +201,19 @@ impl<'r> Stream<'r> {
         Placed { sample_at, end }
     }
 
+    /// Where the next series' bytes land, from the stream's start.
+    fn position(&self) -> usize {
+        self.out.len() + (self.before_at - self.run.start) - self.start
+    }
+
+    /// Takes the next `lines` series of the sample before, `bytes` long,
+    /// as they were: they join the run to be copied.
+    fn take_unchanged(&mut self, lines: usize, bytes: usize) {
+        self.written += lines;
+        self.before_at += bytes;
+        self.run.end = self.before_at;
+    }
+
     fn flush(&mut self) {
         self.out.extend_from_slice(&self.before[self.run.clone()]);
         self.run = self.run.end..self.run.end;
@@ -248,6 +267,18 @@ pub(super) struct Buffers {
     gauge_lines: Vec<Line>,
     families: Vec<CounterFamily>,
     families_before: Vec<CounterFamily>,
+    /// The steady groups written, per pass, this sample and the one before.
+    groups: [Vec<Group>; 2],
+    groups_before: [Vec<Group>; 2],
+}
+
+/// Where a group of steady families lay in its pass's stream: its series,
+/// its bytes (from the stream's start) and its counter families.
+#[derive(Clone, Debug)]
+struct Group {
+    lines: Range<usize>,
+    bytes: Range<usize>,
+    families: Range<usize>,
 }
 
 impl Buffers {
@@ -255,6 +286,7 @@ impl Buffers {
     pub(super) fn forget(&mut self) {
         self.gauge_lines.clear();
         self.counter_lines.clear();
+        self.groups_before.iter_mut().for_each(Vec::clear);
     }
 
     /// Keeps the buffer just written, with where its gauges lie, for the
@@ -262,6 +294,7 @@ impl Buffers {
     pub(super) fn keep(&mut self, body: bytes::Bytes, gauges: Range<usize>) -> bytes::Bytes {
         self.gauges_before = gauges;
         std::mem::swap(&mut self.families, &mut self.families_before);
+        std::mem::swap(&mut self.groups, &mut self.groups_before);
         std::mem::replace(&mut self.body_before, body)
     }
 }
@@ -269,8 +302,8 @@ impl Buffers {
 /// Which kind of family a pass writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Pass {
-    Counters,
-    Gauges,
+    Counters = 0,
+    Gauges = 1,
 }
 
 /// Writes the families of one sample. Every label part a series carries
@@ -283,6 +316,8 @@ pub(super) struct Encoder<'r, 'l> {
     gauges: Option<(&'r mut Vec<Line>, &'r [u8])>,
     families: &'r mut Vec<CounterFamily>,
     families_before: &'r [CounterFamily],
+    groups: &'r mut [Vec<Group>; 2],
+    groups_before: &'r [Vec<Group>; 2],
     body_before: &'r [u8],
     labels: std::marker::PhantomData<&'l str>,
 }
@@ -299,14 +334,19 @@ impl<'r, 'l> Encoder<'r, 'l> {
             gauge_lines,
             families: counter_families,
             families_before,
+            groups,
+            groups_before,
         } = buffers;
         counter_families.clear();
+        groups.iter_mut().for_each(Vec::clear);
         let mut e = Encoder {
             pass: Pass::Counters,
             stream: Stream::new(body, counter_lines, &body_before[..gauges_before.start]),
             gauges: Some((gauge_lines, &body_before[gauges_before.clone()])),
             families: counter_families,
             families_before,
+            groups,
+            groups_before,
             body_before,
             labels: std::marker::PhantomData,
         };
@@ -317,6 +357,42 @@ impl<'r, 'l> Encoder<'r, 'l> {
         }
         families(&mut e);
         e.finish()
+    }
+
+    /// Writes the families `write` writes, a group of families that seldom
+    /// change. `unchanged` says that what they are written from is what the
+    /// sample before wrote them from (the label sets being kept, as every
+    /// part is). Then, while every series so far matched and the group
+    /// begins where it began before, its bytes are those it had: they are
+    /// copied as one run, and its series are not walked.
+    pub(super) fn steady(&mut self, unchanged: bool, write: impl FnOnce(&mut Self)) {
+        let pass = self.pass as usize;
+        let s = &self.stream;
+        let (lines_at, bytes_at, families_at) = (s.written, s.position(), self.families.len());
+        let before = self.groups_before[pass].get(self.groups[pass].len()).filter(|b| {
+            unchanged
+                && s.matching
+                && b.lines.start == lines_at
+                && b.bytes.start == bytes_at
+                && b.lines.end <= s.lines.len()
+                && b.bytes.end <= s.before.len()
+        });
+        match before {
+            Some(before) => {
+                self.stream.take_unchanged(before.lines.len(), before.bytes.len());
+                // The group begins where it began, and so does its stream
+                // (the counters' begins the buffer), so its counter
+                // families' samples lie where they lay.
+                self.families.extend_from_slice(&self.families_before[before.families.clone()]);
+            }
+            None => write(self),
+        }
+        let s = &self.stream;
+        self.groups[pass].push(Group {
+            lines: lines_at..s.written,
+            bytes: bytes_at..s.position(),
+            families: families_at..self.families.len(),
+        });
     }
 
     /// Writes a gauge family; its header with its first series.
@@ -466,53 +542,4 @@ fn sample_prefix(out: &mut Vec<u8>, [name, suffix]: [&str; 2], [gpu, pod, own]: 
         out.push(b'}');
     }
     out.push(b' ');
-}
-
-/// A sample's value and the newline that ends it.
-fn write_value(out: &mut Vec<u8>, value: Value) {
-    match value {
-        Value::F64(v) => write_f64(out, v),
-        Value::U64(v) => out.extend_from_slice(itoa::Buffer::new().format(v).as_bytes()),
-    }
-    out.push(b'\n');
-}
-
-/// Writes `v` as dtoa writes it (the shortest text that reads back as `v`),
-/// taking a fast path for the values GPUs mostly have.
-pub(super) fn write_f64(out: &mut Vec<u8>, v: f64) {
-    // Whole numbers: itoa plus ".0", several times faster than dtoa.
-    // (The cast and compare are two instructions; `fract` is a call.)
-    if v.abs() < 1e15 && (v as i64) as f64 == v {
-        out.extend_from_slice(itoa::Buffer::new().format(v as i64).as_bytes());
-        out.extend_from_slice(b".0");
-        return;
-    }
-    // Up to three decimals (watts, percents, joules from millijoules): the
-    // exact decimal is the shortest text for `v`, since below 1e12 doubles
-    // lie closer together than half a thousandth, so no shorter decimal
-    // reads back as `v`.
-    let thousandths = v * 1000.0;
-    if v.abs() < 1e12 && thousandths == thousandths.round() && thousandths / 1000.0 == v {
-        let n = thousandths as i64;
-        if n < 0 {
-            out.push(b'-');
-        }
-        let n = n.unsigned_abs();
-        out.extend_from_slice(itoa::Buffer::new().format(n / 1000).as_bytes());
-        let mut fraction = n % 1000;
-        let mut digits = [b'0'; 4];
-        digits[0] = b'.';
-        let mut len = 4;
-        while fraction.is_multiple_of(10) {
-            fraction /= 10;
-            len -= 1;
-        }
-        for slot in digits[1..len].iter_mut().rev() {
-            *slot = b'0' + (fraction % 10) as u8;
-            fraction /= 10;
-        }
-        out.extend_from_slice(&digits[..len]);
-        return;
-    }
-    out.extend_from_slice(dtoa::Buffer::new().format(v).as_bytes());
 }

@@ -7,6 +7,7 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
+use super::encoder::Buffers;
 use super::*;
 use crate::agent::ledger::PodAccount;
 use crate::agent::sample::{GpuState, Readiness};
@@ -193,6 +194,12 @@ fn reference_openmetrics(data: &SampleData) -> String {
     let field_i = |f: &dyn Fn(&GpuReading) -> Option<u64>| -> Vec<(Labels, i64)> {
         up.iter().filter_map(|&i| Some((device[i].clone(), f(&data.gpus[i].reading)? as i64))).collect()
     };
+    gauge_i(
+        &mut registry,
+        "nvidia_gpu_memory_total_bytes",
+        "Device memory in total",
+        field_i(&|r| r.memory_total_bytes),
+    );
     gauge_f(
         &mut registry,
         "nvidia_gpu_utilization_percent",
@@ -206,12 +213,6 @@ fn reference_openmetrics(data: &SampleData) -> String {
         field(&|r| r.memory_utilization_percent),
     );
     gauge_i(&mut registry, "nvidia_gpu_memory_used_bytes", "Device memory in use", field_i(&|r| r.memory_used_bytes));
-    gauge_i(
-        &mut registry,
-        "nvidia_gpu_memory_total_bytes",
-        "Device memory in total",
-        field_i(&|r| r.memory_total_bytes),
-    );
     gauge_f(&mut registry, "nvidia_gpu_temperature_celsius", "GPU core temperature", field(&|r| r.temperature_celsius));
     gauge_f(&mut registry, "nvidia_gpu_power_watts", "Board power draw", field(&|r| r.power_watts));
     gauge_f(&mut registry, "nvidia_gpu_sm_clock_hertz", "Current SM clock", field(&|r| r.sm_clock_hertz));
@@ -264,12 +265,6 @@ fn reference_openmetrics(data: &SampleData) -> String {
         "Device memory the driver reserves",
         field_i(&|r| r.memory_reserved_bytes),
     );
-    gauge_f(
-        &mut registry,
-        "nvidia_gpu_power_limit_watts",
-        "Enforced power limit",
-        field(&|r| r.health.power_limit_watts),
-    );
     let with = |i: usize, pairs: &[(&str, &str)]| -> Labels {
         let mut l = device[i].clone();
         l.extend(labels(pairs));
@@ -287,6 +282,12 @@ fn reference_openmetrics(data: &SampleData) -> String {
                     .map(move |r| (with(i, &[("reason", r.as_str())]), i64::from(mask & r.bit() != 0)))
             })
             .collect(),
+    );
+    gauge_f(
+        &mut registry,
+        "nvidia_gpu_power_limit_watts",
+        "Enforced power limit",
+        field(&|r| r.health.power_limit_watts),
     );
     gauge_i(
         &mut registry,
@@ -815,6 +816,33 @@ proptest::proptest! {
             }
         }
     }
+
+    #[test]
+    fn integers_are_written_as_itoa_writes_them(n: u64, digits in 0u32..20) {
+        // Any integer, and each length's first, last and a middle one.
+        let first = 10u64.pow(digits);
+        for n in [n, n >> (n % 64), first, first.saturating_mul(10) - 1, first.saturating_add(n % first)] {
+            let mut out = b"prefix ".to_vec();
+            super::write_u64(&mut out, n);
+            proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), format!("prefix {}", itoa::Buffer::new().format(n)));
+            // Whole floats, signed, take the integer path.
+            let whole = (n % 999_999_999_999_999) as f64 * if n % 2 == 0 { 1.0 } else { -1.0 };
+            if whole != 0.0 {
+                let mut out = Vec::new();
+                super::write_f64(&mut out, whole);
+                proptest::prop_assert_eq!(String::from_utf8(out).unwrap(), dtoa::Buffer::new().format(whole).to_string());
+            }
+        }
+    }
+}
+
+#[test]
+fn integer_bounds_are_written_whole() {
+    for (n, text) in [(0, "0"), (9, "9"), (10, "10"), (99, "99"), (100, "100"), (u64::MAX, "18446744073709551615")] {
+        let mut out = Vec::new();
+        super::write_u64(&mut out, n);
+        assert_eq!(String::from_utf8(out).unwrap(), text);
+    }
 }
 
 #[test]
@@ -893,6 +921,24 @@ fn changed_sample(values: u32, changes: u16) -> SampleData {
     if changes & 1 << 9 != 0 {
         data.gpus.swap(0, gpus - 1);
     }
+    // What the steady families are written from.
+    if changes & 1 << 10 != 0 {
+        let events = &mut data.gpus[0].reading.clock_events;
+        *events = Some(events.unwrap_or(0) ^ ClockEventReason::SwPowerCap.bit());
+    }
+    if changes & 1 << 11 != 0 {
+        data.counters.gpu_errors[3] += 1;
+    }
+    if changes & 1 << 12 != 0 {
+        if let Some(gpu) = data.gpus.last_mut() {
+            gpu.reading.memory_total_bytes = Some(6 << 30);
+        }
+    }
+    if changes & 1 << 13 != 0
+        && let Some(rows) = &mut data.gpus[0].reading.health.remapped_rows
+    {
+        rows.pending = !rows.pending;
+    }
     data
 }
 
@@ -904,7 +950,7 @@ proptest::proptest! {
         samples in proptest::collection::vec((0u32..5000, proptest::prop_oneof![
             // Mostly only values change, as from one pass to the next.
             3 => proptest::strategy::Just(0u16),
-            1 => 0u16..1024,
+            1 => 0u16..(1 << 14),
         ]), 1..8),
         names in proptest::prop_oneof![
             proptest::strategy::Just(MetricNames::Native),
@@ -940,4 +986,43 @@ fn a_changed_value_is_written_and_the_rest_copied() {
     assert!(second.contains(&format!("nvidia_gpu_utilization_percent{{{gpu}}} 11.0\n")), "{second}");
     assert!(second.contains(&format!("nvidia_gpu_memory_total_bytes{{{gpu}}} 12884901888\n")), "{second}");
     assert_eq!(first.lines().count(), second.lines().count());
+}
+
+/// One pass of a small encoder: a gauge and a counter of `before`'s values,
+/// a steady group of a gauge and a counter, another gauge. Returns the text
+/// and OpenMetrics bodies.
+fn encode_steady(buffers: &mut Buffers, before: &[u64], group: u64, unchanged: bool) -> (String, String) {
+    let parts = ["gpu=\"0\"", "", ""];
+    let written = Encoder::write(Vec::new(), buffers, |e| {
+        e.gauge("a", "A", before.iter().map(|&v| (parts, Value::U64(v))));
+        e.counter("e", "E", before.iter().map(|&v| (parts, Value::U64(v))));
+        e.steady(unchanged, |e| {
+            e.gauge("b", "B", [(parts, Value::U64(group))]);
+            e.counter("c", "C", [(parts, Value::U64(group))]);
+        });
+        e.gauge("d", "D", [(parts, Value::U64(1))]);
+    });
+    let text = String::from_utf8(written.body[written.text.clone()].to_vec()).unwrap();
+    let openmetrics = String::from_utf8(written.body[written.openmetrics.clone()].to_vec()).unwrap();
+    buffers.keep(Bytes::from(written.body), written.gauges);
+    (text, openmetrics)
+}
+
+#[test]
+fn a_steady_group_is_copied_while_unchanged_and_written_otherwise() {
+    let mut buffers = Buffers::default();
+    let (text, _) = encode_steady(&mut buffers, &[1], 10, false);
+    assert!(text.contains("b{gpu=\"0\"} 10\n") && text.contains("c_total{gpu=\"0\"} 10\n"), "{text}");
+    // Said unchanged, the group is copied, not walked: what it would write
+    // now does not show. (The renderer says so only when it is true.)
+    let (text, openmetrics) = encode_steady(&mut buffers, &[2], 20, true);
+    assert!(text.contains("a{gpu=\"0\"} 2\n") && text.contains("b{gpu=\"0\"} 10\n"), "{text}");
+    assert!(text.contains("c_total{gpu=\"0\"} 10\n"), "{text}");
+    assert!(openmetrics.contains("# TYPE c counter\nc_total{gpu=\"0\"} 10\n# EOF\n"), "{openmetrics}");
+    let (text, _) = encode_steady(&mut buffers, &[2], 30, false);
+    assert!(text.contains("b{gpu=\"0\"} 30\n") && text.contains("c_total{gpu=\"0\"} 30\n"), "{text}");
+    // A series more before it moves the group: it is written afresh.
+    let (text, openmetrics) = encode_steady(&mut buffers, &[2, 3], 40, true);
+    assert!(text.contains("b{gpu=\"0\"} 40\n") && text.contains("c_total{gpu=\"0\"} 40\n"), "{text}");
+    assert!(openmetrics.contains("c_total{gpu=\"0\"} 40\n# EOF\n"), "{openmetrics}");
 }
