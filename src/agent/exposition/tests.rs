@@ -929,10 +929,10 @@ fn changed_sample(values: u32, changes: u16) -> SampleData {
     if changes & 1 << 11 != 0 {
         data.counters.gpu_errors[3] += 1;
     }
-    if changes & 1 << 12 != 0 {
-        if let Some(gpu) = data.gpus.last_mut() {
-            gpu.reading.memory_total_bytes = Some(6 << 30);
-        }
+    if changes & 1 << 12 != 0
+        && let Some(gpu) = data.gpus.last_mut()
+    {
+        gpu.reading.memory_total_bytes = Some(6 << 30);
     }
     if changes & 1 << 13 != 0
         && let Some(rows) = &mut data.gpus[0].reading.health.remapped_rows

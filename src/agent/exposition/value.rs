@@ -12,6 +12,7 @@
 use super::Value;
 
 /// A sample's value and the newline that ends it.
+#[inline]
 pub(super) fn write_value(out: &mut Vec<u8>, value: Value) {
     match value {
         Value::F64(v) => write_f64(out, v),
@@ -35,29 +36,32 @@ pub(super) fn write_f64(out: &mut Vec<u8>, v: f64) {
     // lie closer together than half a thousandth, so no shorter decimal
     // reads back as `v`.
     let thousandths = v * 1000.0;
-    if v.abs() < 1e12 && thousandths == thousandths.round() && thousandths / 1000.0 == v {
+    // (Whole below 1e15, so the cast is exact; `round` is a call.)
+    if v.abs() < 1e12 && thousandths == (thousandths as i64) as f64 && thousandths / 1000.0 == v {
         let n = thousandths as i64;
         if n < 0 {
             out.push(b'-');
         }
         let n = n.unsigned_abs();
         write_u64(out, n / 1000);
-        let mut fraction = n % 1000;
-        let mut digits = [b'0'; 4];
-        digits[0] = b'.';
-        let mut len = 4;
-        while fraction.is_multiple_of(10) {
-            fraction /= 10;
-            len -= 1;
-        }
-        for slot in digits[1..len].iter_mut().rev() {
-            *slot = b'0' + (fraction % 10) as u8;
-            fraction /= 10;
-        }
-        // All four bytes at once, then cut: a fixed-size copy is two stores,
-        // not a call.
+        let fraction = (n % 1000) as u32;
+        let [hundredths, tenths, ones] = [fraction / 100, fraction / 10 % 10, fraction % 10];
+        let len = if ones != 0 {
+            4
+        } else if tenths != 0 {
+            3
+        } else {
+            2
+        };
+        // The point and three digits as one word, written whole and cut: a
+        // fixed-size store, where bytes stored one by one and read back as
+        // a word would stall the read.
+        let word = u32::from(b'.')
+            | (u32::from(b'0') + hundredths) << 8
+            | (u32::from(b'0') + tenths) << 16
+            | (u32::from(b'0') + ones) << 24;
         let at = out.len();
-        out.extend_from_slice(&digits);
+        out.extend_from_slice(&word.to_le_bytes());
         out.truncate(at + len);
         return;
     }
@@ -79,25 +83,42 @@ const PAIRS: &[u8; 200] = b"\
     6061626364656667686970717273747576777879\
     8081828384858687888990919293949596979899";
 
-/// Writes `n` in decimal, digit pairs from the right, into room made at
-/// the body's end (20 bytes, the most a `u64` has) and cut to its length.
+/// Writes `n` in decimal into room made at the body's end (20 bytes, the
+/// most a `u64` has) and cut to its length: from the right, eight digits at
+/// a time as four independent pairs, then pair by pair.
 pub(super) fn write_u64(out: &mut Vec<u8>, mut n: u64) {
     let len = n.checked_ilog10().map_or(1, |l| l as usize + 1);
     let at = out.len();
     out.extend_from_slice(&[0; 20]);
     let digits = &mut out[at..at + len];
     let mut end = len;
+    while n >= 100_000_000 {
+        let eight = (n % 100_000_000) as u32;
+        n /= 100_000_000;
+        let (high, low) = (eight / 10_000, eight % 10_000);
+        put_pair(&mut digits[end - 8..], high / 100);
+        put_pair(&mut digits[end - 6..], high % 100);
+        put_pair(&mut digits[end - 4..], low / 100);
+        put_pair(&mut digits[end - 2..], low % 100);
+        end -= 8;
+    }
+    // Below 10^8 now.
+    let mut n = n as u32;
     while n >= 100 {
-        let pair = (n % 100) as usize * 2;
+        put_pair(&mut digits[end - 2..], n % 100);
         n /= 100;
-        digits[end - 2..end].copy_from_slice(&PAIRS[pair..pair + 2]);
         end -= 2;
     }
     if n >= 10 {
-        let pair = n as usize * 2;
-        digits[..2].copy_from_slice(&PAIRS[pair..pair + 2]);
+        put_pair(digits, n);
     } else {
         digits[0] = b'0' + n as u8;
     }
     out.truncate(at + len);
+}
+
+/// Writes `pair` (below 100) as two digits at the start of `to`.
+fn put_pair(to: &mut [u8], pair: u32) {
+    let at = pair as usize * 2;
+    to[..2].copy_from_slice(&PAIRS[at..at + 2]);
 }
