@@ -582,7 +582,8 @@ fn native_families<'l>(e: &mut Encoder<'_, 'l>, sample: Sample<'_, 'l>) {
 }
 
 /// The telemetry families beyond utilization, memory, temperature, power
-/// and SM clock; `device` holds each GPU's label parts.
+/// and SM clock, other than the steady ones (clock events and health, in
+/// `health_families`); `device` holds each GPU's label parts.
 fn telemetry_families<'l>(e: &mut Encoder<'_, 'l>, data: &SampleData, labels: &'l Labels, device: &[[&'l str; 2]]) {
     let up = || data.gpus.iter().zip(device).filter(|(g, _)| g.up);
     let gauge = |e: &mut Encoder<'_, 'l>,
