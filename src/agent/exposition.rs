@@ -313,13 +313,20 @@ impl Steady {
         self.pod_resources_errors = data.counters.pod_resources_errors;
     }
 
-    /// The GPUs that answered, each with its index and its native label
-    /// parts.
+    /// Every GPU, with its index and its native label parts.
+    fn all<'s, 'l>(&'s self, labels: &'l Labels) -> impl Iterator<Item = (usize, &'s SteadyGpu, [&'l str; 2])> + 's
+    where
+        'l: 's,
+    {
+        self.gpus.iter().enumerate().map(move |(i, g)| (i, g, g.device(labels, i)))
+    }
+
+    /// The GPUs that answered, as [`Steady::all`] gives them.
     fn up<'s, 'l>(&'s self, labels: &'l Labels) -> impl Iterator<Item = (usize, &'s SteadyGpu, [&'l str; 2])> + 's
     where
         'l: 's,
     {
-        self.gpus.iter().enumerate().filter(|(_, g)| g.up).map(move |(i, g)| (i, g, g.device(labels, i)))
+        self.all(labels).filter(|(_, g, _)| g.up)
     }
 }
 
@@ -450,17 +457,16 @@ fn agent_error_families<'l>(e: &mut Encoder<'_, 'l>, own: &'l str, steady: &Stea
 
 /// The families of what a GPU is, from `steady` alone.
 fn identity_families<'l>(e: &mut Encoder<'_, 'l>, labels: &'l Labels, steady: &Steady) {
-    let gpus = || steady.gpus.iter().enumerate().map(|(i, g)| (i, g, g.device(labels, i)));
     let info = &labels.info;
     e.gauge(
         "nvidia_gpu_info",
         "GPU identity, 1 for every GPU the agent found, with its PCI bus ID and the driver and CUDA versions",
-        gpus().map(|(i, _, [gl, p])| ([gl, p, info.get(i)], Value::U64(1))),
+        steady.all(labels).map(|(i, _, [gl, p])| ([gl, p, info.get(i)], Value::U64(1))),
     );
     e.gauge(
         "nvidia_gpu_up",
         "1 when the GPU answered this sample, 0 when it stopped answering",
-        gpus().map(|(_, g, [gl, p])| ([gl, p, ""], Value::U64(u64::from(g.up)))),
+        steady.all(labels).map(|(_, g, [gl, p])| ([gl, p, ""], Value::U64(u64::from(g.up)))),
     );
     e.gauge(
         "nvidia_gpu_memory_total_bytes",

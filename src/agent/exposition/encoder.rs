@@ -222,16 +222,21 @@ impl<'r> Stream<'r> {
     /// Ends this stream, whose lines are now this sample's, and starts the
     /// next one in the same buffer, after it, over `before` with `lines`.
     fn restart(&mut self, lines: &'r mut Vec<Line>, before: &'r [u8]) {
-        self.flush();
-        self.lines.truncate(self.written);
+        self.end();
         *self = Stream::new(std::mem::take(&mut self.out), lines, before);
     }
 
     /// The buffer; the stream's lines are now this sample's.
     fn finish(mut self) -> Vec<u8> {
+        self.end();
+        self.out
+    }
+
+    /// Copies what is left of the run and drops the lines past this
+    /// sample's.
+    fn end(&mut self) {
         self.flush();
         self.lines.truncate(self.written);
-        self.out
     }
 }
 
