@@ -23,7 +23,7 @@ use labels::{Labels, PerGpuSets};
 use value::{write_f64, write_u64};
 
 use super::sample::SampleData;
-use crate::attribution::{PodGpuUsage, Sharing};
+use crate::attribution::Sharing;
 use crate::gpu::{ClockEventReason, GpuCall, GpuReading, HealthReading, MigDevice, ViolationPolicy};
 
 /// `Content-Type` of the text format.
@@ -156,6 +156,8 @@ pub struct Renderer {
     /// before.
     steady: Steady,
     steady_before: Steady,
+    /// The buffers of who holds each GPU, empty between samples.
+    holders: Holders<'static, 'static>,
 }
 
 /// How many buffers of earlier samples the renderer waits for; beyond
@@ -183,10 +185,11 @@ impl Renderer {
         self.steady.fill(data, names);
         let unchanged = self.steady == self.steady_before;
         let (labels, steady) = (&self.labels, &self.steady);
-        let holders = Holders::of(data, labels, steady, names);
+        let holders = std::mem::take(&mut self.holders).recycled().of(data, labels, steady, names);
         let written = Encoder::write(body, &mut self.buffers, |e| {
             encode(e, Sample { data, labels, holders: &holders, steady, unchanged }, names)
         });
+        self.holders = holders.recycled();
         self.body_len = written.body.len();
         let body = Bytes::from(written.body);
         let bodies = (body.slice(written.text), body.slice(written.openmetrics));
@@ -237,7 +240,11 @@ enum Value {
 /// Seconds since the Unix epoch, to the millisecond: finer than any sample
 /// interval, and short to write.
 fn epoch_seconds(t: std::time::SystemTime) -> f64 {
-    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as f64 / 1000.0
+    let since = t.duration_since(UNIX_EPOCH).unwrap_or_default();
+    // Milliseconds as a u64 (exact as an f64 for 285 000 years), which
+    // converts in one instruction where a u128 needs a call.
+    let millis = since.as_secs().saturating_mul(1000).saturating_add(u64::from(since.subsec_millis()));
+    millis as f64 / 1000.0
 }
 
 /// The MIG devices' series of one family: each device's labels, with its
@@ -351,10 +358,17 @@ struct Sample<'a, 'l> {
 
 /// Who holds each GPU, as the families label it: worked out once a sample,
 /// for both of the encoder's passes.
+#[derive(Debug, Default)]
 struct Holders<'d, 'l> {
     /// Per GPU, for the native families: its label set, and its container's
     /// when exactly one container holds it, exclusively.
     device: Vec<[&'l str; 2]>,
+    /// For the native families, per GPU that is up: its reading and its
+    /// `device` parts.
+    up: Vec<(&'d GpuReading, [&'l str; 2])>,
+    /// For the native pod families, per usage: its GPU's (or MIG device's)
+    /// label set, its pod's, and its `sharing`.
+    pods: Vec<LabelParts<'l>>,
     /// For dcgm-exporter's families, per GPU that is up: one series per
     /// container holding it, each with the device's reading, or one without
     /// pod labels when none does.
@@ -362,13 +376,21 @@ struct Holders<'d, 'l> {
 }
 
 impl<'d, 'l> Holders<'d, 'l> {
-    fn of(data: &'d SampleData, labels: &'l Labels, steady: &Steady, names: MetricNames) -> Self {
+    /// Works them out for `data` into `self`, which is empty.
+    fn of(mut self, data: &'d SampleData, labels: &'l Labels, steady: &Steady, names: MetricNames) -> Self {
         let pods = &labels.pods;
-        let mut device = Vec::new();
+        let Holders { device, up, pods: per_usage, dcgm } = &mut self;
         if names.native() {
             device.extend(steady.gpus.iter().enumerate().map(|(i, g)| g.device(labels, i)));
+            up.extend(data.gpus.iter().zip(&*device).filter(|(g, _)| g.up).map(|(g, &parts)| (&g.reading, parts)));
+            per_usage.extend(data.usages.iter().enumerate().map(|(k, u)| {
+                let gpu = match u.mig {
+                    Some(m) => labels.migs.get(u.gpu, m),
+                    None => labels.gpus.get(u.gpu),
+                };
+                [gpu, pods.get(k), u.sharing.label()]
+            }));
         }
-        let mut dcgm = Vec::new();
         if names.dcgm() {
             let gpus = &labels.dcgm;
             dcgm.reserve(data.gpus.len() + data.usages.len());
@@ -382,8 +404,25 @@ impl<'d, 'l> Holders<'d, 'l> {
                 }
             }
         }
-        Self { device, dcgm }
+        self
     }
+
+    /// Empties them, keeping their buffers for the next sample's.
+    fn recycled<'e, 'm>(self) -> Holders<'e, 'm> {
+        Holders {
+            device: recycled(self.device),
+            up: recycled(self.up),
+            pods: recycled(self.pods),
+            dcgm: recycled(self.dcgm),
+        }
+    }
+}
+
+/// An empty vector in `v`'s allocation, of elements laid out as `v`'s (here,
+/// the same elements borrowing for another lifetime): collecting a
+/// vector's own iterator reuses its allocation.
+fn recycled<T, U>(v: Vec<T>) -> Vec<U> {
+    v.into_iter().filter_map(|_| None).collect()
 }
 
 /// Writes every family of a sample.
@@ -478,44 +517,29 @@ fn identity_families<'l>(e: &mut Encoder<'_, 'l>, labels: &'l Labels, steady: &S
 /// The `nvidia_gpu_*` families.
 fn native_families<'l>(e: &mut Encoder<'_, 'l>, sample: Sample<'_, 'l>) {
     let Sample { data, labels, holders, steady, unchanged } = sample;
-    let device = holders.device.as_slice();
-    let (gpus, pods) = (&labels.gpus, &labels.pods);
-    let up = || data.gpus.iter().zip(device).filter(|(g, _)| g.up);
+    let up = holders.up.as_slice();
     let f = |v: Option<f64>| v.map(Value::F64);
-    let u = |v: Option<u64>| v.map(Value::U64);
 
     e.steady(unchanged, |e| identity_families(e, labels, steady));
     e.gauge(
         "nvidia_gpu_utilization_percent",
         "Percent of time a kernel ran on the GPU over the driver's sample period",
-        up().filter_map(|(g, &[gl, p])| Some(([gl, p, ""], f(g.reading.utilization_percent)?))),
+        per_holder(up, &|r| f(r.utilization_percent)),
     );
     e.gauge(
         "nvidia_gpu_memory_utilization_percent",
         "Percent of time device memory was read or written",
-        up().filter_map(|(g, &[gl, p])| Some(([gl, p, ""], f(g.reading.memory_utilization_percent)?))),
+        per_holder(up, &|r| f(r.memory_utilization_percent)),
     );
     e.gauge(
         "nvidia_gpu_memory_used_bytes",
         "Device memory in use",
-        up().filter_map(|(g, &[gl, p])| Some(([gl, p, ""], u(g.reading.memory_used_bytes)?))),
+        per_holder(up, &|r| r.memory_used_bytes.map(Value::U64)),
     );
-    e.gauge(
-        "nvidia_gpu_temperature_celsius",
-        "GPU core temperature",
-        up().filter_map(|(g, &[gl, p])| Some(([gl, p, ""], f(g.reading.temperature_celsius)?))),
-    );
-    e.gauge(
-        "nvidia_gpu_power_watts",
-        "Board power draw",
-        up().filter_map(|(g, &[gl, p])| Some(([gl, p, ""], f(g.reading.power_watts)?))),
-    );
-    e.gauge(
-        "nvidia_gpu_sm_clock_hertz",
-        "Current SM clock",
-        up().filter_map(|(g, &[gl, p])| Some(([gl, p, ""], f(g.reading.sm_clock_hertz)?))),
-    );
-    telemetry_families(e, data, labels, device);
+    e.gauge("nvidia_gpu_temperature_celsius", "GPU core temperature", per_holder(up, &|r| f(r.temperature_celsius)));
+    e.gauge("nvidia_gpu_power_watts", "Board power draw", per_holder(up, &|r| f(r.power_watts)));
+    e.gauge("nvidia_gpu_sm_clock_hertz", "Current SM clock", per_holder(up, &|r| f(r.sm_clock_hertz)));
+    telemetry_families(e, data, labels, holders);
     e.steady(unchanged, |e| health_families(e, labels, steady));
     let migs = &labels.migs;
     e.gauge(
@@ -535,106 +559,98 @@ fn native_families<'l>(e: &mut Encoder<'_, 'l>, sample: Sample<'_, 'l>) {
     );
     // A pod's series on a GPU: the GPU's labels (its MIG device's, on one),
     // the pod's, and `sharing`.
-    let gpu_of = |u: &PodGpuUsage| match u.mig {
-        Some(m) => migs.get(u.gpu, m),
-        None => gpus.get(u.gpu),
-    };
-    let per_pod = |k: usize, u: &PodGpuUsage| [gpu_of(u), pods.get(k), u.sharing.label()];
+    let per_pod = || data.usages.iter().zip(&holders.pods);
     e.gauge(
         "nvidia_gpu_pod_utilization_percent",
         "A pod's utilization of a GPU: the device value on an exclusive GPU, its processes' share on a shared one",
-        data.usages
-            .iter()
-            .enumerate()
-            .filter_map(|(k, u)| Some((per_pod(k, u), Value::F64(u.utilization_percent.ok()?)))),
+        per_pod().filter_map(|(u, &parts)| Some((parts, Value::F64(u.utilization_percent.ok()?)))),
     );
     e.gauge(
         "nvidia_gpu_pod_memory_utilization_percent",
         "A pod's memory-controller utilization of a GPU",
-        data.usages.iter().enumerate().filter_map(|(k, u)| Some((per_pod(k, u), f(u.memory_utilization_percent)?))),
+        per_pod().filter_map(|(u, &parts)| Some((parts, f(u.memory_utilization_percent)?))),
     );
     e.gauge(
         "nvidia_gpu_pod_memory_used_bytes",
         "Device memory a pod's processes hold on a GPU (NVML's running-process lists); memory no pod's process holds is only in nvidia_gpu_memory_used_bytes",
-        data.usages.iter().enumerate().filter_map(|(k, u)| {
-            Some((per_pod(k, u), Value::U64(u.memory_used_bytes?)))
-        }),
+        per_pod().filter_map(|(u, &parts)| Some((parts, Value::U64(u.memory_used_bytes?)))),
     );
     e.gauge(
         "nvidia_gpu_pod_last_active_timestamp_seconds",
         "When the pod's utilization share of the GPU was last above zero (or, never seen active, when the agent first saw it hold the GPU), seconds since the Unix epoch",
-        data.usages.iter().zip(&data.accounts).enumerate().map(|(k, (u, account))| {
-            let at = epoch_seconds(account.last_active);
-            (per_pod(k, u), Value::F64(at))
-        }),
+        per_pod().zip(&data.accounts).map(|((_, &parts), account)| (parts, Value::F64(epoch_seconds(account.last_active)))),
     );
     e.counter(
         "nvidia_gpu_pod_energy_joules",
         "The pod's part of the GPU's energy since the agent first saw it there, split by utilization shares",
-        data.usages
-            .iter()
-            .zip(&data.accounts)
-            .enumerate()
-            .map(|(k, (u, account))| (per_pod(k, u), Value::F64(account.energy_joules))),
+        per_pod().zip(&data.accounts).map(|((_, &parts), account)| (parts, Value::F64(account.energy_joules))),
     );
     e.gauge(
         "kube_gpu_metrics_pod_attribution_unresolved",
         "1 for a pod whose share of a GPU cannot be measured, with the reason",
-        data.usages
-            .iter()
-            .enumerate()
-            .filter_map(|(k, u)| Some(([gpu_of(u), pods.get(k), u.utilization_percent.err()?.label()], Value::U64(1)))),
+        per_pod()
+            .filter_map(|(u, &[gpu, pod, _])| Some(([gpu, pod, u.utilization_percent.err()?.label()], Value::U64(1)))),
     );
 }
 
 /// The telemetry families beyond utilization, memory, temperature, power
 /// and SM clock, other than the steady ones (clock events and health, in
-/// `health_families`); `device` holds each GPU's label parts.
-fn telemetry_families<'l>(e: &mut Encoder<'_, 'l>, data: &SampleData, labels: &'l Labels, device: &[[&'l str; 2]]) {
-    let up = || data.gpus.iter().zip(device).filter(|(g, _)| g.up);
-    let gauge = |e: &mut Encoder<'_, 'l>,
-                 name: &'static str,
-                 help: &'static str,
-                 value: &dyn Fn(&GpuReading) -> Option<Value>| {
-        e.gauge(name, help, up().filter_map(|(g, &[gl, p])| Some(([gl, p, ""], value(&g.reading)?))));
-    };
+/// `health_families`).
+fn telemetry_families<'l>(e: &mut Encoder<'_, 'l>, data: &SampleData, labels: &'l Labels, holders: &Holders<'_, 'l>) {
+    let up = holders.up.as_slice();
     let f = |v: Option<f64>| v.map(Value::F64);
-    let u = |v: Option<u64>| v.map(Value::U64);
-    gauge(e, "nvidia_gpu_memory_clock_hertz", "Current memory clock", &|r| f(r.memory_clock_hertz));
-    gauge(e, "nvidia_gpu_memory_temperature_celsius", "Memory (HBM) temperature", &|r| f(r.memory_temperature_celsius));
-    gauge(e, "nvidia_gpu_pcie_transmit_bytes_per_second", "PCIe transmit throughput (NVML's 20 ms window)", &|r| {
-        f(r.pcie_transmit_bytes_per_second)
-    });
-    gauge(e, "nvidia_gpu_pcie_receive_bytes_per_second", "PCIe receive throughput (NVML's 20 ms window)", &|r| {
-        f(r.pcie_receive_bytes_per_second)
-    });
-    gauge(e, "nvidia_gpu_encoder_utilization_percent", "Video encoder utilization", &|r| {
-        f(r.encoder_utilization_percent)
-    });
-    gauge(e, "nvidia_gpu_decoder_utilization_percent", "Video decoder utilization", &|r| {
-        f(r.decoder_utilization_percent)
-    });
-    gauge(e, "nvidia_gpu_fan_speed_percent", "Intended speed of the first fan, percent of its maximum", &|r| {
-        f(r.fan_speed_percent)
-    });
-    gauge(e, "nvidia_gpu_performance_state", "Performance state: 0 (P0, most) to 15 (P15, least)", &|r| {
-        r.performance_state.map(|p| Value::U64(u64::from(p)))
-    });
-    gauge(e, "nvidia_gpu_memory_reserved_bytes", "Device memory the driver reserves", &|r| u(r.memory_reserved_bytes));
+    e.gauge("nvidia_gpu_memory_clock_hertz", "Current memory clock", per_holder(up, &|r| f(r.memory_clock_hertz)));
+    e.gauge(
+        "nvidia_gpu_memory_temperature_celsius",
+        "Memory (HBM) temperature",
+        per_holder(up, &|r| f(r.memory_temperature_celsius)),
+    );
+    e.gauge(
+        "nvidia_gpu_pcie_transmit_bytes_per_second",
+        "PCIe transmit throughput (NVML's 20 ms window)",
+        per_holder(up, &|r| f(r.pcie_transmit_bytes_per_second)),
+    );
+    e.gauge(
+        "nvidia_gpu_pcie_receive_bytes_per_second",
+        "PCIe receive throughput (NVML's 20 ms window)",
+        per_holder(up, &|r| f(r.pcie_receive_bytes_per_second)),
+    );
+    e.gauge(
+        "nvidia_gpu_encoder_utilization_percent",
+        "Video encoder utilization",
+        per_holder(up, &|r| f(r.encoder_utilization_percent)),
+    );
+    e.gauge(
+        "nvidia_gpu_decoder_utilization_percent",
+        "Video decoder utilization",
+        per_holder(up, &|r| f(r.decoder_utilization_percent)),
+    );
+    e.gauge(
+        "nvidia_gpu_fan_speed_percent",
+        "Intended speed of the first fan, percent of its maximum",
+        per_holder(up, &|r| f(r.fan_speed_percent)),
+    );
+    e.gauge(
+        "nvidia_gpu_performance_state",
+        "Performance state: 0 (P0, most) to 15 (P15, least)",
+        per_holder(up, &|r| r.performance_state.map(|p| Value::U64(u64::from(p)))),
+    );
+    e.gauge(
+        "nvidia_gpu_memory_reserved_bytes",
+        "Device memory the driver reserves",
+        per_holder(up, &|r| r.memory_reserved_bytes.map(Value::U64)),
+    );
     e.counter(
         "nvidia_gpu_clock_event_violation_seconds",
         "Time clocks were held back by a policy since the driver loaded, by reason",
-        up().flat_map(|(g, &[gl, p])| {
-            ViolationPolicy::ALL
-                .iter()
-                .filter_map(move |v| Some(([gl, p, v.label()], Value::F64(g.reading.violations.get(*v)?))))
-        }),
+        each_with(up, ViolationPolicy::ALL)
+            .filter_map(|((r, [gl, p]), v)| Some(([gl, p, v.label()], Value::F64(r.violations.get(*v)?)))),
     );
     let xids = &labels.xids;
     e.counter(
         "nvidia_gpu_xid_errors",
         "XID errors since the agent started, by XID code (NVML critical XID events)",
-        data.gpus.iter().enumerate().zip(device).filter(|((_, g), _)| g.up).flat_map(|((i, g), &[gl, p])| {
+        data.gpus.iter().enumerate().zip(&holders.device).filter(|((_, g), _)| g.up).flat_map(|((i, g), &[gl, p])| {
             let counts = g.reading.xid.iter().flat_map(|x| x.counts.values());
             counts.enumerate().map(move |(j, &count)| ([gl, p, xids.get(i, j)], Value::U64(count)))
         }),
@@ -642,12 +658,12 @@ fn telemetry_families<'l>(e: &mut Encoder<'_, 'l>, data: &SampleData, labels: &'
     e.counter(
         "nvidia_gpu_energy_joules",
         "Energy used since the driver loaded",
-        up().filter_map(|(g, &[gl, p])| Some(([gl, p, ""], Value::F64(g.reading.energy_joules?)))),
+        per_holder(up, &|r| r.energy_joules.map(Value::F64)),
     );
     e.counter(
         "nvidia_gpu_pcie_replays",
         "PCIe replays (retries) since the driver loaded",
-        up().filter_map(|(g, &[gl, p])| Some(([gl, p, ""], Value::U64(g.reading.pcie_replays?)))),
+        per_holder(up, &|r| r.pcie_replays.map(Value::U64)),
     );
 }
 
@@ -841,12 +857,34 @@ fn dcgm_families<'l>(
 /// How a family's value is read from a GPU's reading.
 type ReadValue<'a> = dyn Fn(&GpuReading) -> Option<Value> + 'a;
 
-/// A dcgm-exporter family's series: one per holder that has a value.
-fn per_holder<'a, 'l>(
+/// A family of one series per holder (a GPU that is up, or for
+/// dcgm-exporter's names each of its containers) that has a value: each
+/// with the holder's two label parts.
+fn per_holder<'a, 'l, F>(
     series: &'a [(&'a GpuReading, [&'l str; 2])],
-    value: &'a ReadValue<'a>,
-) -> impl Iterator<Item = (LabelParts<'l>, Value)> + 'a {
+    value: &'a F,
+) -> impl Iterator<Item = (LabelParts<'l>, Value)> + 'a
+where
+    F: Fn(&GpuReading) -> Option<Value> + ?Sized,
+{
     series.iter().filter_map(move |&(r, [g, p])| Some(([g, p, ""], value(r)?)))
+}
+
+/// Each of `items` with each of `kinds`, item by item: one flat iterator
+/// of two counters, cheaper to walk than a nested one (`flat_map`), which
+/// moves its inner iterator's state through memory at every step.
+fn each_with<'a, T: Copy, K>(items: &'a [T], kinds: &'a [K]) -> impl Iterator<Item = (T, &'a K)> + 'a {
+    let (mut i, mut k) = (0, 0);
+    std::iter::from_fn(move || {
+        loop {
+            let item = *items.get(i)?;
+            if let Some(kind) = kinds.get(k) {
+                k += 1;
+                return Some((item, kind));
+            }
+            (i, k) = (i + 1, 0);
+        }
+    })
 }
 
 /// A violation counter in microseconds, as dcgm-exporter reports it.

@@ -12,7 +12,7 @@ use super::*;
 use crate::agent::ledger::PodAccount;
 use crate::agent::sample::{GpuState, Readiness};
 use crate::agent::self_metrics::AgentCounters;
-use crate::attribution::{Sharing, Unresolved};
+use crate::attribution::{PodGpuUsage, Sharing, Unresolved};
 use crate::gpu::{
     ClockEventReason, EccCounts, GpuIdentity, GpuReading, HealthReading, MigDevice, RemappedRows, RetiredPages,
     Violations, XidErrors,

@@ -75,50 +75,64 @@ fn write_i64(out: &mut Vec<u8>, v: i64) {
     write_u64(out, v.unsigned_abs());
 }
 
-/// Two decimal digits for each of 0 to 99.
-const PAIRS: &[u8; 200] = b"\
-    0001020304050607080910111213141516171819\
-    2021222324252627282930313233343536373839\
-    4041424344454647484950515253545556575859\
-    6061626364656667686970717273747576777879\
-    8081828384858687888990919293949596979899";
-
-/// Writes `n` in decimal into room made at the body's end (20 bytes, the
-/// most a `u64` has) and cut to its length: from the right, eight digits at
-/// a time as four independent pairs, then pair by pair.
-pub(super) fn write_u64(out: &mut Vec<u8>, mut n: u64) {
-    let len = n.checked_ilog10().map_or(1, |l| l as usize + 1);
-    let at = out.len();
-    out.extend_from_slice(&[0; 20]);
-    let digits = &mut out[at..at + len];
-    let mut end = len;
-    while n >= 100_000_000 {
-        let eight = (n % 100_000_000) as u32;
-        n /= 100_000_000;
-        let (high, low) = (eight / 10_000, eight % 10_000);
-        put_pair(&mut digits[end - 8..], high / 100);
-        put_pair(&mut digits[end - 6..], high % 100);
-        put_pair(&mut digits[end - 4..], low / 100);
-        put_pair(&mut digits[end - 2..], low % 100);
-        end -= 8;
-    }
-    // Below 10^8 now.
-    let mut n = n as u32;
-    while n >= 100 {
-        put_pair(&mut digits[end - 2..], n % 100);
-        n /= 100;
-        end -= 2;
-    }
-    if n >= 10 {
-        put_pair(digits, n);
+/// Writes `n` in decimal: eight digits at a time, each eight worked out
+/// together in one word and stored as one word.
+#[inline]
+pub(super) fn write_u64(out: &mut Vec<u8>, n: u64) {
+    const E8: u64 = 100_000_000;
+    // Flags, percents, temperatures, small counts: one or two digits.
+    if n < 10 {
+        out.push(b'0' + n as u8);
+    } else if n < 100 {
+        out.extend_from_slice(&[b'0' + (n / 10) as u8, b'0' + (n % 10) as u8]);
+    } else if n < E8 {
+        put_leading(out, n as u32);
+    } else if n < E8 * E8 {
+        put_leading(out, (n / E8) as u32);
+        put_eight(out, (n % E8) as u32);
     } else {
-        digits[0] = b'0' + n as u8;
+        put_leading(out, (n / (E8 * E8)) as u32);
+        put_eight(out, (n / E8 % E8) as u32);
+        put_eight(out, (n % E8) as u32);
     }
-    out.truncate(at + len);
 }
 
-/// Writes `pair` (below 100) as two digits at the start of `to`.
-fn put_pair(to: &mut [u8], pair: u32) {
-    let at = pair as usize * 2;
-    to[..2].copy_from_slice(&PAIRS[at..at + 2]);
+/// Writes `n` (below 10^8) without leading zeros.
+#[inline(always)]
+fn put_leading(out: &mut Vec<u8>, n: u32) {
+    let digits = eight_digits(n);
+    // The leading zeros are the low bytes that are still zero; a zero
+    // keeps its last digit.
+    let zeros = (digits.trailing_zeros() / 8).min(7);
+    let at = out.len();
+    out.extend_from_slice(&((digits | ASCII_ZEROS) >> (8 * zeros)).to_le_bytes());
+    out.truncate(at + 8 - zeros as usize);
+}
+
+/// Writes `n` (below 10^8) as eight digits, with leading zeros.
+#[inline(always)]
+fn put_eight(out: &mut Vec<u8>, n: u32) {
+    out.extend_from_slice(&(eight_digits(n) | ASCII_ZEROS).to_le_bytes());
+}
+
+/// `'0'` in each byte of a word.
+const ASCII_ZEROS: u64 = 0x3030_3030_3030_3030;
+
+/// The eight decimal digits of `n` (below 10^8), one per byte, the first
+/// in the lowest byte (so stored little-endian they read in order), as
+/// values 0 to 9. The halves, then the quarters, then the digits are split
+/// in every lane at once: dividing by 100 (or 10) as a multiplication and a
+/// shift, exact for the lanes' ranges (below 10^4, or 100), none of which
+/// spills into the next lane.
+#[inline(always)]
+fn eight_digits(n: u32) -> u64 {
+    // Two 32-bit lanes of four digits each: the first half in the low lane.
+    let halves = u64::from(n / 10_000) | u64::from(n % 10_000) << 32;
+    // v / 100 = (v * 5243) >> 19 for v below 43 699.
+    let hundreds = ((halves * 5243) >> 19) & 0x0000_007f_0000_007f;
+    // Four 16-bit lanes of two digits each.
+    let quarters = hundreds | (halves - hundreds * 100) << 16;
+    // v / 10 = (v * 103) >> 10 for v below 179.
+    let tens = ((quarters * 103) >> 10) & 0x000f_000f_000f_000f;
+    tens | (quarters - tens * 10) << 8
 }
