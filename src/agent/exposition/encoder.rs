@@ -367,9 +367,10 @@ impl<'r, 'l> Encoder<'r, 'l> {
     /// Writes the families `write` writes, a group of families that seldom
     /// change. `unchanged` says that what they are written from is what the
     /// sample before wrote them from (the label sets being kept, as every
-    /// part is). Then, while every series so far matched and the group
-    /// begins where it began before, its bytes are those it had: they are
-    /// copied as one run, and its series are not walked.
+    /// part is). Then, while every series so far matched, so that the group
+    /// is the next in the sample before too, its bytes are those it had:
+    /// they are copied as one run, and its series are not walked. The
+    /// values before it may have changed length, moving it in the buffer.
     pub(super) fn steady(&mut self, unchanged: bool, write: impl FnOnce(&mut Self)) {
         let pass = self.pass as usize;
         let s = &self.stream;
@@ -378,17 +379,21 @@ impl<'r, 'l> Encoder<'r, 'l> {
             unchanged
                 && s.matching
                 && b.lines.start == lines_at
-                && b.bytes.start == bytes_at
+                && b.bytes.start == s.before_at
                 && b.lines.end <= s.lines.len()
                 && b.bytes.end <= s.before.len()
         });
         match before {
             Some(before) => {
                 self.stream.take_unchanged(before.lines.len(), before.bytes.len());
-                // The group begins where it began, and so does its stream
-                // (the counters' begins the buffer), so its counter
-                // families' samples lie where they lay.
-                self.families.extend_from_slice(&self.families_before[before.families.clone()]);
+                // Its counter families' samples lie as far from where they
+                // lay as the group does. (Counters are written only in the
+                // counters' stream, which begins both buffers, so the
+                // group's place in its stream is its place in the buffer.)
+                let moved = |at: usize| at.wrapping_add(bytes_at).wrapping_sub(before.bytes.start);
+                self.families.extend(self.families_before[before.families.clone()].iter().map(|family| {
+                    CounterFamily { samples: moved(family.samples.start)..moved(family.samples.end), ..family.clone() }
+                }));
             }
             None => write(self),
         }

@@ -1021,6 +1021,14 @@ fn a_steady_group_is_copied_while_unchanged_and_written_otherwise() {
     assert!(openmetrics.contains("# TYPE c counter\nc_total{gpu=\"0\"} 10\n# EOF\n"), "{openmetrics}");
     let (text, _) = encode_steady(&mut buffers, &[2], 30, false);
     assert!(text.contains("b{gpu=\"0\"} 30\n") && text.contains("c_total{gpu=\"0\"} 30\n"), "{text}");
+    // Values before it that change length move it in the buffer: it is
+    // still copied, and its counters' OpenMetrics copy is read from where
+    // it now lies.
+    let (text, openmetrics) = encode_steady(&mut buffers, &[2000], 50, true);
+    assert!(text.contains("a{gpu=\"0\"} 2000\n") && text.contains("b{gpu=\"0\"} 30\n"), "{text}");
+    assert!(text.contains("e_total{gpu=\"0\"} 2000\n# HELP c_total C.\n"), "{text}");
+    assert!(openmetrics.contains("# TYPE c counter\nc_total{gpu=\"0\"} 30\n# EOF\n"), "{openmetrics}");
+    assert!(openmetrics.contains("# TYPE e counter\ne_total{gpu=\"0\"} 2000\n# HELP c C.\n"), "{openmetrics}");
     // A series more before it moves the group: it is written afresh.
     let (text, openmetrics) = encode_steady(&mut buffers, &[2, 3], 40, true);
     assert!(text.contains("b{gpu=\"0\"} 40\n") && text.contains("c_total{gpu=\"0\"} 40\n"), "{text}");
