@@ -1029,7 +1029,8 @@ fn a_steady_group_is_copied_while_unchanged_and_written_otherwise() {
     assert!(text.contains("e_total{gpu=\"0\"} 2000\n# HELP c_total C.\n"), "{text}");
     assert!(openmetrics.contains("# TYPE c counter\nc_total{gpu=\"0\"} 30\n# EOF\n"), "{openmetrics}");
     assert!(openmetrics.contains("# TYPE e counter\ne_total{gpu=\"0\"} 2000\n# HELP c C.\n"), "{openmetrics}");
-    // A series more before it moves the group: it is written afresh.
+    // A series more before it: the group no longer follows the series
+    // it followed before, and is written afresh.
     let (text, openmetrics) = encode_steady(&mut buffers, &[2, 3], 40, true);
     assert!(text.contains("b{gpu=\"0\"} 40\n") && text.contains("c_total{gpu=\"0\"} 40\n"), "{text}");
     assert!(openmetrics.contains("c_total{gpu=\"0\"} 40\n# EOF\n"), "{openmetrics}");
