@@ -87,6 +87,12 @@ machine="$(nproc) × $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(awk '/
     echo "- Machine: $machine"
     echo "- Date: $(date -u +%Y-%m-%dT%H:%MZ)"
     echo "- Rust: $(rustc --version)"
+    if [ "$quick" = 1 ]; then
+        echo
+        echo "A smoke run: each figure is one short measurement, there to show that every benchmark still runs."
+        echo "On a shared machine one such figure can be off by a third, so a goal read here as met or MISSED is"
+        echo "a hint; the goals are judged from full runs and from the A/B runs in BENCHMARKS.md."
+    fi
 } >"$out/summary.md"
 
 # 1. Scrape throughput: the agent and three servers of the same bytes.
