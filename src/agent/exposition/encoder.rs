@@ -367,10 +367,11 @@ impl<'r, 'l> Encoder<'r, 'l> {
     /// Writes the families `write` writes, a group of families that seldom
     /// change. `unchanged` says that what they are written from is what the
     /// sample before wrote them from (the label sets being kept, as every
-    /// part is). Then, while every series so far matched, so that the group
-    /// is the next in the sample before too, its bytes are those it had:
-    /// they are copied as one run, and its series are not walked. The
-    /// values before it may have changed length, moving it in the buffer.
+    /// part is). Then, while every series so far matched the sample
+    /// before's, so that the group follows the same series as it did, its
+    /// bytes are those it had: they are copied as one run, and its series
+    /// are not walked. Values before it may have changed length, moving it
+    /// in the buffer.
     pub(super) fn steady(&mut self, unchanged: bool, write: impl FnOnce(&mut Self)) {
         let pass = self.pass as usize;
         let s = &self.stream;
