@@ -6,7 +6,9 @@
 #
 # The build stage runs on the builder's own platform and compiles for the
 # target's; the final image is distroless (glibc, no shell), runs as non-root
-# by default, and holds only the binary. The agent's manifest runs it as root
+# by default, and holds only the two binaries: kube-gpu-metrics (every mode)
+# and kube-gpu-metrics-agent (the agent alone, which the DaemonSet runs with
+# `command:`). The agent's manifest runs it as root
 # with every capability dropped (see deploy/base/agent.yaml for why).
 
 FROM --platform=$BUILDPLATFORM rust:1.88-bookworm AS build
@@ -36,11 +38,11 @@ COPY benches benches
 COPY tests tests
 RUN --mount=type=cache,target=/usr/local/cargo/registry \
     --mount=type=cache,target=/src/target \
-    cargo build --release --locked --bin kube-gpu-metrics --target "$(cat /rust-target)" \
-    && cp "target/$(cat /rust-target)/release/kube-gpu-metrics" /kube-gpu-metrics
+    cargo build --release --locked --bin kube-gpu-metrics --bin kube-gpu-metrics-agent --target "$(cat /rust-target)" \
+    && cp "target/$(cat /rust-target)/release/kube-gpu-metrics" "target/$(cat /rust-target)/release/kube-gpu-metrics-agent" /
 
 FROM gcr.io/distroless/cc-debian12:nonroot
-COPY --from=build /kube-gpu-metrics /usr/local/bin/kube-gpu-metrics
+COPY --from=build /kube-gpu-metrics /kube-gpu-metrics-agent /usr/local/bin/
 USER 65532:65532
 EXPOSE 9402 6443 9443
 ENTRYPOINT ["kube-gpu-metrics"]

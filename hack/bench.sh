@@ -74,10 +74,11 @@ cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
 install_tools
-log "building (release): the binary and the benchmark helpers"
-cargo build --release --quiet --bin kube-gpu-metrics --example static-server --example fleet --example loadgen
+log "building (release): the agent binary and the benchmark helpers"
+cargo build --release --quiet --bin kube-gpu-metrics-agent --example static-server --example fleet --example loadgen
 cargo bench --quiet --no-run --bench exposition --bench adapter --bench freshness --bench nvml 2>/dev/null
-bin=target/release/kube-gpu-metrics
+# The agent as the DaemonSet runs it.
+agent_bin=target/release/kube-gpu-metrics-agent
 examples=target/release/examples
 
 machine="$(nproc) × $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -sr)"
@@ -96,7 +97,7 @@ machine="$(nproc) × $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(awk '/
 } >"$out/summary.md"
 
 # 1. Scrape throughput: the agent and three servers of the same bytes.
-"${server_cpu[@]}" "$bin" agent --gpu-source sim --sim-gpus rtx4090,rtx4090,rtx4090,rtx4090,rtx4090,rtx4090,rtx4090,rtx4090 \
+"${server_cpu[@]}" "$agent_bin" --gpu-source sim --sim-gpus rtx4090,rtx4090,rtx4090,rtx4090,rtx4090,rtx4090,rtx4090,rtx4090 \
     --listen 127.0.0.1:19700 --node-name bench-node --log warn >"$work/agent.log" 2>&1 &
 pids+=($!)
 wait_http http://127.0.0.1:19700/readyz
@@ -155,7 +156,7 @@ gcc -shared -fPIC -O2 -o "$work/libnvidia-ml.so" hack/fake-nvml/fake_nvml.c -lpt
 for i in 0 1 2 3 4 5 6 7; do
     echo "gpu name=\"NVIDIA GeForce RTX 4090\" uuid=GPU-bench-$i util=$((40 + i)) mem_util=20 mem_total=25757220864 mem_used=8589934592 temp=60 power_mw=300000 sm_clock_mhz=2520"
 done >"$work/nvml.conf"
-FAKE_NVML_CONFIG="$work/nvml.conf" "$bin" agent --gpu-source nvml --nvml-lib "$work/libnvidia-ml.so" \
+FAKE_NVML_CONFIG="$work/nvml.conf" "$agent_bin" --gpu-source nvml --nvml-lib "$work/libnvidia-ml.so" \
     --listen 127.0.0.1:19710 --node-name footprint --no-attribution --log warn >"$work/footprint.log" 2>&1 &
 footprint_agent=$!
 pids+=($footprint_agent)

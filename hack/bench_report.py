@@ -73,7 +73,7 @@ emit("")
 emit("| Server | c | req/s | p50 | p99 | agent ÷ this | errors |")
 emit("| --- | --- | --- | --- | --- | --- | --- |")
 names = {
-    "agent": "kube-gpu-metrics agent `/metrics`",
+    "agent": "kube-gpu-metrics-agent `/metrics`",
     "static": "static-bytes hyper 1 server (the limit)",
     "nginx": "nginx, one worker, static file",
     "python": "Python prometheus_client exporter (the peer)",

@@ -183,6 +183,7 @@ log "manifests: base, 3 overlays and 3 Helm renders validate; the chart equals t
 log "building the release binary"
 cargo build --release --quiet
 bin=target/release/kube-gpu-metrics
+agent_bin=target/release/kube-gpu-metrics-agent
 
 # 1. standalone: two simulated nodes of the reference cluster and the adapter.
 kubeconfig="$work/standalone.kubeconfig"
@@ -214,7 +215,7 @@ mig 3 uuid=MIG-e2e-1g gi=2 ci=0 profile=1g.10gb mem_total=10737418240 mem_used=0
 error 1 power NOT_SUPPORTED
 error 2 * GPU_IS_LOST
 CONF
-FAKE_NVML_CONFIG="$work/nvml.conf" "$bin" agent --gpu-source nvml --nvml-lib "$work/libnvidia-ml.so" \
+FAKE_NVML_CONFIG="$work/nvml.conf" "$agent_bin" --gpu-source nvml --nvml-lib "$work/libnvidia-ml.so" \
     --listen 127.0.0.1:19412 --node-name e2e-node --no-attribution >"$work/agent.log" 2>&1 &
 pids+=($!)
 wait_http http://127.0.0.1:19412/readyz
@@ -223,7 +224,7 @@ wait_http http://127.0.0.1:19412/readyz
 # pending and one failed, pages pending retirement.
 faulty_gpu='gpu name="NVIDIA A100-SXM4-80GB" uuid=GPU-e2e-a100 util=97 mem_util=60 mem_total=85899345920 mem_used=42949672960 temp=88 power_mw=398000 sm_clock_mhz=1110 mem_temp=91 clock_events=0x64 viol_power_ns=4000000000 viol_thermal_ns=2000000000 ecc=1 ecc_sbe_vol=12 ecc_dbe_vol=0 remap=1 remap_corr=3 remap_unc=1 remap_pending=1 remap_failure=1 retired=1 retired_sbe=2 retired_dbe=1 retired_pending=1'
 printf '%s\nxid 0 79\nxid 0 13\n' "$faulty_gpu" >"$work/faulty.conf"
-FAKE_NVML_CONFIG="$work/faulty.conf" "$bin" agent --gpu-source nvml --nvml-lib "$work/libnvidia-ml.so" \
+FAKE_NVML_CONFIG="$work/faulty.conf" "$agent_bin" --gpu-source nvml --nvml-lib "$work/libnvidia-ml.so" \
     --listen 127.0.0.1:19413 --node-name e2e-faulty --no-attribution --health-interval 1s >"$work/faulty.log" 2>&1 &
 pids+=($!)
 wait_http http://127.0.0.1:19413/readyz

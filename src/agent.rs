@@ -86,6 +86,30 @@ pub struct AgentState {
     pub feed_token: Option<Arc<str>>,
 }
 
+/// The `agent` command's flags: sampling and serving, the GPU source, and
+/// attribution. `kube-gpu-metrics agent` and `kube-gpu-metrics-agent` take
+/// the same ones.
+#[derive(Clone, Debug, Args)]
+pub struct AgentCommand {
+    #[command(flatten)]
+    pub agent: AgentArgs,
+    #[command(flatten)]
+    pub gpu: GpuArgs,
+    #[command(flatten)]
+    pub attribution: AttributionArgs,
+}
+
+/// Runs the agent the command describes until `shutdown` turns true and its
+/// server and sampler have stopped.
+pub async fn run(command: AgentCommand, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let listen = command.agent.listen;
+    let setup = AgentSetup::from_args(command.agent, &command.gpu, &command.attribution);
+    let running = start(setup, shutdown).await.with_context(|| format!("cannot listen on {listen} (--listen)"))?;
+    tracing::info!("agent listening on http://{}", running.addr);
+    running.done.await.context("agent task failed")
+}
+
 /// Everything an agent runs with.
 pub struct AgentSetup {
     /// Sampling and serving flags.

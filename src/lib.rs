@@ -31,6 +31,7 @@ pub mod gpu;
 pub mod hpa;
 pub mod k8s;
 pub mod listener;
+pub mod process;
 pub mod retry;
 pub mod shutdown;
 pub mod sim;

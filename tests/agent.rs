@@ -1,4 +1,4 @@
-//! The real `kube-gpu-metrics agent` binary against the fake libnvidia-ml and
+//! The real `kube-gpu-metrics-agent` binary against the fake libnvidia-ml and
 //! a fake kubelet, spoken to over HTTP.
 
 use std::io::{BufRead, BufReader, Read, Write};
@@ -14,7 +14,10 @@ use kube_gpu_metrics::attribution::podresources::proto::{
     pod_resources_lister_server::{PodResourcesLister, PodResourcesListerServer},
 };
 
-const BIN: &str = env!("CARGO_BIN_EXE_kube-gpu-metrics");
+/// The binary the DaemonSet runs.
+const BIN: &str = env!("CARGO_BIN_EXE_kube-gpu-metrics-agent");
+/// The binary with every mode, whose `agent` is the same agent.
+const MAIN_BIN: &str = env!("CARGO_BIN_EXE_kube-gpu-metrics");
 
 /// Built by build.rs from hack/fake-nvml.
 fn fake_nvml() -> &'static str {
@@ -33,7 +36,11 @@ const LABELS_3060: &str = "node=\"testnode\",gpu=\"1\",uuid=\"GPU-3060-0001\",mo
 /// Starts the binary with `args` (and the fake NVML config, if any) and
 /// waits for the address it announces.
 fn spawn(args: &[&str], nvml_config: Option<&Path>) -> (Child, SocketAddr) {
-    let mut command = Command::new(BIN);
+    spawn_binary(BIN, args, nvml_config)
+}
+
+fn spawn_binary(binary: &str, args: &[&str], nvml_config: Option<&Path>) -> (Child, SocketAddr) {
+    let mut command = Command::new(binary);
     command.args(args).env("KGM_LOG", "info").stdout(Stdio::null()).stderr(Stdio::piped());
     if let Some(config) = nvml_config {
         command.env("FAKE_NVML_CONFIG", config);
@@ -70,7 +77,7 @@ impl Agent {
     }
 
     fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Agent {
-        let mut args = vec!["agent", "--gpu-source", "nvml", "--nvml-lib", fake_nvml()];
+        let mut args = vec!["--gpu-source", "nvml", "--nvml-lib", fake_nvml()];
         args.extend(["--listen", "127.0.0.1:0", "--node-name", "testnode", "--interval", "200ms"]);
         args.extend(extra);
         let (child, addr) = spawn(&args, Some(&dir.path().join("nvml.conf")));
@@ -841,8 +848,7 @@ fn sixteen_processes_on_a_shared_gpu_are_each_attributed() {
 #[test]
 #[ignore = "needs GPU"]
 fn the_real_nvml_library_reports_every_gpu() {
-    let args =
-        ["agent", "--listen", "127.0.0.1:0", "--node-name", "gpu-host", "--no-attribution", "--interval", "500ms"];
+    let args = ["--listen", "127.0.0.1:0", "--node-name", "gpu-host", "--no-attribution", "--interval", "500ms"];
     let (mut child, addr) = spawn(&args, None);
     let deadline = Instant::now() + Duration::from_secs(10);
     while request(addr, "GET", "/readyz", &[]).status != 200 {
@@ -966,7 +972,7 @@ fn a_missing_nvml_library_is_not_ready_until_it_appears() {
     std::fs::write(dir.path().join("nvml.conf"), TWO_GPUS).unwrap();
     let library = dir.path().join("driver/libnvidia-ml.so.1");
     let library_flag = library.display().to_string();
-    let mut args = vec!["agent", "--gpu-source", "nvml", "--nvml-lib", library_flag.as_str()];
+    let mut args = vec!["--gpu-source", "nvml", "--nvml-lib", library_flag.as_str()];
     args.extend(["--listen", "127.0.0.1:0", "--node-name", "testnode", "--no-attribution", "--interval", "200ms"]);
     let (child, addr) = spawn(&args, Some(&dir.path().join("nvml.conf")));
     let agent = Agent { child, addr, dir };
@@ -1027,9 +1033,27 @@ fn a_slow_nvml_open_does_not_mark_every_gpu_down() {
 }
 
 #[test]
+fn kube_gpu_metrics_agent_is_the_same_agent_as_the_agent_mode() {
+    let dedicated = Agent::start(TWO_GPUS, &["--no-attribution", "--names", "both"]);
+    let gpu_lines = |text: &str| -> Vec<String> {
+        text.lines().filter(|l| l.starts_with("nvidia_gpu_") || l.starts_with("DCGM_FI_")).map(str::to_owned).collect()
+    };
+    let expected = gpu_lines(&dedicated.metrics_until("a first sample", |t| t.contains("nvidia_gpu_up{")));
+    assert!(expected.iter().any(|l| l.starts_with("nvidia_gpu_utilization_percent{")), "{expected:?}");
+
+    let args = ["agent", "--gpu-source", "nvml", "--nvml-lib", fake_nvml(), "--listen", "127.0.0.1:0"];
+    let args = [&args[..], &["--node-name", "testnode", "--interval", "200ms", "--no-attribution", "--names", "both"]]
+        .concat();
+    let (child, addr) = spawn_binary(MAIN_BIN, &args, Some(&dedicated.path("nvml.conf")));
+    let mode = Agent { child, addr, dir: tempfile::tempdir().unwrap() };
+    let served = gpu_lines(&mode.metrics_until("a first sample", |t| t.contains("nvidia_gpu_up{")));
+    assert_eq!(served, expected);
+}
+
+#[test]
 fn log_format_json_writes_one_object_per_line() {
     let mut child = Command::new(BIN)
-        .args(["--log-format", "json", "agent", "--gpu-source", "sim", "--listen", "127.0.0.1:0"])
+        .args(["--log-format", "json", "--gpu-source", "sim", "--listen", "127.0.0.1:0"])
         .env("KGM_LOG", "info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
