@@ -54,7 +54,8 @@ where
         tokio::spawn(async move {
             wait_for_signal().await;
             tracing::info!("shutting down");
-            let _ = signals.send(true);
+            // Stored even before `work` has subscribed, so no signal is lost.
+            signals.send_replace(true);
         });
         work(shutdown_tx).await
     });
