@@ -185,9 +185,10 @@ cargo build --release --quiet
 bin=target/release/kube-gpu-metrics
 agent_bin=target/release/kube-gpu-metrics-agent
 
-# 1. standalone: two simulated nodes of the reference cluster and the adapter.
+# 1. standalone: two simulated nodes of the reference cluster and the adapter,
+# started with the README's own command (cargo execs the binary in place).
 kubeconfig="$work/standalone.kubeconfig"
-"$bin" standalone --agent-port 19402 --adapter-port 19443 --kubeconfig-out "$kubeconfig" --seed 7 \
+cargo run --release --quiet -- standalone --agent-port 19402 --adapter-port 19443 --kubeconfig-out "$kubeconfig" --seed 7 \
     --keda-port 19543 --ca-out "$work/standalone-ca.pem" >"$work/standalone.log" 2>&1 &
 pids+=($!)
 wait_http http://127.0.0.1:19402/readyz

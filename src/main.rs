@@ -25,7 +25,9 @@ struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Node agent: reads GPUs over NVML, attributes them to pods, serves /metrics and /v1/pods.
-    /// The DaemonSet runs the same agent as the smaller `kube-gpu-metrics-agent` binary.
+    ///
+    /// The DaemonSet runs the same agent, with the same flags, as the smaller
+    /// `kube-gpu-metrics-agent` binary.
     Agent(AgentCommand),
     /// Custom metrics API server: serves custom.metrics.k8s.io and external.metrics.k8s.io over HTTPS.
     Adapter(AdapterArgs),
