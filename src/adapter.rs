@@ -470,6 +470,18 @@ pub struct RunningAdapter {
     pub done: tokio::task::JoinHandle<()>,
 }
 
+/// Runs the adapter the flags describe until `shutdown` turns true and
+/// every task has stopped.
+pub async fn run(args: AdapterArgs, shutdown: watch::Receiver<bool>) -> anyhow::Result<()> {
+    use anyhow::Context;
+    let running = start(AdapterSetup::from_args(args)?, shutdown).await?;
+    tracing::info!("adapter listening on https://{}", running.addr);
+    if let Some(addr) = running.keda_addr {
+        tracing::info!("KEDA external scaler listening on {addr} (gRPC over TLS)");
+    }
+    running.done.await.context("adapter task failed")
+}
+
 /// Makes the kube client if the setup needs one, reads the front-proxy
 /// settings, binds, and starts every task; returns once listening.
 pub async fn start(setup: AdapterSetup, shutdown: watch::Receiver<bool>) -> Result<RunningAdapter, AdapterError> {

@@ -4,7 +4,7 @@
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 
-use kube_gpu_metrics::adapter::{self, AdapterArgs, AdapterSetup};
+use kube_gpu_metrics::adapter::{self, AdapterArgs};
 use kube_gpu_metrics::agent::{self, AgentCommand};
 use kube_gpu_metrics::hpa::preview::{self, PreviewArgs};
 use kube_gpu_metrics::process::{self, LogArgs};
@@ -48,15 +48,7 @@ fn main() -> anyhow::Result<()> {
 async fn run(command: Command, shutdown_tx: tokio::sync::watch::Sender<bool>) -> anyhow::Result<()> {
     match command {
         Command::Agent(command) => agent::run(command, shutdown_tx.subscribe()).await?,
-        Command::Adapter(args) => {
-            let setup = AdapterSetup::from_args(args)?;
-            let running = adapter::start(setup, shutdown_tx.subscribe()).await?;
-            tracing::info!("adapter listening on https://{}", running.addr);
-            if let Some(addr) = running.keda_addr {
-                tracing::info!("KEDA external scaler listening on {addr} (gRPC over TLS)");
-            }
-            running.done.await.context("adapter task failed")?;
-        }
+        Command::Adapter(args) => adapter::run(args, shutdown_tx.subscribe()).await?,
         Command::HpaPreview(args) => println!("{}", preview::run(&args).await?),
         Command::Simulate(args) => print!("{}", twin::run(&args)?),
         Command::Standalone(args) => standalone::run(args, shutdown_tx).await.context("standalone failed")?,

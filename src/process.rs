@@ -10,7 +10,7 @@ use tokio::sync::watch;
 
 /// How long the process may take to exit once its servers have drained: a
 /// GPU read hung inside the driver is left behind rather than waited for.
-pub const EXIT_GRACE: Duration = Duration::from_secs(2);
+const EXIT_GRACE: Duration = Duration::from_secs(2);
 
 /// Log line format.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
