@@ -33,6 +33,13 @@ gpu name=\"NVIDIA GeForce RTX 3060\" uuid=GPU-3060-0001 util=17 mem_util=9 mem_t
 const LABELS_4090: &str = "node=\"testnode\",gpu=\"0\",uuid=\"GPU-4090-0000\",model=\"NVIDIA GeForce RTX 4090\"";
 const LABELS_3060: &str = "node=\"testnode\",gpu=\"1\",uuid=\"GPU-3060-0001\",model=\"NVIDIA GeForce RTX 3060\"";
 
+/// A temporary directory holding `config` as the fake NVML's `nvml.conf`.
+fn config_dir(config: &str) -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("nvml.conf"), config).unwrap();
+    dir
+}
+
 /// Starts the binary with `args` (and the fake NVML config, if any) and
 /// waits for the address it announces.
 fn spawn(args: &[&str], nvml_config: Option<&Path>) -> (Child, SocketAddr) {
@@ -70,17 +77,21 @@ struct Agent {
 impl Agent {
     /// Starts the agent over the fake NVML with `config`, plus `extra` flags.
     fn start(config: &str, extra: &[&str]) -> Agent {
-        let dir = tempfile::tempdir().unwrap();
-        let config_path = dir.path().join("nvml.conf");
-        std::fs::write(&config_path, config).unwrap();
-        Self::start_in(dir, extra)
+        Self::start_in(config_dir(config), extra)
     }
 
     fn start_in(dir: tempfile::TempDir, extra: &[&str]) -> Agent {
-        let mut args = vec!["--gpu-source", "nvml", "--nvml-lib", fake_nvml()];
+        Self::launch(BIN, &[], dir, extra)
+    }
+
+    /// Starts `binary` with `leading` arguments first (the mode, for the
+    /// binary with every mode), over the fake NVML config in `dir`.
+    fn launch(binary: &str, leading: &[&str], dir: tempfile::TempDir, extra: &[&str]) -> Agent {
+        let mut args = leading.to_vec();
+        args.extend(["--gpu-source", "nvml", "--nvml-lib", fake_nvml()]);
         args.extend(["--listen", "127.0.0.1:0", "--node-name", "testnode", "--interval", "200ms"]);
         args.extend(extra);
-        let (child, addr) = spawn(&args, Some(&dir.path().join("nvml.conf")));
+        let (child, addr) = spawn_binary(binary, &args, Some(&dir.path().join("nvml.conf")));
         Agent { child, addr, dir }
     }
 
@@ -638,12 +649,8 @@ fn mig_config(second: &str) -> String {
 
 #[test]
 fn mig_devices_are_read_and_a_pod_on_one_gets_its_values_through_reconfiguration() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(
-        dir.path().join("nvml.conf"),
-        mig_config("mig 0 uuid=MIG-bbbb gi=2 ci=0 profile=1g.10gb mem_total=10737418240 mem_used=0\n"),
-    )
-    .unwrap();
+    let dir =
+        config_dir(&mig_config("mig 0 uuid=MIG-bbbb gi=2 ci=0 profile=1g.10gb mem_total=10737418240 mem_used=0\n"));
     let kubelet = FakeKubelet::default();
     kubelet.0.lock().unwrap().pod_resources = vec![
         with_resource("nvidia.com/mig-3g.40gb", pod("ai", "llm-0", "main", &["MIG-aaaa"])),
@@ -715,8 +722,7 @@ fn gpm_measures_each_mig_device_and_its_pod_gets_that_utilization() {
              mig 0 uuid=MIG-cccc gi=2 ci=1 profile=1c.2g.20gb mem_total=21474836480 mem_used=0 util=90\n"
         )
     };
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("nvml.conf"), config(60)).unwrap();
+    let dir = config_dir(&config(60));
     let kubelet = FakeKubelet::default();
     kubelet.0.lock().unwrap().pod_resources = vec![
         with_resource("nvidia.com/mig-3g.40gb", pod("ai", "llm-0", "main", &["MIG-aaaa"])),
@@ -885,8 +891,7 @@ fn the_real_nvml_library_reports_every_gpu() {
 
 #[test]
 fn the_feed_can_require_a_token_that_the_adapter_sends() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("nvml.conf"), TWO_GPUS).unwrap();
+    let dir = config_dir(TWO_GPUS);
     std::fs::write(dir.path().join("token"), "s3cret-token\n").unwrap();
     let token_file = dir.path().join("token").display().to_string();
     let agent = Agent::start_in(dir, &["--no-attribution", "--feed-token-file", &token_file]);
@@ -968,8 +973,7 @@ fn a_hung_nvml_call_marks_only_its_gpu_down_and_blocks_no_scrape() {
 
 #[test]
 fn a_missing_nvml_library_is_not_ready_until_it_appears() {
-    let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("nvml.conf"), TWO_GPUS).unwrap();
+    let dir = config_dir(TWO_GPUS);
     let library = dir.path().join("driver/libnvidia-ml.so.1");
     let library_flag = library.display().to_string();
     let mut args = vec!["--gpu-source", "nvml", "--nvml-lib", library_flag.as_str()];
@@ -1038,15 +1042,14 @@ fn kube_gpu_metrics_agent_is_the_same_agent_as_the_agent_mode() {
     let gpu_lines = |text: &str| -> Vec<String> {
         text.lines().filter(|l| l.starts_with("nvidia_gpu_") || l.starts_with("DCGM_FI_")).map(str::to_owned).collect()
     };
-    let expected = gpu_lines(&dedicated.metrics_until("a first sample", |t| t.contains("nvidia_gpu_up{")));
+    // Settled: a first sample, and both GPUs registered for XID events (the
+    // last-XID gauge appears once the event thread has them).
+    let settled = |t: &str| t.contains("nvidia_gpu_up{") && t.matches("DCGM_FI_DEV_XID_ERRORS{").count() == 2;
+    let expected = gpu_lines(&dedicated.metrics_until("a first sample and XID registration", settled));
     assert!(expected.iter().any(|l| l.starts_with("nvidia_gpu_utilization_percent{")), "{expected:?}");
 
-    let args = ["agent", "--gpu-source", "nvml", "--nvml-lib", fake_nvml(), "--listen", "127.0.0.1:0"];
-    let args = [&args[..], &["--node-name", "testnode", "--interval", "200ms", "--no-attribution", "--names", "both"]]
-        .concat();
-    let (child, addr) = spawn_binary(MAIN_BIN, &args, Some(&dedicated.path("nvml.conf")));
-    let mode = Agent { child, addr, dir: tempfile::tempdir().unwrap() };
-    let served = gpu_lines(&mode.metrics_until("a first sample", |t| t.contains("nvidia_gpu_up{")));
+    let mode = Agent::launch(MAIN_BIN, &["agent"], config_dir(TWO_GPUS), &["--no-attribution", "--names", "both"]);
+    let served = gpu_lines(&mode.metrics_until("a first sample and XID registration", settled));
     assert_eq!(served, expected);
 }
 
