@@ -205,6 +205,7 @@ class GpuNode:
         os.replace(tmp, self.checkpoint)
 
     def _watch_pods(self):
+        failing = False
         while not self.stopping.is_set():
             try:
                 for event in watch.Watch().stream(
@@ -212,6 +213,9 @@ class GpuNode:
                     field_selector=f"spec.nodeName={self.name}", timeout_seconds=30,
                 ):
                     pod = event["object"]
+                    if failing:
+                        print(f"[node {self.name}] pod watch answers again", flush=True)
+                        failing = False
                     if event["type"] == "DELETED":
                         continue
                     if pod.metadata.deletion_timestamp:
@@ -220,17 +224,19 @@ class GpuNode:
                         self._run(pod)
                     if self.stopping.is_set():
                         return
-            except Exception as e:  # the API server restarting: watch again
+            except Exception as e:  # the API server restarting: watch again (said once)
                 if not self.stopping.is_set():
-                    print(f"[node {self.name}] pod watch: {e}; watching again", flush=True)
+                    if not failing:
+                        print(f"[node {self.name}] pod watch failed ({type(e).__name__}); watching again", flush=True)
+                    failing = True
                     time.sleep(1)
 
     def _heartbeats(self):
         while not self.stopping.wait(10):
             try:
                 self.heartbeat()
-            except Exception as e:
-                print(f"[node {self.name}] heartbeat: {e}", flush=True)
+            except Exception:  # noqa: BLE001 (the API server restarting: the next beat tries again)
+                pass
 
     def start(self):
         self.server.start()

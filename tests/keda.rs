@@ -252,6 +252,43 @@ async fn a_stream_pushes_activation_as_soon_as_the_load_jumps() {
 }
 
 #[tokio::test]
+async fn a_thousand_held_streams_leave_unary_calls_on_the_same_connection_answered() {
+    let standalone = Standalone::start(CONSTANT, &[]).await;
+    // Clones of one client share its channel: one HTTP/2 connection, as KEDA holds one per address.
+    let client = standalone.client(None).await;
+    wait_for_every_pod(&mut client.clone()).await;
+    let open_all = futures::future::join_all((0..1000).map(|i| {
+        let mut client = client.clone();
+        async move {
+            let object =
+                object(&format!("pushed-{i}"), &[("targetValue", "70"), ("podSelector", "app=reasoning-suite")]);
+            let mut stream = client.stream_is_active(object).await.unwrap().into_inner();
+            // Each stream answers at once; it is then held open.
+            stream.message().await.unwrap().expect("the first answer");
+            stream
+        }
+    }));
+    // Over the server's per-connection stream limit, the rest would queue behind the held ones.
+    let opened = tokio::time::timeout(Duration::from_secs(30), open_all)
+        .await
+        .expect("1,000 streams open on one connection and each answers");
+    assert_eq!(opened.len(), 1000);
+    let reasoning = object("reasoning-suite", &[("targetValue", "70"), ("activationTargetValue", "50")]);
+    for _ in 0..5 {
+        let answer = tokio::time::timeout(
+            Duration::from_secs(10),
+            client.clone().get_metrics(metrics_request(reasoning.clone())),
+        )
+        .await
+        .expect("GetMetrics answers beside 1,000 held streams")
+        .unwrap();
+        assert_eq!(answer.into_inner().metric_values[0].metric_value, 60);
+        assert!(client.clone().is_active(reasoning.clone()).await.unwrap().into_inner().result);
+    }
+    drop(opened);
+}
+
+#[tokio::test]
 async fn ceil_of_the_sum_over_the_target_is_what_hpa_preview_proposes() {
     let standalone = Standalone::start(CONSTANT, &[]).await;
     let mut client = standalone.client(None).await;
