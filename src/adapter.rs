@@ -46,6 +46,7 @@ use auth::{AuthArgs, Authenticator, Authorizer};
 use cluster::{AgentDiscovery, ClusterOutputs};
 use keda::KedaScaler;
 use keda::server::{DEFAULT_KEDA_LISTEN, KedaListen, KedaSetup};
+use keda::target::{ClusterTargets, ScaleTargets};
 use provider::Provider;
 use readiness::Readiness;
 use source::agents::{AgentSource, AgentTarget};
@@ -570,22 +571,25 @@ pub async fn start(setup: AdapterSetup, shutdown: watch::Receiver<bool>) -> Resu
     let (targets_tx, targets_rx) = watch::channel(static_urls.iter().map(AgentTarget::unbound).collect::<Vec<_>>());
     let (synced_tx, synced_rx) = watch::channel(false);
     let mut background = Tasks::default();
-    let labels = match (setup.labels, client.clone()) {
+    // Labels come from standalone's twin, the cluster, or nowhere; KEDA's
+    // scaler learns ScaledObjects' targets from the same place.
+    let (labels, scale_targets) = match (setup.labels, client.clone()) {
         (Some(index), _) => {
             synced_tx.send_replace(true);
-            index
+            (index, ScaleTargets::Simulated)
         }
         (None, Some(client)) => {
             let labels =
                 Arc::new(LabelIndex::new(LabelMaps { placements: Some(Default::default()), ..LabelMaps::default() }));
             let outputs = ClusterOutputs { targets: targets_tx, labels: labels.clone(), synced: synced_tx };
-            let watch = cluster::run(client, discovery, static_urls, outputs, readiness.clone(), shutdown.clone());
+            let watch =
+                cluster::run(client.clone(), discovery, static_urls, outputs, readiness.clone(), shutdown.clone());
             background.push("cluster watchers", tokio::spawn(watch));
-            labels
+            (labels, ScaleTargets::Cluster(ClusterTargets::new(client)))
         }
         (None, None) => {
             synced_tx.send_replace(true);
-            Arc::new(LabelIndex::default())
+            (Arc::new(LabelIndex::default()), ScaleTargets::NoCluster)
         }
     };
 
@@ -625,7 +629,8 @@ pub async fn start(setup: AdapterSetup, shutdown: watch::Receiver<bool>) -> Resu
     tasks.push("https server", tokio::spawn(server));
     let keda_addr = keda.as_ref().map(|k| k.addr);
     if let Some(BoundKeda { listener, tls, client_ca, .. }) = keda {
-        let scaler = KedaScaler::new(provider.clone(), readiness.clone(), limits.poll_interval, shutdown.clone());
+        let scaler =
+            KedaScaler::new(provider.clone(), readiness.clone(), scale_targets, limits.poll_interval, shutdown.clone());
         let slots = Arc::new(ConnectionSlots::new(limits.max_connections, "--max-connections"));
         let server = keda::server::serve(listener, tls, client_ca, scaler, slots, shutdown);
         tasks.push("keda scaler", tokio::spawn(server));

@@ -22,6 +22,8 @@ struct Standalone {
     dir: tempfile::TempDir,
     keda: String,
     ca: String,
+    /// The first agent's address.
+    agent: String,
 }
 
 impl Standalone {
@@ -46,32 +48,40 @@ impl Standalone {
         let stdout = child.stdout.take().unwrap();
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
+            let mut agent = None;
             for line in BufReader::new(stdout).lines().map_while(Result::ok) {
-                if let Some(rest) = line.trim_start().strip_prefix("keda-scaler") {
-                    let _ = tx.send(rest.split_whitespace().next().unwrap().to_string());
+                let line = line.trim_start();
+                if let Some(rest) = line.strip_prefix("agent ") {
+                    // "agent mainpc   http://127.0.0.1:9402/metrics   …"
+                    let metrics = rest.split_whitespace().nth(1).unwrap_or_default();
+                    agent.get_or_insert(metrics.trim_start_matches("http://").trim_end_matches("/metrics").to_string());
+                }
+                if let Some(rest) = line.strip_prefix("keda-scaler") {
+                    let keda = rest.split_whitespace().next().unwrap().to_string();
+                    let _ = tx.send((keda, agent.clone().expect("agents are listed first")));
                 }
             }
         });
-        let keda = rx.recv_timeout(Duration::from_secs(30)).expect("standalone printed the keda-scaler line");
+        let (keda, agent) = rx.recv_timeout(Duration::from_secs(30)).expect("standalone printed the keda-scaler line");
         let ca = std::fs::read_to_string(dir.path().join("ca.pem")).unwrap();
-        Standalone { child, dir, keda, ca }
+        Standalone { child, dir, keda, ca, agent }
     }
 
-    /// A client trusting the standalone CA, with `identity` if given.
+    /// A client of this standalone's scaler, trusting its CA, with `identity` if given.
     async fn client(&self, identity: Option<&PemPair>) -> ExternalScalerClient<Channel> {
-        let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(&self.ca)).domain_name("localhost");
-        if let Some(pair) = identity {
-            tls = tls.identity(Identity::from_pem(&pair.cert, &pair.key));
-        }
-        let channel = Channel::from_shared(format!("https://{}", self.keda))
-            .unwrap()
-            .tls_config(tls)
-            .unwrap()
-            .connect()
-            .await
-            .unwrap();
-        ExternalScalerClient::new(channel)
+        client_of(&self.keda, &self.ca, identity).await
     }
+}
+
+/// A client of the scaler at `address`, trusting `ca` (PEM), with `identity` if given.
+async fn client_of(address: &str, ca: &str, identity: Option<&PemPair>) -> ExternalScalerClient<Channel> {
+    let mut tls = ClientTlsConfig::new().ca_certificate(Certificate::from_pem(ca)).domain_name("localhost");
+    if let Some(pair) = identity {
+        tls = tls.identity(Identity::from_pem(&pair.cert, &pair.key));
+    }
+    let channel =
+        Channel::from_shared(format!("https://{address}")).unwrap().tls_config(tls).unwrap().connect().await.unwrap();
+    ExternalScalerClient::new(channel)
 }
 
 impl Drop for Standalone {
@@ -146,10 +156,23 @@ async fn every_rpc_answers_as_keda_expects() {
     let quiet = object("reasoning-suite", &[("targetValue", "70"), ("activationTargetValue", "80")]);
     assert!(!client.is_active(quiet).await.unwrap().into_inner().result);
 
-    // A workload scaled to zero has no pods: inactive, and no values (not an error).
-    let gone = object("batch-suite", &[("targetValue", "70")]);
-    assert!(!client.is_active(gone.clone()).await.unwrap().into_inner().result);
-    assert!(client.get_metrics(metrics_request(gone)).await.unwrap().into_inner().metric_values.is_empty());
+    // A selector that matches no pod is never called inactive: standalone has no ScaledObjects, so a
+    // workload at zero cannot be told from a typo, and the answer names podSelector.
+    let typo = object("reasoning-suit", &[("targetValue", "70")]);
+    let status = client.is_active(typo.clone()).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+    assert!(status.message().starts_with("podSelector \"app=reasoning-suit\" matches no pod"), "{}", status.message());
+    let status = client.get_metrics(metrics_request(typo)).await.unwrap_err();
+    assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+
+    // GetMetrics for another metric than the ScaledObject's is refused, naming the field.
+    let other = GetMetricsRequest {
+        metric_name: "nvidia_gpu_memory_used_bytes".into(),
+        scaled_object_ref: Some(reasoning.clone()),
+    };
+    let status = client.get_metrics(other).await.unwrap_err();
+    assert_eq!(status.code(), Code::InvalidArgument, "{status:?}");
+    assert!(status.message().starts_with("metricName: "), "{}", status.message());
 
     // Two workloads by selector: the sum of both pods; memory adds bytes.
     let both = object("so", &[("targetValue", "30"), ("podSelector", "app in (reasoning-suite,tutoring-suite)")]);
@@ -157,7 +180,10 @@ async fn every_rpc_answers_as_keda_expects() {
     assert!((sum - 75.0).abs() < 2.0, "{sum}");
     let memory =
         object("reasoning-suite", &[("targetValue", "8589934592"), ("metricName", "nvidia_gpu_memory_used_bytes")]);
-    let answer = client.get_metrics(metrics_request(memory)).await.unwrap().into_inner();
+    // KEDA asks for the metric GetMetricSpec named.
+    let request =
+        GetMetricsRequest { metric_name: "nvidia_gpu_memory_used_bytes".into(), scaled_object_ref: Some(memory) };
+    let answer = client.get_metrics(request).await.unwrap().into_inner();
     assert!(answer.metric_values[0].metric_value_float > 1e9, "{answer:?}");
 
     // The first push is the current answer.
@@ -326,4 +352,49 @@ async fn ceil_of_the_sum_over_the_target_is_what_hpa_preview_proposes() {
             .unwrap_or_else(|| panic!("no proposal in {report}"));
         assert_eq!(keda_replicas, proposed, "target {target}: sum {sum}\n{report}");
     }
+}
+
+#[tokio::test]
+async fn an_adapter_without_a_cluster_says_it_cannot_evaluate_pod_selectors() {
+    let standalone = Standalone::start(CONSTANT, &[]).await;
+    let mut client = standalone.client(None).await;
+    wait_for_every_pod(&mut client).await;
+    // A plain adapter polling standalone's agents by URL: fresh values for every pod, but no pod labels.
+    let ca = standalone.dir.path().join("ca.pem");
+    let serving_ca = LocalCa::new("test").unwrap();
+    let serving = serving_ca.serving(&["localhost"]).unwrap();
+    let (cert, key) = (standalone.dir.path().join("adapter.crt"), standalone.dir.path().join("adapter.key"));
+    std::fs::write(&cert, &serving.cert).unwrap();
+    std::fs::write(&key, &serving.key).unwrap();
+    let mut adapter = Command::new(BIN)
+        .args(["adapter", "--secure-listen", "127.0.0.1:0", "--keda-listen", "127.0.0.1:0", "--discover-agents=false"])
+        .args(["--tls-cert-file", cert.to_str().unwrap(), "--tls-private-key-file", key.to_str().unwrap()])
+        .args(["--authorization-mode", "always-allow", "--requestheader-client-ca-file", ca.to_str().unwrap()])
+        .args(["--agent", &format!("http://{}", standalone.agent)])
+        .env("KGM_LOG", "info")
+        .env("KGM_LOG_FORMAT", "text")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let logs = adapter.stderr.take().unwrap();
+    let keda = BufReader::new(logs)
+        .lines()
+        .map_while(Result::ok)
+        .find_map(|line| {
+            Some(line.split("KEDA external scaler listening on ").nth(1)?.split_whitespace().next()?.to_string())
+        })
+        .expect("the adapter logs its KEDA address");
+    let mut client = client_of(&keda, &serving_ca.cert_pem, None).await;
+    for metadata in [&[("targetValue", "70")][..], &[("targetValue", "70"), ("podSelector", "app=reasoning-suite")]] {
+        let status = client.is_active(object("reasoning-suite", metadata)).await.unwrap_err();
+        assert_eq!(status.code(), Code::FailedPrecondition, "{status:?}");
+        assert!(
+            status.message().starts_with("podSelector: this adapter runs without a cluster"),
+            "{}",
+            status.message()
+        );
+    }
+    let _ = adapter.kill();
+    let _ = adapter.wait();
 }

@@ -15,16 +15,22 @@
 //!   `activationTargetValue`; `StreamIsActive` pushes each change of that
 //!   answer as soon as a poll round shows it.
 //!
-//! No matching pods (a workload at 0 replicas) is an answer: inactive, no
-//! metric values. A workload whose pods have no fresh value, or an adapter
-//! not ready yet, is `Unavailable`, never a made-up 0 that would scale it
-//! down. Bad metadata is `InvalidArgument` naming the key
+//! No matching pods is an answer only when the ScaledObject's scale target
+//! is at 0 replicas ([`target`]): inactive, no metric values. A selector
+//! that matches none of a running target's pods, or one that cannot be
+//! checked against the target, is `FailedPrecondition` naming
+//! `podSelector`, never a made-up "inactive" that would scale a busy
+//! workload to zero. A workload whose pods have no fresh value, or an
+//! adapter not ready yet, is `Unavailable`, never a made-up 0 that would
+//! scale it down. Bad metadata is `InvalidArgument` naming the key
 //! ([`metadata`]).
 
 pub mod metadata;
 pub mod server;
+pub mod target;
 
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use futures::Stream;
@@ -33,7 +39,8 @@ use tonic::{Request, Response, Status};
 
 use super::provider::Provider;
 use super::readiness::Readiness;
-use metadata::ScalerSpec;
+use metadata::{DefaultSelector, ScalerSpec};
+use target::{Known, ScaleTargets};
 
 /// The code generated from KEDA's `externalscaler.proto`.
 pub mod proto {
@@ -50,7 +57,7 @@ use proto::{
 /// What a workload looks like to the scaler at one moment.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum WorkloadState {
-    /// No pod matches: a workload at 0 replicas.
+    /// No pod matches, and the scale target is at 0 replicas.
     NoPods,
     /// The value to report (the sum, missing pods counted as the HPA
     /// counts them) and whether any pod is above the activation value.
@@ -72,17 +79,54 @@ pub struct KedaScaler {
     /// How often streams re-check when no round arrives (values age out).
     recheck: Duration,
     shutdown: watch::Receiver<bool>,
+    /// Where each ScaledObject's scale target is learnt.
+    targets: Arc<ScaleTargets>,
 }
 
 fn invalid(error: metadata::MetadataError) -> Status {
-    Status::invalid_argument(format!("scalerMetadata {error}"))
+    if error.precondition {
+        Status::failed_precondition(format!("scalerMetadata {error}"))
+    } else {
+        Status::invalid_argument(format!("scalerMetadata {error}"))
+    }
 }
 
+/// Why an adapter without a cluster answers no ScaledObject.
+const NO_CLUSTER: &str = "podSelector: this adapter runs without a cluster (static --agent URLs), so it knows no pod's \
+     labels and cannot evaluate a pod selector; run it with the cluster (agent discovery) to serve KEDA";
+
 impl KedaScaler {
-    /// A scaler over `provider`; streams re-check every `recheck` and end on
-    /// shutdown.
-    pub fn new(provider: Provider, readiness: Readiness, recheck: Duration, shutdown: watch::Receiver<bool>) -> Self {
-        Self { provider, readiness, recheck, shutdown }
+    /// A scaler over `provider`, learning scale targets from `targets`;
+    /// streams re-check every `recheck` and end on shutdown.
+    pub fn new(
+        provider: Provider,
+        readiness: Readiness,
+        targets: ScaleTargets,
+        recheck: Duration,
+        shutdown: watch::Receiver<bool>,
+    ) -> Self {
+        Self { provider, readiness, recheck, shutdown, targets: Arc::new(targets) }
+    }
+
+    /// Checks a ScaledObject's metadata, with what the API shows of its
+    /// scale target (its default pod selector and replicas).
+    pub async fn spec(&self, object: &ScaledObjectRef) -> Result<ScalerSpec, Status> {
+        if matches!(*self.targets, ScaleTargets::NoCluster) {
+            return Err(Status::failed_precondition(NO_CLUSTER));
+        }
+        let known = if object.namespace.is_empty() {
+            Known::Unknown("the ScaledObject's namespace is empty".into())
+        } else {
+            self.targets.known(&object.namespace, &object.name).await
+        };
+        let default = match (&*self.targets, &known) {
+            (ScaleTargets::Simulated, _) => DefaultSelector::AppName,
+            (_, Known::Target(target)) => DefaultSelector::Target(&target.selector),
+            (_, Known::Unknown(why)) => DefaultSelector::Unavailable(why),
+        };
+        let mut spec = ScalerSpec::parse(object, default).map_err(invalid)?;
+        spec.scale_target = known;
+        Ok(spec)
     }
 
     /// The workload's state at `now`, or why there is none.
@@ -94,7 +138,19 @@ impl KedaScaler {
         let snapshot = self.provider.snapshot(now);
         let workload = snapshot.workload(spec.metric, &spec.namespace, &spec.selector);
         if workload.values.is_empty() && workload.missing.is_empty() {
-            return Ok(WorkloadState::NoPods);
+            return match &spec.scale_target {
+                Known::Target(target) if target.replicas == 0 => Ok(WorkloadState::NoPods),
+                Known::Target(target) => Err(Status::failed_precondition(format!(
+                    "podSelector {:?} matches no pod in {}, while {} has {} replica(s): not answering rather than \
+                     call it inactive; fix podSelector, or leave it out for the target's own selector {:?}",
+                    spec.selector_text, spec.namespace, target.description, target.replicas, target.selector
+                ))),
+                Known::Unknown(why) => Err(Status::failed_precondition(format!(
+                    "podSelector {:?} matches no pod in {}, and a workload at zero replicas cannot be told from a \
+                     selector that matches nothing ({why}): not answering rather than call it inactive",
+                    spec.selector_text, spec.namespace
+                ))),
+            };
         }
         if workload.values.is_empty() {
             let shown: Vec<&str> = workload.missing.iter().take(5).copied().collect();
@@ -122,7 +178,10 @@ impl KedaScaler {
     /// the ones without a value is not called idle.
     fn is_active(&self, spec: &ScalerSpec, now: SystemTime) -> Result<bool, Status> {
         match self.state(spec, now)? {
-            WorkloadState::NoPods => Ok(false),
+            WorkloadState::NoPods => {
+                tracing::debug!(namespace = %spec.namespace, selector = %spec.selector_text, "inactive: the scale target is at zero replicas");
+                Ok(false)
+            }
             WorkloadState::Measured { active: true, .. } => Ok(true),
             WorkloadState::Measured { active: false, missing: 0, .. } => Ok(false),
             WorkloadState::Measured { missing, .. } => Err(Status::unavailable(format!(
@@ -135,13 +194,21 @@ impl KedaScaler {
     }
 }
 
+/// A value echoed in a message, cut to 64 characters.
+fn shorten(text: &str) -> String {
+    match text.char_indices().nth(64) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_string(),
+    }
+}
+
 type ActivationStream = Pin<Box<dyn Stream<Item = Result<IsActiveResponse, Status>> + Send>>;
 type SpecStream = Pin<Box<dyn Stream<Item = Result<GetMetricSpecResponse, Status>> + Send>>;
 
 #[tonic::async_trait]
 impl ExternalScaler for KedaScaler {
     async fn is_active(&self, request: Request<ScaledObjectRef>) -> Result<Response<IsActiveResponse>, Status> {
-        let spec = ScalerSpec::parse(request.get_ref()).map_err(invalid)?;
+        let spec = self.spec(request.get_ref()).await?;
         let result = KedaScaler::is_active(self, &spec, SystemTime::now())?;
         Ok(Response::new(IsActiveResponse { result }))
     }
@@ -155,7 +222,8 @@ impl ExternalScaler for KedaScaler {
         &self,
         request: Request<ScaledObjectRef>,
     ) -> Result<Response<Self::StreamIsActiveStream>, Status> {
-        let spec = ScalerSpec::parse(request.get_ref()).map_err(invalid)?;
+        let object = request.into_inner();
+        let mut spec = self.spec(&object).await?;
         let (tx, mut rx) = mpsc::channel(4);
         let scaler = self.clone();
         let mut rounds = self.provider.changes();
@@ -166,9 +234,18 @@ impl ExternalScaler for KedaScaler {
             recheck.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut sent = None;
             loop {
-                if let Ok(active) = KedaScaler::is_active(&scaler, &spec, SystemTime::now())
+                let mut answer = KedaScaler::is_active(&scaler, &spec, SystemTime::now());
+                if answer.as_ref().is_err_and(|e| e.code() == tonic::Code::FailedPrecondition) {
+                    // No pod matched: the target may have been scaled since the stream began.
+                    spec.scale_target = scaler.targets.known(&object.namespace, &object.name).await;
+                    answer = KedaScaler::is_active(&scaler, &spec, SystemTime::now());
+                }
+                if let Ok(active) = answer
                     && sent != Some(active)
                 {
+                    if !active {
+                        tracing::info!(scaled_object = %object.name, namespace = %object.namespace, "pushed inactive");
+                    }
                     if tx.send(Ok(IsActiveResponse { result: active })).await.is_err() {
                         return;
                     }
@@ -190,7 +267,7 @@ impl ExternalScaler for KedaScaler {
         &self,
         request: Request<ScaledObjectRef>,
     ) -> Result<Response<GetMetricSpecResponse>, Status> {
-        let spec = ScalerSpec::parse(request.get_ref()).map_err(invalid)?;
+        let spec = self.spec(request.get_ref()).await?;
         Ok(Response::new(GetMetricSpecResponse {
             metric_specs: vec![MetricSpec {
                 metric_name: spec.metric.name().to_string(),
@@ -205,9 +282,17 @@ impl ExternalScaler for KedaScaler {
         let object = request.scaled_object_ref.ok_or_else(|| {
             Status::invalid_argument("scaledObjectRef: required (the ScaledObject's name, namespace and metadata)")
         })?;
-        let spec = ScalerSpec::parse(&object).map_err(invalid)?;
-        let metric_name =
-            if request.metric_name.is_empty() { spec.metric.name().to_string() } else { request.metric_name };
+        let spec = self.spec(&object).await?;
+        // KEDA asks for the name GetMetricSpec gave (without its `sN-` prefix).
+        if !request.metric_name.is_empty() && request.metric_name != spec.metric.name() {
+            return Err(Status::invalid_argument(format!(
+                "metricName: {:?} is not this ScaledObject's metric; GetMetricSpec gave {} (set another with the \
+                 trigger's metricName)",
+                shorten(&request.metric_name),
+                spec.metric.name()
+            )));
+        }
+        let metric_name = spec.metric.name().to_string();
         let metric_values = match self.state(&spec, SystemTime::now())? {
             WorkloadState::NoPods => Vec::new(),
             WorkloadState::Measured { total, .. } => {

@@ -6,12 +6,14 @@
 use kube::core::Selector;
 
 use super::proto::ScaledObjectRef;
+use super::target::Known;
 use crate::adapter::store::{Metric, Unit};
 use crate::k8s::selector::parse_selector;
 
 /// The metric to scale on (default `nvidia_gpu_utilization_percent`).
 pub const METRIC_NAME: &str = "metricName";
-/// The workload's pods (default `app=<ScaledObject name>`).
+/// The workload's pods (default: the scale target's own pod selector; in
+/// `standalone`, `app=<ScaledObject name>`).
 pub const POD_SELECTOR: &str = "podSelector";
 /// The per-pod average to hold (required).
 pub const TARGET_VALUE: &str = "targetValue";
@@ -33,6 +35,19 @@ pub struct ScalerSpec {
     pub target: f64,
     /// A pod above this makes the workload active.
     pub activation: f64,
+    /// What the API shows of the ScaledObject's scale target.
+    pub scale_target: Known,
+}
+
+/// Where `podSelector` comes from when the metadata leaves it out.
+#[derive(Clone, Copy, Debug)]
+pub enum DefaultSelector<'a> {
+    /// The scale target's pod selector.
+    Target(&'a str),
+    /// `app=<ScaledObject name>` (`standalone`, whose pods carry it).
+    AppName,
+    /// None can be had: why.
+    Unavailable(&'a str),
 }
 
 /// Why a ScaledObject's metadata cannot be used: the key and the reason,
@@ -44,10 +59,13 @@ pub struct MetadataError {
     pub key: &'static str,
     /// Why.
     pub reason: String,
+    /// The metadata is not wrong, but what it leaves out cannot be filled
+    /// in now (gRPC `FailedPrecondition` rather than `InvalidArgument`).
+    pub precondition: bool,
 }
 
 fn error(key: &'static str, reason: impl Into<String>) -> MetadataError {
-    MetadataError { key, reason: reason.into() }
+    MetadataError { key, reason: reason.into(), precondition: false }
 }
 
 /// Parses a number a ScaledObject gives as a string: finite, not negative,
@@ -67,8 +85,9 @@ fn number(key: &'static str, text: &str, metric: Metric) -> Result<f64, Metadata
 }
 
 impl ScalerSpec {
-    /// Checks a ScaledObject's reference and metadata.
-    pub fn parse(object: &ScaledObjectRef) -> Result<Self, MetadataError> {
+    /// Checks a ScaledObject's reference and metadata; `podSelector`, when
+    /// left out, is `default`.
+    pub fn parse(object: &ScaledObjectRef, default: DefaultSelector<'_>) -> Result<Self, MetadataError> {
         let metadata = &object.scaler_metadata;
         if object.namespace.is_empty() {
             return Err(error("namespace", "the ScaledObject's namespace is required"));
@@ -83,18 +102,28 @@ impl ScalerSpec {
                 )
             })?,
         };
-        let selector_text = match metadata.get(POD_SELECTOR) {
-            Some(text) if text.trim().is_empty() => {
-                return Err(error(POD_SELECTOR, "is empty; leave it out for app=<ScaledObject name>"));
+        let selector_text = match (metadata.get(POD_SELECTOR), default) {
+            (Some(text), _) if text.trim().is_empty() => {
+                return Err(error(POD_SELECTOR, "is empty; leave it out for the scale target's own pod selector"));
             }
-            Some(text) => text.trim().to_string(),
-            None if object.name.is_empty() => {
+            (Some(text), _) => text.trim().to_string(),
+            (None, DefaultSelector::Target(selector)) => selector.to_string(),
+            (None, DefaultSelector::AppName) if object.name.is_empty() => {
                 return Err(error(
                     "name",
                     format!("the ScaledObject's name is required when {POD_SELECTOR} is not set"),
                 ));
             }
-            None => format!("app={}", object.name),
+            (None, DefaultSelector::AppName) => format!("app={}", object.name),
+            (None, DefaultSelector::Unavailable(why)) => {
+                return Err(MetadataError {
+                    precondition: true,
+                    ..error(
+                        POD_SELECTOR,
+                        format!("is not set, and the scale target's pod selector cannot be had to default it: {why}"),
+                    )
+                });
+            }
         };
         let selector = parse_selector(&selector_text).map_err(|e| error(POD_SELECTOR, e.to_string()))?;
         let target = match metadata.get(TARGET_VALUE) {
@@ -113,7 +142,15 @@ impl ScalerSpec {
             None => 0.0,
             Some(text) => number(ACTIVATION_TARGET_VALUE, text, metric)?,
         };
-        Ok(Self { namespace: object.namespace.clone(), metric, selector, selector_text, target, activation })
+        Ok(Self {
+            namespace: object.namespace.clone(),
+            metric,
+            selector,
+            selector_text,
+            target,
+            activation,
+            scale_target: Known::Unknown("not looked up".into()),
+        })
     }
 }
 
@@ -131,30 +168,45 @@ mod tests {
 
     #[test]
     fn defaults_fill_what_a_short_trigger_leaves_out() {
-        let spec = ScalerSpec::parse(&object(
+        let short = object(
             "reasoning-suite",
             "ai",
             &[("targetValue", "70"), ("scalerAddress", "kube-gpu-metrics-adapter.kube-gpu-metrics.svc:9443")],
-        ))
-        .unwrap();
+        );
+        // In a cluster, the scale target's own selector.
+        let spec = ScalerSpec::parse(&short, DefaultSelector::Target("app=reasoning,tier=gpu")).unwrap();
         assert_eq!(spec.metric, Metric::Utilization);
-        assert_eq!(spec.selector_text, "app=reasoning-suite");
+        assert_eq!(spec.selector_text, "app=reasoning,tier=gpu");
         assert_eq!((spec.target, spec.activation), (70.0, 0.0));
         assert_eq!(spec.namespace, "ai");
+        // In standalone, app=<name>.
+        let spec = ScalerSpec::parse(&short, DefaultSelector::AppName).unwrap();
+        assert_eq!(spec.selector_text, "app=reasoning-suite");
+        // Without a target to read, no guess: the error names podSelector and says why.
+        let err = ScalerSpec::parse(&short, DefaultSelector::Unavailable("scaledobjects is forbidden")).unwrap_err();
+        assert_eq!((err.key, err.precondition), ("podSelector", true));
+        assert!(err.reason.contains("scaledobjects is forbidden"), "{err}");
+        // An explicit podSelector wins over the target's.
+        let explicit = object("so", "ai", &[("targetValue", "70"), ("podSelector", "app=web")]);
+        let spec = ScalerSpec::parse(&explicit, DefaultSelector::Target("app=other")).unwrap();
+        assert_eq!(spec.selector_text, "app=web");
     }
 
     #[test]
     fn every_key_is_read() {
-        let spec = ScalerSpec::parse(&object(
-            "so",
-            "ai",
-            &[
-                ("metricName", "nvidia_gpu_memory_used_bytes"),
-                ("podSelector", "tier in (gpu),app!=batch"),
-                ("targetValue", "8589934592"),
-                ("activationTargetValue", " 1024 "),
-            ],
-        ))
+        let spec = ScalerSpec::parse(
+            &object(
+                "so",
+                "ai",
+                &[
+                    ("metricName", "nvidia_gpu_memory_used_bytes"),
+                    ("podSelector", "tier in (gpu),app!=batch"),
+                    ("targetValue", "8589934592"),
+                    ("activationTargetValue", " 1024 "),
+                ],
+            ),
+            DefaultSelector::Target("app=so"),
+        )
         .unwrap();
         assert_eq!(spec.metric, Metric::MemoryUsed);
         assert_eq!((spec.target, spec.activation), (8589934592.0, 1024.0));
@@ -180,7 +232,7 @@ mod tests {
             ("so", "", &[("targetValue", "70")], "namespace"),
         ];
         for (name, namespace, metadata, key) in cases {
-            let err = ScalerSpec::parse(&object(name, namespace, metadata)).unwrap_err();
+            let err = ScalerSpec::parse(&object(name, namespace, metadata), DefaultSelector::AppName).unwrap_err();
             assert_eq!(err.key, *key, "{metadata:?}: {err}");
             assert!(err.to_string().starts_with(&format!("{key}: ")), "{err}");
         }
