@@ -482,7 +482,7 @@ eval "$(bash hack/cluster.sh env)"
 KUBECONFIG="$KUBECONFIG" cargo test --quiet --test cluster -- --ignored || fail "the kube-rs tests against the real API server"
 python3 hack/e2e_cluster.py --kubeconfig "$KUBECONFIG" --cluster hack/cluster.sh --pki target/cluster/pki \
     --kubectl "$kubectl" --bin "$bin" --agent-bin "$agent_bin" --nvml-lib "$work/libnvidia-ml.so" \
-    --proto proto/podresources/v1/api.proto --examples deploy/examples --work "$(mkdir -p "$work/cluster" && echo "$work/cluster")" \
+    --proto proto/podresources/v1/api.proto --keda-proto proto/keda/externalscaler.proto --examples deploy/examples --work "$(mkdir -p "$work/cluster" && echo "$work/cluster")" \
     --sync-period 5 --base "$manifests/base.yaml" \
     --validate "$manifests"/{base,dev,staging,prod,helm-default,helm-dcgm,helm-secret}.yaml \
     || fail "against the real control plane (logs: target/cluster/logs)"

@@ -37,7 +37,7 @@ import yaml
 from kubernetes import client, config
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from e2e_cluster_node import GpuNode, load_podresources  # noqa: E402
+from e2e_cluster_node import GpuNode, load_proto  # noqa: E402
 
 NS = "kube-gpu-metrics"
 APP_NS = "ai-system-gpu"
@@ -328,7 +328,9 @@ def main():
     p.add_argument("--examples", required=True, help="deploy/examples")
     p.add_argument("--work", required=True)
     p.add_argument("--sync-period", type=float, required=True, help="the HPA sync period the cluster runs with (s)")
+    p.add_argument("--keda-proto", required=True, help="KEDA's externalscaler.proto")
     p.add_argument("--adapter-port", type=int, default=18443)
+    p.add_argument("--keda-port", type=int, default=18543)
     args = p.parse_args()
 
     cluster = Cluster(args)
@@ -366,13 +368,13 @@ def run(args, cluster, procs, nodes):
     adapter_kubeconfig = f"{work}/adapter.kubeconfig"
     token_kubeconfig(adapter_kubeconfig, cluster.server, f"{args.pki}/ca.crt", token)
     adapter_cmd = [args.bin, "adapter", "--secure-listen", f"127.0.0.1:{args.adapter_port}", "--tls-cert-file", crt,
-                   "--tls-private-key-file", key, "--keda-listen", "off"]
+                   "--tls-private-key-file", key, "--keda-listen", f"127.0.0.1:{args.keda_port}"]
 
     def start_adapter():
         procs.start("adapter", adapter_cmd, {"KUBECONFIG": adapter_kubeconfig, "KGM_LOG": "info"})
 
     # 3. Two GPU nodes, the agent DaemonSet's pods on them, and the real agents.
-    proto = load_podresources(args.proto)
+    proto = load_proto(args.proto)
     cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(
         {"apiVersion": "node.k8s.io/v1", "kind": "RuntimeClass", "metadata": {"name": "nvidia"}, "handler": "nvidia"}))
     for name, ip, uuid, _, taints in NODES:
@@ -596,6 +598,62 @@ def run(args, cluster, procs, nodes):
         fail(f"External HPA ScalingActive: {c}")
     scale([95, 95], 2, "External HPA, pool at 95/60")
     log("the External HPA read nvidia_gpu_weighted_utilization_percent and scaled")
+
+    keda_scaler(args, cluster, ca_crt, hpa_name)
+
+
+SCALED_OBJECT_CRD = {
+    "apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+    "metadata": {"name": "scaledobjects.keda.sh"},
+    "spec": {"group": "keda.sh", "scope": "Namespaced",
+             "names": {"plural": "scaledobjects", "singular": "scaledobject", "kind": "ScaledObject"},
+             "versions": [{"name": "v1alpha1", "served": True, "storage": True, "schema": {
+                 "openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": True}}}]},
+}
+
+
+def keda_scaler(args, cluster, ca_crt, hpa_name):
+    """KEDA's scaler as deployed: the ScaledObject and its target read with the adapter's own RBAC,
+    called by a client generated from KEDA's proto. (KEDA's CRD only: its operator is not here.)"""
+    import grpc
+    pb, rpc = load_proto(args.keda_proto)
+    cluster.kubectl("apply", "-f", "-", stdin=yaml.safe_dump(SCALED_OBJECT_CRD))
+    scaled_object = {
+        "apiVersion": "keda.sh/v1alpha1", "kind": "ScaledObject",
+        "metadata": {"name": "reasoning-suite", "namespace": APP_NS},
+        "spec": {"scaleTargetRef": {"name": "reasoning-suite"}, "minReplicaCount": 0, "triggers": [
+            {"type": "external", "metadata": {"scalerAddress": f"{SERVICE_DNS}:9443", "targetValue": "70"}}]},
+    }
+    wait_until("the ScaledObject CRD served", lambda: cluster.kubectl(
+        "apply", "-f", "-", stdin=yaml.safe_dump(scaled_object), check=False).returncode == 0, 30)
+    channel = grpc.secure_channel(
+        f"127.0.0.1:{args.keda_port}", grpc.ssl_channel_credentials(open(ca_crt, "rb").read()),
+        options=[("grpc.ssl_target_name_override", SERVICE_DNS)])
+    scaler = rpc.ExternalScalerStub(channel)
+
+    def ref(**metadata):
+        return pb.ScaledObjectRef(name="reasoning-suite", namespace=APP_NS, scalerMetadata={"targetValue": "70", **metadata})
+
+    # No podSelector: the Deployment's own selector, read through its /scale.
+    pods = cluster.running_pods()
+    answer = scaler.GetMetrics(pb.GetMetricsRequest(scaledObjectRef=ref(), metricName=METRIC), timeout=10)
+    if [round(v.metricValueFloat) for v in answer.metricValues] != [95 * len(pods)]:
+        fail(f"KEDA GetMetrics over {pods}: {answer}")
+    # A typo in podSelector while the Deployment runs: an error naming it, never "inactive".
+    try:
+        scaler.IsActive(ref(podSelector="app=reasoning-suit"), timeout=10)
+        fail("KEDA IsActive answered for a podSelector that matches no pod of a running Deployment")
+    except grpc.RpcError as e:
+        if e.code() != grpc.StatusCode.FAILED_PRECONDITION or "Deployment reasoning-suite has" not in e.details():
+            fail(f"KEDA IsActive with a podSelector typo: {e.code()} {e.details()}")
+    # At zero replicas, inactive is the right answer.
+    cluster.kubectl("delete", "hpa.v2beta2.autoscaling", hpa_name, "-n", APP_NS)
+    cluster.kubectl("scale", "deployment/reasoning-suite", "-n", APP_NS, "--replicas=0")
+    wait_until("reasoning-suite at zero pods", lambda: not cluster.running_pods(), 30)
+    wait_until("KEDA IsActive false at zero replicas",
+               lambda: scaler.IsActive(ref(), timeout=10).result is False, 20)
+    log("KEDA: podSelector defaulted from the target's /scale (sum of the pods' values), a typo refused with "
+        "FAILED_PRECONDITION naming the Deployment's replicas, inactive at zero replicas")
 
 
 if __name__ == "__main__":

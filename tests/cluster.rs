@@ -197,3 +197,64 @@ async fn subject_access_reviews_allow_the_bound_user_and_refuse_others() {
     bindings.delete(&role, &DeleteParams::default()).await.unwrap();
     roles.delete(&role, &DeleteParams::default()).await.unwrap();
 }
+
+#[tokio::test]
+#[ignore = "needs cluster"]
+async fn a_scaled_objects_target_is_read_with_its_selector_and_replicas() {
+    use k8s_openapi::api::apps::v1::Deployment;
+    use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+    use kube::api::{ApiResource, DynamicObject, GroupVersionKind};
+    use kube_gpu_metrics::adapter::keda::target::{ClusterTargets, ScaleTarget};
+
+    let client = client().await;
+    let ns = format!("kgm-keda-{}", std::process::id());
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces.create(&PostParams::default(), &object(json!({"metadata": {"name": ns}}))).await.unwrap();
+    // KEDA's ScaledObject kind (its schema left open: only what the scaler reads matters here).
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    let crd = object(json!({
+        "metadata": {"name": "scaledobjects.keda.sh"},
+        "spec": {"group": "keda.sh", "scope": "Namespaced",
+                 "names": {"plural": "scaledobjects", "singular": "scaledobject", "kind": "ScaledObject"},
+                 "versions": [{"name": "v1alpha1", "served": true, "storage": true,
+                               "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]},
+    }));
+    match crds.create(&PostParams::default(), &crd).await {
+        Ok(_) => {}
+        Err(kube::Error::Api(status)) if status.code == 409 => {}
+        Err(e) => panic!("creating the ScaledObject CRD: {e}"),
+    }
+    let deployments: Api<Deployment> = Api::namespaced(client.clone(), &ns);
+    let deployment = object(json!({
+        "metadata": {"name": "web"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "web", "tier": "gpu"}},
+                 "template": {"metadata": {"labels": {"app": "web", "tier": "gpu"}},
+                              "spec": {"containers": [{"name": "c", "image": "none"}]}}},
+    }));
+    deployments.create(&PostParams::default(), &deployment).await.unwrap();
+    let gvk = GroupVersionKind::gvk("keda.sh", "v1alpha1", "ScaledObject");
+    let scaled_objects: Api<DynamicObject> =
+        Api::namespaced_with(client.clone(), &ns, &ApiResource::from_gvk_with_plural(&gvk, "scaledobjects"));
+    let mut scaled_object = DynamicObject::new("web-so", &ApiResource::from_gvk_with_plural(&gvk, "scaledobjects"));
+    scaled_object.data = json!({"spec": {"scaleTargetRef": {"name": "web"}}});
+    // The CRD takes a moment to be served.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(e) = scaled_objects.create(&PostParams::default(), &scaled_object).await {
+        assert!(Instant::now() < deadline, "creating the ScaledObject: {e}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+
+    let targets = ClusterTargets::new(client.clone());
+    let expected =
+        |replicas| ScaleTarget { description: "Deployment web".into(), selector: "app=web,tier=gpu".into(), replicas };
+    assert_eq!(targets.target(&ns, "web-so").await, Ok(expected(2)));
+    let missing = targets.target(&ns, "no-such-so").await.unwrap_err();
+    assert!(missing.contains(&format!("cannot read ScaledObject {ns}/no-such-so")), "{missing}");
+
+    // Scaled to zero (a fresh reader: answers are kept for a few seconds).
+    let zero = json!({"spec": {"replicas": 0}});
+    deployments.patch_scale("web", &PatchParams::default(), &Patch::Merge(&zero)).await.unwrap();
+    assert_eq!(ClusterTargets::new(client.clone()).target(&ns, "web-so").await, Ok(expected(0)));
+
+    namespaces.delete(&ns, &DeleteParams::default()).await.unwrap();
+}

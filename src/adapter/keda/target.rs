@@ -96,7 +96,7 @@ impl ClusterTargets {
         let object = scaled_objects
             .get(name)
             .await
-            .map_err(|e| format!("cannot read ScaledObject {namespace}/{name} (keda.sh/v1alpha1): {e}"))?;
+            .map_err(|e| format!("cannot read ScaledObject {namespace}/{name} (keda.sh/v1alpha1): {}", said(e)))?;
         let target = &object.data["spec"]["scaleTargetRef"];
         let target_name = target["name"]
             .as_str()
@@ -109,7 +109,7 @@ impl ClusterTargets {
         let gvk = GroupVersionKind::gvk(group, version, kind);
         let (resource, _) = kube::discovery::pinned_kind(&self.client, &gvk)
             .await
-            .map_err(|e| format!("cannot find the API of {description} ({api_version}): {e}"))?;
+            .map_err(|e| format!("cannot find the API of {description} ({api_version}): {}", said(e)))?;
         let targets: Api<DynamicObject> = Api::namespaced_with(self.client.clone(), namespace, &resource);
         let scale = targets
             .get_scale(target_name)
@@ -123,6 +123,14 @@ impl ClusterTargets {
             .ok_or_else(|| format!("the /scale of {description} has no status.selector"))?;
         let replicas = scale.spec.and_then(|s| s.replicas).unwrap_or(0);
         Ok(ScaleTarget { description, selector, replicas })
+    }
+}
+
+/// A kube error, as short as it can be said: kube-apiserver's own message.
+fn said(error: kube::Error) -> String {
+    match error {
+        kube::Error::Api(status) => status.message.clone(),
+        other => other.to_string(),
     }
 }
 
