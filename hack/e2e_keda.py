@@ -57,10 +57,23 @@ stream = scaler.StreamIsActive(reasoning, timeout=10)
 assert next(stream).result is True
 stream.cancel()
 
-# A workload at 0 replicas: inactive, no values, no error.
-gone = ref({"targetValue": "70"}, name="batch-suite")
-assert scaler.IsActive(gone, timeout=5).result is False
-assert len(scaler.GetMetrics(pb.GetMetricsRequest(scaledObjectRef=gone), timeout=5).metricValues) == 0
+# A selector that matches no pod is never "inactive": standalone has no ScaledObjects, so it cannot
+# tell a workload at zero from a typo, and says so naming podSelector.
+typo = ref({"targetValue": "70", "podSelector": "app=reasoning-suit"})
+for call in (lambda: scaler.IsActive(typo, timeout=5),
+             lambda: scaler.GetMetrics(pb.GetMetricsRequest(scaledObjectRef=typo), timeout=5)):
+    try:
+        call()
+        raise AssertionError("a podSelector that matches no pod was answered")
+    except grpc.RpcError as e:
+        assert e.code() == grpc.StatusCode.FAILED_PRECONDITION, (e.code(), e.details())
+        assert e.details().startswith('podSelector "app=reasoning-suit" matches no pod'), e.details()
+# Another metric than the trigger's is refused, naming the field.
+try:
+    scaler.GetMetrics(pb.GetMetricsRequest(scaledObjectRef=reasoning, metricName="nvidia_gpu_memory_used_bytes"), timeout=5)
+    raise AssertionError("GetMetrics answered for another metricName")
+except grpc.RpcError as e:
+    assert e.code() == grpc.StatusCode.INVALID_ARGUMENT and e.details().startswith("metricName: "), e.details()
 
 for metadata, key in [
     ({}, "targetValue"),
