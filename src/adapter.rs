@@ -430,13 +430,17 @@ impl AdapterSetup {
             max_age: args.poll.max_age,
             keda: match args.keda_listen {
                 Some(KedaListen::Off) => None,
-                Some(KedaListen::At(listen)) => {
-                    Some(KedaSetup { listen, required: true, client_ca_file: args.keda_client_ca_file })
-                }
+                Some(KedaListen::At(listen)) => Some(KedaSetup {
+                    listen,
+                    required: true,
+                    client_ca_file: args.keda_client_ca_file,
+                    flag: "--keda-listen",
+                }),
                 None => Some(KedaSetup {
                     listen: DEFAULT_KEDA_LISTEN.parse().expect("the default address parses"),
                     required: false,
                     client_ca_file: args.keda_client_ca_file,
+                    flag: "--keda-listen",
                 }),
             },
         })
@@ -665,14 +669,15 @@ async fn bind_keda(setup: KedaSetup, resolver: Arc<CertResolver>) -> Result<Opti
         None => None,
     };
     let tls = Arc::new(tls::grpc_server_config(resolver, client_ca.clone())?);
-    let bind_error = |source| AdapterError::Bind { addr: setup.listen, flag: "--keda-listen", source };
+    let bind_error = |source| AdapterError::Bind { addr: setup.listen, flag: setup.flag, source };
     let listener = match tokio::net::TcpListener::bind(setup.listen).await {
         Ok(listener) => listener,
         Err(e) if !setup.required => {
             tracing::warn!(
                 addr = %setup.listen,
                 error = %e,
-                "KEDA external scaler not served: its default port cannot be bound; set --keda-listen to another address, or off"
+                "KEDA external scaler not served: its default port cannot be bound; choose another with {}",
+                setup.flag
             );
             return Ok(None);
         }

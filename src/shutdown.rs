@@ -76,3 +76,11 @@ impl Tasks {
         }
     }
 }
+
+/// What a panic said, from its payload.
+pub fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
+    match payload.downcast::<String>() {
+        Ok(message) => *message,
+        Err(payload) => payload.downcast::<&'static str>().map_or_else(|_| "a panic".to_string(), |m| m.to_string()),
+    }
+}

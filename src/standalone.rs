@@ -294,7 +294,7 @@ pub async fn start_local_adapter(
     let adapter = crate::adapter::start(setup, shutdown).await.map_err(|e| match e {
         // Standalone's own flag, not the adapter's.
         AdapterError::Bind { addr, source, flag } => {
-            let flag = if flag == "--keda-listen" { "--keda-port" } else { "--adapter-port" };
+            let flag = if flag == "--secure-listen" { "--adapter-port" } else { flag };
             anyhow::anyhow!("cannot listen on {addr} ({flag}): {source}")
         }
         other => other.into(),
@@ -332,6 +332,7 @@ pub async fn run(args: StandaloneArgs, shutdown_tx: watch::Sender<bool>) -> anyh
             listen: SocketAddr::new(args.host, args.keda_port.unwrap_or(DEFAULT_KEDA_PORT)),
             required: args.keda_port.is_some(),
             client_ca_file: args.keda_client_ca_file.clone(),
+            flag: "--keda-port",
         }),
         ca_out: Some(args.ca_out.clone()),
     };
@@ -371,9 +372,23 @@ pub async fn run(args: StandaloneArgs, shutdown_tx: watch::Sender<bool>) -> anyh
             let _ = tx.send(true);
         });
     }
+    // A live twin that panics would leave the simulated load where it was, served with fresh
+    // timestamps: standalone stops instead, and says why.
+    let twin_failed = Arc::new(std::sync::OnceLock::<String>::new());
     let scaling = live.map(|live| {
         let (tx, rx) = watch::channel(Vec::new());
-        tokio::spawn(live.run(adapter.provider.clone(), tx, shutdown.clone()));
+        let twin = tokio::spawn(live.run(adapter.provider.clone(), tx, shutdown.clone()));
+        let (failed, stop) = (twin_failed.clone(), shutdown_tx.clone());
+        tokio::spawn(async move {
+            if let Err(e) = twin.await
+                && e.is_panic()
+            {
+                let reason = crate::shutdown::panic_message(e.into_panic());
+                tracing::error!(panic = %reason, "the live twin panicked: stopping, rather than serve a load it no longer drives");
+                let _ = failed.set(reason);
+                let _ = stop.send(true);
+            }
+        });
         rx
     });
     status_loop(&agents, &adapter, scaling, shutdown.clone()).await;
@@ -381,7 +396,10 @@ pub async fn run(args: StandaloneArgs, shutdown_tx: watch::Sender<bool>) -> anyh
     for agent in agents {
         let _ = agent.done.await;
     }
-    Ok(())
+    match twin_failed.get() {
+        Some(reason) => Err(anyhow::anyhow!("the live twin panicked ({reason}); standalone stopped")),
+        None => Ok(()),
+    }
 }
 
 /// Prints one status line per second: rewritten in place on a terminal,

@@ -275,8 +275,14 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<String> {
         _ => None,
     });
     for (k, (_, rows)) in results.iter().enumerate() {
-        std::fs::write(args.out.join(format!("run-{k}.csv")), report::csv(rows))?;
-        std::fs::write(args.out.join(format!("run-{k}.svg")), report::svg(rows, &first.0.name, target))?;
+        for (file, text) in [
+            (format!("run-{k}.csv"), report::csv(rows)),
+            (format!("run-{k}.svg"), report::svg(rows, &first.0.name, target)),
+        ] {
+            let path = args.out.join(file);
+            std::fs::write(&path, text)
+                .with_context(|| format!("--out {}: cannot write {}", args.out.display(), path.display()))?;
+        }
     }
     let summaries: Vec<Summary> = results.into_iter().map(|(s, _)| s).collect();
     let mut figures = report::over_runs(&summaries);

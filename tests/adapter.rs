@@ -1167,6 +1167,61 @@ fn standalone_credentials(kubeconfig: &Path) -> (String, PemPair) {
     (ca, PemPair { cert: decode(&user["client-certificate-data"]), key: decode(&user["client-key-data"]) })
 }
 
+#[test]
+fn durations_past_their_bounds_are_refused_at_start_naming_the_file_field_and_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    // A step of u64::MAX seconds after a 1 s step: it overflowed when added (a panic, then a frozen load).
+    std::fs::write(
+        path("scenario.yaml"),
+        "workloads:\n  reasoning-suite:\n    - {for: 1s, load: 10}\n    - {for: 18446744073709551615s, load: 95}\n",
+    )
+    .unwrap();
+    std::fs::write(path("ok.yaml"), "workloads:\n  reasoning-suite:\n    - {load: 10}\n").unwrap();
+    // A startup that wrapped around: the pod was ready at once.
+    std::fs::write(
+        path("deployments.yaml"),
+        "deployments:\n- name: reasoning-suite\n  startup: 18446744073709551615s\n",
+    )
+    .unwrap();
+    let run = |args: &[&str]| {
+        let output = Command::new(BIN).args(args).env("KGM_LOG", "warn").output().unwrap();
+        (output.status.code(), String::from_utf8_lossy(&output.stderr).to_string())
+    };
+    let standalone = ["standalone", "--agent-port", "0", "--adapter-port", "0", "--keda-port", "0"];
+    let hpa = "deploy/examples/reasoning-gpu-hpa.yaml";
+    let scenario = path("scenario.yaml");
+    let deployments = path("deployments.yaml");
+    let ok = path("ok.yaml");
+    let out = path("out");
+    for (args, wanted) in [
+        (
+            [&standalone[..], &["--scenario", &scenario]].concat(),
+            [scenario.as_str(), "--scenario", "for \"18446744073709551615s\": at most 30days"],
+        ),
+        (
+            vec!["simulate", "--hpa", hpa, "--scenario", &scenario, "--out", &out],
+            [scenario.as_str(), "--scenario", "at most 30days"],
+        ),
+        (
+            vec!["simulate", "--hpa", hpa, "--scenario", &ok, "--deployments", &deployments, "--out", &out],
+            [deployments.as_str(), "--deployments", "startup \"18446744073709551615s\": at most 1day"],
+        ),
+        // Not a duration, but the same kind of answer: where the output could not go, and which flag.
+        (
+            vec!["simulate", "--hpa", hpa, "--scenario", &ok, "--duration", "30s", "--out", "/proc"],
+            ["--out /proc: cannot write /proc/run-0.csv", "", ""],
+        ),
+    ] {
+        let (code, stderr) = run(&args);
+        assert_eq!(code, Some(1), "{args:?}: {stderr}");
+        assert!(!stderr.contains("panicked"), "{stderr}");
+        for part in wanted {
+            assert!(stderr.contains(part), "{args:?}: {part:?} not in {stderr}");
+        }
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standalone_with_a_scenario_scales_the_deployment_and_serves_the_new_pod() {
     let dir = tempfile::tempdir().unwrap();

@@ -194,14 +194,6 @@ impl KedaScaler {
     }
 }
 
-/// A value echoed in a message, cut to 64 characters.
-fn shorten(text: &str) -> String {
-    match text.char_indices().nth(64) {
-        Some((at, _)) => format!("{}…", &text[..at]),
-        None => text.to_string(),
-    }
-}
-
 type ActivationStream = Pin<Box<dyn Stream<Item = Result<IsActiveResponse, Status>> + Send>>;
 type SpecStream = Pin<Box<dyn Stream<Item = Result<GetMetricSpecResponse, Status>> + Send>>;
 
@@ -286,9 +278,9 @@ impl ExternalScaler for KedaScaler {
         // KEDA asks for the name GetMetricSpec gave (without its `sN-` prefix).
         if !request.metric_name.is_empty() && request.metric_name != spec.metric.name() {
             return Err(Status::invalid_argument(format!(
-                "metricName: {:?} is not this ScaledObject's metric; GetMetricSpec gave {} (set another with the \
+                "metricName: {} is not this ScaledObject's metric; GetMetricSpec gave {} (set another with the \
                  trigger's metricName)",
-                shorten(&request.metric_name),
+                metadata::echo(&request.metric_name),
                 spec.metric.name()
             )));
         }

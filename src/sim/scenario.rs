@@ -21,6 +21,12 @@ use serde::Deserialize;
 
 /// The most load a step may ask for: ten RTX 4090s' worth.
 pub const MAX_LOAD: f64 = 1000.0;
+/// The longest a step may last (`for`).
+pub const MAX_STEP: Duration = Duration::from_secs(30 * 24 * 3600);
+/// The most steps a workload may have.
+pub const MAX_STEPS: usize = 10_000;
+/// The most workloads a scenario may script.
+pub const MAX_WORKLOADS: usize = 1_000;
 
 /// Why a scenario file was refused.
 #[derive(Debug, thiserror::Error)]
@@ -68,10 +74,16 @@ impl Scenario {
     pub fn parse(text: &str, path: &Path) -> Result<Scenario, ScenarioError> {
         let err = |reason: String| ScenarioError { path: path.to_path_buf(), reason };
         let file: ScenarioFile = serde_yaml_ng::from_str(text).map_err(|e| err(e.to_string()))?;
+        if file.workloads.len() > MAX_WORKLOADS {
+            return Err(err(format!("{} workloads: at most {MAX_WORKLOADS}", file.workloads.len())));
+        }
         let mut workloads = BTreeMap::new();
         for (app, steps) in file.workloads {
             if steps.is_empty() {
                 return Err(err(format!("workload {app} has no steps")));
+            }
+            if steps.len() > MAX_STEPS {
+                return Err(err(format!("workload {app}: {} steps: at most {MAX_STEPS}", steps.len())));
             }
             let steps = steps
                 .into_iter()
@@ -84,7 +96,15 @@ impl Scenario {
                     let duration = s
                         .duration
                         .map(|d| {
-                            humantime::parse_duration(&d).map_err(|e| err(format!("workload {app}: for {d:?}: {e}")))
+                            let parsed = humantime::parse_duration(&d)
+                                .map_err(|e| err(format!("workload {app}: for {d:?}: {e}")))?;
+                            if parsed > MAX_STEP {
+                                return Err(err(format!(
+                                    "workload {app}: for {d:?}: at most {} (a last step without `for` holds for ever)",
+                                    humantime::format_duration(MAX_STEP)
+                                )));
+                            }
+                            Ok(parsed)
                         })
                         .transpose()?;
                     Ok(Step { duration, load: s.load })
@@ -108,7 +128,7 @@ impl Scenario {
         let mut start = Duration::ZERO;
         for step in steps {
             match step.duration {
-                Some(d) if elapsed >= start + d => start += d,
+                Some(d) if elapsed >= start.saturating_add(d) => start = start.saturating_add(d),
                 _ => return Some(step.load),
             }
         }

@@ -225,7 +225,7 @@ impl Twin {
                 // loop began; later ones load their model first.
                 let startup = if t == 0 { 0 } else { deployment.startup.as_secs() };
                 self.pods[i].gpu = Some(g);
-                self.pods[i].ready_at = Some(t + startup);
+                self.pods[i].ready_at = Some(t.saturating_add(startup));
             }
         }
     }

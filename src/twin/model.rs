@@ -149,7 +149,12 @@ fn default_startup() -> Duration {
     Duration::from_secs(45)
 }
 
-/// `humantime` strings (`45s`) for durations.
+/// The longest a Deployment's pods may take to start (`startup`).
+pub const MAX_STARTUP: Duration = Duration::from_secs(24 * 3600);
+/// The most replicas a Deployment may start with.
+pub const MAX_REPLICAS: u32 = 1_000;
+
+/// `humantime` strings (`45s`) for a start-up time, at most [`MAX_STARTUP`].
 mod humantime_serde_compat {
     use std::time::Duration;
 
@@ -157,7 +162,14 @@ mod humantime_serde_compat {
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         let text = String::deserialize(d)?;
-        humantime::parse_duration(&text).map_err(serde::de::Error::custom)
+        let startup = humantime::parse_duration(&text).map_err(serde::de::Error::custom)?;
+        if startup > super::MAX_STARTUP {
+            return Err(serde::de::Error::custom(format!(
+                "startup {text:?}: at most {}",
+                humantime::format_duration(super::MAX_STARTUP)
+            )));
+        }
+        Ok(startup)
     }
 }
 
@@ -228,11 +240,14 @@ pub fn read_cluster(path: &Path) -> Result<ClusterSpec, ModelError> {
 
 /// Reads `--deployments FILE`.
 pub fn read_deployments(path: &Path) -> Result<Vec<DeploymentSpec>, ModelError> {
-    let file: DeploymentsFile = serde_yaml_ng::from_str(&read("--deployments", path)?).map_err(|e| ModelError {
-        flag: "--deployments",
-        path: path.display().to_string(),
-        reason: e.to_string(),
-    })?;
+    let err = |reason: String| ModelError { flag: "--deployments", path: path.display().to_string(), reason };
+    let file: DeploymentsFile =
+        serde_yaml_ng::from_str(&read("--deployments", path)?).map_err(|e| err(e.to_string()))?;
+    for d in &file.deployments {
+        if d.replicas > MAX_REPLICAS {
+            return Err(err(format!("deployment {}: replicas {}: at most {MAX_REPLICAS}", d.name, d.replicas)));
+        }
+    }
     Ok(file.deployments)
 }
 

@@ -68,18 +68,32 @@ fn error(key: &'static str, reason: impl Into<String>) -> MetadataError {
     MetadataError { key, reason: reason.into(), precondition: false }
 }
 
+/// A value echoed in an error, cut to 64 characters, so that a huge value
+/// cannot turn the answer into `RESOURCE_EXHAUSTED`.
+pub fn echo(text: &str) -> String {
+    match text.char_indices().nth(64) {
+        Some((at, _)) => format!("{:?}… ({} bytes)", &text[..at], text.len()),
+        None => format!("{text:?}"),
+    }
+}
+
+/// The smallest and largest target KEDA can turn into an HPA target: it
+/// writes `targetSizeFloat` as a milli-quantity, an `int64` of thousandths.
+const MIN_TARGET: f64 = 0.001;
+const MAX_TARGET: f64 = 9.2e15;
+
 /// Parses a number a ScaledObject gives as a string: finite, not negative,
 /// and for percentages at most 100 (a per-pod average can be no more).
 fn number(key: &'static str, text: &str, metric: Metric) -> Result<f64, MetadataError> {
     let value: f64 = text
         .trim()
         .parse()
-        .map_err(|_| error(key, format!("{text:?} is not a number (write it as a string, e.g. \"70\")")))?;
+        .map_err(|_| error(key, format!("{} is not a number (write it as a string, e.g. \"70\")", echo(text))))?;
     if !value.is_finite() || value < 0.0 {
-        return Err(error(key, format!("{text:?} must be a finite number, 0 or more")));
+        return Err(error(key, format!("{} must be a finite number, 0 or more", echo(text))));
     }
     if metric.unit() == Unit::Percent && value > 100.0 {
-        return Err(error(key, format!("{text:?} is above 100, the most {} can be", metric.name())));
+        return Err(error(key, format!("{} is above 100, the most {} can be", echo(text), metric.name())));
     }
     Ok(value)
 }
@@ -98,7 +112,7 @@ impl ScalerSpec {
                 let served: Vec<&str> = Metric::ALL.iter().map(|m| m.name()).collect();
                 error(
                     METRIC_NAME,
-                    format!("{name:?} is not a metric this scaler serves; served: {}", served.join(", ")),
+                    format!("{} is not a metric this scaler serves; served: {}", echo(name), served.join(", ")),
                 )
             })?,
         };
@@ -137,6 +151,15 @@ impl ScalerSpec {
         };
         if target == 0.0 {
             return Err(error(TARGET_VALUE, "must be greater than 0"));
+        }
+        if !(MIN_TARGET..=MAX_TARGET).contains(&target) {
+            return Err(error(
+                TARGET_VALUE,
+                format!(
+                    "{} is outside {MIN_TARGET}..={MAX_TARGET:e}: KEDA gives the HPA the target in thousandths, as a 64-bit integer",
+                    echo(&metadata[TARGET_VALUE])
+                ),
+            ));
         }
         let activation = match metadata.get(ACTIVATION_TARGET_VALUE) {
             None => 0.0,
@@ -212,6 +235,16 @@ mod tests {
         assert_eq!((spec.target, spec.activation), (8589934592.0, 1024.0));
     }
 
+    #[test]
+    fn a_huge_value_is_echoed_cut_short() {
+        let huge = "7".repeat(3 << 20);
+        let err =
+            ScalerSpec::parse(&object("so", "ai", &[("targetValue", &huge)]), DefaultSelector::AppName).unwrap_err();
+        assert_eq!(err.key, "targetValue");
+        assert!(err.to_string().len() < 300, "{} bytes", err.to_string().len());
+        assert!(err.reason.contains("(3145728 bytes)"), "{err}");
+    }
+
     /// Name, namespace, metadata, and the key the error must name.
     type Case = (&'static str, &'static str, &'static [(&'static str, &'static str)], &'static str);
 
@@ -224,6 +257,8 @@ mod tests {
             ("so", "ai", &[("targetValue", "-5")], "targetValue"),
             ("so", "ai", &[("targetValue", "NaN")], "targetValue"),
             ("so", "ai", &[("targetValue", "150")], "targetValue"),
+            ("so", "ai", &[("targetValue", "5e-324"), ("metricName", "nvidia_gpu_memory_used_bytes")], "targetValue"),
+            ("so", "ai", &[("targetValue", "1e308"), ("metricName", "nvidia_gpu_memory_used_bytes")], "targetValue"),
             ("so", "ai", &[("targetValue", "70"), ("activationTargetValue", "x")], "activationTargetValue"),
             ("so", "ai", &[("targetValue", "70"), ("metricName", "gpu_util")], "metricName"),
             ("so", "ai", &[("targetValue", "70"), ("podSelector", "app in (a")], "podSelector"),

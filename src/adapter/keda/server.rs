@@ -73,6 +73,9 @@ pub struct KedaSetup {
     /// `--keda-client-ca-file`: when set, a client certificate it signed is
     /// required.
     pub client_ca_file: Option<PathBuf>,
+    /// The flag that sets the address, for messages (`--keda-listen`;
+    /// `standalone`'s `--keda-port`).
+    pub flag: &'static str,
 }
 
 /// Serves the scaler until `shutdown` turns true, then drains. At most

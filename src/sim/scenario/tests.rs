@@ -29,8 +29,23 @@ fn mistakes_are_named() {
         ("workloads:\n  a:\n    - {for: soon, load: 5}\n", "for \"soon\""),
         ("workloads:\n  a: []\n", "no steps"),
         ("workloads:\n  a:\n    - {lod: 5}\n", "unknown field"),
+        (
+            "workloads:\n  a:\n    - {for: 1s, load: 10}\n    - {for: 18446744073709551615s, load: 95}\n",
+            "at most 30days",
+        ),
+        ("workloads:\n  a:\n    - {for: 31days, load: 5}\n", "for \"31days\": at most 30days"),
     ] {
         let err = Scenario::parse(text, Path::new("s.yaml")).unwrap_err().to_string();
         assert!(err.contains(needle) && err.contains("--scenario"), "{text}: {err}");
     }
+}
+
+#[test]
+fn the_longest_steps_add_up_without_overflow() {
+    let steps = "    - {for: 30days, load: 10}\n".repeat(MAX_STEPS - 1) + "    - {load: 20}\n";
+    let s = Scenario::parse(&format!("workloads:\n  a:\n{steps}"), Path::new("s")).unwrap();
+    assert_eq!(s.load("a", Duration::MAX), Some(20.0));
+    let too_many = "    - {for: 1s, load: 10}\n".repeat(MAX_STEPS + 1);
+    let err = Scenario::parse(&format!("workloads:\n  a:\n{too_many}"), Path::new("s")).unwrap_err();
+    assert!(err.to_string().contains("10001 steps: at most 10000"), "{err}");
 }
