@@ -246,6 +246,31 @@ fn an_unsupported_field_is_omitted_not_zero() {
 }
 
 #[test]
+fn a_broken_drivers_impossible_values_are_dropped_and_counted() {
+    // GPU 1 reports 250 % busy, 4294967295 °C and more memory used than it has.
+    let config = TWO_GPUS.replace(
+        "util=17 mem_util=9 mem_total=12884901888 mem_used=2147483648 temp=48",
+        "util=250 mem_util=9 mem_total=12884901888 mem_used=22884901888 temp=4294967295",
+    );
+    let agent = Agent::start(&config, &["--no-attribution"]);
+    let text = agent.metrics_until("a sample", |t| t.contains("nvidia_gpu_utilization_percent{"));
+    for family in ["nvidia_gpu_utilization_percent", "nvidia_gpu_temperature_celsius", "nvidia_gpu_memory_used_bytes"] {
+        assert_eq!(value(&text, &format!("{family}{{{LABELS_3060}}}")), None, "{family}");
+        assert!(value(&text, &format!("{family}{{{LABELS_4090}}}")).is_some(), "{family}");
+    }
+    // The GPU stays up, with what it reports sanely; each dropped value counts as its call's error.
+    assert_eq!(value(&text, &format!("nvidia_gpu_up{{{LABELS_3060}}}")).as_deref(), Some("1"));
+    assert_eq!(
+        value(&text, &format!("nvidia_gpu_memory_utilization_percent{{{LABELS_3060}}}")).as_deref(),
+        Some("9.0")
+    );
+    for call in ["utilization", "temperature", "memory"] {
+        let errors = value(&text, &format!("kube_gpu_metrics_nvml_errors_total{{node=\"testnode\",call=\"{call}\"}}"));
+        assert!(errors.as_deref().is_some_and(|e| e.parse::<u64>().unwrap() >= 1), "{call}: {errors:?}");
+    }
+}
+
+#[test]
 fn init_failure_keeps_health_up_and_recovers_when_the_driver_loads() {
     let agent = Agent::start(&format!("init_error DRIVER_NOT_LOADED\n{TWO_GPUS}"), &["--no-attribution"]);
     let deadline = Instant::now() + Duration::from_secs(5);

@@ -113,11 +113,36 @@ impl Tally {
     }
 }
 
+impl Tally {
+    /// `value` if it is physically possible (finite, 0..=`max`); otherwise
+    /// nothing, and the call counted as failed: a broken driver's 250 % or
+    /// 4294967295 °C is dropped here, as the adapter would refuse it, and
+    /// shows in the error count instead of on `/metrics`.
+    fn plausible(&mut self, call: GpuCall, value: Option<f64>, max: f64) -> Option<f64> {
+        let v = value?;
+        if v.is_finite() && (0.0..=max).contains(&v) {
+            return Some(v);
+        }
+        tracing::debug!(gpu = self.index, call = call.as_str(), value = v, max, "implausible value dropped");
+        self.errors.push(call);
+        None
+    }
+}
+
+/// Percentages.
+const MAX_PERCENT: f64 = 100.0;
+/// Degrees Celsius no GPU or its memory survives.
+const MAX_CELSIUS: f64 = 150.0;
+/// Watts: several times the largest board's limit.
+const MAX_WATTS: f64 = 5_000.0;
+/// Hertz: several times the fastest clock.
+const MAX_HERTZ: f64 = 10e9;
+
 /// The fields read every pass besides utilization, memory, temperature,
 /// power and clocks.
 fn read_telemetry(nvml: &Nvml, device: &Device<'_>, tally: &mut Tally, reading: &mut GpuReading) {
     let fields = tally.take(GpuCall::FieldValues, device.field_values_for(&[FieldId(FIELD_MEMORY_TEMPERATURE)]));
-    reading.memory_temperature_celsius = fields
+    let memory_celsius = fields
         .into_iter()
         .flatten()
         .filter_map(|sample| tally.take(GpuCall::FieldValues, sample.and_then(|s| s.value)))
@@ -128,6 +153,7 @@ fn read_telemetry(nvml: &Nvml, device: &Device<'_>, tally: &mut Tally, reading: 
             SampleValue::I64(v) => v as f64,
         })
         .next();
+    reading.memory_temperature_celsius = tally.plausible(GpuCall::FieldValues, memory_celsius, MAX_CELSIUS);
     let millijoules = tally.take(GpuCall::Energy, device.total_energy_consumption());
     reading.energy_joules = millijoules.map(|mj| mj as f64 / 1000.0);
     reading.pcie_replays = tally.take(GpuCall::Pcie, device.pcie_replay_counter()).map(u64::from);
@@ -137,11 +163,12 @@ fn read_telemetry(nvml: &Nvml, device: &Device<'_>, tally: &mut Tally, reading: 
         tally.take(GpuCall::Pcie, device.pcie_throughput(PcieUtilCounter::Send)).map(kib);
     reading.pcie_receive_bytes_per_second =
         tally.take(GpuCall::Pcie, device.pcie_throughput(PcieUtilCounter::Receive)).map(kib);
-    reading.encoder_utilization_percent =
-        tally.take(GpuCall::Codec, device.encoder_utilization()).map(|u| f64::from(u.utilization));
-    reading.decoder_utilization_percent =
-        tally.take(GpuCall::Codec, device.decoder_utilization()).map(|u| f64::from(u.utilization));
-    reading.fan_speed_percent = tally.take(GpuCall::Fan, device.fan_speed(0)).map(f64::from);
+    let encoder = tally.take(GpuCall::Codec, device.encoder_utilization()).map(|u| f64::from(u.utilization));
+    reading.encoder_utilization_percent = tally.plausible(GpuCall::Codec, encoder, MAX_PERCENT);
+    let decoder = tally.take(GpuCall::Codec, device.decoder_utilization()).map(|u| f64::from(u.utilization));
+    reading.decoder_utilization_percent = tally.plausible(GpuCall::Codec, decoder, MAX_PERCENT);
+    let fan = tally.take(GpuCall::Fan, device.fan_speed(0)).map(f64::from);
+    reading.fan_speed_percent = tally.plausible(GpuCall::Fan, fan, MAX_PERCENT);
     reading.performance_state = tally.take(GpuCall::PerformanceState, device.performance_state()).map(|p| p.as_c());
     reading.clock_events = tally.take(GpuCall::ClockEvents, raw::clock_event_reasons(nvml, device));
     for policy in ViolationPolicy::ALL {
@@ -305,22 +332,28 @@ impl GpuSource for NvmlSource {
 
         let reading = &mut read.reading;
         if let Some(u) = tally.take(GpuCall::Utilization, device.utilization_rates()) {
-            reading.utilization_percent = Some(f64::from(u.gpu));
-            reading.memory_utilization_percent = Some(f64::from(u.memory));
+            reading.utilization_percent = tally.plausible(GpuCall::Utilization, Some(f64::from(u.gpu)), MAX_PERCENT);
+            reading.memory_utilization_percent =
+                tally.plausible(GpuCall::Utilization, Some(f64::from(u.memory)), MAX_PERCENT);
         }
         if let Some(m) = tally.take(GpuCall::Memory, device.memory_info()) {
-            reading.memory_used_bytes = Some(m.used);
-            reading.memory_total_bytes = Some(m.total);
-            reading.memory_reserved_bytes = Some(m.reserved);
+            // Memory used beyond the board's total is no reading.
+            if m.used <= m.total && m.reserved <= m.total {
+                reading.memory_used_bytes = Some(m.used);
+                reading.memory_total_bytes = Some(m.total);
+                reading.memory_reserved_bytes = Some(m.reserved);
+            } else {
+                tally.plausible(GpuCall::Memory, Some(m.used as f64), m.total as f64);
+            }
         }
         let celsius = tally.take(GpuCall::Temperature, device.temperature(TemperatureSensor::Gpu));
-        reading.temperature_celsius = celsius.map(f64::from);
+        reading.temperature_celsius = tally.plausible(GpuCall::Temperature, celsius.map(f64::from), MAX_CELSIUS);
         let milliwatts = tally.take(GpuCall::Power, device.power_usage());
-        reading.power_watts = milliwatts.map(|mw| f64::from(mw) / 1000.0);
+        reading.power_watts = tally.plausible(GpuCall::Power, milliwatts.map(|mw| f64::from(mw) / 1000.0), MAX_WATTS);
         let mhz = tally.take(GpuCall::Clock, device.clock_info(Clock::SM));
-        reading.sm_clock_hertz = mhz.map(|mhz| f64::from(mhz) * 1e6);
+        reading.sm_clock_hertz = tally.plausible(GpuCall::Clock, mhz.map(|mhz| f64::from(mhz) * 1e6), MAX_HERTZ);
         let mhz = tally.take(GpuCall::Clock, device.clock_info(Clock::Memory));
-        reading.memory_clock_hertz = mhz.map(|mhz| f64::from(mhz) * 1e6);
+        reading.memory_clock_hertz = tally.plausible(GpuCall::Clock, mhz.map(|mhz| f64::from(mhz) * 1e6), MAX_HERTZ);
         read_telemetry(&self.nvml, &device, &mut tally, reading);
         reading.mig_devices = read_mig(&self.nvml, &device, &mut tally);
         self.mig_utilization.read(&self.nvml, index, &device, &mut reading.mig_devices, &mut tally);
