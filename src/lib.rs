@@ -29,6 +29,7 @@ pub mod attribution;
 pub mod feed;
 pub mod gpu;
 pub mod hpa;
+pub mod input;
 pub mod k8s;
 pub mod listener;
 pub mod process;

@@ -59,16 +59,16 @@ pub struct SimulateArgs {
     #[arg(long, default_value = "direct")]
     pub pipeline: String,
 
-    /// Runs, each with its own random phases of the loops.
-    #[arg(long, default_value_t = 1)]
+    /// Runs, each with its own random phases of the loops (1 to 1,000).
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=MAX_RUNS as i64))]
     pub runs: u32,
 
     /// Seed of the first run's phases.
     #[arg(long, default_value_t = 1)]
     pub seed: u64,
 
-    /// Simulated time per run.
-    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    /// Simulated time per run (at most a day).
+    #[arg(long, default_value = "10m", value_parser = simulated_duration)]
     pub duration: Duration,
 
     /// Where each run's timeline (CSV) and chart (SVG) go.
@@ -85,6 +85,23 @@ pub struct SimulateArgs {
     /// and none, and print the table.
     #[arg(long)]
     pub compare: bool,
+}
+
+/// The most runs one `simulate` makes.
+pub const MAX_RUNS: u32 = 1_000;
+/// The longest simulated run: the twin steps each second and keeps the
+/// run's timeline until it is written.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+fn simulated_duration(text: &str) -> Result<Duration, String> {
+    let duration = humantime::parse_duration(text).map_err(|e| e.to_string())?;
+    if duration > MAX_DURATION {
+        return Err(format!("at most {}", humantime::format_duration(MAX_DURATION)));
+    }
+    if duration.is_zero() {
+        return Err("must be more than 0".into());
+    }
+    Ok(duration)
 }
 
 /// Everything one simulation needs, read.
@@ -118,7 +135,7 @@ impl Inputs {
     }
 
     /// Runs `runs` seeded runs through `pipeline`; returns each timeline's
-    /// summary and the timelines.
+    /// summary and the timelines (tests; `simulate` keeps one run at a time).
     pub fn runs(
         &self,
         pipeline: &Pipeline,
@@ -126,20 +143,21 @@ impl Inputs {
         seed: u64,
         duration: Duration,
     ) -> Vec<(Summary, Vec<engine::Row>)> {
-        (0..runs.max(1))
-            .map(|k| {
-                let spec = RunSpec {
-                    cluster: &self.cluster,
-                    scaled: self.scaled.clone(),
-                    scenario: &self.scenario,
-                    pipeline,
-                    duration,
-                    seed: seed.wrapping_add(u64::from(k)),
-                };
-                let rows = engine::run(&spec);
-                (report::summarize(&rows), rows)
-            })
-            .collect()
+        (0..runs.max(1)).map(|k| self.run_one(pipeline, k, seed, duration)).collect()
+    }
+
+    /// Run `k` of a seeded series through `pipeline`: its summary and timeline.
+    pub fn run_one(&self, pipeline: &Pipeline, k: u32, seed: u64, duration: Duration) -> (Summary, Vec<engine::Row>) {
+        let spec = RunSpec {
+            cluster: &self.cluster,
+            scaled: self.scaled.clone(),
+            scenario: &self.scenario,
+            pipeline,
+            duration,
+            seed: seed.wrapping_add(u64::from(k)),
+        };
+        let rows = engine::run(&spec);
+        (report::summarize(&rows), rows)
     }
 
     /// The same inputs with every Pods metric renamed to `metric` and the
@@ -167,7 +185,7 @@ impl Inputs {
 /// Reads an HPA manifest (`--hpa`) and checks that the twin can run it: its
 /// bounds in order, and a Pods metric with an AverageValue target.
 pub fn read_hpa(path: &Path) -> anyhow::Result<HpaSpec> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("--hpa {}", path.display()))?;
+    let text = crate::input::read_yaml(path, "--hpa")?;
     let hpa = parse_hpa(&text).map_err(|e| anyhow::anyhow!("--hpa {}: {e}", path.display()))?;
     check_hpa(&hpa).map_err(|e| anyhow::anyhow!("--hpa {}: {e}", path.display()))?;
     Ok(hpa)
@@ -234,10 +252,9 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<String> {
                     [("plan (up 60 s, down 300 s)", plan_behavior()), ("none (defaults)", Behavior::default())]
                 {
                     let variant = inputs.variant(metric, &behavior);
-                    let summaries: Vec<Summary> = variant
-                        .runs(&pipeline, args.runs, args.seed, args.duration)
-                        .into_iter()
-                        .map(|(s, _)| s)
+                    // One run at a time: only the summaries are kept.
+                    let summaries: Vec<Summary> = (0..args.runs.max(1))
+                        .map(|k| variant.run_one(&pipeline, k, args.seed, args.duration).0)
                         .collect();
                     let figures = report::over_runs(&summaries);
                     let short = if metric.contains("weighted") { "weighted" } else { "utilization" };
@@ -268,23 +285,25 @@ pub fn run(args: &SimulateArgs) -> anyhow::Result<String> {
 
     let pipeline = Pipeline::parse(&args.pipeline).map_err(anyhow::Error::msg)?;
     std::fs::create_dir_all(&args.out).with_context(|| format!("--out {}", args.out.display()))?;
-    let results = inputs.runs(&pipeline, args.runs, args.seed, args.duration);
     let first = &inputs.scaled[0];
     let target = first.1.metrics.iter().find_map(|m| match m {
         MetricSpec::Pods { target, .. } => Some(*target),
         _ => None,
     });
-    for (k, (_, rows)) in results.iter().enumerate() {
+    // Each run's timeline is written as it ends; only its summary is kept.
+    let mut summaries = Vec::new();
+    for k in 0..args.runs.max(1) {
+        let (summary, rows) = inputs.run_one(&pipeline, k, args.seed, args.duration);
         for (file, text) in [
-            (format!("run-{k}.csv"), report::csv(rows)),
-            (format!("run-{k}.svg"), report::svg(rows, &first.0.name, target)),
+            (format!("run-{k}.csv"), report::csv(&rows)),
+            (format!("run-{k}.svg"), report::svg(&rows, &first.0.name, target)),
         ] {
             let path = args.out.join(file);
             std::fs::write(&path, text)
                 .with_context(|| format!("--out {}: cannot write {}", args.out.display(), path.display()))?;
         }
+        summaries.push(summary);
     }
-    let summaries: Vec<Summary> = results.into_iter().map(|(s, _)| s).collect();
     let mut figures = report::over_runs(&summaries);
     figures.insert("pipeline".into(), pipeline.name.clone().into());
     figures.insert("per_run".into(), serde_json::to_value(&summaries)?);

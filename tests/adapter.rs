@@ -1222,6 +1222,44 @@ fn durations_past_their_bounds_are_refused_at_start_naming_the_file_field_and_bo
     }
 }
 
+#[test]
+fn small_inputs_that_would_exhaust_memory_or_time_are_refused_naming_the_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    // One 1,000-step list, aliased by 2,000 workloads: 2 million steps from 30 kB.
+    let list = "    - {for: 1s, load: 10}\n".repeat(1000);
+    let aliases: String = (0..2000).map(|i| format!("  w{i}: *steps\n")).collect();
+    std::fs::write(path("aliases.yaml"), format!("x-steps: &steps\n{list}workloads:\n{aliases}")).unwrap();
+    // 100,000 levels of nesting in an unknown field.
+    let deep = format!("workloads: {{a: [{{load: 1}}]}}\nx: {}{}\n", "[".repeat(100_000), "]".repeat(100_000));
+    std::fs::write(path("deep.yaml"), deep).unwrap();
+    std::fs::write(path("ok.yaml"), "workloads:\n  reasoning-suite:\n    - {load: 10}\n").unwrap();
+    let nodes: String = (0..2000).map(|i| format!("- {{name: n{i}, gpus: [rtx4090]}}\n")).collect();
+    std::fs::write(path("cluster.yaml"), format!("nodes:\n{nodes}")).unwrap();
+    let hpa = "deploy/examples/reasoning-gpu-hpa.yaml";
+    let (aliases, deep, ok, cluster, out) =
+        (path("aliases.yaml"), path("deep.yaml"), path("ok.yaml"), path("cluster.yaml"), path("out"));
+    let simulate = |extra: &[&str]| {
+        let mut args = vec!["simulate", "--hpa", hpa, "--out", &out];
+        args.extend_from_slice(extra);
+        let output = Command::new(BIN).args(&args).env("KGM_LOG", "warn").output().unwrap();
+        (output.status.code(), String::from_utf8_lossy(&output.stderr).to_string())
+    };
+    for (extra, code, wanted) in [
+        (vec!["--scenario", &aliases], 1, "line 1003: YAML aliases (*name) are not read here"),
+        (vec!["--scenario", &deep], 1, "line 2: nested deeper than 64 levels"),
+        (vec!["--scenario", &ok, "--cluster", &cluster], 1, "--cluster"),
+        (vec!["--scenario", &ok, "--runs", "100000000"], 2, "'--runs <RUNS>': 100000000 is not in 1..=1000"),
+        (vec!["--scenario", &ok, "--duration", "1y"], 2, "'--duration <DURATION>': at most 1day"),
+    ] {
+        let (status, stderr) = simulate(&extra);
+        assert_eq!(status, Some(code), "{extra:?}: {stderr}");
+        assert!(stderr.contains(wanted), "{extra:?}: {wanted:?} not in {stderr}");
+    }
+    let (_, stderr) = simulate(&["--scenario", &ok, "--cluster", &cluster]);
+    assert!(stderr.contains("2000 nodes: at most 1000"), "{stderr}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn standalone_with_a_scenario_scales_the_deployment_and_serves_the_new_pod() {
     let dir = tempfile::tempdir().unwrap();

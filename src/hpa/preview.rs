@@ -337,12 +337,12 @@ pub async fn preview(
 /// Runs `hpa-preview` and returns its report.
 pub async fn run(args: &PreviewArgs) -> Result<String, PreviewError> {
     let manifest_err = |reason: String| PreviewError::Manifest { path: args.hpa.clone(), reason };
-    let text = std::fs::read_to_string(&args.hpa).map_err(|e| manifest_err(e.to_string()))?;
+    let text = crate::input::read_yaml(&args.hpa, "--hpa").map_err(|e| manifest_err(e.reason))?;
     let hpa = parse_hpa(&text).map_err(manifest_err)?;
     let from = match &args.metrics {
         Some(path) => {
             let recorded_err = |reason: String| PreviewError::Recorded { path: path.clone(), reason };
-            let text = std::fs::read_to_string(path).map_err(|e| recorded_err(e.to_string()))?;
+            let text = crate::input::read_yaml(path, "--metrics").map_err(|e| recorded_err(e.reason))?;
             serde_json::from_str::<serde_json::Value>(&text).map_err(|e| recorded_err(e.to_string()))?;
             MetricsFrom::Recorded(text.into_bytes())
         }

@@ -117,8 +117,8 @@ impl Scenario {
 
     /// Reads a scenario file.
     pub fn read(path: &Path) -> Result<Scenario, ScenarioError> {
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| ScenarioError { path: path.to_path_buf(), reason: e.to_string() })?;
+        let text = crate::input::read_yaml(path, "--scenario")
+            .map_err(|e| ScenarioError { path: path.to_path_buf(), reason: e.reason })?;
         Scenario::parse(&text, path)
     }
 

@@ -218,12 +218,19 @@ struct DeploymentsFile {
 }
 
 fn read(flag: &'static str, path: &Path) -> Result<String, ModelError> {
-    std::fs::read_to_string(path).map_err(|e| ModelError {
+    crate::input::read_yaml(path, flag).map_err(|e| ModelError {
         flag,
         path: path.display().to_string(),
-        reason: e.to_string(),
+        reason: e.reason,
     })
 }
+
+/// The most nodes a cluster file may have, GPUs a node, and time-slicing replicas a GPU.
+pub const MAX_NODES: usize = 1_000;
+/// See [`MAX_NODES`].
+pub const MAX_GPUS_PER_NODE: usize = 16;
+/// See [`MAX_NODES`].
+pub const MAX_TIME_SLICING: u32 = 64;
 
 /// Reads `--cluster FILE`.
 pub fn read_cluster(path: &Path) -> Result<ClusterSpec, ModelError> {
@@ -234,6 +241,15 @@ pub fn read_cluster(path: &Path) -> Result<ClusterSpec, ModelError> {
     }
     if cluster.nodes.iter().any(|n| n.time_slicing == 0) {
         return Err(err("timeSlicing must be at least 1".into()));
+    }
+    if cluster.nodes.len() > MAX_NODES {
+        return Err(err(format!("{} nodes: at most {MAX_NODES}", cluster.nodes.len())));
+    }
+    if let Some(n) = cluster.nodes.iter().find(|n| n.gpus.len() > MAX_GPUS_PER_NODE) {
+        return Err(err(format!("node {}: {} GPUs: at most {MAX_GPUS_PER_NODE}", n.name, n.gpus.len())));
+    }
+    if let Some(n) = cluster.nodes.iter().find(|n| n.time_slicing > MAX_TIME_SLICING) {
+        return Err(err(format!("node {}: timeSlicing {}: at most {MAX_TIME_SLICING}", n.name, n.time_slicing)));
     }
     Ok(cluster)
 }

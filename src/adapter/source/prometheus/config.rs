@@ -87,8 +87,8 @@ impl QueryConfig {
     /// Reads a configuration file.
     pub fn read(path: &Path) -> Result<Self, PrometheusError> {
         let origin = path.display().to_string();
-        let text = std::fs::read_to_string(path)
-            .map_err(|e| PrometheusError::Config { origin: origin.clone(), reason: e.to_string() })?;
+        let text = crate::input::read_yaml(path, "--prometheus-queries")
+            .map_err(|e| PrometheusError::Config { origin: origin.clone(), reason: e.reason })?;
         Self::parse(&text, &origin)
     }
 
