@@ -205,7 +205,12 @@ async fn adapter(fleet: FleetAdapter) -> anyhow::Result<()> {
         poll: PollArgs { poll_interval, max_age: Some(max_age), ..PollArgs::default() },
         prometheus: None,
         kubeconfig_out,
-        keda: keda_listen.map(|listen| KedaSetup { listen, required: true, client_ca_file: None }),
+        keda: keda_listen.map(|listen| KedaSetup {
+            listen,
+            required: true,
+            client_ca_file: None,
+            flag: "--keda-listen",
+        }),
         ca_out: None,
     };
     let (_shutdown_tx, shutdown) = watch::channel(false);

@@ -12,6 +12,7 @@
 //! `minReplicas..=maxReplicas`.
 
 pub mod preview;
+pub mod spec;
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};

@@ -33,7 +33,7 @@ use crate::attribution::Unattributed;
 use crate::gpu::model::GpuModelId;
 use crate::gpu::nvml::NvmlOpener;
 use crate::gpu::{GpuArgs, GpuSourceKind};
-use crate::hpa::preview::{HpaSpec, MetricSpec, parse_hpa};
+use crate::hpa::spec::{HpaSpec, MetricSpec, parse_hpa};
 use crate::hpa::{Autoscaler, PodValue};
 use crate::k8s::labels::LabelIndex;
 use crate::sim::scenario::Scenario;

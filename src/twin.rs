@@ -25,7 +25,7 @@ use anyhow::Context;
 use clap::Args;
 
 use crate::hpa::Behavior;
-use crate::hpa::preview::{HpaSpec, MetricSpec, parse_hpa};
+use crate::hpa::spec::{HpaSpec, MetricSpec, parse_hpa};
 use crate::sim::scenario::Scenario;
 use engine::RunSpec;
 use model::{ClusterSpec, DeploymentSpec, Pipeline};
@@ -193,9 +193,6 @@ pub fn read_hpa(path: &Path) -> anyhow::Result<HpaSpec> {
 
 /// Whether the twin can run `hpa`.
 fn check_hpa(hpa: &HpaSpec) -> Result<(), String> {
-    if hpa.min > hpa.max {
-        return Err(format!("minReplicas {} is above maxReplicas {}", hpa.min, hpa.max));
-    }
     if !hpa.metrics.iter().any(|m| matches!(m, MetricSpec::Pods { .. })) {
         return Err("the twin simulates Pods metrics with an AverageValue target; this HPA has none".into());
     }

@@ -1223,6 +1223,43 @@ fn durations_past_their_bounds_are_refused_at_start_naming_the_file_field_and_bo
 }
 
 #[test]
+fn hpa_preview_and_simulate_refuse_an_impossible_hpa_with_kube_apiservers_field_path() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = |name: &str| dir.path().join(name).display().to_string();
+    let reference = std::fs::read_to_string("deploy/examples/reasoning-gpu-hpa.yaml").unwrap();
+    std::fs::write(
+        path("hpa.yaml"),
+        reference.replace("minReplicas: 1", "minReplicas: 5").replace("maxReplicas: 3", "maxReplicas: 2"),
+    )
+    .unwrap();
+    std::fs::write(path("scenario.yaml"), "workloads:\n  reasoning-suite:\n    - {load: 10}\n").unwrap();
+    let wanted = "spec.maxReplicas: Invalid value: 2: must be greater than or equal to `minReplicas`";
+    std::fs::write(
+        path("list.json"),
+        r#"{"kind":"MetricValueList","apiVersion":"custom.metrics.k8s.io/v1beta2","metadata":{},"items":[]}"#,
+    )
+    .unwrap();
+    let (hpa, scenario, out, list) = (path("hpa.yaml"), path("scenario.yaml"), path("out"), path("list.json"));
+    for args in [
+        vec![
+            "hpa-preview",
+            "--hpa",
+            &hpa,
+            "--metrics",
+            "tests/recorded/metric-value-list.json",
+            "--current-replicas",
+            "1",
+        ],
+        vec!["simulate", "--hpa", &hpa, "--scenario", &scenario, "--out", &out],
+    ] {
+        let output = Command::new(BIN).args(&args).env("KGM_LOG", "warn").output().unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{args:?}: {stderr}");
+        assert!(stderr.contains(&hpa) && stderr.contains(wanted), "{args:?}: {stderr}");
+    }
+}
+
+#[test]
 fn small_inputs_that_would_exhaust_memory_or_time_are_refused_naming_the_bound() {
     let dir = tempfile::tempdir().unwrap();
     let path = |name: &str| dir.path().join(name).display().to_string();

@@ -5,12 +5,11 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
+use super::spec::{HpaSpec, MetricSpec, parse_hpa};
+use super::{Autoscaler, PodValue, Proposal};
 use crate::adapter::http::wire::{ExternalMetricValue, List, MetricValueV1beta1, MetricValueV1beta2};
-use clap::Args;
-use k8s_openapi::api::autoscaling::v2::{HPAScalingRules, HorizontalPodAutoscaler, MetricTarget};
-
-use super::{Autoscaler, Behavior, PodValue, Policy, Proposal, Rules, Select};
 use crate::k8s::quantity::parse_quantity;
+use clap::Args;
 
 /// Flags of `hpa-preview`.
 #[derive(Clone, Debug, Args)]
@@ -66,130 +65,6 @@ pub enum PreviewError {
         /// Why.
         reason: String,
     },
-}
-
-/// A metric of the HPA, as far as the preview understands it.
-#[derive(Clone, Debug, PartialEq)]
-pub enum MetricSpec {
-    /// `type: Pods`, with an `AverageValue` target.
-    Pods {
-        /// Metric name.
-        name: String,
-        /// Target average.
-        target: f64,
-    },
-    /// `type: External`, with a `Value` or `AverageValue` target.
-    External {
-        /// Metric name.
-        name: String,
-        /// Label selector of the metric, as a string.
-        selector: Option<String>,
-        /// Target.
-        target: f64,
-        /// Whether the target is an average per replica.
-        average: bool,
-    },
-    /// A metric the preview does not compute (resource or object metrics).
-    Unsupported(String),
-}
-
-/// What the preview needs of an HPA.
-#[derive(Clone, Debug, PartialEq)]
-pub struct HpaSpec {
-    /// Name.
-    pub name: String,
-    /// Namespace.
-    pub namespace: String,
-    /// The scale target's name.
-    pub target_name: String,
-    /// minReplicas (default 1).
-    pub min: u32,
-    /// maxReplicas.
-    pub max: u32,
-    /// Its metrics.
-    pub metrics: Vec<MetricSpec>,
-    /// Its behavior, defaults filled in.
-    pub behavior: Behavior,
-}
-
-fn quantity(target: &MetricTarget, average: bool) -> Option<f64> {
-    let q = if average { target.average_value.as_ref() } else { target.value.as_ref() }?;
-    parse_quantity(&q.0).ok()
-}
-
-fn rules(rules: Option<&HPAScalingRules>, default: Rules) -> Rules {
-    let Some(r) = rules else { return default };
-    let policies = r.policies.as_ref().map(|ps| {
-        ps.iter()
-            .map(|p| {
-                let period = std::time::Duration::from_secs(p.period_seconds.max(1) as u64);
-                let value = p.value.max(0) as u32;
-                if p.type_ == "Percent" { Policy::Percent(value, period) } else { Policy::Pods(value, period) }
-            })
-            .collect()
-    });
-    Rules {
-        window: r
-            .stabilization_window_seconds
-            .map_or(default.window, |s| std::time::Duration::from_secs(s.max(0) as u64)),
-        policies: policies.unwrap_or(default.policies),
-        select: match r.select_policy.as_deref() {
-            Some("Min") => Select::Min,
-            Some("Disabled") => Select::Disabled,
-            Some(_) => Select::Max,
-            None => default.select,
-        },
-    }
-}
-
-/// Parses an HPA manifest (YAML or JSON).
-pub fn parse_hpa(text: &str) -> Result<HpaSpec, String> {
-    let hpa: HorizontalPodAutoscaler = serde_yaml_ng::from_str(text).map_err(|e| e.to_string())?;
-    if hpa.metadata.name.is_none() {
-        return Err("metadata.name is missing".into());
-    }
-    let spec = hpa.spec.ok_or("spec is missing")?;
-    let metrics = spec
-        .metrics
-        .unwrap_or_default()
-        .into_iter()
-        .map(|m| match (m.type_.as_str(), m.pods, m.external) {
-            ("Pods", Some(p), _) if p.target.type_ == "AverageValue" => match quantity(&p.target, true) {
-                Some(target) => MetricSpec::Pods { name: p.metric.name, target },
-                None => MetricSpec::Unsupported(format!("Pods metric {} has no valid averageValue", p.metric.name)),
-            },
-            ("External", _, Some(e)) => {
-                let average = e.target.type_ == "AverageValue";
-                let selector = e
-                    .metric
-                    .selector
-                    .as_ref()
-                    .and_then(|s| s.match_labels.as_ref())
-                    .map(|labels| labels.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(","));
-                match quantity(&e.target, average) {
-                    Some(target) => MetricSpec::External { name: e.metric.name, selector, target, average },
-                    None => MetricSpec::Unsupported(format!("External metric {} has no valid target", e.metric.name)),
-                }
-            }
-            (kind, _, _) => MetricSpec::Unsupported(format!("{kind} metrics are not previewed")),
-        })
-        .collect();
-    let defaults = Behavior::default();
-    let behavior = match spec.behavior {
-        Some(b) => {
-            Behavior { up: rules(b.scale_up.as_ref(), defaults.up), down: rules(b.scale_down.as_ref(), defaults.down) }
-        }
-        None => defaults,
-    };
-    Ok(HpaSpec {
-        name: hpa.metadata.name.unwrap_or_default(),
-        namespace: hpa.metadata.namespace.unwrap_or_else(|| "default".into()),
-        target_name: spec.scale_target_ref.name,
-        min: spec.min_replicas.unwrap_or(1).max(1) as u32,
-        max: spec.max_replicas.max(1) as u32,
-        metrics,
-        behavior,
-    })
 }
 
 /// The pods and values of a `MetricValueList` (v1beta1 or v1beta2), read

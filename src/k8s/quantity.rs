@@ -83,6 +83,8 @@ pub fn parse_quantity(input: &str) -> Result<f64, QuantityError> {
         "Ti" => 1024f64.powi(4),
         "Pi" => 1024f64.powi(5),
         "Ei" => 1024f64.powi(6),
+        // `E` alone is exa, as in Kubernetes; `e`/`E` with digits is an exponent.
+        "E" => 1e18,
         _ if suffix.starts_with(['e', 'E']) => {
             let exponent: i32 = suffix[1..].parse().map_err(|_| err("bad exponent"))?;
             if !(-30..=30).contains(&exponent) {

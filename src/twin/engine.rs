@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use super::model::{ClusterSpec, DeploymentSpec, NodeSpec, Pipeline};
 use crate::adapter::store::Metric;
-use crate::hpa::preview::{HpaSpec, MetricSpec};
+use crate::hpa::spec::{HpaSpec, MetricSpec};
 use crate::hpa::{Autoscaler, PodValue, pods_average_value};
 use crate::sim::scenario::Scenario;
 

@@ -22,7 +22,7 @@ use tokio::sync::watch;
 use super::engine::Twin;
 use super::model::{ClusterSpec, DeploymentSpec};
 use crate::adapter::provider::Provider;
-use crate::hpa::preview::{HpaSpec, MetricSpec};
+use crate::hpa::spec::{HpaSpec, MetricSpec};
 use crate::k8s::labels::LabelIndex;
 use crate::sim::scenario::Scenario;
 use crate::sim::{GPU_NAMESPACE, SimNode, SimWorkload, Workloads, add_pod, label_maps};

@@ -178,7 +178,12 @@ fn simulate_writes_timelines_charts_and_the_summary_with_worst_runs() {
     assert!(run(&bad).unwrap_err().to_string().contains("--cluster"));
     let inverted = HPA.replace("minReplicas: 1", "minReplicas: 5");
     let bad = SimulateArgs { hpa: vec![write("inverted.yaml", &inverted)], ..args };
-    assert!(run(&bad).unwrap_err().to_string().contains("minReplicas 5 is above maxReplicas 3"));
+    assert!(
+        run(&bad)
+            .unwrap_err()
+            .to_string()
+            .contains("spec.maxReplicas: Invalid value: 3: must be greater than or equal to `minReplicas`")
+    );
 }
 
 #[test]

@@ -2,7 +2,7 @@ use std::path::Path;
 
 use super::*;
 use crate::gpu::model::GpuModelId;
-use crate::hpa::preview::parse_hpa;
+use crate::hpa::spec::parse_hpa;
 use crate::k8s::labels::Placement;
 
 const HPA: &str = include_str!("../../../deploy/examples/reasoning-gpu-hpa.yaml");
