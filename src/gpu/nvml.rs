@@ -135,8 +135,8 @@ const MAX_PERCENT: f64 = 100.0;
 const MAX_CELSIUS: f64 = 150.0;
 /// Watts: several times the largest board's limit.
 const MAX_WATTS: f64 = 5_000.0;
-/// Hertz: several times the fastest clock.
-const MAX_HERTZ: f64 = 10e9;
+/// Hertz: several times the fastest clock (GDDR7 reports about 14 GHz).
+const MAX_HERTZ: f64 = 100e9;
 
 /// The fields read every pass besides utilization, memory, temperature,
 /// power and clocks.
