@@ -68,6 +68,16 @@ for call in (lambda: scaler.IsActive(typo, timeout=5),
     except grpc.RpcError as e:
         assert e.code() == grpc.StatusCode.FAILED_PRECONDITION, (e.code(), e.details())
         assert e.details().startswith('podSelector "app=reasoning-suit" matches no pod'), e.details()
+# 300 held StreamIsActive streams on this one connection (over the 256 that once starved unary
+# calls): GetMetrics on it still answers.
+held = [scaler.StreamIsActive(reasoning, timeout=30) for _ in range(300)]
+for stream in held:
+    assert next(stream).result is True
+metrics = scaler.GetMetrics(pb.GetMetricsRequest(scaledObjectRef=reasoning, metricName="nvidia_gpu_utilization_percent"), timeout=5)
+assert metrics.metricValues, metrics
+for stream in held:
+    stream.cancel()
+
 # Another metric than the trigger's is refused, naming the field.
 try:
     scaler.GetMetrics(pb.GetMetricsRequest(scaledObjectRef=reasoning, metricName="nvidia_gpu_memory_used_bytes"), timeout=5)

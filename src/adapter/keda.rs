@@ -178,10 +178,7 @@ impl KedaScaler {
     /// the ones without a value is not called idle.
     fn is_active(&self, spec: &ScalerSpec, now: SystemTime) -> Result<bool, Status> {
         match self.state(spec, now)? {
-            WorkloadState::NoPods => {
-                tracing::debug!(namespace = %spec.namespace, selector = %spec.selector_text, "inactive: the scale target is at zero replicas");
-                Ok(false)
-            }
+            WorkloadState::NoPods => Ok(false),
             WorkloadState::Measured { active: true, .. } => Ok(true),
             WorkloadState::Measured { active: false, missing: 0, .. } => Ok(false),
             WorkloadState::Measured { missing, .. } => Err(Status::unavailable(format!(
@@ -194,6 +191,26 @@ impl KedaScaler {
     }
 }
 
+/// Says why a ScaledObject is answered inactive: its target at zero
+/// replicas, or its pods below the activation value.
+fn log_inactive(object: &ScaledObjectRef, spec: &ScalerSpec) {
+    match &spec.scale_target {
+        Known::Target(target) if target.replicas == 0 => tracing::info!(
+            scaled_object = %object.name,
+            namespace = %object.namespace,
+            "inactive: {} is at zero replicas",
+            target.description
+        ),
+        _ => tracing::debug!(
+            scaled_object = %object.name,
+            namespace = %object.namespace,
+            activation = spec.activation,
+            "inactive: no pod matching {} is above the activation value",
+            spec.selector_text
+        ),
+    }
+}
+
 type ActivationStream = Pin<Box<dyn Stream<Item = Result<IsActiveResponse, Status>> + Send>>;
 type SpecStream = Pin<Box<dyn Stream<Item = Result<GetMetricSpecResponse, Status>> + Send>>;
 
@@ -202,6 +219,9 @@ impl ExternalScaler for KedaScaler {
     async fn is_active(&self, request: Request<ScaledObjectRef>) -> Result<Response<IsActiveResponse>, Status> {
         let spec = self.spec(request.get_ref()).await?;
         let result = KedaScaler::is_active(self, &spec, SystemTime::now())?;
+        if !result {
+            log_inactive(request.get_ref(), &spec);
+        }
         Ok(Response::new(IsActiveResponse { result }))
     }
 
@@ -236,7 +256,7 @@ impl ExternalScaler for KedaScaler {
                     && sent != Some(active)
                 {
                     if !active {
-                        tracing::info!(scaled_object = %object.name, namespace = %object.namespace, "pushed inactive");
+                        log_inactive(&object, &spec);
                     }
                     if tx.send(Ok(IsActiveResponse { result: active })).await.is_err() {
                         return;
