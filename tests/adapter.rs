@@ -1241,15 +1241,7 @@ fn hpa_preview_and_simulate_refuse_an_impossible_hpa_with_kube_apiservers_field_
     .unwrap();
     let (hpa, scenario, out, list) = (path("hpa.yaml"), path("scenario.yaml"), path("out"), path("list.json"));
     for args in [
-        vec![
-            "hpa-preview",
-            "--hpa",
-            &hpa,
-            "--metrics",
-            "tests/recorded/metric-value-list.json",
-            "--current-replicas",
-            "1",
-        ],
+        vec!["hpa-preview", "--hpa", &hpa, "--metrics", &list, "--current-replicas", "1"],
         vec!["simulate", "--hpa", &hpa, "--scenario", &scenario, "--out", &out],
     ] {
         let output = Command::new(BIN).args(&args).env("KGM_LOG", "warn").output().unwrap();
