@@ -45,6 +45,26 @@ fn object<T: serde::de::DeserializeOwned>(value: serde_json::Value) -> T {
     serde_json::from_value(value).expect("a valid object")
 }
 
+/// Creates namespace `name` and waits until its default ServiceAccount has
+/// its token: until then kube-apiserver refuses pods there ("No API token
+/// found for service account").
+async fn namespace(client: &kube::Client, name: &str) {
+    use k8s_openapi::api::core::v1::ServiceAccount;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces.create(&PostParams::default(), &object(json!({"metadata": {"name": name}}))).await.unwrap();
+    let accounts: Api<ServiceAccount> = Api::namespaced(client.clone(), name);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(Some(account)) = accounts.get_opt("default").await
+            && account.secrets.is_some_and(|s| !s.is_empty())
+        {
+            return;
+        }
+        assert!(Instant::now() < deadline, "namespace {name}: the default ServiceAccount got no token within 30 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
 #[tokio::test]
 #[ignore = "needs cluster"]
 async fn watchers_follow_pods_nodes_and_agent_pods_and_readiness_waits_for_their_sync() {
@@ -55,7 +75,7 @@ async fn watchers_follow_pods_nodes_and_agent_pods_and_readiness_waits_for_their
     let namespaces: Api<Namespace> = Api::all(client.clone());
     let nodes: Api<Node> = Api::all(client.clone());
     let pods: Api<Pod> = Api::namespaced(client.clone(), &ns);
-    namespaces.create(&PostParams::default(), &object(json!({"metadata": {"name": ns}}))).await.unwrap();
+    namespace(&client, &ns).await;
     nodes
         .create(
             &PostParams::default(),
@@ -209,7 +229,7 @@ async fn a_scaled_objects_target_is_read_with_its_selector_and_replicas() {
     let client = client().await;
     let ns = format!("kgm-keda-{}", std::process::id());
     let namespaces: Api<Namespace> = Api::all(client.clone());
-    namespaces.create(&PostParams::default(), &object(json!({"metadata": {"name": ns}}))).await.unwrap();
+    namespace(&client, &ns).await;
     // KEDA's ScaledObject kind (its schema left open: only what the scaler reads matters here).
     let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
     let crd = object(json!({
