@@ -635,10 +635,13 @@ def keda_scaler(args, cluster, ca_crt, hpa_name):
         return pb.ScaledObjectRef(name="reasoning-suite", namespace=APP_NS, scalerMetadata={"targetValue": "70", **metadata})
 
     # No podSelector: the Deployment's own selector, read through its /scale.
-    pods = cluster.running_pods()
-    answer = scaler.GetMetrics(pb.GetMetricsRequest(scaledObjectRef=ref(), metricName=METRIC), timeout=10)
-    if [round(v.metricValueFloat) for v in answer.metricValues] != [95 * len(pods)]:
-        fail(f"KEDA GetMetrics over {pods}: {answer}")
+    # (A pod that just started counts once the adapter has its first value.)
+    def summed():
+        pods = cluster.running_pods()
+        answer = scaler.GetMetrics(pb.GetMetricsRequest(scaledObjectRef=ref(), metricName=METRIC), timeout=10)
+        return [round(v.metricValueFloat) for v in answer.metricValues] == [95 * len(pods)]
+
+    wait_until("KEDA GetMetrics: the sum over the Deployment's own pods (95 each)", summed, 20)
     # A typo in podSelector while the Deployment runs: an error naming it, never "inactive".
     try:
         scaler.IsActive(ref(podSelector="app=reasoning-suit"), timeout=10)
