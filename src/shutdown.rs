@@ -84,3 +84,18 @@ pub fn panic_message(payload: Box<dyn std::any::Any + Send>) -> String {
         Err(payload) => payload.downcast::<&'static str>().map_or_else(|_| "a panic".to_string(), |m| m.to_string()),
     }
 }
+
+#[cfg(test)]
+mod panic_tests {
+    use super::panic_message;
+
+    #[test]
+    fn a_panics_message_is_read_from_either_payload() {
+        let literal = std::panic::catch_unwind(|| panic!("overflow when adding durations")).unwrap_err();
+        assert_eq!(panic_message(literal), "overflow when adding durations");
+        let formatted = std::panic::catch_unwind(|| panic!("step {}", 2)).unwrap_err();
+        assert_eq!(panic_message(formatted), "step 2");
+        let other = std::panic::catch_unwind(|| std::panic::panic_any(7_u8)).unwrap_err();
+        assert_eq!(panic_message(other), "a panic");
+    }
+}
