@@ -17,7 +17,7 @@
 # Without a kubelet: nodelifecycle is off (no heartbeats to miss), and
 # Endpoints cannot hold loopback addresses, so an APIService reaches a
 # loopback server through a Service of type ExternalName (localhost).
-# ../shared DESIGN.md, "A real control plane", has the facts behind each flag.
+# The comments beside the flags below say why each is set.
 set -euo pipefail
 repo=$(cd "$(dirname "$0")/.." && pwd)
 
