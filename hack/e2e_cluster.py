@@ -37,7 +37,8 @@ import yaml
 from kubernetes import client, config
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from e2e_cluster_node import GpuNode, load_proto  # noqa: E402
+from e2e_cluster_node import GpuNode  # noqa: E402
+from e2e_proto import load_proto  # noqa: E402
 
 NS = "kube-gpu-metrics"
 APP_NS = "ai-system-gpu"

@@ -9,24 +9,17 @@ Service, and authenticate with a TriggerAuthentication the examples define.
 Usage: e2e_keda.py PROTO_FILE HOST:PORT CA_PEM [EXAMPLE.yaml ...]
 """
 import os
-import subprocess
 import sys
-import tempfile
 
 import grpc
 import yaml
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from e2e_proto import load_proto  # noqa: E402
+
 proto, address, ca_path = sys.argv[1:4]
 examples = sys.argv[4:]
-out = tempfile.mkdtemp()
-proto_dir, proto_name = os.path.split(os.path.abspath(proto))
-subprocess.run(
-    [sys.executable, "-m", "grpc_tools.protoc", f"-I{proto_dir}", f"--python_out={out}", f"--grpc_python_out={out}", proto_name],
-    check=True,
-)
-sys.path.insert(0, out)
-import externalscaler_pb2 as pb  # noqa: E402
-import externalscaler_pb2_grpc as rpc  # noqa: E402
+pb, rpc = load_proto(proto)
 
 credentials = grpc.ssl_channel_credentials(root_certificates=open(ca_path, "rb").read())
 # The standalone certificate names localhost and the bound address.

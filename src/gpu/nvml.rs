@@ -111,9 +111,7 @@ impl Tally {
             }
         }
     }
-}
 
-impl Tally {
     /// `value` if it is physically possible (finite, 0..=`max`); otherwise
     /// nothing, and the call counted as failed: a broken driver's 250 % or
     /// 4294967295 °C is dropped here, as the adapter would refuse it, and
@@ -123,9 +121,14 @@ impl Tally {
         if v.is_finite() && (0.0..=max).contains(&v) {
             return Some(v);
         }
-        tracing::debug!(gpu = self.index, call = call.as_str(), value = v, max, "implausible value dropped");
-        self.errors.push(call);
+        self.implausible(call, v, max);
         None
+    }
+
+    /// Counts `call` as failed for a value outside 0..=`max`.
+    fn implausible(&mut self, call: GpuCall, value: f64, max: f64) {
+        tracing::debug!(gpu = self.index, call = call.as_str(), value, max, "implausible value dropped");
+        self.errors.push(call);
     }
 }
 
@@ -343,7 +346,7 @@ impl GpuSource for NvmlSource {
                 reading.memory_total_bytes = Some(m.total);
                 reading.memory_reserved_bytes = Some(m.reserved);
             } else {
-                tally.plausible(GpuCall::Memory, Some(m.used as f64), m.total as f64);
+                tally.implausible(GpuCall::Memory, m.used.max(m.reserved) as f64, m.total as f64);
             }
         }
         let celsius = tally.take(GpuCall::Temperature, device.temperature(TemperatureSensor::Gpu));

@@ -125,7 +125,7 @@ pub struct DeploymentSpec {
     #[serde(default)]
     pub tolerations: Vec<Toleration>,
     /// How long a scheduled pod takes to become ready (loading a model).
-    #[serde(default = "default_startup", with = "humantime_serde_compat")]
+    #[serde(default = "default_startup", with = "startup_duration")]
     pub startup: Duration,
     /// Replicas at the start.
     #[serde(default = "one")]
@@ -155,7 +155,7 @@ pub const MAX_STARTUP: Duration = Duration::from_secs(24 * 3600);
 pub const MAX_REPLICAS: u32 = 1_000;
 
 /// `humantime` strings (`45s`) for a start-up time, at most [`MAX_STARTUP`].
-mod humantime_serde_compat {
+mod startup_duration {
     use std::time::Duration;
 
     use serde::{Deserialize, Deserializer};
