@@ -4,6 +4,8 @@
 # source package (the upstream tree with its vendor/), for the e2e and by hand.
 #
 #   hack/cluster.sh up [--hpa-sync-period 15s]   install, build once, start, wait for /readyz
+#   hack/cluster.sh up --node mainpc             …and a real GPU node: containerd, the kubelet and a
+#                                                device plugin for the fake NVML's GPU (hack/cluster-node.sh)
 #   hack/cluster.sh env                          prints: export KUBECONFIG=…
 #   hack/cluster.sh down                         stops exactly what up started
 #   hack/cluster.sh restart kube-apiserver       one component, stopped and started with the same flags
@@ -25,6 +27,8 @@ version=1.20.2
 cache=${KGM_CLUSTER_CACHE:-$HOME/.cache/kube-gpu-metrics/kubernetes-$version}
 state=${KGM_CLUSTER_DIR:-$repo/target/cluster}
 bin="$cache/bin"
+# shellcheck source=hack/cluster-node.sh
+. "$repo/hack/cluster-node.sh"
 
 # Loopback ports; the defaults keep clear of standalone's (6443, 9402, 9443).
 etcd_port=${KGM_CLUSTER_ETCD_PORT:-23790}
@@ -248,17 +252,22 @@ wait_for() {
 }
 
 up() {
-    local hpa_sync_period=15s downscale_stabilization=5m0s
+    local hpa_sync_period=15s downscale_stabilization=5m0s node=""
+    node_replicas=2
     while [ $# -gt 0 ]; do
         case "$1" in
         --hpa-sync-period) hpa_sync_period=${2:?--hpa-sync-period needs a duration}; shift 2 ;;
         --hpa-downscale-stabilization) downscale_stabilization=${2:?--hpa-downscale-stabilization needs a duration}; shift 2 ;;
-        *) die "unknown option to up: $1 (options: --hpa-sync-period DURATION, --hpa-downscale-stabilization DURATION)" ;;
+        --node) node=${2:?--node needs a node name}; shift 2 ;;
+        --gpu-replicas) node_replicas=${2:?--gpu-replicas needs a number}; shift 2 ;;
+        *) die "unknown option to up: $1 (options: --hpa-sync-period DURATION, --hpa-downscale-stabilization DURATION, --node NAME, --gpu-replicas N)" ;;
         esac
     done
-    for name in etcd kube-apiserver kube-controller-manager kube-scheduler; do
+    case "$node_replicas" in [1-9] | [1-5][0-9] | 6[0-4]) ;; *) die "--gpu-replicas $node_replicas: must be 1 to 64" ;; esac
+    for name in etcd kube-apiserver kube-controller-manager kube-scheduler containerd kubelet device-plugin; do
         ! alive "$name" || die "$name is already running (PID $(cat "$state/pids/$name")): run '$0 down' first"
     done
+    ! grep -qs " $state/" /proc/self/mountinfo || die "something is still mounted under $state: run '$0 down' first"
     install_packages
     build kube-apiserver kube-controller-manager kube-scheduler
     local started=$SECONDS pki="$state/pki"
@@ -281,7 +290,8 @@ up() {
         --bind-address 127.0.0.1 --advertise-address 127.0.0.1 --secure-port "$apiserver_port" --insecure-port 0 \
         --endpoint-reconciler-type none --service-cluster-ip-range 10.96.0.0/12 \
         --tls-cert-file "$pki/apiserver.crt" --tls-private-key-file "$pki/apiserver.key" \
-        --client-ca-file "$pki/ca.crt" --authorization-mode RBAC --allow-privileged=true \
+        --client-ca-file "$pki/ca.crt" --authorization-mode Node,RBAC --enable-admission-plugins NodeRestriction \
+        --allow-privileged=true \
         --service-account-key-file "$pki/sa.pub" --service-account-signing-key-file "$pki/sa.key" \
         --service-account-issuer https://kubernetes.default.svc.cluster.local \
         --requestheader-client-ca-file "$pki/front-proxy-ca.crt" --requestheader-allowed-names front-proxy-client \
@@ -291,13 +301,15 @@ up() {
     local admin=(--cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key")
     wait_for kube-apiserver "https://127.0.0.1:$apiserver_port/readyz" 120 "${admin[@]}"
 
-    # nodelifecycle is off: without kubelets there are no heartbeats, and it would taint and evict.
+    # Without a kubelet, nodelifecycle is off: there are no heartbeats, and it would taint and evict.
+    local controllers='*,-nodelifecycle'
+    [ -z "$node" ] || controllers='*'
     start kube-controller-manager "$bin/kube-controller-manager" \
         --kubeconfig "$state/kube-controller-manager.kubeconfig" \
         --authentication-kubeconfig "$state/kube-controller-manager.kubeconfig" \
         --authorization-kubeconfig "$state/kube-controller-manager.kubeconfig" \
         --bind-address 127.0.0.1 --secure-port "$controller_manager_port" --port 0 --leader-elect=false \
-        --controllers '*,-nodelifecycle' --use-service-account-credentials \
+        --controllers "$controllers" --use-service-account-credentials \
         --service-account-private-key-file "$pki/sa.key" --root-ca-file "$pki/ca.crt" \
         --horizontal-pod-autoscaler-sync-period "$hpa_sync_period" \
         --horizontal-pod-autoscaler-downscale-stabilization "$downscale_stabilization"
@@ -317,6 +329,7 @@ up() {
     done
     log "control plane v$version ready in $((SECONDS - started))s at https://127.0.0.1:$apiserver_port"
     log "  HPA sync period $hpa_sync_period, downscale stabilization $downscale_stabilization"
+    [ -z "$node" ] || node_up "$node"
     log "  kubeconfig: $state/admin.kubeconfig   (or: eval \"\$(hack/cluster.sh env)\")"
 }
 
@@ -336,6 +349,7 @@ stop() {
 
 down() {
     local stopped=0
+    [ ! -d "$node_dir" ] || node_down
     for name in kube-scheduler kube-controller-manager kube-apiserver etcd; do
         if stop "$name"; then stopped=$((stopped + 1)); fi
     done
@@ -344,7 +358,7 @@ down() {
 
 # restart NAME: stops one component and starts it again with the same flags.
 restart() {
-    local name=${1:?restart needs a component: etcd, kube-apiserver, kube-controller-manager or kube-scheduler}
+    local name=${1:?restart needs a component: etcd, kube-apiserver, kube-controller-manager, kube-scheduler, or the node parts containerd, kubelet, device-plugin}
     [ -f "$state/cmd/$name" ] || die "$name was never started here ($state/cmd/$name)"
     local cmd
     mapfile -d '' cmd <"$state/cmd/$name"
@@ -357,6 +371,7 @@ restart() {
         --cacert "$pki/ca.crt" --cert "$pki/admin.crt" --key "$pki/admin.key" ;;
     kube-controller-manager) wait_for "$name" "https://127.0.0.1:$controller_manager_port/healthz" 60 -k ;;
     kube-scheduler) wait_for "$name" "https://127.0.0.1:$scheduler_port/healthz" 60 -k ;;
+    kubelet) wait_for kubelet "http://127.0.0.1:10248/healthz" 60 ;;
     esac
     log "$name restarted"
 }
@@ -365,7 +380,15 @@ case "${1:-}" in
 up) shift; up "$@" ;;
 down) down ;;
 restart) shift; restart "$@" ;;
-env) printf 'export KUBECONFIG=%s\n' "$state/admin.kubeconfig" ;;
-build) build kube-apiserver kube-controller-manager kube-scheduler ;;
-*) die "usage: $0 up [--hpa-sync-period DURATION] [--hpa-downscale-stabilization DURATION] | down | env | restart COMPONENT | build" ;;
+env)
+    printf 'export KUBECONFIG=%s\n' "$state/admin.kubeconfig"
+    if [ -f "$fake_nvml_dir/nvml.conf" ]; then
+        printf 'export KGM_CLUSTER_WORKLOAD_IMAGE=%s\n' "$workload_image"
+        printf 'export KGM_CLUSTER_FAKE_NVML_LIB=%s\n' "$fake_nvml_dir/libnvidia-ml.so"
+        printf 'export KGM_CLUSTER_FAKE_NVML_CONFIG=%s\n' "$fake_nvml_dir/nvml.conf"
+        printf 'export KGM_CLUSTER_CONTAINERD=%s\n' "$containerd_sock"
+    fi
+    ;;
+build) build kube-apiserver kube-controller-manager kube-scheduler kubelet ;;
+*) die "usage: $0 up [--hpa-sync-period DURATION] [--hpa-downscale-stabilization DURATION] [--node NAME [--gpu-replicas N]] | down | env | restart COMPONENT | build" ;;
 esac

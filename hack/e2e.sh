@@ -489,4 +489,34 @@ python3 hack/e2e_cluster.py --kubeconfig "$KUBECONFIG" --cluster hack/cluster.sh
 bash hack/cluster.sh down
 cluster_up=0
 
+# 9. A real node: containerd and the kubelet v1.20.2 beside the control plane,
+# the agent as its DaemonSet's pod attributing real containers' PIDs, and the
+# upstream HPA scaling the reference Deployment on it. KGM_E2E_NODE=0 skips it.
+if [ "${KGM_E2E_NODE:-1}" = 1 ]; then
+    sysctls_before=$(cat /proc/sys/vm/overcommit_memory /proc/sys/kernel/panic /proc/sys/kernel/panic_on_oops)
+    links_before=$(ip -o link show | awk -F': ' '{print $2}' | sort)
+    cluster_up=1
+    node_started=$SECONDS
+    bash hack/cluster.sh up --node mainpc --hpa-sync-period 5s --hpa-downscale-stabilization 10s \
+        || fail "hack/cluster.sh up --node mainpc"
+    eval "$(bash hack/cluster.sh env)"
+    python3 hack/e2e_node.py --kubeconfig "$KUBECONFIG" --cluster hack/cluster.sh --pki target/cluster/pki \
+        --kubectl "$kubectl" --bin "$bin" --agent-bin "$agent_bin" --overlay hack/e2e-node \
+        --examples deploy/examples --work "$(mkdir -p "$work/node" && echo "$work/node")" --sync-period 5 \
+        || fail "on the real node (logs: target/cluster/logs)"
+    down_started=$SECONDS
+    bash hack/cluster.sh down
+    cluster_up=0
+    log "the real node took $((down_started - node_started))s up and tested, $((SECONDS - down_started))s down"
+    # down leaves nothing: no process, mount or cgroup of the node, the host's settings as they were.
+    ! pgrep -x 'containerd|kubelet|containerd-shim' >/dev/null || fail "a node process outlived down: $(pgrep -a -x 'containerd|kubelet|containerd-shim')"
+    ! grep -qE ' (/run/kube-gpu-metrics|/var/lib/kubelet|'"$PWD"'/target/cluster)' /proc/self/mountinfo \
+        || fail "a mount outlived down: $(grep -E '/run/kube-gpu-metrics|/var/lib/kubelet|target/cluster' /proc/self/mountinfo)"
+    ! ls -d /sys/fs/cgroup/*/kubepods 2>/dev/null | grep -q . || fail "kubepods cgroups outlived down: $(ls -d /sys/fs/cgroup/*/kubepods)"
+    [ "$(cat /proc/sys/vm/overcommit_memory /proc/sys/kernel/panic /proc/sys/kernel/panic_on_oops)" = "$sysctls_before" ] \
+        || fail "the host's sysctls changed"
+    [ "$(ip -o link show | awk -F': ' '{print $2}' | sort)" = "$links_before" ] || fail "the host's network links changed"
+    log "down left no process, mount or cgroup; sysctls and links as before"
+fi
+
 log "PASS"

@@ -20,6 +20,7 @@ Used by e2e_cluster.py; the real kubelet is a separate e2e.
 """
 import json
 import os
+import random
 import threading
 import time
 from concurrent import futures
@@ -170,8 +171,10 @@ class GpuNode:
                     pb.ContainerResources(name=c, devices=[pb.ContainerDevices(resource_name=GPU_RESOURCE, device_ids=ids)])
                     for c, ids in p["containers"].items()
                 ])
-                for (ns, name), p in sorted(self.pods.items())
+                for (ns, name), p in self.pods.items()
             ]
+        # The real kubelet lists pods in its pod manager's map order, which changes from call to call.
+        random.shuffle(pods)
         return pb.ListPodResourcesResponse(pod_resources=pods)
 
     def _write_checkpoint(self):
