@@ -30,8 +30,8 @@ workload_image=kube-gpu-metrics.local/gpu-workload:e2e
 gpu_uuid=GPU-4090c0de-0000-4000-8000-000000000001
 # The fake NVML on a fixed host path, so a pod can mount it (hack/e2e-node/fake-nvml).
 fake_nvml_dir=/run/kube-gpu-metrics/fake-nvml
-# The cgroup v1 hierarchies the kubelet and runc make kubepods in.
-cgroup_hierarchies() { find /sys/fs/cgroup -mindepth 1 -maxdepth 1 -type d ! -name unified; }
+# The cgroup hierarchies the kubelet and runc make kubepods in (v1, and runc's in the hybrid unified one).
+cgroup_hierarchies() { find /sys/fs/cgroup -mindepth 1 -maxdepth 1 -type d; }
 
 install_node_packages() {
     local missing=()

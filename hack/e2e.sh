@@ -509,7 +509,7 @@ if [ "${KGM_E2E_NODE:-1}" = 1 ]; then
     cluster_up=0
     log "the real node took $((down_started - node_started))s up and tested, $((SECONDS - down_started))s down"
     # down leaves nothing: no process, mount or cgroup of the node, the host's settings as they were.
-    ! pgrep -x 'containerd|kubelet|containerd-shim' >/dev/null || fail "a node process outlived down: $(pgrep -a -x 'containerd|kubelet|containerd-shim')"
+    ! ps -eo comm= | grep -qxE 'containerd|kubelet|containerd-shim' || fail "a node process outlived down: $(ps -eo pid=,comm= | grep -E 'containerd|kubelet')"
     ! grep -qE ' (/run/kube-gpu-metrics|/var/lib/kubelet|'"$PWD"'/target/cluster)' /proc/self/mountinfo \
         || fail "a mount outlived down: $(grep -E '/run/kube-gpu-metrics|/var/lib/kubelet|target/cluster' /proc/self/mountinfo)"
     ! ls -d /sys/fs/cgroup/*/kubepods 2>/dev/null | grep -q . || fail "kubepods cgroups outlived down: $(ls -d /sys/fs/cgroup/*/kubepods)"
