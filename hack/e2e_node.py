@@ -263,9 +263,9 @@ def watch_feed(expected, until, timeout, idle=()):
 
     Fails if any pod is ever given a value other than its expected one: a missing value (with a
     reason) is honest, and so is 0 for the pods in `idle`, whose processes are gone. Returns (the
-    distinct states seen, seconds until the feed was right again)."""
+    distinct states seen, seconds until `until()` held, seconds until the feed was right again)."""
     started = time.monotonic()
-    seen, fault_done = [], False
+    seen, fault_done = [], None
     while time.monotonic() - started < timeout:
         try:
             state = feed_pods()
@@ -277,9 +277,10 @@ def watch_feed(expected, until, timeout, idle=()):
                 fail(f"{pod} was given {value}, expected {expected[pod][1]} or no value: {state}")
         if state not in seen:
             seen.append(state)
-        fault_done = fault_done or until()
-        if fault_done and state == expected:
-            return seen, time.monotonic() - started
+        if fault_done is None and until():
+            fault_done = time.monotonic() - started
+        if fault_done is not None and state == expected:
+            return seen, fault_done, time.monotonic() - started
         time.sleep(0.2)
     fail(f"the feed was not {expected} within {timeout}s; states seen: {seen}")
 
@@ -293,10 +294,10 @@ def describe(states, expected):
         or "no pod series (the GPU served without pod labels)" for s in other)
 
 
-def recovery(states, expected, took):
+def recovery(states, expected, back, took):
     if all(s == expected for s in states):
-        return f"none needed (the restart took {took:.1f}s)"
-    return f"{took:.1f}s from the restart to every pod's value"
+        return f"none needed (the restart took {back:.1f}s)"
+    return f"back (healthz) {back:.1f}s after the restart began; every pod's value {took - back:.1f}s later"
 
 
 def faults(args, cluster, node, gpu, pids):
@@ -304,11 +305,11 @@ def faults(args, cluster, node, gpu, pids):
     for component, what in (("kubelet", "the kubelet restarted (PodResources socket gone and back)"),
                             ("device-plugin", "the device plugin restarted")):
         restart = subprocess.Popen(["bash", args.cluster, "restart", component], stdout=subprocess.DEVNULL)
-        states, took = watch_feed(expected, lambda: restart.poll() is not None, 120)
+        states, back, took = watch_feed(expected, lambda: restart.poll() is not None, 120)
         if restart.returncode != 0:
             fail(f"hack/cluster.sh restart {component} failed")
-        reliability.append((what, describe(states, expected), recovery(states, expected, took)))
-        log(f"{what}: {describe(states, expected)}; recovery: {recovery(states, expected, took)}")
+        reliability.append((what, describe(states, expected), recovery(states, expected, back, took)))
+        log(f"{what}: {describe(states, expected)}; recovery: {recovery(states, expected, back, took)}")
 
     # A container killed: the kubelet starts it again with a new PID, which the driver lists once it runs.
     old = pids["batch"]
@@ -325,7 +326,7 @@ def faults(args, cluster, node, gpu, pids):
     started = time.monotonic()
     os.kill(old, 9)
     gpu.set(70, {pids["tutor"]: (45, 2000)})
-    states, took = watch_feed(expected, restarted_and_listed, 90, idle={"batch"})
+    states, _, took = watch_feed(expected, restarted_and_listed, 90, idle={"batch"})
     after = restart["after"]
     reliability.append(("a container killed and restarted (new PID)", describe(states, expected),
                         f"container back in {after:.1f}s; its value {took - after:.1f}s after the new PID was listed"))
