@@ -1,24 +1,63 @@
 //! The HorizontalPodAutoscaler's autoscaling/v2 replica algorithm, as the
-//! kube-controller-manager runs it, so that `hpa-preview` and `standalone`
-//! can say what an HPA would do with the metrics this project serves, and
-//! why.
+//! kube-controller-manager runs it, so that `hpa-preview`, the twin and
+//! `standalone` can say what an HPA would do with the metrics this project
+//! serves, and why.
 //!
 //! Per metric: `desired = ceil(current × value / target)`, unless the ratio
-//! is within the tolerance (0.1) of 1. For `Pods` metrics, pods without a
-//! value count as at the target when scaling down and as 0 when scaling up,
-//! and a decision they would reverse is dropped. The largest proposal across
-//! metrics wins, is held back by the stabilization windows (scale-up 0 s,
-//! scale-down 300 s by default) and the rate policies, and is clamped to
-//! `minReplicas..=maxReplicas`.
+//! is within the tolerances of 1 (`1 - down ≤ ratio ≤ 1 + up`: 0.1 each by
+//! default, or the HPA's own `behavior.scaleUp/scaleDown.tolerance`, KEP-4951).
+//! For `Pods` metrics, pods without a value count as at the target when
+//! scaling down and as 0 when scaling up, unready (pending) pods count as 0
+//! on a scale-up, and a decision they would reverse is dropped. The largest
+//! proposal across metrics wins, is held back by the stabilization windows
+//! (scale-up 0 s, scale-down 300 s by default) and the rate policies, and is
+//! clamped to `minReplicas..=maxReplicas`. At zero replicas (KEP-2021,
+//! `minReplicas: 0`), only `Object` and `External` metrics can propose, as
+//! `ceil(value / target)` without tolerance: there are no pods to measure.
+//!
+//! [`sync::sync`] runs one controller sync over a spec ([`spec::HpaSpec`]).
 
 pub mod preview;
 pub mod spec;
+pub mod sync;
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
-/// The controller's default tolerance.
+/// The controller's default tolerance (`--horizontal-pod-autoscaler-tolerance`).
 pub const TOLERANCE: f64 = 0.1;
+
+/// How far the usage ratio may stray from 1 before the HPA acts, per direction.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Tolerances {
+    /// Below 1: no scale-down while `ratio >= 1 - down`.
+    pub down: f64,
+    /// Above 1: no scale-up while `ratio <= 1 + up`.
+    pub up: f64,
+}
+
+impl Default for Tolerances {
+    fn default() -> Self {
+        Tolerances { down: TOLERANCE, up: TOLERANCE }
+    }
+}
+
+impl Tolerances {
+    /// Whether `ratio` is close enough to 1 to change nothing (upstream's `isWithin`).
+    pub fn within(&self, ratio: f64) -> bool {
+        (1.0 - self.down) <= ratio && ratio <= (1.0 + self.up)
+    }
+}
+
+impl std::fmt::Display for Tolerances {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.down == self.up {
+            write!(f, "{} tolerance", self.down)
+        } else {
+            write!(f, "tolerance (down {}, up {})", self.down, self.up)
+        }
+    }
+}
 
 /// A target the ratio can be taken against: finite and above zero (NaN is not).
 fn valid_target(target: f64) -> bool {
@@ -48,9 +87,16 @@ pub struct Proposal {
 }
 
 /// `Pods` metric with an `AverageValue` target (the reference HPA's kind).
-/// `current_replicas` is the scale target's ready replica count; pods the
-/// API returned no value for are `value: None`.
-pub fn pods_average_value(values: &[PodValue], target: f64, current_replicas: u32) -> Result<Proposal, String> {
+/// `values` are the running pods' (`value: None` where the API returned
+/// none), `current_replicas` the scale's replicas (pods it counts that are
+/// not in `values` are missing too), `unready` the pods still pending.
+pub fn pods_average_value(
+    values: &[PodValue],
+    target: f64,
+    current_replicas: u32,
+    unready: u32,
+    tolerances: Tolerances,
+) -> Result<Proposal, String> {
     if !valid_target(target) {
         return Err(format!("target must be above 0, not {target}"));
     }
@@ -58,18 +104,19 @@ pub fn pods_average_value(values: &[PodValue], target: f64, current_replicas: u3
     if known.is_empty() {
         return Err("no metrics returned for the targeted pods".to_string());
     }
-    let missing = values.len().saturating_sub(known.len()) + (current_replicas as usize).saturating_sub(values.len());
+    let running = values.len() + unready as usize;
+    let missing = values.len().saturating_sub(known.len()) + (current_replicas as usize).saturating_sub(running);
     let average = known.iter().sum::<f64>() / known.len() as f64;
     let ratio = average / target;
-    let ready = (known.len() + missing) as u32;
+    let with_unready = unready > 0 && ratio > 1.0;
 
-    if missing == 0 {
-        if (1.0 - ratio).abs() <= TOLERANCE {
+    if missing == 0 && !with_unready {
+        if tolerances.within(ratio) {
             return Ok(Proposal {
                 replicas: current_replicas,
                 current: average,
                 ratio,
-                reason: format!("ratio {ratio:.3} is within the {TOLERANCE} tolerance: no change"),
+                reason: format!("ratio {ratio:.3} is within the {tolerances}: no change"),
             });
         }
         let replicas = (ratio * known.len() as f64).ceil() as u32;
@@ -81,79 +128,124 @@ pub fn pods_average_value(values: &[PodValue], target: f64, current_replicas: u3
         });
     }
 
-    // Missing pods: at the target when scaling down, at 0 when scaling up.
+    // Missing pods: at the target when scaling down, at 0 when scaling up;
+    // unready pods: at 0 when scaling up, else left out.
     let fill = if ratio < 1.0 { target } else { 0.0 };
-    let total = known.iter().sum::<f64>() + fill * missing as f64;
-    let new_ratio = total / ready as f64 / target;
+    let filled = if ratio == 1.0 { 0 } else { missing };
+    let unready_counted = if with_unready { unready as usize } else { 0 };
+    let counted = known.len() + filled + unready_counted;
+    let total = known.iter().sum::<f64>() + fill * filled as f64;
+    let new_ratio = total / counted as f64 / target;
+    let mut filled_how = Vec::new();
+    if filled > 0 {
+        filled_how.push(format!(
+            "{filled} pod(s) without a value counted as {}",
+            if ratio < 1.0 { "at the target" } else { "0" }
+        ));
+    }
+    if unready_counted > 0 {
+        filled_how.push(format!("{unready_counted} unready pod(s) counted as 0"));
+    }
+    let filled_how = filled_how.join(", ");
     let reversed = (ratio < 1.0 && new_ratio > 1.0) || (ratio > 1.0 && new_ratio < 1.0);
-    if (1.0 - new_ratio).abs() <= TOLERANCE || reversed {
+    if tolerances.within(new_ratio) || reversed {
         return Ok(Proposal {
             replicas: current_replicas,
             current: average,
             ratio,
             reason: format!(
-                "{missing} pod(s) without a value counted as {}: ratio {new_ratio:.3} {}: no change",
-                if ratio < 1.0 { "at the target" } else { "0" },
+                "{filled_how}: ratio {new_ratio:.3} {}: no change",
                 if reversed { "reverses the direction" } else { "is within the tolerance" },
             ),
         });
     }
-    let replicas = (new_ratio * ready as f64).ceil() as u32;
+    let replicas = (new_ratio * counted as f64).ceil() as u32;
     let against = (new_ratio < 1.0 && replicas > current_replicas) || (new_ratio > 1.0 && replicas < current_replicas);
     let replicas = if against { current_replicas } else { replicas };
     Ok(Proposal {
         replicas,
         current: average,
         ratio,
-        reason: format!(
-            "{missing} pod(s) without a value counted as {}: ceil({new_ratio:.3} × {ready} pods) = {replicas}",
-            if ratio < 1.0 { "at the target" } else { "0" }
-        ),
+        reason: format!("{filled_how}: ceil({new_ratio:.3} × {counted} pods) = {replicas}"),
     })
 }
 
-/// `Object` or `External` metric with a `Value` target.
-pub fn value_target(value: f64, target: f64, ready_replicas: u32) -> Result<Proposal, String> {
+/// `Object` or `External` metric with a `Value` target. `ready_replicas`
+/// are the target's ready pods; at `current_replicas` 0 the proposal is
+/// `ceil(ratio)` without tolerance, which is how the HPA wakes a workload it
+/// scaled to zero.
+pub fn value_target(
+    value: f64,
+    target: f64,
+    current_replicas: u32,
+    ready_replicas: u32,
+    tolerances: Tolerances,
+) -> Result<Proposal, String> {
     if !valid_target(target) {
         return Err(format!("target must be above 0, not {target}"));
     }
     let ratio = value / target;
-    if (1.0 - ratio).abs() <= TOLERANCE {
+    if current_replicas == 0 {
+        let replicas = ratio.ceil().min(f64::from(u32::MAX)) as u32;
         return Ok(Proposal {
-            replicas: ready_replicas,
+            replicas,
             current: value,
             ratio,
-            reason: format!("ratio {ratio:.3} within tolerance"),
+            reason: format!("at zero replicas: ceil({ratio:.3}) = {replicas}"),
         });
     }
-    let replicas = (ratio * f64::from(ready_replicas)).ceil() as u32;
-    Ok(Proposal {
-        replicas,
-        current: value,
-        ratio,
-        reason: format!("ceil({ratio:.3} × {ready_replicas}) = {replicas}"),
-    })
-}
-
-/// `Object` or `External` metric with an `AverageValue` target: the value is
-/// shared by the current replicas.
-pub fn average_value_target(value: f64, target: f64, current_replicas: u32) -> Result<Proposal, String> {
-    if !valid_target(target) || current_replicas == 0 {
-        return Err(format!(
-            "target must be above 0 and replicas at least 1 (target {target}, replicas {current_replicas})"
-        ));
-    }
-    let ratio = value / (target * f64::from(current_replicas));
-    if (1.0 - ratio).abs() <= TOLERANCE {
+    if tolerances.within(ratio) {
         return Ok(Proposal {
             replicas: current_replicas,
             current: value,
             ratio,
-            reason: format!("ratio {ratio:.3} within tolerance"),
+            reason: format!("ratio {ratio:.3} is within the {tolerances}: no change"),
         });
     }
-    let replicas = (value / target).ceil() as u32;
-    Ok(Proposal { replicas, current: value, ratio, reason: format!("ceil({value:.3} / {target}) = {replicas}") })
+    let replicas = (ratio * f64::from(ready_replicas)).ceil().min(f64::from(u32::MAX)) as u32;
+    Ok(Proposal {
+        replicas,
+        current: value,
+        ratio,
+        reason: format!("ceil({ratio:.3} × {ready_replicas} ready pods) = {replicas}"),
+    })
+}
+
+/// `Object` or `External` metric with an `AverageValue` target: the value is
+/// shared by the current replicas (at zero, `ceil(value / target)`).
+pub fn average_value_target(
+    value: f64,
+    target: f64,
+    current_replicas: u32,
+    tolerances: Tolerances,
+) -> Result<Proposal, String> {
+    if !valid_target(target) {
+        return Err(format!("target must be above 0, not {target}"));
+    }
+    let replicas_for_value = (value / target).ceil().min(f64::from(u32::MAX)) as u32;
+    if current_replicas == 0 {
+        return Ok(Proposal {
+            replicas: replicas_for_value,
+            current: value,
+            ratio: f64::INFINITY,
+            reason: format!("at zero replicas: ceil({value:.3} / {target}) = {replicas_for_value}"),
+        });
+    }
+    let ratio = value / (target * f64::from(current_replicas));
+    if tolerances.within(ratio) {
+        return Ok(Proposal {
+            replicas: current_replicas,
+            current: value,
+            ratio,
+            reason: format!("ratio {ratio:.3} is within the {tolerances}: no change"),
+        });
+    }
+    Ok(Proposal {
+        replicas: replicas_for_value,
+        current: value,
+        ratio,
+        reason: format!("ceil({value:.3} / {target}) = {replicas_for_value}"),
+    })
 }
 
 /// A scaling policy: how much may change within a period.

@@ -34,6 +34,7 @@ use crate::gpu::model::GpuModelId;
 use crate::gpu::nvml::NvmlOpener;
 use crate::gpu::{GpuArgs, GpuSourceKind};
 use crate::hpa::spec::{HpaSpec, MetricSpec, parse_hpa};
+use crate::hpa::sync::{MetricsReader, Scale, sync};
 use crate::hpa::{Autoscaler, PodValue};
 use crate::k8s::labels::LabelIndex;
 use crate::sim::scenario::Scenario;
@@ -449,28 +450,64 @@ async fn status_loop(
 /// The reference HPA of the cluster plan, which the status line evaluates.
 pub const REFERENCE_HPA: &str = include_str!("../deploy/examples/reasoning-gpu-hpa.yaml");
 
-/// `reasoning-gpu-hpa 61/70 → 1 replica`: what the reference HPA would
-/// decide from the adapter's current values, with its stabilization history.
-fn hpa_status(hpa: &HpaSpec, adapter: &RunningAdapter, autoscaler: &mut Autoscaler) -> String {
-    let Some(MetricSpec::Pods { name, target }) = hpa.metrics.first() else { return String::new() };
-    let metric = crate::adapter::provider::metric(name).expect("the reference HPA's metric is served");
-    let selector: kube::core::Selector = kube::core::Expression::Equal("app".into(), hpa.target_name.clone()).into();
-    let snapshot = adapter.provider.snapshot(std::time::SystemTime::now());
-    let values: Vec<PodValue> = snapshot
-        .pods(metric, &kube::core::Selector::default(), &hpa.namespace, &selector)
-        .into_iter()
-        .map(|v| PodValue { pod: v.name.to_string(), value: Some(v.value) })
-        .collect();
-    let running = values.len() as u32;
-    match crate::hpa::pods_average_value(&values, *target, running) {
-        Ok(p) => {
-            let decision =
-                autoscaler.decide(std::time::Instant::now(), p.replicas, running, hpa.min, hpa.max, &hpa.behavior);
-            let verb = if decision.replicas == running { "keeps" } else { "→" };
-            format!("{} {:.0}/{target} {verb} {} replica(s)", hpa.name, p.current, decision.replicas)
-        }
-        Err(e) => format!("{}: {e}", hpa.name),
+/// What an HPA reads from standalone's own adapter: every metric of the
+/// HPA, for the scale target's pods (`app=<scaleTargetRef.name>`, the label
+/// the simulated cluster's pods carry), and External metrics as the
+/// external metrics API answers them.
+struct AdapterMetrics<'a> {
+    snapshot: crate::adapter::provider::Snapshot,
+    namespace: &'a str,
+    pods: kube::core::Selector,
+}
+
+impl MetricsReader for AdapterMetrics<'_> {
+    fn pods(&mut self, name: &str) -> Result<Vec<PodValue>, String> {
+        let metric = crate::adapter::provider::metric(name).map_err(|e| e.to_string())?;
+        let values = self.snapshot.pods(metric, &kube::core::Selector::default(), self.namespace, &self.pods);
+        Ok(values.into_iter().map(|v| PodValue { pod: v.name.to_string(), value: Some(v.value) }).collect())
     }
+
+    fn external(&mut self, name: &str, selector: Option<&str>) -> Result<f64, String> {
+        let metric = crate::adapter::provider::metric(name).map_err(|e| e.to_string())?;
+        let selector = match selector {
+            Some(s) => crate::k8s::selector::parse_selector(s).map_err(|e| e.to_string())?,
+            None => kube::core::Selector::default(),
+        };
+        self.snapshot.external(metric, &selector).map(|(v, _)| v).ok_or_else(|| format!("no value for {name}"))
+    }
+}
+
+/// `reasoning-gpu-hpa 61/70 → 1 replica`: what the HPA would decide from
+/// the adapter's current values, with its stabilization history, through
+/// the same sync as `hpa-preview` and the twin.
+fn hpa_status(hpa: &HpaSpec, adapter: &RunningAdapter, autoscaler: &mut Autoscaler) -> String {
+    let selector: kube::core::Selector = kube::core::Expression::Equal("app".into(), hpa.target_name.clone()).into();
+    let mut reader = AdapterMetrics {
+        snapshot: adapter.provider.snapshot(std::time::SystemTime::now()),
+        namespace: &hpa.namespace,
+        pods: selector,
+    };
+    let running = hpa
+        .metrics
+        .iter()
+        .find_map(|m| match m {
+            MetricSpec::Pods { name, .. } => reader.pods(name).ok().map(|v| v.len() as u32),
+            _ => None,
+        })
+        .unwrap_or(hpa.min.max(1));
+    let scale = Scale { replicas: running, ready: running, unready: 0, scaled_to_zero: false };
+    let outcome = sync(hpa, &mut reader, scale, autoscaler, std::time::Instant::now());
+    if !outcome.active {
+        let why = outcome.metrics.iter().find_map(|m| m.proposal.as_ref().err()).cloned().unwrap_or_default();
+        return format!("{}: {why}", hpa.name);
+    }
+    let values: Vec<String> = outcome
+        .metrics
+        .iter()
+        .filter_map(|m| m.proposal.as_ref().ok().map(|p| format!("{:.0}/{}", p.current, m.target)))
+        .collect();
+    let verb = if outcome.replicas == running { "keeps" } else { "→" };
+    format!("{} {} {verb} {} replica(s)", hpa.name, values.join(" "), outcome.replicas)
 }
 
 /// `mainpc 4090 61% (2 pods) | pc2 3060 34% (2 pods)`.

@@ -2,11 +2,13 @@
 //! the custom and external metrics APIs (or from a recorded
 //! `MetricValueList`), and prints what the HPA would decide and why.
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::time::Instant;
 
 use super::spec::{HpaSpec, MetricSpec, parse_hpa};
-use super::{Autoscaler, PodValue, Proposal};
+use super::sync::{MetricsReader, Scale, sync};
+use super::{Autoscaler, PodValue};
 use crate::adapter::http::wire::{ExternalMetricValue, List, MetricValueV1beta1, MetricValueV1beta2};
 use crate::k8s::quantity::parse_quantity;
 use clap::Args;
@@ -134,7 +136,56 @@ fn encode(s: &str) -> String {
     form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
 
-/// Works out the HPA's decision; returns the report, line by line.
+/// The metric lists a preview read, answered to [`sync`] as the controller
+/// would read them.
+#[derive(Default)]
+struct Fetched {
+    pods: HashMap<String, Result<Vec<PodValue>, String>>,
+    external: HashMap<(String, Option<String>), Result<f64, String>>,
+}
+
+impl MetricsReader for Fetched {
+    fn pods(&mut self, name: &str) -> Result<Vec<PodValue>, String> {
+        self.pods.get(name).cloned().unwrap_or_else(|| Err(format!("{name} was not read")))
+    }
+
+    fn external(&mut self, name: &str, selector: Option<&str>) -> Result<f64, String> {
+        let key = (name.to_string(), selector.map(str::to_string));
+        self.external.get(&key).cloned().unwrap_or_else(|| Err(format!("{name} was not read")))
+    }
+}
+
+/// Reads every metric of `hpa` from `from`, as the controller's sync would.
+async fn fetch(hpa: &HpaSpec, from: &MetricsFrom, selector: &str) -> Result<Fetched, PreviewError> {
+    let mut fetched = Fetched::default();
+    for metric in &hpa.metrics {
+        match metric {
+            MetricSpec::Pods { name, .. } => {
+                let path = format!(
+                    "/apis/custom.metrics.k8s.io/v1beta2/namespaces/{}/pods/%2A/{name}?labelSelector={}",
+                    hpa.namespace,
+                    encode(selector)
+                );
+                let values = pod_values(&from.get(&path).await?).map_err(|e| unreadable(&path, e))?;
+                fetched.pods.insert(name.clone(), Ok(values));
+            }
+            MetricSpec::External { name, selector, .. } => {
+                let mut path = format!("/apis/external.metrics.k8s.io/v1beta1/namespaces/{}/{name}", hpa.namespace);
+                if let Some(s) = selector {
+                    path.push_str(&format!("?labelSelector={}", encode(s)));
+                }
+                let value = external_total(&from.get(&path).await?).map_err(|e| unreadable(&path, e))?;
+                fetched
+                    .external
+                    .insert((name.clone(), selector.clone()), value.ok_or_else(|| "no value returned".to_string()));
+            }
+            MetricSpec::Unsupported(_) => {}
+        }
+    }
+    Ok(fetched)
+}
+
+/// Works out the HPA's decision with one [`sync`]; returns the report, line by line.
 pub async fn preview(
     hpa: &HpaSpec,
     from: &MetricsFrom,
@@ -143,64 +194,34 @@ pub async fn preview(
 ) -> Result<Vec<String>, PreviewError> {
     let mut report =
         vec![format!("HPA {}/{} → {} (min {}, max {})", hpa.namespace, hpa.name, hpa.target_name, hpa.min, hpa.max)];
-    let mut proposals: Vec<Proposal> = Vec::new();
-    let mut current_replicas = current;
-    for metric in &hpa.metrics {
-        match metric {
-            MetricSpec::Pods { name, target } => {
-                let path = format!(
-                    "/apis/custom.metrics.k8s.io/v1beta2/namespaces/{}/pods/%2A/{name}?labelSelector={}",
-                    hpa.namespace,
-                    encode(selector)
-                );
-                let values = pod_values(&from.get(&path).await?).map_err(|e| unreadable(&path, e))?;
-                let replicas = *current_replicas.get_or_insert(values.len() as u32);
-                report.push(format!("  {name} (Pods, averageValue {target}) over pods {selector:?}:"));
-                for v in &values {
-                    report.push(format!("    {:<40} {}", v.pod, v.value.map_or("no value".into(), |x| format!("{x}"))));
-                }
-                match super::pods_average_value(&values, *target, replicas) {
-                    Ok(p) => {
-                        report.push(format!(
-                            "    average {:.2} / target {target} = ratio {:.3}: {}",
-                            p.current, p.ratio, p.reason
-                        ));
-                        proposals.push(p);
-                    }
-                    Err(e) => report.push(format!("    no proposal: {e}")),
-                }
-            }
-            MetricSpec::External { name, selector, target, average } => {
-                let mut path = format!("/apis/external.metrics.k8s.io/v1beta1/namespaces/{}/{name}", hpa.namespace);
-                if let Some(s) = selector {
-                    path.push_str(&format!("?labelSelector={}", encode(s)));
-                }
-                let kind = if *average { "averageValue" } else { "value" };
-                report.push(format!("  {name} (External, {kind} {target}):"));
-                let replicas = current_replicas.unwrap_or(1);
-                let result = match external_total(&from.get(&path).await?).map_err(|e| unreadable(&path, e))? {
-                    None => Err("no value returned".to_string()),
-                    Some(v) if *average => super::average_value_target(v, *target, replicas),
-                    Some(v) => super::value_target(v, *target, replicas),
-                };
-                match result {
-                    Ok(p) => {
-                        report.push(format!("    value {:.2}: {}", p.current, p.reason));
-                        proposals.push(p);
-                    }
-                    Err(e) => report.push(format!("    no proposal: {e}")),
-                }
-            }
-            MetricSpec::Unsupported(why) => report.push(format!("  skipped: {why}")),
-        }
+    let needs = hpa.needs();
+    if needs.is_empty() {
+        report.push("runs on any Kubernetes serving autoscaling/v2 (1.23+) or v2beta2 (1.12–1.25)".to_string());
     }
-    let current = current_replicas.unwrap_or(hpa.min);
-    let Some(best) = proposals.iter().map(|p| p.replicas).max() else {
-        report.push(format!("no metric gave a proposal: the HPA keeps {current} replica(s)"));
-        return Ok(report);
-    };
-    let decision = Autoscaler::default().decide(Instant::now(), best, current, hpa.min, hpa.max, &hpa.behavior);
-    report.extend(decision.steps.iter().map(|s| format!("  {s}")));
+    report.extend(needs.iter().map(|n| format!("needs: {n}")));
+    if hpa.sets_tolerance {
+        report.push(format!(
+            "tolerances: no scale-down while the ratio is ≥ {}, no scale-up while ≤ {}",
+            1.0 - hpa.tolerances.down,
+            1.0 + hpa.tolerances.up
+        ));
+    }
+    let mut fetched = fetch(hpa, from, selector).await?;
+    // The scale's replicas: as given, else the pods the first Pods metric listed.
+    let listed = hpa.metrics.iter().find_map(|m| match m {
+        MetricSpec::Pods { name, .. } => fetched.pods.get(name).and_then(|r| r.as_ref().ok()).map(Vec::len),
+        _ => None,
+    });
+    let replicas = current.or(listed.map(|n| n as u32)).unwrap_or(hpa.min.max(1));
+    if replicas == 0 && hpa.min == 0 {
+        report.push(
+            "at zero: taken as scaled to zero by this HPA (ScaledToZero=True); a target its owner set to 0 stays paused"
+                .to_string(),
+        );
+    }
+    let scale = Scale { replicas, ready: replicas, unready: 0, scaled_to_zero: hpa.min == 0 };
+    let outcome = sync(hpa, &mut fetched, scale, &mut Autoscaler::default(), Instant::now());
+    report.extend(outcome.explain());
     report.push(format!(
         "note: a one-shot preview has no recommendation history; the controller also holds scale-downs for {}s and scale-ups for {}s",
         hpa.behavior.down.window.as_secs(),

@@ -4,11 +4,16 @@
 //! A manifest kube-apiserver would refuse is refused here too, with its
 //! field path and kube-apiserver's wording: an unknown field, `min >
 //! max`, a target that is not positive, an unknown `selectPolicy` or policy
-//! type. Nothing is clamped or defaulted behind the user's back.
+//! type, a negative tolerance, `minReplicas: 0` without an Object or External
+//! metric. Nothing is clamped or defaulted behind the user's back.
+//!
+//! [`HpaSpec::needs`] says which Kubernetes a manifest needs: a `tolerance`
+//! (KEP-4951) 1.35 (beta, on by default; alpha behind `HPAConfigurableTolerance`
+//! from 1.33), `minReplicas: 0` (KEP-2021, `HPAScaleToZero`) 1.37.
 
 use k8s_openapi::api::autoscaling::v2::{HPAScalingRules, HorizontalPodAutoscaler, MetricTarget};
 
-use super::{Behavior, Policy, Rules, Select};
+use super::{Behavior, Policy, Rules, Select, Tolerances};
 use crate::k8s::quantity::parse_quantity;
 
 /// A metric of the HPA, as far as this model computes it.
@@ -53,6 +58,34 @@ pub struct HpaSpec {
     pub metrics: Vec<MetricSpec>,
     /// Its behavior, defaults filled in.
     pub behavior: Behavior,
+    /// Its tolerances: `behavior.scaleUp/scaleDown.tolerance`, else the
+    /// controller's default (0.1 each).
+    pub tolerances: Tolerances,
+    /// Whether it sets a tolerance of its own.
+    pub sets_tolerance: bool,
+}
+
+impl HpaSpec {
+    /// The Kubernetes versions its fields need, one line each; empty when
+    /// any cluster serving autoscaling/v2 (1.23+) or v2beta2 (1.12–1.25) runs it.
+    pub fn needs(&self) -> Vec<String> {
+        let mut needs = Vec::new();
+        if self.sets_tolerance {
+            needs.push(
+                "behavior.*.tolerance needs Kubernetes 1.35 or later (HPAConfigurableTolerance, beta and on by \
+                 default; alpha from 1.33 behind the gate); older controllers drop the field and use 0.1"
+                    .to_string(),
+            );
+        }
+        if self.min == 0 {
+            needs.push(
+                "minReplicas: 0 needs Kubernetes 1.37 or later (HPAScaleToZero, beta and on by default); older \
+                 API servers refuse it"
+                    .to_string(),
+            );
+        }
+        needs
+    }
 }
 
 /// The longest stabilization window and policy period kube-apiserver takes.
@@ -151,6 +184,23 @@ fn metric(m: k8s_openapi::api::autoscaling::v2::MetricSpec, i: usize, errors: &m
         (kind, ..) => {
             errors.unsupported(&format!("{path}.type"), kind, TYPES);
             MetricSpec::Unsupported(String::new())
+        }
+    }
+}
+
+/// A direction's `tolerance`, if set: a Quantity at or above 0.
+fn tolerance(r: Option<&HPAScalingRules>, path: &str, errors: &mut Errors) -> Option<f64> {
+    let quantity = r?.tolerance.as_ref()?;
+    let path = format!("{path}.tolerance");
+    match parse_quantity(&quantity.0) {
+        Ok(v) if v >= 0.0 && v.is_finite() => Some(v),
+        Ok(_) => {
+            errors.invalid(&path, format_args!("{:?}", quantity.0), "must be greater than or equal to 0");
+            None
+        }
+        Err(e) => {
+            errors.invalid(&path, format_args!("{:?}", quantity.0), &e.to_string());
+            None
         }
     }
 }
@@ -257,10 +307,7 @@ pub fn parse_hpa(text: &str) -> Result<HpaSpec, String> {
     if hpa.metadata.name.as_deref().is_none_or(str::is_empty) {
         errors.required("metadata.name", "name or generateName is required");
     }
-    let Some(spec) = hpa.spec else {
-        errors.required("spec", "the HPA's spec is required");
-        return Err(errors.0.join("\n"));
-    };
+    let spec = hpa.spec;
     if spec.scale_target_ref.name.is_empty() {
         errors.required("spec.scaleTargetRef.name", "the scale target's name is required");
     }
@@ -269,16 +316,10 @@ pub fn parse_hpa(text: &str) -> Result<HpaSpec, String> {
     if min < 0 {
         errors.invalid("spec.minReplicas", min, "must be greater than or equal to 0");
     } else if min == 0 && !has_object_or_external {
-        errors.invalid(
-            "spec.minReplicas",
-            min,
-            "must be greater than or equal to 1 (0 needs an Object or External metric, and HPAScaleToZero)",
-        );
-    } else if min == 0 {
-        errors.invalid(
-            "spec.minReplicas",
-            min,
-            "scaling to zero (HPAScaleToZero, Kubernetes 1.37) is not modelled here yet; use minReplicas 1",
+        errors.0.push(
+            "spec.minReplicas: Forbidden: must specify at least one Object or External metric to support scaling \
+             to zero replicas"
+                .to_string(),
         );
     }
     if spec.max_replicas < 1 {
@@ -289,12 +330,20 @@ pub fn parse_hpa(text: &str) -> Result<HpaSpec, String> {
     let metrics: Vec<MetricSpec> =
         spec.metrics.unwrap_or_default().into_iter().enumerate().map(|(i, m)| metric(m, i, &mut errors)).collect();
     let defaults = Behavior::default();
-    let behavior = match spec.behavior {
-        Some(b) => Behavior {
-            up: rules(b.scale_up.as_ref(), defaults.up, "spec.behavior.scaleUp", &mut errors),
-            down: rules(b.scale_down.as_ref(), defaults.down, "spec.behavior.scaleDown", &mut errors),
-        },
-        None => defaults,
+    let (up, down) = match &spec.behavior {
+        Some(b) => (b.scale_up.as_ref(), b.scale_down.as_ref()),
+        None => (None, None),
+    };
+    let behavior = Behavior {
+        up: rules(up, defaults.up, "spec.behavior.scaleUp", &mut errors),
+        down: rules(down, defaults.down, "spec.behavior.scaleDown", &mut errors),
+    };
+    let (tolerance_up, tolerance_down) =
+        (tolerance(up, "spec.behavior.scaleUp", &mut errors), tolerance(down, "spec.behavior.scaleDown", &mut errors));
+    let default_tolerances = Tolerances::default();
+    let tolerances = Tolerances {
+        up: tolerance_up.unwrap_or(default_tolerances.up),
+        down: tolerance_down.unwrap_or(default_tolerances.down),
     };
     if !errors.0.is_empty() {
         return Err(errors.0.join("\n"));
@@ -307,6 +356,8 @@ pub fn parse_hpa(text: &str) -> Result<HpaSpec, String> {
         max: spec.max_replicas as u32,
         metrics,
         behavior,
+        tolerances,
+        sets_tolerance: tolerance_up.is_some() || tolerance_down.is_some(),
     })
 }
 

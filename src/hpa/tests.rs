@@ -1,5 +1,8 @@
 use super::*;
 
+/// The controller's default tolerances (0.1 each way).
+const T: Tolerances = Tolerances { down: TOLERANCE, up: TOLERANCE };
+
 fn pods(values: &[Option<f64>]) -> Vec<PodValue> {
     values.iter().enumerate().map(|(i, v)| PodValue { pod: format!("p{i}"), value: *v }).collect()
 }
@@ -11,7 +14,7 @@ fn pods(values: &[Option<f64>]) -> Vec<PodValue> {
 fn doubles_when_the_value_is_twice_the_target() {
     // "if the current metric value is 200m, and the desired value is 100m,
     // the number of replicas will be doubled"
-    let p = pods_average_value(&pods(&[Some(0.2), Some(0.2)]), 0.1, 2).unwrap();
+    let p = pods_average_value(&pods(&[Some(0.2), Some(0.2)]), 0.1, 2, 0, T).unwrap();
     assert_eq!(p.replicas, 4);
     assert!((p.ratio - 2.0).abs() < 1e-9);
 }
@@ -19,59 +22,59 @@ fn doubles_when_the_value_is_twice_the_target() {
 #[test]
 fn halves_when_the_value_is_half_the_target() {
     // "If the current value is instead 50m, you'll halve the number of replicas"
-    let p = pods_average_value(&pods(&[Some(0.05); 4]), 0.1, 4).unwrap();
+    let p = pods_average_value(&pods(&[Some(0.05); 4]), 0.1, 4, 0, T).unwrap();
     assert_eq!(p.replicas, 2);
 }
 
 #[test]
 fn within_tolerance_nothing_changes() {
     // The reference HPA: average 75 against 70 is a ratio of 1.071.
-    let p = pods_average_value(&pods(&[Some(80.0), Some(70.0)]), 70.0, 2).unwrap();
+    let p = pods_average_value(&pods(&[Some(80.0), Some(70.0)]), 70.0, 2, 0, T).unwrap();
     assert_eq!(p.replicas, 2);
     assert!(p.reason.contains("tolerance"));
     // 78 against 70 is 1.114: out of tolerance, ceil(1.114 × 2) = 3.
-    assert_eq!(pods_average_value(&pods(&[Some(78.0), Some(78.0)]), 70.0, 2).unwrap().replicas, 3);
+    assert_eq!(pods_average_value(&pods(&[Some(78.0), Some(78.0)]), 70.0, 2, 0, T).unwrap().replicas, 3);
 }
 
 #[test]
 fn the_reference_gpu_hpa_scales_a_busy_reasoning_suite() {
     // One reasoning-suite pod at 95 % against 70: ceil(1.357) = 2.
-    assert_eq!(pods_average_value(&pods(&[Some(95.0)]), 70.0, 1).unwrap().replicas, 2);
+    assert_eq!(pods_average_value(&pods(&[Some(95.0)]), 70.0, 1, 0, T).unwrap().replicas, 2);
 }
 
 #[test]
 fn missing_pods_count_as_the_target_on_scale_down_and_zero_on_scale_up() {
     // Scale down: three pods at 20 of 70 and one without a value (counted as 70):
     // (60 + 70) / 4 / 70 = 0.464 → ceil(0.464 × 4) = 2.
-    let p = pods_average_value(&pods(&[Some(20.0), Some(20.0), Some(20.0), None]), 70.0, 4).unwrap();
+    let p = pods_average_value(&pods(&[Some(20.0), Some(20.0), Some(20.0), None]), 70.0, 4, 0, T).unwrap();
     assert_eq!(p.replicas, 2);
     assert!(p.reason.contains("at the target"));
 
     // Scale up: one pod at 150 and one missing (counted as 0): (150 + 0) / 2 / 70 = 1.07,
     // within tolerance: no change.
-    let p = pods_average_value(&pods(&[Some(150.0), None]), 70.0, 2).unwrap();
+    let p = pods_average_value(&pods(&[Some(150.0), None]), 70.0, 2, 0, T).unwrap();
     assert_eq!(p.replicas, 2);
 
     // Scale up that survives: 200 and a missing pod: 200/2/70 = 1.43 → ceil(2.86) = 3.
-    assert_eq!(pods_average_value(&pods(&[Some(200.0), None]), 70.0, 2).unwrap().replicas, 3);
+    assert_eq!(pods_average_value(&pods(&[Some(200.0), None]), 70.0, 2, 0, T).unwrap().replicas, 3);
 
     // Replicas the API did not list at all are missing too.
-    assert_eq!(pods_average_value(&pods(&[Some(200.0)]), 70.0, 2).unwrap().replicas, 3);
+    assert_eq!(pods_average_value(&pods(&[Some(200.0)]), 70.0, 2, 0, T).unwrap().replicas, 3);
 }
 
 #[test]
 fn no_metrics_is_an_error_not_a_decision() {
-    assert!(pods_average_value(&pods(&[None, None]), 70.0, 2).is_err());
-    assert!(pods_average_value(&[], 70.0, 2).is_err());
-    assert!(pods_average_value(&pods(&[Some(1.0)]), 0.0, 1).is_err());
+    assert!(pods_average_value(&pods(&[None, None]), 70.0, 2, 0, T).is_err());
+    assert!(pods_average_value(&[], 70.0, 2, 0, T).is_err());
+    assert!(pods_average_value(&pods(&[Some(1.0)]), 0.0, 1, 0, T).is_err());
 }
 
 #[test]
 fn object_and_external_targets() {
-    assert_eq!(value_target(150.0, 100.0, 2).unwrap().replicas, 3);
-    assert_eq!(value_target(105.0, 100.0, 2).unwrap().replicas, 2);
+    assert_eq!(value_target(150.0, 100.0, 2, 2, T).unwrap().replicas, 3);
+    assert_eq!(value_target(105.0, 100.0, 2, 2, T).unwrap().replicas, 2);
     // AverageValue: 300 shared by 2 replicas against 100 each → 3.
-    assert_eq!(average_value_target(300.0, 100.0, 2).unwrap().replicas, 3);
+    assert_eq!(average_value_target(300.0, 100.0, 2, T).unwrap().replicas, 3);
 }
 
 #[test]
@@ -611,4 +614,131 @@ fn upstream_stabilization_window_cases() {
         let decision = hpa.decide(now, prenormalized, current, 0, 1_000_000, &behavior);
         assert_eq!(decision.replicas, expected, "{name}: {:?}", decision.steps);
     }
+}
+
+// Upstream's replica calculator cases for tolerances
+// (pkg/controller/podautoscaler/replica_calculator_test.go), under their own
+// names. The CPU cases are utilization ratios (Σ usage / Σ requests against
+// the target); the ratio is what the tolerance acts on, so they are given
+// here as a Pods average with the same ratio.
+
+fn tol(down: f64, up: f64) -> Tolerances {
+    Tolerances { down, up }
+}
+
+/// Three pods whose average against `target` is `average`.
+fn three_at(average: f64) -> Vec<PodValue> {
+    pods(&[Some(average), Some(average), Some(average)])
+}
+
+#[test]
+fn test_replica_calc_configurable_tolerance() {
+    // (tolerances, CPU utilization %, expected replicas from 3; target 100 %)
+    let cases = [
+        ("Outside of a 0% tolerance", tol(0.0, 0.0), 101.0, 4),
+        ("Within a 200% scale-up tolerance", tol(TOLERANCE, 2.0), 190.0, 3),
+        ("Outside 8% scale-up tolerance (and superfuous scale-down tolerance)", tol(2.0, 0.08), 109.0, 4),
+        ("Within a 36% scale-down tolerance", tol(0.36, TOLERANCE), 65.0, 3),
+        ("Outside a 34% scale-down tolerance", tol(0.34, TOLERANCE), 65.0, 2),
+    ];
+    for (name, tolerances, utilization, expected) in cases {
+        let p = pods_average_value(&three_at(utilization), 100.0, 3, 0, tolerances).unwrap();
+        assert_eq!(p.replicas, expected, "{name}: {}", p.reason);
+    }
+}
+
+#[test]
+fn test_replica_calc_tolerance_cm() {
+    // qps 20000, 21000, 21000 against 20000: ratio 1.033, within the default 10 %.
+    let p = pods_average_value(&pods(&[Some(20000.0), Some(21000.0), Some(21000.0)]), 20000.0, 3, 0, T).unwrap();
+    assert_eq!(p.replicas, 3);
+    assert_eq!(p.current.floor(), 20666.0);
+}
+
+#[test]
+fn test_replica_calc_configurable_tolerance_cm() {
+    // The same pods with a 1 % scale-up tolerance: ceil(1.033 × 3) = 4.
+    let values = pods(&[Some(20000.0), Some(21000.0), Some(21000.0)]);
+    assert_eq!(pods_average_value(&values, 20000.0, 3, 0, tol(TOLERANCE, 0.01)).unwrap().replicas, 4);
+}
+
+#[test]
+fn test_replica_calc_tolerance_cm_external() {
+    // External qps 8600 against a Value target of 8888: ratio 0.968, within 10 %.
+    assert_eq!(value_target(8600.0, 8888.0, 3, 3, T).unwrap().replicas, 3);
+}
+
+#[test]
+fn test_replica_calc_configurable_tolerance_cm_external() {
+    // 8900 against 8800 with a 1 % scale-up tolerance: ratio 1.011 → ceil(1.011 × 3) = 4.
+    assert_eq!(value_target(8900.0, 8800.0, 3, 3, tol(TOLERANCE, 0.01)).unwrap().replicas, 4);
+}
+
+#[test]
+fn test_replica_calc_tolerance_per_pod_cm_external() {
+    // 8600 shared by 3 replicas against 2900 each: ratio 0.989, within 10 %.
+    assert_eq!(average_value_target(8600.0, 2900.0, 3, T).unwrap().replicas, 3);
+}
+
+#[test]
+fn test_replica_calc_configurable_tolerance_per_pod_cm_external() {
+    // 8600 over 3 against 2800 each with a 1 % scale-up tolerance: ceil(8600 / 2800) = 4.
+    assert_eq!(average_value_target(8600.0, 2800.0, 3, tol(TOLERANCE, 0.01)).unwrap().replicas, 4);
+}
+
+#[test]
+fn test_replica_calc_scale_up_cm_external_no_labels() {
+    // 8600 against 4400 from 1 replica: ceil(1.95) = 2.
+    assert_eq!(value_target(8600.0, 4400.0, 1, 1, T).unwrap().replicas, 2);
+}
+
+#[test]
+fn test_replica_calc_scale_down_cm_external() {
+    // 8600 against 14334 from 5: ceil(0.6 × 5) = 3.
+    assert_eq!(value_target(8600.0, 14334.0, 5, 5, T).unwrap().replicas, 3);
+}
+
+#[test]
+fn test_replica_calc_scale_down_per_pod_cm_external() {
+    // 8600 against 2867 per pod from 5: ceil(8600 / 2867) = 3.
+    assert_eq!(average_value_target(8600.0, 2867.0, 5, T).unwrap().replicas, 3);
+}
+
+#[test]
+fn test_plain_metric_replica_calc_missing_metrics_no_change_eq() {
+    // 5 replicas, 3 with values averaging exactly the target: missing pods are
+    // not filled in at a ratio of 1, and nothing changes.
+    let values = pods(&[Some(20000.0), Some(19000.0), Some(21000.0)]);
+    assert_eq!(pods_average_value(&values, 20000.0, 5, 0, T).unwrap().replicas, 5);
+}
+
+#[test]
+fn test_replica_calc_during_rolling_update_with_max_surge_cm() {
+    // 2 replicas, 3 running pods (one surged, without a value yet), 10000 each
+    // against 17000: filling the missing pod at the target gives ceil(0.725 × 3)
+    // = 3, above the current 2 on a scale-down ratio: no change.
+    let values = pods(&[Some(10000.0), Some(10000.0), None]);
+    assert_eq!(pods_average_value(&values, 17000.0, 2, 0, T).unwrap().replicas, 2);
+}
+
+#[test]
+fn unready_pods_count_as_zero_on_a_scale_up_only() {
+    // Upstream's scaleUpWithUnready: 2 ready pods at 2000 of target 500 and one
+    // pending: (2000 + 2000 + 0) / 3 / 500 = 2.67 → ceil(2.67 × 3) = 8.
+    let values = pods(&[Some(2000.0), Some(2000.0)]);
+    assert_eq!(pods_average_value(&values, 500.0, 3, 1, T).unwrap().replicas, 8);
+    // On a scale-down the pending pod is left out: ceil(0.2 × 2) = 1.
+    let values = pods(&[Some(100.0), Some(100.0)]);
+    assert_eq!(pods_average_value(&values, 500.0, 3, 1, T).unwrap().replicas, 1);
+}
+
+#[test]
+fn at_zero_an_external_value_proposes_ceil_of_its_ratio_without_tolerance() {
+    // getUsageRatioReplicaCount at currentReplicas 0: ceil(usageRatio).
+    assert_eq!(value_target(500.0, 100.0, 0, 0, T).unwrap().replicas, 5);
+    assert_eq!(value_target(0.0, 100.0, 0, 0, T).unwrap().replicas, 0);
+    // 1.05 of the target would be within the tolerance at 1 replica, not at zero.
+    assert_eq!(value_target(105.0, 100.0, 0, 0, T).unwrap().replicas, 2);
+    // AverageValue at zero: ceil(value / target).
+    assert_eq!(average_value_target(250.0, 100.0, 0, T).unwrap().replicas, 3);
 }

@@ -15,8 +15,9 @@ use std::time::{Duration, Instant};
 
 use super::model::{ClusterSpec, DeploymentSpec, NodeSpec, Pipeline};
 use crate::adapter::store::Metric;
-use crate::hpa::spec::{HpaSpec, MetricSpec};
-use crate::hpa::{Autoscaler, PodValue, pods_average_value};
+use crate::hpa::spec::HpaSpec;
+use crate::hpa::sync::{MetricsReader, Scale, sync};
+use crate::hpa::{Autoscaler, PodValue};
 use crate::sim::scenario::Scenario;
 
 /// The HPA controller's default sync period
@@ -60,6 +61,29 @@ struct Scaled {
     created: u32,
     /// The second of its first sync, within the sync period.
     phase: u64,
+    /// Whether its HPA scaled it to zero (the `ScaledToZero` condition).
+    scaled_to_zero: bool,
+}
+
+/// What an HPA of the twin reads: the pipeline's values for the scheduled
+/// pods. The twin models `Pods` metrics only.
+struct TwinMetrics<'a> {
+    scheduled: Vec<&'a str>,
+    seen: &'a dyn Fn(&str, &str) -> Option<f64>,
+}
+
+impl MetricsReader for TwinMetrics<'_> {
+    fn pods(&mut self, name: &str) -> Result<Vec<PodValue>, String> {
+        Ok(self.scheduled.iter().map(|pod| PodValue { pod: pod.to_string(), value: (self.seen)(name, pod) }).collect())
+    }
+
+    fn external(&mut self, name: &str, _selector: Option<&str>) -> Result<f64, String> {
+        Err(format!("{name}: External metrics are not modelled by the twin"))
+    }
+
+    fn models_external(&self) -> bool {
+        false
+    }
 }
 
 /// One second of the timeline, for one Deployment.
@@ -148,6 +172,7 @@ impl Twin {
                 seen: None,
                 created: 0,
                 phase: rng.u64(0..sync_period),
+                scaled_to_zero: false,
             })
             .collect();
         Twin { nodes: cluster.nodes.clone(), gpus, scaled, pods: Vec::new(), sync_period, origin: Instant::now() }
@@ -302,36 +327,27 @@ impl Twin {
                 continue;
             }
             let mine: Vec<&Pod> = self.pods.iter().filter(|p| p.deployment == d).collect();
-            let current = mine.len() as u32;
-            let mut best: Option<u32> = None;
-            for metric in &s.hpa.metrics {
-                let MetricSpec::Pods { name, target } = metric else { continue };
-                // Scheduled pods report (or are missing); pending ones are
-                // unready: counted as 0 on a scale-up, else left out.
-                let values: Vec<PodValue> = mine
-                    .iter()
-                    .filter(|p| p.gpu.is_some())
-                    .map(|p| PodValue { pod: p.name.clone(), value: seen(name, &p.name) })
-                    .collect();
-                let pending = mine.iter().filter(|p| p.gpu.is_none()).count();
-                let Ok(mut proposal) = pods_average_value(&values, *target, values.len() as u32) else { continue };
-                if pending > 0 && proposal.ratio > 1.0 {
-                    let mut with_unready = values.clone();
-                    with_unready
-                        .extend((0..pending).map(|i| PodValue { pod: format!("pending-{i}"), value: Some(0.0) }));
-                    if let Ok(p) = pods_average_value(&with_unready, *target, with_unready.len() as u32) {
-                        proposal = p;
-                    }
-                }
-                s.seen = Some(proposal.current);
-                best = Some(best.map_or(proposal.replicas, |b| b.max(proposal.replicas)));
+            // Scheduled pods report (or are missing); pending ones are unready.
+            let scheduled: Vec<&str> = mine.iter().filter(|p| p.gpu.is_some()).map(|p| p.name.as_str()).collect();
+            let scale = Scale {
+                replicas: mine.len() as u32,
+                ready: scheduled.len() as u32,
+                unready: (mine.len() - scheduled.len()) as u32,
+                scaled_to_zero: s.scaled_to_zero,
+            };
+            let mut reader = TwinMetrics { scheduled, seen };
+            let outcome = sync(&s.hpa, &mut reader, scale, &mut s.autoscaler, now);
+            if let Some(current) = outcome.metrics.iter().find_map(|m| m.proposal.as_ref().ok().map(|p| p.current)) {
+                s.seen = Some(current);
             }
-            let Some(proposal) = best else { continue };
-            let decision = s.autoscaler.decide(now, proposal, current, s.hpa.min, s.hpa.max, &s.hpa.behavior);
-            if decision.replicas != current {
-                s.autoscaler.record_scale(now, current, decision.replicas);
+            if !outcome.active {
+                continue;
             }
-            s.desired = decision.replicas;
+            if outcome.replicas != scale.replicas {
+                s.autoscaler.record_scale(now, scale.replicas, outcome.replicas);
+            }
+            s.desired = outcome.replicas;
+            s.scaled_to_zero = outcome.scaled_to_zero;
         }
     }
 

@@ -1,4 +1,5 @@
 use super::*;
+use crate::hpa::Tolerances;
 
 const REFERENCE: &str = include_str!("../../../deploy/examples/reasoning-gpu-hpa.yaml");
 
@@ -60,7 +61,15 @@ fn what_kube_apiserver_refuses_is_refused_with_its_field_path() {
         ),
         (
             edited("minReplicas: 1", "minReplicas: 0"),
-            "spec.minReplicas: Invalid value: 0: must be greater than or equal to 1 (0 needs an Object or External metric",
+            "spec.minReplicas: Forbidden: must specify at least one Object or External metric to support scaling to zero replicas",
+        ),
+        (
+            with_behavior("    scaleDown:\n      tolerance: \"-0.05\"\n"),
+            "spec.behavior.scaleDown.tolerance: Invalid value: \"-0.05\": must be greater than or equal to 0",
+        ),
+        (
+            with_behavior("    scaleUp:\n      tolerance: ten\n"),
+            "spec.behavior.scaleUp.tolerance: Invalid value: \"ten\"",
         ),
         (
             edited("averageValue: \"70\"", "averageValue: \"0\""),
@@ -125,4 +134,35 @@ fn a_valid_manifest_keeps_what_it_says() {
     // autoscaling/v2beta2, as a v1.20 cluster serves it, has the same fields.
     let v2beta2 = parse_hpa(&REFERENCE.replace("autoscaling/v2", "autoscaling/v2beta2")).unwrap();
     assert_eq!(v2beta2, parse_hpa(REFERENCE).unwrap());
+}
+
+#[test]
+fn tolerances_per_direction_and_what_they_need() {
+    let reference = parse_hpa(REFERENCE).unwrap();
+    assert_eq!(reference.tolerances, Tolerances::default());
+    assert!(reference.needs().is_empty(), "{:?}", reference.needs());
+
+    // 1 % up, 5 % down (a Quantity: "50m" is 0.05).
+    let hpa =
+        parse_hpa(&with_behavior("    scaleUp:\n      tolerance: \"0.01\"\n    scaleDown:\n      tolerance: 50m\n"))
+            .unwrap();
+    assert_eq!(hpa.tolerances, Tolerances { up: 0.01, down: 0.05 });
+    assert!(hpa.sets_tolerance);
+    let needs = hpa.needs();
+    assert!(needs.len() == 1 && needs[0].contains("1.35") && needs[0].contains("1.33"), "{needs:?}");
+
+    // One direction only: the other keeps the controller's 0.1.
+    let hpa = parse_hpa(&with_behavior("    scaleDown:\n      tolerance: \"0\"\n")).unwrap();
+    assert_eq!(hpa.tolerances, Tolerances { up: 0.1, down: 0.0 });
+}
+
+#[test]
+fn scale_to_zero_needs_an_external_or_object_metric_and_1_37() {
+    let external = "  - type: External\n    external:\n      metric: {name: nvidia_gpu_weighted_utilization_percent}\n      target: {type: Value, value: \"60\"}\n";
+    let hpa = parse_hpa(
+        &edited("minReplicas: 1", "minReplicas: 0").replace("  metrics:\n", &format!("  metrics:\n{external}")),
+    )
+    .unwrap();
+    assert_eq!(hpa.min, 0);
+    assert!(hpa.needs().iter().any(|n| n.contains("minReplicas: 0") && n.contains("1.37")), "{:?}", hpa.needs());
 }
