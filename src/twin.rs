@@ -196,6 +196,13 @@ fn check_hpa(hpa: &HpaSpec) -> Result<(), String> {
     if !hpa.metrics.iter().any(|m| matches!(m, MetricSpec::Pods { .. })) {
         return Err("the twin simulates Pods metrics with an AverageValue target; this HPA has none".into());
     }
+    if hpa.min == 0 {
+        // At zero only External and Object metrics can wake a target, and the twin models neither.
+        return Err("minReplicas 0: the twin cannot wake a Deployment from zero (it models Pods metrics only, \
+                    and at zero they have no pods to measure); `hpa-preview --current-replicas 0` explains the \
+                    decision at zero"
+            .into());
+    }
     Ok(())
 }
 

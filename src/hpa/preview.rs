@@ -202,8 +202,8 @@ pub async fn preview(
     if hpa.sets_tolerance {
         report.push(format!(
             "tolerances: no scale-down while the ratio is ≥ {}, no scale-up while ≤ {}",
-            1.0 - hpa.tolerances.down,
-            1.0 + hpa.tolerances.up
+            short(1.0 - hpa.tolerances.down),
+            short(1.0 + hpa.tolerances.up)
         ));
     }
     let mut fetched = fetch(hpa, from, selector).await?;
@@ -219,6 +219,7 @@ pub async fn preview(
                 .to_string(),
         );
     }
+    report.push(format!("the scale target's pods: {selector:?}, {replicas} replica(s)"));
     let scale = Scale { replicas, ready: replicas, unready: 0, scaled_to_zero: hpa.min == 0 };
     let outcome = sync(hpa, &mut fetched, scale, &mut Autoscaler::default(), Instant::now());
     report.extend(outcome.explain());
@@ -228,6 +229,12 @@ pub async fn preview(
         hpa.behavior.up.window.as_secs()
     ));
     Ok(report)
+}
+
+/// A ratio bound as people write it: 0.9, 1.02 (no float noise).
+fn short(x: f64) -> String {
+    let s = format!("{x:.4}");
+    s.trim_end_matches('0').trim_end_matches('.').to_string()
 }
 
 /// Runs `hpa-preview` and returns its report.

@@ -238,3 +238,63 @@ fn deployments_behind_one_service_share_its_demand_and_their_unserved_work_adds_
     assert!((slow.unserved - (50.0 - 100.0 * capacity)).abs() < 1e-9, "{slow:?}");
     assert!((summary.unserved_work_percent_seconds - 2.0 * slow.unserved).abs() < 1e-6, "{summary:?}");
 }
+
+#[tokio::test]
+async fn the_twin_and_hpa_preview_take_the_same_decision_through_one_sync() {
+    // Two reasoning-suite pods at 95 and 87.5 against the reference 70:
+    // average 91.25, ratio 1.304, ceil(2.607) = 3, for both.
+    let hpa = parse_hpa(HPA).unwrap();
+    let mut twin = engine::Twin::new(
+        &ClusterSpec::reference(),
+        vec![(DeploymentSpec::default_for("reasoning-suite", 2), hpa.clone())],
+        std::time::Duration::from_secs(15),
+        &mut fastrand::Rng::with_seed(7),
+    );
+    twin.reconcile(0);
+    let names: Vec<String> = twin.pods(0).map(|p| p.name.to_string()).collect();
+    assert_eq!(names.len(), 2);
+    assert!(twin.pods(0).all(|p| p.placed.is_some()), "both pods scheduled");
+    let values = [95.0, 87.5];
+    let seen = |_: &str, pod: &str| names.iter().position(|n| n == pod).map(|i| values[i]);
+    // The HPA's first sync falls somewhere in its first period.
+    for t in 0..15 {
+        twin.sync(t, &seen);
+    }
+    let (_, twin_desired, twin_seen) = twin.desired().next().unwrap();
+
+    let items: Vec<String> = names
+        .iter()
+        .zip(["95", "87500m"])
+        .map(|(name, value)| {
+            format!(
+                r#"{{"describedObject":{{"kind":"Pod","namespace":"ai-system-gpu","name":"{name}","apiVersion":"v1"}},"metric":{{"name":"nvidia_gpu_utilization_percent","selector":null}},"timestamp":"2026-11-23T10:00:00Z","windowSeconds":1,"value":"{value}"}}"#
+            )
+        })
+        .collect();
+    let recorded = format!(
+        r#"{{"kind":"MetricValueList","apiVersion":"custom.metrics.k8s.io/v1beta2","metadata":{{}},"items":[{}]}}"#,
+        items.join(",")
+    );
+    let from = crate::hpa::preview::MetricsFrom::Recorded(recorded.into_bytes());
+    let report = crate::hpa::preview::preview(&hpa, &from, "app=reasoning-suite", Some(2)).await.unwrap().join("\n");
+
+    assert_eq!(twin_desired, 3);
+    assert_eq!(twin_seen, Some(91.25));
+    assert!(report.contains("decision: 3 replica(s)"), "{report}");
+    assert!(report.contains("average 91.25 / target 70 = ratio 1.304"), "{report}");
+}
+
+#[test]
+fn an_hpa_the_twin_cannot_wake_from_zero_is_refused_with_the_reason() {
+    let dir = std::env::temp_dir().join(format!("kgm-twin-zero-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("hpa.yaml");
+    let zero = HPA.replace("minReplicas: 1", "minReplicas: 0").replace(
+        "  metrics:\n",
+        "  metrics:\n  - type: External\n    external:\n      metric: {name: nvidia_gpu_weighted_utilization_percent}\n      target: {type: Value, value: \"60\"}\n",
+    );
+    std::fs::write(&path, zero).unwrap();
+    let err = read_hpa(&path).unwrap_err().to_string();
+    assert!(err.contains("--hpa") && err.contains("cannot wake a Deployment from zero"), "{err}");
+    std::fs::remove_dir_all(dir).unwrap();
+}
