@@ -24,6 +24,7 @@ use std::time::Duration;
 use anyhow::Context;
 use clap::Args;
 
+use crate::adapter::store::Metric;
 use crate::hpa::Behavior;
 use crate::hpa::spec::{HpaSpec, MetricSpec, parse_hpa};
 use crate::sim::scenario::Scenario;
@@ -193,15 +194,25 @@ pub fn read_hpa(path: &Path) -> anyhow::Result<HpaSpec> {
 
 /// Whether the twin can run `hpa`.
 fn check_hpa(hpa: &HpaSpec) -> Result<(), String> {
-    if !hpa.metrics.iter().any(|m| matches!(m, MetricSpec::Pods { .. })) {
-        return Err("the twin simulates Pods metrics with an AverageValue target; this HPA has none".into());
+    let weighted = Metric::WeightedUtilization.name();
+    let modelled = |m: &MetricSpec| match m {
+        MetricSpec::Pods { .. } => true,
+        MetricSpec::External { name, .. } => name == weighted,
+        MetricSpec::Unsupported(_) => false,
+    };
+    if !hpa.metrics.iter().any(modelled) {
+        return Err(format!(
+            "the twin simulates Pods metrics with an AverageValue target, and the External metric {weighted}; \
+             this HPA has neither"
+        ));
     }
-    if hpa.min == 0 {
-        // At zero only External and Object metrics can wake a target, and the twin models neither.
-        return Err("minReplicas 0: the twin cannot wake a Deployment from zero (it models Pods metrics only, \
-                    and at zero they have no pods to measure); `hpa-preview --current-replicas 0` explains the \
-                    decision at zero"
-            .into());
+    if hpa.min == 0 && !hpa.metrics.iter().any(|m| matches!(m, MetricSpec::External { name, .. } if name == weighted)) {
+        // At zero only External and Object metrics can wake a target; the twin models one.
+        return Err(format!(
+            "minReplicas 0: the twin can wake a Deployment from zero only on the External metric {weighted} \
+             (the one External metric it models; Pods metrics have no pods to measure at zero); \
+             `hpa-preview --current-replicas 0` explains the decision at zero for any metric"
+        ));
     }
     Ok(())
 }
@@ -213,7 +224,7 @@ pub fn deployment_for(deployments: &[DeploymentSpec], hpa: &HpaSpec) -> Deployme
         .iter()
         .find(|d| d.name == hpa.target_name)
         .cloned()
-        .unwrap_or_else(|| DeploymentSpec::default_for(&hpa.target_name, hpa.min))
+        .unwrap_or_else(|| DeploymentSpec::default_for(&hpa.target_name, hpa.min.max(1)))
 }
 
 /// The plan's behaviour: scale up after a 60 s window, down after 300 s.

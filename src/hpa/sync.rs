@@ -16,10 +16,10 @@ pub trait MetricsReader {
     fn pods(&mut self, name: &str) -> Result<Vec<PodValue>, String>;
     /// The sum of the `External` metric `name` over the series its selector matches.
     fn external(&mut self, name: &str, selector: Option<&str>) -> Result<f64, String>;
-    /// False where External metrics are not modelled (the twin): they are
-    /// then skipped, as Object and Resource metrics are everywhere here,
-    /// rather than counted as failing.
-    fn models_external(&self) -> bool {
+    /// False for an External metric this reader does not model (the twin
+    /// models one): it is then skipped, as Object and Resource metrics are
+    /// everywhere here, rather than counted as failing.
+    fn models_external(&self, _name: &str) -> bool {
         true
     }
 }
@@ -109,7 +109,7 @@ fn outcome(spec: &HpaSpec, metric: &MetricSpec, reader: &mut dyn MetricsReader, 
             read.push(format!("average {:.2} / target {target} = ratio {:.3}", proposal.current, proposal.ratio));
             Ok(proposal)
         }),
-        MetricSpec::External { name, .. } if !reader.models_external() => {
+        MetricSpec::External { name, .. } if !reader.models_external(name) => {
             Err(format!("{name}: External metrics are not modelled here"))
         }
         MetricSpec::External { name, selector, target, average } => {
@@ -163,7 +163,7 @@ pub fn sync(
     let valid: Vec<u32> = metrics.iter().filter_map(|m| m.proposal.as_ref().ok().map(|p| p.replicas)).collect();
     let modelled = |m: &MetricSpec| match m {
         MetricSpec::Unsupported(_) => false,
-        MetricSpec::External { .. } => reader.models_external(),
+        MetricSpec::External { name, .. } => reader.models_external(name),
         MetricSpec::Pods { .. } => true,
     };
     let invalid = spec.metrics.iter().filter(|m| modelled(m)).count() - valid.len();

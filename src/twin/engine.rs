@@ -13,7 +13,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
-use super::model::{ClusterSpec, DeploymentSpec, NodeSpec, Pipeline};
+use super::model::{Activation, ClusterSpec, DeploymentSpec, NodeSpec, Pipeline};
 use crate::adapter::store::Metric;
 use crate::hpa::spec::HpaSpec;
 use crate::hpa::sync::{MetricsReader, Scale, sync};
@@ -63,13 +63,21 @@ struct Scaled {
     phase: u64,
     /// Whether its HPA scaled it to zero (the `ScaledToZero` condition).
     scaled_to_zero: bool,
+    /// Under KEDA (`activation: push`): since when it has had no demand.
+    idle_since: Option<u64>,
 }
 
+/// KEDA's default `cooldownPeriod`: how long a ScaledObject stays active
+/// after its last activity before KEDA scales the target to zero.
+const KEDA_COOLDOWN_SECONDS: u64 = 300;
+
 /// What an HPA of the twin reads: the pipeline's values for the scheduled
-/// pods. The twin models `Pods` metrics only.
+/// pods, and the pool's weighted utilization as the one External metric
+/// the twin models.
 struct TwinMetrics<'a> {
     scheduled: Vec<&'a str>,
     seen: &'a dyn Fn(&str, &str) -> Option<f64>,
+    pool: f64,
 }
 
 impl MetricsReader for TwinMetrics<'_> {
@@ -78,11 +86,15 @@ impl MetricsReader for TwinMetrics<'_> {
     }
 
     fn external(&mut self, name: &str, _selector: Option<&str>) -> Result<f64, String> {
-        Err(format!("{name}: External metrics are not modelled by the twin"))
+        if name == Metric::WeightedUtilization.name() {
+            Ok(self.pool)
+        } else {
+            Err(format!("{name}: not modelled by the twin"))
+        }
     }
 
-    fn models_external(&self) -> bool {
-        false
+    fn models_external(&self, name: &str) -> bool {
+        name == Metric::WeightedUtilization.name()
     }
 }
 
@@ -173,6 +185,7 @@ impl Twin {
                 created: 0,
                 phase: rng.u64(0..sync_period),
                 scaled_to_zero: false,
+                idle_since: None,
             })
             .collect();
         Twin { nodes: cluster.nodes.clone(), gpus, scaled, pods: Vec::new(), sync_period, origin: Instant::now() }
@@ -317,10 +330,46 @@ impl Twin {
             .collect()
     }
 
+    /// KEDA's part for Deployments with `activation: push`, at second `t`:
+    /// one at zero whose demand (per [`Twin::demands`]) is above 0 is given
+    /// its first replica now, the second its scaler's push reaches KEDA; one
+    /// without demand for KEDA's cooldown (300 s) goes to zero. In between,
+    /// the HPA KEDA made (minReplicas 1) scales it.
+    pub fn activate(&mut self, t: u64, demand: &[f64]) {
+        let group_of = self.demand_index();
+        for (d, s) in self.scaled.iter_mut().enumerate() {
+            if s.spec.activation != Activation::Push {
+                continue;
+            }
+            if demand.get(group_of[d]).is_some_and(|&x| x > 0.0) {
+                s.idle_since = None;
+                if s.desired == 0 {
+                    s.desired = 1;
+                }
+            } else {
+                let since = *s.idle_since.get_or_insert(t);
+                if t.saturating_sub(since) >= KEDA_COOLDOWN_SECONDS {
+                    s.desired = 0;
+                }
+            }
+        }
+    }
+
+    /// The pool's `nvidia_gpu_weighted_utilization_percent` as the external
+    /// metrics API serves it: Σ(utilization × capacity) / Σ capacity over
+    /// every GPU, from the pods' weighted values `weighted(pod)` that reached
+    /// the HPA (a GPU with no pod adds only its capacity).
+    pub fn pool_weighted(&self, weighted: &dyn Fn(&str) -> Option<f64>) -> f64 {
+        let capacity: f64 = self.gpus.iter().map(|g| g.capacity).sum();
+        let used: f64 = self.pods.iter().filter_map(|p| weighted(&p.name)).sum();
+        if capacity > 0.0 { used / capacity } else { 0.0 }
+    }
+
     /// Syncs the HPAs whose period comes round at second `t`, each on the
-    /// values `seen(metric, pod)` that reach it, and sets their Deployments'
-    /// desired replicas.
-    pub fn sync(&mut self, t: u64, seen: &dyn Fn(&str, &str) -> Option<f64>) {
+    /// values `seen(metric, pod)` that reach it (and the pool's weighted
+    /// utilization, `pool`, for an External metric), and sets their
+    /// Deployments' desired replicas.
+    pub fn sync(&mut self, t: u64, seen: &dyn Fn(&str, &str) -> Option<f64>, pool: f64) {
         let now = self.origin + Duration::from_secs(t);
         for (d, s) in self.scaled.iter_mut().enumerate() {
             if !(t + self.sync_period - s.phase).is_multiple_of(self.sync_period) {
@@ -335,7 +384,7 @@ impl Twin {
                 unready: (mine.len() - scheduled.len()) as u32,
                 scaled_to_zero: s.scaled_to_zero,
             };
-            let mut reader = TwinMetrics { scheduled, seen };
+            let mut reader = TwinMetrics { scheduled, seen, pool };
             let outcome = sync(&s.hpa, &mut reader, scale, &mut s.autoscaler, now);
             if let Some(current) = outcome.metrics.iter().find_map(|m| m.proposal.as_ref().ok().map(|p| p.current)) {
                 s.seen = Some(current);
@@ -343,11 +392,14 @@ impl Twin {
             if !outcome.active {
                 continue;
             }
-            if outcome.replicas != scale.replicas {
-                s.autoscaler.record_scale(now, scale.replicas, outcome.replicas);
+            // Under KEDA, its HPA keeps at least one replica; KEDA alone goes to and from zero.
+            let replicas =
+                if s.spec.activation == Activation::Push { outcome.replicas.max(1) } else { outcome.replicas };
+            if replicas != scale.replicas {
+                s.autoscaler.record_scale(now, scale.replicas, replicas);
             }
-            s.desired = outcome.replicas;
-            s.scaled_to_zero = outcome.scaled_to_zero;
+            s.desired = replicas;
+            s.scaled_to_zero = replicas == 0;
         }
     }
 
@@ -455,11 +507,17 @@ pub fn run(spec: &RunSpec<'_>) -> Vec<Row> {
             }
             stages[k] = if k == 0 { twin.measured() } else { stages[k - 1].clone() };
         }
+        twin.activate(t, &demand);
         let last = stages.last().cloned().unwrap_or_default();
-        twin.sync(t, &|metric, pod| {
-            let &(plain, weighted) = last.get(pod)?;
-            Some(if metric == Metric::WeightedUtilization.name() { weighted } else { plain })
-        });
+        let pool = twin.pool_weighted(&|pod| last.get(pod).map(|&(_, weighted)| weighted));
+        twin.sync(
+            t,
+            &|metric, pod| {
+                let &(plain, weighted) = last.get(pod)?;
+                Some(if metric == Metric::WeightedUtilization.name() { weighted } else { plain })
+            },
+            pool,
+        );
         rows.extend(twin.rows(t, &demand, &unserved));
     }
     rows

@@ -22,6 +22,7 @@ use tokio::sync::watch;
 use super::engine::Twin;
 use super::model::{ClusterSpec, DeploymentSpec};
 use crate::adapter::provider::Provider;
+use crate::adapter::store::Metric;
 use crate::hpa::spec::{HpaSpec, MetricSpec};
 use crate::k8s::labels::LabelIndex;
 use crate::sim::scenario::Scenario;
@@ -254,8 +255,11 @@ impl LiveTwin {
             self.identify(second);
             let demand = self.demand(second);
             self.twin.serve(second, &demand);
+            self.twin.activate(second, &demand);
             let identities = &self.identities;
-            self.twin.sync(second, &|metric, pod| value(metric, &identities.get(pod)?.pod));
+            let weighted = Metric::WeightedUtilization.name();
+            let pool = self.twin.pool_weighted(&|pod| value(weighted, &identities.get(pod)?.pod));
+            self.twin.sync(second, &|metric, pod| value(metric, &identities.get(pod)?.pod), pool);
             for ((hpa, desired, _), was) in self.twin.desired().zip(before) {
                 if desired != was {
                     tracing::info!(hpa = %hpa.name, deployment = %hpa.target_name, from = was, to = desired, "scaled");

@@ -143,6 +143,22 @@ pub struct DeploymentSpec {
     /// demand is then the Service's, spread over all their ready pods.
     #[serde(default)]
     pub service: Option<String>,
+    /// How it leaves zero besides its HPA: `push` is KEDA's activation
+    /// through an `external-push` scaler, the first replica within one poll
+    /// (1 s) of demand arriving; `hpa` (the default) waits for its HPA.
+    #[serde(default)]
+    pub activation: Activation,
+}
+
+/// What wakes a Deployment at zero replicas.
+#[derive(Clone, Copy, Debug, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Activation {
+    /// Only its HPA, on an External metric.
+    #[default]
+    Hpa,
+    /// KEDA's activation pushed within one poll of demand arriving.
+    Push,
 }
 
 fn default_startup() -> Duration {
@@ -190,6 +206,7 @@ impl DeploymentSpec {
             required_nodes: Vec::new(),
             preferred_nodes: Vec::new(),
             service: None,
+            activation: Activation::Hpa,
         }
     }
 

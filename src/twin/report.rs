@@ -31,6 +31,15 @@ pub struct Summary {
     pub max_replicas: f64,
     /// The most pods no node could take.
     pub pending_pods_max: f64,
+    /// From demand arriving while a Deployment was at zero to its first
+    /// ready pod (to the end of the run if none came); `None` if demand never
+    /// found one at zero.
+    pub cold_start_seconds: Option<f64>,
+    /// Work not served during that cold start.
+    pub cold_start_unserved_percent_seconds: Option<f64>,
+    /// GPU slots (whole GPUs or time-slice replicas) held by started pods,
+    /// ready or loading, in hours.
+    pub gpu_slot_hours: f64,
 }
 
 /// Sums a timeline up.
@@ -56,6 +65,11 @@ pub fn summarize(rows: &[Row]) -> Summary {
     let mut summary = Summary::default();
     let mut ups = Vec::new();
     for name in &deployments {
+        if let Some((seconds, unserved)) = cold_start(series(rows, name)) {
+            summary.cold_start_seconds = Some(summary.cold_start_seconds.unwrap_or(0.0).max(seconds));
+            summary.cold_start_unserved_percent_seconds =
+                Some(summary.cold_start_unserved_percent_seconds.unwrap_or(0.0) + unserved);
+        }
         let mut previous: Option<u32> = None;
         let mut last_event: Option<(u64, bool)> = None;
         for r in series(rows, name) {
@@ -79,6 +93,7 @@ pub fn summarize(rows: &[Row]) -> Summary {
             summary.max_replicas = summary.max_replicas.max(f64::from(r.desired));
             summary.pending_pods_max = summary.pending_pods_max.max(f64::from(r.pending));
             summary.unserved_work_percent_seconds += r.unserved;
+            summary.gpu_slot_hours += f64::from(r.ready + r.starting) / 3600.0;
         }
     }
     if let Some(change) = change {
@@ -90,11 +105,31 @@ pub fn summarize(rows: &[Row]) -> Summary {
     summary
 }
 
+/// The first cold start of one Deployment's timeline: from the second
+/// demand arrives after a second at zero (no replica desired, none ready) to
+/// its first ready pod, or to the end; with the work left unserved meanwhile.
+fn cold_start<'r>(series: impl Iterator<Item = &'r Row>) -> Option<(f64, f64)> {
+    let mut was_zero = false;
+    let mut start: Option<(u64, f64)> = None;
+    let mut last_t = 0;
+    for r in series {
+        last_t = r.t;
+        match start {
+            None if was_zero && r.demand > 0.0 => start = Some((r.t, r.unserved)),
+            Some((t0, unserved)) if r.ready == 0 => start = Some((t0, unserved + r.unserved)),
+            Some((t0, unserved)) => return Some(((r.t - t0) as f64, unserved)),
+            None => {}
+        }
+        was_zero = r.desired == 0 && r.ready == 0;
+    }
+    start.map(|(t0, unserved)| ((last_t + 1 - t0) as f64, unserved))
+}
+
 /// How a figure is read from a summary.
 pub type Figure = fn(&Summary) -> Option<f64>;
 
 /// Every summary figure by its report key, in report order.
-pub const FIGURES: [(&str, Figure); 7] = [
+pub const FIGURES: [(&str, Figure); 10] = [
     ("first_scale_up_seconds", |s| s.first_scale_up_seconds),
     ("time_to_capacity_seconds", |s| s.time_to_capacity_seconds),
     ("scale_events", |s| Some(s.scale_events)),
@@ -102,6 +137,9 @@ pub const FIGURES: [(&str, Figure); 7] = [
     ("unserved_work_percent_seconds", |s| Some(s.unserved_work_percent_seconds)),
     ("max_replicas", |s| Some(s.max_replicas)),
     ("pending_pods_max", |s| Some(s.pending_pods_max)),
+    ("cold_start_seconds", |s| s.cold_start_seconds),
+    ("cold_start_unserved_percent_seconds", |s| s.cold_start_unserved_percent_seconds),
+    ("gpu_slot_hours", |s| Some(s.gpu_slot_hours)),
 ];
 
 /// The median of each figure over runs, with `<key>_max` the worst run's.

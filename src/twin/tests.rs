@@ -258,7 +258,7 @@ async fn the_twin_and_hpa_preview_take_the_same_decision_through_one_sync() {
     let seen = |_: &str, pod: &str| names.iter().position(|n| n == pod).map(|i| values[i]);
     // The HPA's first sync falls somewhere in its first period.
     for t in 0..15 {
-        twin.sync(t, &seen);
+        twin.sync(t, &seen, 0.0);
     }
     let (_, twin_desired, twin_seen) = twin.desired().next().unwrap();
 
@@ -291,10 +291,60 @@ fn an_hpa_the_twin_cannot_wake_from_zero_is_refused_with_the_reason() {
     let path = dir.join("hpa.yaml");
     let zero = HPA.replace("minReplicas: 1", "minReplicas: 0").replace(
         "  metrics:\n",
-        "  metrics:\n  - type: External\n    external:\n      metric: {name: nvidia_gpu_weighted_utilization_percent}\n      target: {type: Value, value: \"60\"}\n",
+        "  metrics:\n  - type: External\n    external:\n      metric: {name: queue_depth}\n      target: {type: Value, value: \"60\"}\n",
     );
     std::fs::write(&path, zero).unwrap();
     let err = read_hpa(&path).unwrap_err().to_string();
-    assert!(err.contains("--hpa") && err.contains("cannot wake a Deployment from zero"), "{err}");
+    assert!(
+        err.contains("--hpa")
+            && err.contains(
+                "can wake a Deployment from zero only on the External metric nvidia_gpu_weighted_utilization_percent"
+            ),
+        "{err}"
+    );
     std::fs::remove_dir_all(dir).unwrap();
+}
+
+/// Busy, then idle past the scale-down window, then demand again.
+const NIGHT: &str =
+    "workloads:\n  reasoning-suite:\n    - {for: 2m, load: 60}\n    - {for: 2h, load: 0}\n    - {load: 40}\n";
+/// Long enough for the morning after the night.
+const NIGHT_RUN: Duration = Duration::from_secs(3 * 3600);
+
+fn overnight(activation: model::Activation) -> Inputs {
+    let hpa = parse_hpa(include_str!("../../deploy/examples/reasoning-gpu-hpa-overnight.yaml")).unwrap();
+    let deployment = DeploymentSpec { activation, ..DeploymentSpec::default_for("reasoning-suite", 1) };
+    Inputs {
+        cluster: ClusterSpec::reference(),
+        scaled: vec![(deployment, hpa)],
+        scenario: Scenario::parse(NIGHT, Path::new("night.yaml")).unwrap(),
+    }
+}
+
+#[test]
+fn scaled_to_zero_on_the_pools_gpu_use_the_suite_does_not_wake_on_its_own_demand() {
+    let direct = Pipeline::parse("direct").unwrap();
+    for (summary, rows) in overnight(model::Activation::Hpa).runs(&direct, 5, 13, NIGHT_RUN) {
+        // Idle past the 300 s window: the HPA scaled it to zero.
+        let idle = rows.iter().find(|r| r.t == 1000).unwrap();
+        assert_eq!((idle.desired, idle.ready), (0, 0), "{idle:?}");
+        // The morning's demand reaches no GPU: nothing raises the pool's
+        // metric, so the cold start lasts to the end of the run, all unserved.
+        assert_eq!(summary.cold_start_seconds, Some(10800.0 - 7320.0), "{summary:?}");
+        assert!((summary.cold_start_unserved_percent_seconds.unwrap() - 40.0 * 3480.0).abs() < 1e-6, "{summary:?}");
+    }
+}
+
+#[test]
+fn with_kedas_push_the_cold_start_is_one_poll_and_the_start_up_time() {
+    let direct = Pipeline::parse("direct").unwrap();
+    let keep_one = reference(NIGHT).runs(&direct, 1, 13, NIGHT_RUN).remove(0).0;
+    for (summary, _) in overnight(model::Activation::Push).runs(&direct, 5, 13, NIGHT_RUN) {
+        // Pushed in the second demand arrives, then the 45 s start-up.
+        assert_eq!(summary.cold_start_seconds, Some(46.0), "{summary:?}");
+        assert!((summary.cold_start_unserved_percent_seconds.unwrap() - 40.0 * 46.0).abs() < 1e-6, "{summary:?}");
+        // Zero for the idle stretch: fewer GPU slot-hours than keeping one replica.
+        assert!(summary.gpu_slot_hours < keep_one.gpu_slot_hours, "{summary:?} vs {keep_one:?}");
+    }
+    assert_eq!(keep_one.cold_start_seconds, None);
 }
