@@ -28,7 +28,7 @@ pub mod store;
 pub mod tls;
 
 #[cfg(test)]
-mod fixtures;
+pub(crate) mod fixtures;
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

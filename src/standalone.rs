@@ -436,7 +436,11 @@ async fn status_loop(
                 let deployments: Vec<String> = scaling.borrow().iter().map(ToString::to_string).collect();
                 line.push_str(&deployments.join(" | "));
             }
-            None => line.push_str(&hpa_status(&hpa, adapter, &mut autoscaler)),
+            None => line.push_str(&hpa_status(
+                &hpa,
+                adapter.provider.snapshot(std::time::SystemTime::now()),
+                &mut autoscaler,
+            )),
         }
         let mut out = std::io::stdout().lock();
         let _ = if tty { write!(out, "\r\x1b[2K{line}") } else { writeln!(out, "{line}") };
@@ -478,15 +482,15 @@ impl MetricsReader for AdapterMetrics<'_> {
 }
 
 /// `reasoning-gpu-hpa 61/70 → 1 replica`: what the HPA would decide from
-/// the adapter's current values, with its stabilization history, through
-/// the same sync as `hpa-preview` and the twin.
-fn hpa_status(hpa: &HpaSpec, adapter: &RunningAdapter, autoscaler: &mut Autoscaler) -> String {
+/// the adapter's current values (`snapshot`), with its stabilization
+/// history, through the same sync as `hpa-preview` and the twin.
+pub(crate) fn hpa_status(
+    hpa: &HpaSpec,
+    snapshot: crate::adapter::provider::Snapshot,
+    autoscaler: &mut Autoscaler,
+) -> String {
     let selector: kube::core::Selector = kube::core::Expression::Equal("app".into(), hpa.target_name.clone()).into();
-    let mut reader = AdapterMetrics {
-        snapshot: adapter.provider.snapshot(std::time::SystemTime::now()),
-        namespace: &hpa.namespace,
-        pods: selector,
-    };
+    let mut reader = AdapterMetrics { snapshot, namespace: &hpa.namespace, pods: selector };
     let running = hpa
         .metrics
         .iter()

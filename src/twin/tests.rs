@@ -240,7 +240,7 @@ fn deployments_behind_one_service_share_its_demand_and_their_unserved_work_adds_
 }
 
 #[tokio::test]
-async fn the_twin_and_hpa_preview_take_the_same_decision_through_one_sync() {
+async fn the_twin_hpa_preview_and_standalone_take_the_same_decision_through_one_sync() {
     // Two reasoning-suite pods at 95 and 87.5 against the reference 70:
     // average 91.25, ratio 1.304, ceil(2.607) = 3, for both.
     let hpa = parse_hpa(HPA).unwrap();
@@ -278,10 +278,22 @@ async fn the_twin_and_hpa_preview_take_the_same_decision_through_one_sync() {
     let from = crate::hpa::preview::MetricsFrom::Recorded(recorded.into_bytes());
     let report = crate::hpa::preview::preview(&hpa, &from, "app=reasoning-suite", Some(2)).await.unwrap().join("\n");
 
+    // standalone's status line, from its adapter's values for the same pods.
+    use crate::adapter::fixtures::{T0_MS, feed, labels, now, provider};
+    let mut maps = crate::k8s::labels::LabelMaps::default();
+    let pods = maps.pods.entry("ai-system-gpu".into()).or_default();
+    for name in &names {
+        pods.insert(name.clone(), labels(&[("app", "reasoning-suite")]));
+    }
+    let feeds = [feed("mainpc", "NVIDIA GeForce RTX 4090", T0_MS, &[(&names[0], 95.0), (&names[1], 87.5)])];
+    let snapshot = provider(&feeds, maps).snapshot(now());
+    let status = crate::standalone::hpa_status(&hpa, snapshot, &mut crate::hpa::Autoscaler::default());
+
     assert_eq!(twin_desired, 3);
     assert_eq!(twin_seen, Some(91.25));
     assert!(report.contains("decision: 3 replica(s)"), "{report}");
     assert!(report.contains("average 91.25 / target 70 = ratio 1.304"), "{report}");
+    assert_eq!(status, "reasoning-gpu-hpa 91/70 → 3 replica(s)");
 }
 
 #[test]
