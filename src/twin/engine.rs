@@ -378,9 +378,10 @@ impl Twin {
             let mine: Vec<&Pod> = self.pods.iter().filter(|p| p.deployment == d).collect();
             // Scheduled pods report (or are missing); pending ones are unready.
             let scheduled: Vec<&str> = mine.iter().filter(|p| p.gpu.is_some()).map(|p| p.name.as_str()).collect();
+            let ready = mine.iter().filter(|p| p.gpu.is_some() && p.ready_at.is_some_and(|r| r <= t)).count();
             let scale = Scale {
                 replicas: mine.len() as u32,
-                ready: scheduled.len() as u32,
+                ready: ready as u32,
                 unready: (mine.len() - scheduled.len()) as u32,
                 scaled_to_zero: s.scaled_to_zero,
             };
