@@ -86,6 +86,23 @@ pub struct Proposal {
     pub reason: String,
 }
 
+impl Proposal {
+    /// The current replicas, kept: `ratio` is within the tolerances.
+    fn within(current_replicas: u32, current: f64, ratio: f64, tolerances: Tolerances) -> Proposal {
+        Proposal {
+            replicas: current_replicas,
+            current,
+            ratio,
+            reason: format!("ratio {ratio:.3} is within the {tolerances}: no change"),
+        }
+    }
+}
+
+/// `ceil(x)` replicas; the cast saturates, as the controller caps at MaxInt32.
+fn ceil_replicas(x: f64) -> u32 {
+    x.ceil() as u32
+}
+
 /// `Pods` metric with an `AverageValue` target (the reference HPA's kind).
 /// `values` are the running pods' (`value: None` where the API returned
 /// none), `current_replicas` the scale's replicas (pods it counts that are
@@ -112,14 +129,9 @@ pub fn pods_average_value(
 
     if missing == 0 && !with_unready {
         if tolerances.within(ratio) {
-            return Ok(Proposal {
-                replicas: current_replicas,
-                current: average,
-                ratio,
-                reason: format!("ratio {ratio:.3} is within the {tolerances}: no change"),
-            });
+            return Ok(Proposal::within(current_replicas, average, ratio, tolerances));
         }
-        let replicas = (ratio * known.len() as f64).ceil() as u32;
+        let replicas = ceil_replicas(ratio * known.len() as f64);
         return Ok(Proposal {
             replicas,
             current: average,
@@ -159,7 +171,7 @@ pub fn pods_average_value(
             ),
         });
     }
-    let replicas = (new_ratio * counted as f64).ceil() as u32;
+    let replicas = ceil_replicas(new_ratio * counted as f64);
     let against = (new_ratio < 1.0 && replicas > current_replicas) || (new_ratio > 1.0 && replicas < current_replicas);
     let replicas = if against { current_replicas } else { replicas };
     Ok(Proposal {
@@ -186,7 +198,7 @@ pub fn value_target(
     }
     let ratio = value / target;
     if current_replicas == 0 {
-        let replicas = ratio.ceil().min(f64::from(u32::MAX)) as u32;
+        let replicas = ceil_replicas(ratio);
         return Ok(Proposal {
             replicas,
             current: value,
@@ -195,14 +207,9 @@ pub fn value_target(
         });
     }
     if tolerances.within(ratio) {
-        return Ok(Proposal {
-            replicas: current_replicas,
-            current: value,
-            ratio,
-            reason: format!("ratio {ratio:.3} is within the {tolerances}: no change"),
-        });
+        return Ok(Proposal::within(current_replicas, value, ratio, tolerances));
     }
-    let replicas = (ratio * f64::from(ready_replicas)).ceil().min(f64::from(u32::MAX)) as u32;
+    let replicas = ceil_replicas(ratio * f64::from(ready_replicas));
     Ok(Proposal {
         replicas,
         current: value,
@@ -222,7 +229,7 @@ pub fn average_value_target(
     if !valid_target(target) {
         return Err(format!("target must be above 0, not {target}"));
     }
-    let replicas_for_value = (value / target).ceil().min(f64::from(u32::MAX)) as u32;
+    let replicas_for_value = ceil_replicas(value / target);
     if current_replicas == 0 {
         return Ok(Proposal {
             replicas: replicas_for_value,
@@ -233,12 +240,7 @@ pub fn average_value_target(
     }
     let ratio = value / (target * f64::from(current_replicas));
     if tolerances.within(ratio) {
-        return Ok(Proposal {
-            replicas: current_replicas,
-            current: value,
-            ratio,
-            reason: format!("ratio {ratio:.3} is within the {tolerances}: no change"),
-        });
+        return Ok(Proposal::within(current_replicas, value, ratio, tolerances));
     }
     Ok(Proposal {
         replicas: replicas_for_value,

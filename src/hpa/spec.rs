@@ -120,14 +120,19 @@ fn target(target: &MetricTarget, path: &str, average: bool, errors: &mut Errors)
         errors.required(&path, &format!("must set {field} for a target of type {}", target.type_));
         return None;
     };
-    match parse_quantity(&quantity.0) {
-        Ok(v) if v > 0.0 && v.is_finite() => Some(v),
+    checked_quantity(&quantity.0, &path, |v| v > 0.0, "must be positive", errors)
+}
+
+/// A finite Quantity that `fits`; else a field error at `path` (`bound`, or the parse error).
+fn checked_quantity(text: &str, path: &str, fits: fn(f64) -> bool, bound: &str, errors: &mut Errors) -> Option<f64> {
+    match parse_quantity(text) {
+        Ok(v) if v.is_finite() && fits(v) => Some(v),
         Ok(_) => {
-            errors.invalid(&path, format_args!("{:?}", quantity.0), "must be positive");
+            errors.invalid(path, format_args!("{text:?}"), bound);
             None
         }
         Err(e) => {
-            errors.invalid(&path, format_args!("{:?}", quantity.0), &e.to_string());
+            errors.invalid(path, format_args!("{text:?}"), &e.to_string());
             None
         }
     }
@@ -191,18 +196,13 @@ fn metric(m: k8s_openapi::api::autoscaling::v2::MetricSpec, i: usize, errors: &m
 /// A direction's `tolerance`, if set: a Quantity at or above 0.
 fn tolerance(r: Option<&HPAScalingRules>, path: &str, errors: &mut Errors) -> Option<f64> {
     let quantity = r?.tolerance.as_ref()?;
-    let path = format!("{path}.tolerance");
-    match parse_quantity(&quantity.0) {
-        Ok(v) if v >= 0.0 && v.is_finite() => Some(v),
-        Ok(_) => {
-            errors.invalid(&path, format_args!("{:?}", quantity.0), "must be greater than or equal to 0");
-            None
-        }
-        Err(e) => {
-            errors.invalid(&path, format_args!("{:?}", quantity.0), &e.to_string());
-            None
-        }
-    }
+    checked_quantity(
+        &quantity.0,
+        &format!("{path}.tolerance"),
+        |v| v >= 0.0,
+        "must be greater than or equal to 0",
+        errors,
+    )
 }
 
 fn rules(r: Option<&HPAScalingRules>, default: Rules, path: &str, errors: &mut Errors) -> Rules {
