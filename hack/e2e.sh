@@ -16,6 +16,10 @@
 #      validated by kube-apiserver, the adapter as deployed behind the real
 #      aggregator, the upstream HPA scaling on our metric (e2e_cluster.py), and
 #      the kube-rs tests that need a cluster;
+#   8b. on a fresh control plane, standalone --cluster: simulated GPU nodes
+#      joined to it, the real scheduler and HPA acting on them, and the twin
+#      checked against them (e2e_standalone_cluster.py);
+#      KGM_E2E_STANDALONE_CLUSTER=0 skips it;
 #   9. a real node beside it (hack/cluster.sh up --node: containerd, the
 #      kubelet, a device plugin for the fake NVML): the agent as its
 #      DaemonSet's pod attributing real containers' PIDs, faults timed, the
@@ -494,6 +498,23 @@ python3 hack/e2e_cluster.py --kubeconfig "$KUBECONFIG" --cluster hack/cluster.sh
     || fail "against the real control plane (logs: target/cluster/logs)"
 bash hack/cluster.sh down
 cluster_up=0
+
+# 8b. Simulated GPU nodes joining a fresh control plane (standalone
+# --cluster): bad input refused before anything is registered, the real
+# scheduler, ReplicaSet and HPA controllers acting on the simulated nodes,
+# nothing left on shutdown, and the twin's decisions checked against theirs
+# for the reference scenarios. KGM_E2E_STANDALONE_CLUSTER=0 skips it.
+if [ "${KGM_E2E_STANDALONE_CLUSTER:-1}" = 1 ]; then
+    cluster_up=1
+    bash hack/cluster.sh up --hpa-sync-period 5s --hpa-downscale-stabilization 10s || fail "hack/cluster.sh up"
+    eval "$(bash hack/cluster.sh env)"
+    python3 hack/e2e_standalone_cluster.py --kubeconfig "$KUBECONFIG" --pki target/cluster/pki --kubectl "$kubectl" \
+        --bin "$bin" --examples deploy/examples --work "$(mkdir -p "$work/standalone-cluster" && echo "$work/standalone-cluster")" \
+        --sync-period 5 --downscale-stabilization 10 --table "$work/twin-vs-upstream.md" \
+        || fail "standalone --cluster (logs: $work/standalone-cluster, target/cluster/logs)"
+    bash hack/cluster.sh down
+    cluster_up=0
+fi
 
 # 9. A real node: containerd and the kubelet v1.20.2 beside the control plane,
 # the agent as its DaemonSet's pod attributing real containers' PIDs, and the

@@ -299,8 +299,9 @@ pub enum ClientAuth {
 pub enum SourceSetup {
     /// The agents.
     Agents {
-        /// Static agent URLs.
-        urls: Vec<String>,
+        /// Static agents: `--agent` URLs, or agents whose node the caller
+        /// knows (standalone's simulated nodes in a real cluster).
+        targets: Vec<AgentTarget>,
         /// Agents found in the cluster, if any.
         discovery: Option<AgentDiscovery>,
         /// The feed token.
@@ -371,6 +372,9 @@ pub struct AdapterSetup {
     pub max_age: Option<Duration>,
     /// KEDA's external scaler, if served.
     pub keda: Option<KedaSetup>,
+    /// The cluster to use, where the caller read its kubeconfig
+    /// (`standalone --cluster`); `None` to find one as kubectl does.
+    pub kube_config: Option<kube::Config>,
 }
 
 impl AdapterSetup {
@@ -381,7 +385,7 @@ impl AdapterSetup {
                 PrometheusError::Url { url: String::new(), reason: "is required with --source prometheus".into() }
             })?),
             Source::Agents => SourceSetup::Agents {
-                urls: args.agents.clone(),
+                targets: args.agents.iter().map(AgentTarget::unbound).collect(),
                 discovery: args.discover_agents.then(|| AgentDiscovery {
                     namespace: args.agent_namespace.clone(),
                     selector: args.agent_selector.clone(),
@@ -426,6 +430,7 @@ impl AdapterSetup {
             authorization: (args.authorization_mode, args.auth.authorization_cache_ttl),
             source,
             labels: None,
+            kube_config: None,
             limits: Limits::new(&args.poll, args.max_connections),
             max_age: args.poll.max_age,
             keda: match args.keda_listen {
@@ -498,7 +503,11 @@ pub async fn start(setup: AdapterSetup, shutdown: watch::Receiver<bool>) -> Resu
     let client = if setup.labels.is_some() && needed.is_none() {
         None
     } else {
-        match (kube::Client::try_default().await, needed) {
+        let client = match setup.kube_config.clone() {
+            Some(config) => kube::Client::try_from(config),
+            None => kube::Client::try_default().await,
+        };
+        match (client, needed) {
             (Ok(client), _) => Some(client),
             (Err(source), Some(needed)) => {
                 return Err(AdapterError::Kube {
@@ -568,11 +577,11 @@ pub async fn start(setup: AdapterSetup, shutdown: watch::Receiver<bool>) -> Resu
     let source_ready = readiness.check("source", "no round has been polled yet");
 
     // The cluster first: the source admits against what it learns.
-    let (static_urls, discovery) = match &setup.source {
-        SourceSetup::Agents { urls, discovery, .. } => (urls.clone(), discovery.clone()),
+    let (static_targets, discovery) = match &setup.source {
+        SourceSetup::Agents { targets, discovery, .. } => (targets.clone(), discovery.clone()),
         SourceSetup::Prometheus(_) => (Vec::new(), None),
     };
-    let (targets_tx, targets_rx) = watch::channel(static_urls.iter().map(AgentTarget::unbound).collect::<Vec<_>>());
+    let (targets_tx, targets_rx) = watch::channel(static_targets.clone());
     let (synced_tx, synced_rx) = watch::channel(false);
     let mut background = Tasks::default();
     // Labels come from standalone's twin, the cluster, or nowhere; KEDA's
@@ -587,7 +596,7 @@ pub async fn start(setup: AdapterSetup, shutdown: watch::Receiver<bool>) -> Resu
                 Arc::new(LabelIndex::new(LabelMaps { placements: Some(Default::default()), ..LabelMaps::default() }));
             let outputs = ClusterOutputs { targets: targets_tx, labels: labels.clone(), synced: synced_tx };
             let watch =
-                cluster::run(client.clone(), discovery, static_urls, outputs, readiness.clone(), shutdown.clone());
+                cluster::run(client.clone(), discovery, static_targets, outputs, readiness.clone(), shutdown.clone());
             background.push("cluster watchers", tokio::spawn(watch));
             (labels, ScaleTargets::Cluster(ClusterTargets::new(client)))
         }

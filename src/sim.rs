@@ -15,6 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 
+pub mod kubelet;
 pub mod scenario;
 
 use crate::attribution::{Allocations, Attribution, ContainerAllocation};
@@ -36,10 +37,18 @@ pub const GPU_NAMESPACE: &str = "ai-system-gpu";
 pub struct SimWorkload {
     /// The UUID of the MIG device it holds, on a GPU in MIG mode.
     pub mig_uuid: Option<String>,
+    /// The devices the device plugin gave its container, where known (a
+    /// node joined to a real cluster); otherwise its time-slice replica is
+    /// its place on the GPU.
+    pub device_ids: Option<Vec<String>>,
     /// The owning Deployment (and the pod's `app` label).
     pub app: String,
+    /// Pod namespace.
+    pub namespace: String,
     /// Pod name.
     pub pod: String,
+    /// The container that runs the GPU process.
+    pub container: String,
     /// Pod UID, as it appears in the pod's cgroup path.
     pub pod_uid: String,
     /// Host PID of the workload's one GPU process.
@@ -75,6 +84,7 @@ impl SimWorkload {
             pod_uid: uuid(rng),
             pid,
             mig_uuid: None,
+            device_ids: None,
             twin_load: None,
             ..self.clone()
         }
@@ -116,9 +126,9 @@ pub fn current_label_maps(nodes: &[Arc<SimNode>]) -> LabelMaps {
 
 /// Adds a simulated pod to `maps`: its labels, and its node once scheduled.
 pub fn add_pod(maps: &mut LabelMaps, w: &SimWorkload, node: Option<&str>) {
-    maps.pods.entry(GPU_NAMESPACE.into()).or_default().insert(w.pod.clone(), w.pod_labels());
+    maps.pods.entry(w.namespace.clone()).or_default().insert(w.pod.clone(), w.pod_labels());
     if let (Some(node), Some(placements)) = (node, maps.placements.as_mut()) {
-        placements.entry(GPU_NAMESPACE.into()).or_default().insert(w.pod.clone(), node.to_string());
+        placements.entry(w.namespace.clone()).or_default().insert(w.pod.clone(), node.to_string());
     }
 }
 
@@ -183,8 +193,11 @@ impl SimNode {
                         next_pid += 1;
                         SimWorkload {
                             mig_uuid: model.mig().then(|| format!("MIG-{}", uuid(&mut rng))),
+                            device_ids: None,
                             app: app.to_string(),
+                            namespace: GPU_NAMESPACE.to_string(),
                             pod: format!("{app}-{}-{}", hex(&mut rng, 10), alnum(&mut rng, 5)),
+                            container: app.to_string(),
                             pod_uid: uuid(&mut rng),
                             pid: next_pid,
                             memory_bytes: gib << 30,
@@ -229,23 +242,24 @@ impl SimNode {
         self
     }
 
-    /// The kubelet's view: one container per workload, holding a time-slice
-    /// replica of its GPU (`<uuid>::<n>`, as the NVIDIA device plugin names
-    /// them).
+    /// The kubelet's view: one container per workload, holding the devices
+    /// it was given, or else a time-slice replica of its GPU by its place
+    /// (`<uuid>::<n>`, as the NVIDIA device plugin names them).
     pub fn allocations(&self) -> Vec<ContainerAllocation> {
         self.gpus
             .iter()
             .zip(self.workloads().iter())
             .flat_map(|(gpu, workloads)| {
                 workloads.iter().enumerate().map(|(replica, w)| ContainerAllocation {
-                    namespace: GPU_NAMESPACE.to_string(),
+                    namespace: w.namespace.clone(),
                     pod: w.pod.clone(),
-                    container: w.app.clone(),
+                    container: w.container.clone(),
                     pod_uid: Some(w.pod_uid.clone()),
-                    device_ids: vec![match &w.mig_uuid {
-                        Some(mig) => mig.clone(),
-                        None => format!("{}::{replica}", gpu.identity.uuid),
-                    }],
+                    device_ids: match (&w.device_ids, &w.mig_uuid) {
+                        (Some(ids), _) => ids.clone(),
+                        (None, Some(mig)) => vec![mig.clone()],
+                        (None, None) => vec![time_slice_replica(&gpu.identity.uuid, replica as u32)],
+                    },
                 })
             })
             .collect()
@@ -454,6 +468,12 @@ impl GpuSourceOpener for SimOpener {
     fn open(&self) -> Result<Arc<dyn GpuSource>, GpuSourceError> {
         Ok(self.0.clone())
     }
+}
+
+/// A time-slice replica's device ID, as NVIDIA's device plugin names it:
+/// `GPU-<uuid>::<n>`.
+pub fn time_slice_replica(gpu_uuid: &str, replica: u32) -> String {
+    format!("{gpu_uuid}::{replica}")
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {

@@ -21,6 +21,7 @@ use tokio::sync::watch;
 use base64::Engine;
 
 use crate::adapter::keda::server::KedaSetup;
+use crate::adapter::source::agents::AgentTarget;
 use crate::adapter::source::prometheus::PrometheusSettings;
 use crate::adapter::tls::{CertSource, LocalCa, PemPair};
 use crate::adapter::{
@@ -42,6 +43,8 @@ use crate::sim::{SimAttribution, SimNode, SimOpener};
 use crate::twin::live::{DeploymentStatus, LiveSetup, LiveTwin};
 use crate::twin::model::read_deployments;
 use crate::twin::{deployment_for, read_hpa};
+
+pub mod cluster;
 
 /// Flags of `standalone`: its own, plus the agent's sampling, the GPU
 /// source (simulated by default), the adapter's polling and its Prometheus
@@ -96,9 +99,25 @@ pub struct StandaloneArgs {
 
     /// The scaled Deployments' tolerations, start-up time and initial
     /// replicas (`simulate`'s format) [default: tolerate the `gpu` taint,
-    /// 45 s to start].
-    #[arg(long, env = "KGM_DEPLOYMENTS", requires = "scenario")]
+    /// 45 s to start]; with `--cluster`, only the start-up times.
+    #[arg(long, env = "KGM_DEPLOYMENTS")]
     pub deployments: Option<PathBuf>,
+
+    /// Join a real cluster: the simulated nodes register with the API
+    /// server this kubeconfig reaches, and its own scheduler, controllers
+    /// and HPAs act on them; standalone runs their pods and the pipeline.
+    /// Without it, standalone simulates the control plane too.
+    #[arg(long, env = "KGM_CLUSTER", value_name = "KUBECONFIG", conflicts_with_all = ["hpa", "fixed_replicas"])]
+    pub cluster: Option<PathBuf>,
+
+    /// With `--cluster`: leave the nodes registered on shutdown.
+    #[arg(long, env = "KGM_KEEP_NODES", requires = "cluster")]
+    pub keep_nodes: bool,
+
+    /// With `--cluster`: write each second's replicas, pods, placements and
+    /// unserved work here (CSV, `simulate`'s timeline format).
+    #[arg(long, env = "KGM_TIMELINE", requires = "cluster")]
+    pub timeline: Option<PathBuf>,
 
     /// How often the HPAs sync (kube-controller-manager's
     /// `--horizontal-pod-autoscaler-sync-period`).
@@ -285,12 +304,17 @@ pub async fn start_local_adapter(
         authorization: (AuthorizationMode::AlwaysAllow, Duration::ZERO),
         source: match local.prometheus {
             Some(settings) => SourceSetup::Prometheus(settings),
-            None => SourceSetup::Agents { urls: local.agents, discovery: None, token: None },
+            None => SourceSetup::Agents {
+                targets: local.agents.iter().map(AgentTarget::unbound).collect(),
+                discovery: None,
+                token: None,
+            },
         },
         labels: Some(local.labels),
         limits: Limits::new(&local.poll, DEFAULT_MAX_CONNECTIONS),
         max_age: local.poll.max_age,
         keda: local.keda,
+        kube_config: None,
     };
     let adapter = crate::adapter::start(setup, shutdown).await.map_err(|e| match e {
         // Standalone's own flag, not the adapter's.
@@ -312,6 +336,17 @@ pub async fn start_local_adapter(
 
 /// Runs until `shutdown` turns true or `--duration` passes.
 pub async fn run(args: StandaloneArgs, shutdown_tx: watch::Sender<bool>) -> anyhow::Result<()> {
+    if let Some(kubeconfig) = args.cluster.clone() {
+        if args.gpu.gpu_source == GpuSourceKind::Nvml {
+            anyhow::bail!("--cluster runs simulated GPU nodes: it cannot take --gpu-source nvml");
+        }
+        return cluster::run(args, &kubeconfig, shutdown_tx).await;
+    }
+    if args.deployments.is_some() && args.scenario.is_none() {
+        anyhow::bail!(
+            "--deployments sets the scaled Deployments of --scenario (or, with --cluster, start-up times): give --scenario too"
+        );
+    }
     let shutdown = shutdown_tx.subscribe();
     let mut agents: Vec<RunningAgent> = Vec::new();
     let Prepared { agents: setups, labels, live } = prepare(&args)?;

@@ -86,6 +86,11 @@ pub struct SimulateArgs {
     /// and none, and print the table.
     #[arg(long)]
     pub compare: bool,
+
+    /// How often the HPAs sync (kube-controller-manager's
+    /// `--horizontal-pod-autoscaler-sync-period`).
+    #[arg(long, default_value = "15s", value_parser = humantime::parse_duration)]
+    pub hpa_sync_period: Duration,
 }
 
 /// The most runs one `simulate` makes.
@@ -113,6 +118,8 @@ pub struct Inputs {
     pub scaled: Vec<(DeploymentSpec, HpaSpec)>,
     /// Demand.
     pub scenario: Scenario,
+    /// The HPAs' sync period.
+    pub sync_period: Duration,
 }
 
 impl Inputs {
@@ -132,7 +139,7 @@ impl Inputs {
             scaled.push((deployment_for(&deployments, &hpa), hpa));
         }
         let scenario = Scenario::read(&args.scenario)?;
-        Ok(Inputs { cluster, scaled, scenario })
+        Ok(Inputs { cluster, scaled, scenario, sync_period: args.hpa_sync_period })
     }
 
     /// Runs `runs` seeded runs through `pipeline`; returns each timeline's
@@ -155,6 +162,7 @@ impl Inputs {
             scenario: &self.scenario,
             pipeline,
             duration,
+            sync_period: self.sync_period,
             seed: seed.wrapping_add(u64::from(k)),
         };
         let rows = engine::run(&spec);
@@ -179,7 +187,7 @@ impl Inputs {
                 (d.clone(), HpaSpec { metrics, behavior: behavior.clone(), ..h.clone() })
             })
             .collect();
-        Inputs { cluster: self.cluster.clone(), scaled, scenario: self.scenario.clone() }
+        Inputs { cluster: self.cluster.clone(), scaled, scenario: self.scenario.clone(), sync_period: self.sync_period }
     }
 }
 

@@ -95,7 +95,7 @@ async fn watchers_follow_pods_nodes_and_agent_pods_and_readiness_waits_for_their
     let watchers = tokio::spawn(cluster::run(
         client.clone(),
         Some(discovery),
-        vec!["http://127.0.0.1:1".into()],
+        vec![AgentTarget::unbound("http://127.0.0.1:1")],
         outputs,
         readiness.clone(),
         shutdown,

@@ -228,7 +228,7 @@ pub struct ClusterOutputs {
 pub async fn run(
     client: kube::Client,
     discovery: Option<AgentDiscovery>,
-    static_agents: Vec<String>,
+    static_agents: Vec<AgentTarget>,
     outputs: ClusterOutputs,
     readiness: Readiness,
     mut shutdown: watch::Receiver<bool>,
@@ -290,11 +290,11 @@ fn publish(
     pods: &Store<Pod>,
     nodes: &Store<PartialObjectMeta<Node>>,
     agents: Option<&(Store<Pod>, u16)>,
-    static_agents: &[String],
+    static_agents: &[AgentTarget],
     outputs: &ClusterOutputs,
 ) {
     outputs.labels.replace(label_maps(&pods.state(), &nodes.state()));
-    let mut targets: Vec<AgentTarget> = static_agents.iter().map(AgentTarget::unbound).collect();
+    let mut targets: Vec<AgentTarget> = static_agents.to_vec();
     if let Some((store, port)) = agents {
         targets.extend(agent_targets(&store.state(), *port));
     }

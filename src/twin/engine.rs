@@ -71,6 +71,57 @@ struct Scaled {
 /// after its last activity before KEDA scales the target to zero.
 const KEDA_COOLDOWN_SECONDS: u64 = 300;
 
+/// A pod as [`spread`] sees it.
+#[derive(Clone, Copy, Debug)]
+pub struct PodLoad {
+    /// The demand it serves (an index into the demands).
+    pub demand: usize,
+    /// The GPU it runs on (an index into the capacities), once scheduled.
+    pub gpu: Option<usize>,
+    /// Started: only ready pods get work.
+    pub ready: bool,
+}
+
+/// What [`spread`] returns.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Served {
+    /// Per pod: its utilization (percent of its GPU's time) and the work it
+    /// was asked for that its GPU could not serve (percent of a 4090).
+    pub pods: Vec<(f64, f64)>,
+    /// Per GPU: its utilization.
+    pub gpus: Vec<f64>,
+    /// Per demand: the work no ready pod was there to take.
+    pub idle: Vec<f64>,
+}
+
+/// Spreads each demand (percent of an RTX 4090's work) evenly over its
+/// ready pods; each GPU (its capacity in 4090s) serves what fits in 100 %
+/// of its time and shares it out in proportion when asked for more. The
+/// twin and `standalone --cluster` both serve load this way.
+pub fn spread(demand: &[f64], pods: &[PodLoad], capacities: &[f64]) -> Served {
+    let serving = |p: &PodLoad| p.ready && p.gpu.is_some();
+    let demand_of = |p: &PodLoad| demand.get(p.demand).copied().unwrap_or(0.0);
+    let mut ready = vec![0usize; pods.iter().map(|p| p.demand + 1).max().unwrap_or(0).max(demand.len())];
+    for p in pods.iter().filter(|p| serving(p)) {
+        ready[p.demand] += 1;
+    }
+    let asked: Vec<f64> =
+        pods.iter().map(|p| if serving(p) { demand_of(p) / ready[p.demand] as f64 } else { 0.0 }).collect();
+    let mut served = Served { pods: vec![(0.0, 0.0); pods.len()], gpus: vec![0.0; capacities.len()], idle: Vec::new() };
+    for (g, &capacity) in capacities.iter().enumerate() {
+        let on: Vec<usize> = (0..pods.len()).filter(|&i| pods[i].gpu == Some(g)).collect();
+        let time: f64 = on.iter().map(|&i| asked[i] / capacity).sum();
+        let scale = if time > 100.0 { 100.0 / time } else { 1.0 };
+        // (An empty float sum is -0.0.)
+        served.gpus[g] = if time > 0.0 { time.min(100.0) } else { 0.0 };
+        for i in on {
+            served.pods[i] = (asked[i] / capacity * scale, asked[i] * (1.0 - scale));
+        }
+    }
+    served.idle = demand.iter().zip(&ready).map(|(&d, &n)| if n == 0 { d } else { 0.0 }).collect();
+    served
+}
+
 /// What an HPA of the twin reads: the pipeline's values for the scheduled
 /// pods, and the pool's weighted utilization as the one External metric
 /// the twin models.
@@ -200,8 +251,8 @@ impl Twin {
     }
 
     /// The Deployment controller and the scheduler at second `t`: pods up
-    /// to each Deployment's desired replicas (the newest removed beyond it:
-    /// pending first, then starting), and each pending pod onto the GPU of
+    /// to each Deployment's desired replicas (beyond it, removed in the
+    /// ReplicaSet controller's order), and each pending pod onto the GPU of
     /// a node it may run on (taints, required nodes), preferring its
     /// preferred nodes, then nodes with fewer of its Deployment's pods (as
     /// the default topology spreading does), then the GPU with the most free
@@ -221,13 +272,25 @@ impl Twin {
                 mine.push(self.pods.len() - 1);
             }
             if (mine.len() as u32) > s.desired {
-                let pods = &self.pods;
+                let (pods, gpus) = (&self.pods, &self.gpus);
                 let rank = |p: &Pod| match (p.gpu, p.ready_at) {
                     (None, _) => 0,
                     (Some(_), Some(r)) if r > t => 1,
                     _ => 2,
                 };
-                mine.sort_by_key(|&i| (rank(&pods[i]), std::cmp::Reverse(i)));
+                // The Deployment's pods on the same node, as the ReplicaSet
+                // controller ranks them (ActivePodsWithRanks).
+                let colocated: Vec<usize> = (0..pods.len())
+                    .map(|i| {
+                        let node = pods[i].gpu.map(|g| gpus[g].node);
+                        mine.iter().filter(|&&j| node.is_some() && pods[j].gpu.map(|g| gpus[g].node) == node).count()
+                    })
+                    .collect();
+                // The ReplicaSet's order: unscheduled, then starting, then
+                // those with more siblings on their node, then ready for the
+                // shortest time, then the newest.
+                use std::cmp::Reverse;
+                mine.sort_by_key(|&i| (rank(&pods[i]), Reverse(colocated[i]), Reverse(pods[i].ready_at), Reverse(i)));
                 let mut remove: Vec<usize> = mine[..mine.len() - s.desired as usize].to_vec();
                 remove.sort_unstable_by(|a, b| b.cmp(a));
                 for i in remove {
@@ -284,35 +347,24 @@ impl Twin {
     /// (a demand with no ready pod at all is its first Deployment's).
     pub fn serve(&mut self, t: u64, demand: &[f64]) -> Vec<f64> {
         let group_of = self.demand_index();
-        let mut ready_count = vec![0usize; demand.len().max(1)];
-        for p in self.pods.iter().filter(|p| self.ready(p, t)) {
-            ready_count[group_of[p.deployment]] += 1;
-        }
-        // Work each pod is asked for, percent of a 4090.
-        let asked: Vec<f64> = self
+        let pods: Vec<PodLoad> = self
             .pods
             .iter()
-            .map(|p| {
-                let group = group_of[p.deployment];
-                let share = demand.get(group).copied().unwrap_or(0.0) / ready_count[group] as f64;
-                if self.ready(p, t) { share } else { 0.0 }
-            })
+            .map(|p| PodLoad { demand: group_of[p.deployment], gpu: p.gpu, ready: self.ready(p, t) })
             .collect();
+        let capacities: Vec<f64> = self.gpus.iter().map(|g| g.capacity).collect();
+        let served = spread(demand, &pods, &capacities);
         let mut unserved = vec![0.0; self.scaled.len()];
-        for (g, gpu) in self.gpus.iter_mut().enumerate() {
-            let on: Vec<usize> = (0..self.pods.len()).filter(|&i| self.pods[i].gpu == Some(g)).collect();
-            let time: f64 = on.iter().map(|&i| asked[i] / gpu.capacity).sum();
-            let scale = if time > 100.0 { 100.0 / time } else { 1.0 };
-            // (An empty float sum is -0.0.)
-            gpu.utilization = if time > 0.0 { time.min(100.0) } else { 0.0 };
-            for i in on {
-                self.pods[i].utilization = asked[i] / gpu.capacity * scale;
-                unserved[self.pods[i].deployment] += asked[i] * (1.0 - scale);
-            }
+        for (pod, (utilization, left)) in self.pods.iter_mut().zip(served.pods) {
+            pod.utilization = utilization;
+            unserved[pod.deployment] += left;
         }
-        for (group, &count) in ready_count.iter().enumerate() {
-            if let Some(first) = group_of.iter().position(|&g| g == group).filter(|_| count == 0) {
-                unserved[first] += demand.get(group).copied().unwrap_or(0.0);
+        for (gpu, utilization) in self.gpus.iter_mut().zip(served.gpus) {
+            gpu.utilization = utilization;
+        }
+        for (group, idle) in served.idle.into_iter().enumerate() {
+            if let Some(first) = group_of.iter().position(|&g| g == group) {
+                unserved[first] += idle;
             }
         }
         unserved
@@ -479,6 +531,8 @@ pub struct RunSpec<'a> {
     pub pipeline: &'a Pipeline,
     /// How long.
     pub duration: Duration,
+    /// The HPAs' sync period.
+    pub sync_period: Duration,
     /// Seed of the loops' phases.
     pub seed: u64,
 }
@@ -489,7 +543,7 @@ pub fn run(spec: &RunSpec<'_>) -> Vec<Row> {
     let mut rng = fastrand::Rng::with_seed(spec.seed);
     // Phases: each pipeline stage, and each HPA's sync.
     let stage_phase: Vec<u64> = spec.pipeline.stages.iter().map(|p| rng.u64(0..p.as_secs().max(1))).collect();
-    let mut twin = Twin::new(spec.cluster, spec.scaled.clone(), Duration::from_secs(HPA_SYNC), &mut rng);
+    let mut twin = Twin::new(spec.cluster, spec.scaled.clone(), spec.sync_period, &mut rng);
     // Per stage: pod name → (plain, weighted) as that stage last saw it.
     let mut stages: Vec<HashMap<String, (f64, f64)>> = vec![HashMap::new(); spec.pipeline.stages.len()];
     let mut rows = Vec::new();

@@ -23,6 +23,7 @@ fn inputs(scenario: &str, cluster: ClusterSpec, deployment: DeploymentSpec) -> I
         cluster,
         scaled: vec![(deployment, parse_hpa(HPA).unwrap())],
         scenario: Scenario::parse(scenario, Path::new("s.yaml")).unwrap(),
+        sync_period: Duration::from_secs(engine::HPA_SYNC),
     }
 }
 
@@ -147,6 +148,7 @@ fn simulate_writes_timelines_charts_and_the_summary_with_worst_runs() {
         duration: Duration::from_secs(300),
         out: dir.path().join("out"),
         report_json: Some(dir.path().join("report.json")),
+        hpa_sync_period: Duration::from_secs(engine::HPA_SYNC),
         compare: false,
     };
     let printed = run(&args).unwrap();
@@ -224,6 +226,7 @@ fn deployments_behind_one_service_share_its_demand_and_their_unserved_work_adds_
             (pinned("reasoning-3060", "pc2"), hpa("reasoning-3060")),
         ],
         scenario: Scenario::parse("workloads:\n  reasoning-suite: [{load: 100}]\n", Path::new("s.yaml")).unwrap(),
+        sync_period: Duration::from_secs(engine::HPA_SYNC),
     };
     let (summary, rows) = &twin.runs(&Pipeline::parse("direct").unwrap(), 1, 1, Duration::from_secs(2))[0];
     let row = |name: &str| rows.iter().find(|r| r.t == 0 && r.deployment == name).unwrap();
@@ -330,6 +333,7 @@ fn overnight(activation: model::Activation) -> Inputs {
         cluster: ClusterSpec::reference(),
         scaled: vec![(deployment, hpa)],
         scenario: Scenario::parse(NIGHT, Path::new("night.yaml")).unwrap(),
+        sync_period: Duration::from_secs(engine::HPA_SYNC),
     }
 }
 

@@ -1,4 +1,5 @@
 use super::*;
+use crate::adapter::source::agents::AgentTarget;
 use crate::k8s::labels::Placement;
 
 /// A recorded `kubectl get cm -n kube-system extension-apiserver-authentication -o json`
@@ -119,7 +120,7 @@ async fn agents_labels_and_placements_come_from_the_cluster() {
     let (stop, shutdown) = watch::channel(false);
     let readiness = Readiness::default();
     let outputs = ClusterOutputs { targets, labels: labels.clone(), synced };
-    let statics = vec!["http://10.0.0.9:9402".into()];
+    let statics = vec![AgentTarget::unbound("http://10.0.0.9:9402")];
     let task = tokio::spawn(run(recorded_cluster(), Some(discovery()), statics, outputs, readiness.clone(), shutdown));
     tokio::time::timeout(Duration::from_secs(10), synced_rx.wait_for(|s| *s)).await.unwrap().unwrap();
     assert!(readiness.is_ready(), "{}", readiness.report().1);
