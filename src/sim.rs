@@ -311,7 +311,8 @@ impl SimNode {
         let all = self.workloads();
         let workloads: &[SimWorkload] = all.get(index as usize).map_or(&[], Vec::as_slice);
         let loads: Vec<f64> = workloads.iter().enumerate().map(|(k, w)| self.load(index as usize, k, w, t)).collect();
-        let demand: f64 = loads.iter().sum();
+        // (A fold from 0: an empty float sum is -0.0.)
+        let demand: f64 = loads.iter().fold(0.0, |sum, load| sum + load);
         // Time-slicing: when demand exceeds the GPU, every workload gets its share.
         let scale = if demand > 100.0 { 100.0 / demand } else { 1.0 };
         let utilization = (demand * scale).round();

@@ -249,6 +249,27 @@ where
     }
 }
 
+/// Creates `value`, or replaces the object of its name if standalone made
+/// it (a run before that stopped without its teardown). Returns false if
+/// the object is someone else's, which is left as it is. (Server-side apply
+/// would be simpler, but 1.20's aggregator panics on it for APIServices.)
+async fn create_or_replace_owned<T>(api: &Api<T>, value: serde_json::Value) -> Result<bool, kube::Error>
+where
+    T: Resource + Clone + std::fmt::Debug + serde::de::DeserializeOwned + serde::Serialize,
+{
+    let mut wanted = object::<T>(value);
+    if create_if_absent(api, serde_json::to_value(&wanted).expect("serializable")).await? {
+        return Ok(true);
+    }
+    let existing = api.get(&wanted.name_any()).await?;
+    if !objects::is_owned(existing.meta().annotations.as_ref()) {
+        return Ok(false);
+    }
+    wanted.meta_mut().resource_version = existing.meta().resource_version.clone();
+    api.replace(&existing.name_any(), &PostParams::default(), &wanted).await?;
+    Ok(true)
+}
+
 /// Registers each node (taking over one that standalone left with
 /// `--keep-nodes`), posts its status and Lease.
 async fn register_nodes(
@@ -309,18 +330,22 @@ async fn register_api_services(
 ) -> anyhow::Result<()> {
     let client = &target.client;
     let fail = |what: &str, e: kube::Error| target.fail(format!("{what}: {e}"));
-    registered.namespace = create_if_absent(&Api::<Namespace>::all(client.clone()), objects::namespace())
-        .await
-        .map_err(|e| fail("namespace", e))?;
+    let namespaces = Api::<Namespace>::all(client.clone());
+    // A run just before may have left it terminating: it must be gone first.
+    wait_gone(&namespaces, objects::NAMESPACE).await.map_err(|e| fail("namespace", e))?;
+    registered.namespace =
+        create_if_absent(&namespaces, objects::namespace()).await.map_err(|e| fail("namespace", e))?;
     let services: Api<Service> = Api::namespaced(client.clone(), objects::NAMESPACE);
-    services
-        .patch(
-            objects::SERVICE,
-            &PatchParams::apply("kube-gpu-metrics-standalone").force(),
-            &Patch::Apply(objects::service(port)),
-        )
+    if !create_or_replace_owned(&services, objects::service(port))
         .await
-        .map_err(|e| fail("the adapter's Service", e))?;
+        .map_err(|e| fail("the adapter's Service", e))?
+    {
+        return Err(target.fail(format!(
+            "Service {}/{} exists and is not standalone's: remove it, or use a cluster without it",
+            objects::NAMESPACE,
+            objects::SERVICE
+        )));
+    }
     let (role, binding) = objects::metrics_reader();
     let created_role =
         create_if_absent(&Api::<ClusterRole>::all(client.clone()), role).await.map_err(|e| fail("ClusterRole", e))?;
@@ -331,22 +356,20 @@ async fn register_api_services(
     let api_services: Api<APIService> = Api::all(client.clone());
     for (group, version, priority) in objects::API_SERVICES {
         let name = objects::api_service_name(group, version);
-        match api_services.get_opt(&name).await.map_err(|e| fail(&name, e))? {
-            Some(existing) if !objects::is_owned(existing.metadata.annotations.as_ref()) => {
-                let to = existing.spec.and_then(|s| s.service).map_or("kube-apiserver itself".to_string(), |s| {
-                    format!("Service {}/{}", s.namespace.unwrap_or_default(), s.name.unwrap_or_default())
-                });
-                tracing::warn!(apiservice = %name, points_at = %to, "an APIService of the same name is not standalone's: left as it is, so the API server does not serve this version from standalone");
-                continue;
-            }
-            _ => {}
+        let value = objects::api_service(group, version, priority, port, ca_pem);
+        if create_or_replace_owned(&api_services, value).await.map_err(|e| fail(&name, e))? {
+            registered.api_services.push(name);
+            continue;
         }
-        let apply = PatchParams::apply("kube-gpu-metrics-standalone").force();
-        api_services
-            .patch(&name, &apply, &Patch::Apply(objects::api_service(group, version, priority, port, ca_pem)))
+        let to = api_services
+            .get(&name)
             .await
-            .map_err(|e| fail(&name, e))?;
-        registered.api_services.push(name);
+            .ok()
+            .and_then(|a| a.spec?.service)
+            .map_or("kube-apiserver itself".to_string(), |s| {
+                format!("Service {}/{}", s.namespace.unwrap_or_default(), s.name.unwrap_or_default())
+            });
+        tracing::warn!(apiservice = %name, points_at = %to, "an APIService of the same name is not standalone's: left as it is, so the API server does not serve this version from standalone");
     }
     Ok(())
 }
@@ -370,10 +393,9 @@ async fn unregister(client: &kube::Client, registered: &Registered, keep_nodes: 
         gone(name, Api::<ClusterRole>::all(client.clone()).delete(name, &now).await.map(|_| ()));
     }
     if registered.namespace {
-        gone(
-            objects::NAMESPACE,
-            Api::<Namespace>::all(client.clone()).delete(objects::NAMESPACE, &now).await.map(|_| ()),
-        );
+        let namespaces = Api::<Namespace>::all(client.clone());
+        gone(objects::NAMESPACE, namespaces.delete(objects::NAMESPACE, &now).await.map(|_| ()));
+        gone(objects::NAMESPACE, wait_gone(&namespaces, objects::NAMESPACE).await);
     } else if !registered.api_services.is_empty() {
         let services: Api<Service> = Api::namespaced(client.clone(), objects::NAMESPACE);
         gone(objects::SERVICE, services.delete(objects::SERVICE, &now).await.map(|_| ()));
@@ -395,6 +417,23 @@ async fn unregister(client: &kube::Client, registered: &Registered, keep_nodes: 
     if registered.runtime_class {
         gone("nvidia", Api::<RuntimeClass>::all(client.clone()).delete("nvidia", &now).await.map(|_| ()));
     }
+}
+
+/// How long a terminating namespace is waited for.
+const NAMESPACE_DELETION: Duration = Duration::from_secs(60);
+
+/// Waits until the namespace `name` is not there (one being deleted goes
+/// once its contents are), at most [`NAMESPACE_DELETION`].
+async fn wait_gone(namespaces: &Api<Namespace>, name: &str) -> Result<(), kube::Error> {
+    let deadline = Instant::now() + NAMESPACE_DELETION;
+    while namespaces.get_opt(name).await?.is_some() {
+        if Instant::now() > deadline {
+            tracing::warn!(namespace = name, "still terminating after a minute");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    Ok(())
 }
 
 /// The HPAs as the served `autoscaling` version has them (v2, or v2beta2

@@ -177,7 +177,7 @@ pub fn service(port: u16) -> Value {
         "kind": "Service",
         "metadata": {"name": SERVICE, "namespace": NAMESPACE, "annotations": owned()},
         "spec": {"type": "ExternalName", "externalName": "localhost",
-                 "ports": [{"name": "https", "port": port, "targetPort": port}]},
+                 "ports": [{"name": "https", "protocol": "TCP", "port": port, "targetPort": port}]},
     })
 }
 
