@@ -38,7 +38,7 @@ STARTUP = 10  # seconds, for both the real kubelets' pods and the twin's
 SCENARIOS = [
     ("hack/scenarios/reasoning-step.yaml", 200, [30, 150]),
     ("hack/scenarios/reasoning-surge.yaml", 120, [30]),
-    ("hack/scenarios/reasoning-scale-down.yaml", 150, [60]),
+    ("hack/scenarios/reasoning-scale-down.yaml", 160, [30, 90]),
 ]
 
 

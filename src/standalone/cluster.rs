@@ -403,16 +403,32 @@ async fn unregister(client: &kube::Client, registered: &Registered, keep_nodes: 
     if keep_nodes {
         return;
     }
-    let pods: Api<Pod> = Api::all(client.clone());
+    // As when a node is removed for good: no more pods are bound to it (the
+    // scheduler's cache follows the cordon, then the deletion), and the pods
+    // it held, whose kubelet is gone, are deleted as the pod GC would.
+    let nodes: Api<Node> = Api::all(client.clone());
+    let cordon = serde_json::json!({"spec": {"unschedulable": true}});
     for node in &registered.nodes {
-        let bound = pods.list(&ListParams::default().fields(&format!("spec.nodeName={node}"))).await;
-        for pod in bound.map(|l| l.items).unwrap_or_default() {
-            let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
-            gone(&pod.name_any(), api.delete(&pod.name_any(), &now).await.map(|_| ()));
-        }
-        gone(node, Api::<Node>::all(client.clone()).delete(node, &now).await.map(|_| ()));
+        gone(node, nodes.patch(node, &PatchParams::default(), &Patch::Merge(&cordon)).await.map(|_| ()));
+    }
+    for node in &registered.nodes {
+        gone(node, nodes.delete(node, &now).await.map(|_| ()));
         let leases: Api<Lease> = Api::namespaced(client.clone(), "kube-node-lease");
         gone(node, leases.delete(node, &now).await.map(|_| ()));
+    }
+    let pods: Api<Pod> = Api::all(client.clone());
+    for sweep in 0..2 {
+        if sweep > 0 {
+            // A pod bound just before the scheduler saw the node go.
+            tokio::time::sleep(Duration::from_secs(2)).await;
+        }
+        for node in &registered.nodes {
+            let bound = pods.list(&ListParams::default().fields(&format!("spec.nodeName={node}"))).await;
+            for pod in bound.map(|l| l.items).unwrap_or_default() {
+                let api: Api<Pod> = Api::namespaced(client.clone(), &pod.namespace().unwrap_or_default());
+                gone(&pod.name_any(), api.delete(&pod.name_any(), &now).await.map(|_| ()));
+            }
+        }
     }
     if registered.runtime_class {
         gone("nvidia", Api::<RuntimeClass>::all(client.clone()).delete("nvidia", &now).await.map(|_| ()));
@@ -750,3 +766,6 @@ fn status_line(agents: &[RunningAgent], hpas: &[HpaView], deployments: &reflecto
     }
     parts.join(" | ")
 }
+
+#[cfg(test)]
+mod tests;
