@@ -196,12 +196,14 @@ def read_timeline(path, deployment="reasoning-suite"):
 
 
 def decisions(rows, until, changes):
-    """The replica counts in order, each with its time after the last load change; the node of each new pod."""
-    counts, placements, seen = [], [], set()
+    """The replica counts in order, each with its time after the last load change; the node of each new pod;
+    the nodes of the pods left at the end (which the ReplicaSet kept when it scaled down)."""
+    counts, placements, seen, left = [], [], set(), []
     for r in rows:
         t = int(r["t"])
         if t >= until:
             break
+        left = sorted(p.split("=")[0].split("@")[1] for p in filter(None, r["pods"].split(";")))
         desired = int(r["desired"])
         if desired and (not counts or counts[-1][0] != desired):
             since = max([c for c in changes if c <= t], default=0)
@@ -212,7 +214,7 @@ def decisions(rows, until, changes):
                 seen.add(name)
                 placements.append(node)
     unserved = sum(float(r["unserved"]) for r in rows if changes[0] <= int(r["t"]) < until)
-    return counts, placements, unserved
+    return counts, placements, left, unserved
 
 
 def scenario_run(args, cluster, scenario, seconds, changes, deployments):
@@ -300,20 +302,23 @@ def main():
     twin_hpa = os.path.join(args.work, "twin-hpa.yaml")
     yaml.safe_dump(hpa, open(twin_hpa, "w"))
 
-    table = ["| scenario | | replicas (s after the load change) | new pods on | unserved %·s from the change |",
-             "|---|---|---|---|---|"]
+    table = ["| scenario | controllers | replicas (s after the last load change) | new pods on | pods at the end on "
+             "| unserved %·s from the first change |",
+             "|---|---|---|---|---|---|"]
     differences = []
     for scenario, seconds, changes in SCENARIOS:
         name = os.path.splitext(os.path.basename(scenario))[0]
         timeline, checks = scenario_run(args, cluster, scenario, seconds, changes, deployments)
         real = decisions(read_timeline(timeline), seconds, changes)
         twin = decisions(read_timeline(twin_run(args, scenario, seconds, deployments, twin_hpa)), seconds, changes)
-        for who, (counts, placements, unserved) in [("upstream", real), ("twin", twin)]:
+        for who, (counts, placements, left, unserved) in [("upstream v1.20.2", real), ("twin (simulate)", twin)]:
             sequence = " → ".join(f"{n} ({t} s)" for n, t in counts)
-            table.append(f"| {name} | {who} | {sequence} | {', '.join(placements)} | {unserved:,.0f} |")
-        log(f"{name}: upstream {real[0]} on {real[1]}; twin {twin[0]} on {twin[1]}")
-        if [n for n, _ in real[0]] != [n for n, _ in twin[0]] or real[1] != twin[1]:
-            differences.append(f"{name}: upstream {real[0]} on {real[1]}, twin {twin[0]} on {twin[1]}")
+            table.append(f"| {name} | {who} | {sequence} | {', '.join(placements)} | {', '.join(left)} "
+                         f"| {unserved:,.0f} |")
+        log(f"{name}: upstream {real[0]} on {real[1]}, left on {real[2]}; twin {twin[0]} on {twin[1]}, left on {twin[2]}")
+        if [n for n, _ in real[0]] != [n for n, _ in twin[0]] or real[1:3] != twin[1:3]:
+            differences.append(f"{name}: upstream {real[0]} on {real[1]}, left on {real[2]}; "
+                               f"twin {twin[0]} on {twin[1]}, left on {twin[2]}")
         # The proof, from the real run: scaled up, onto a node that can take it, started after its start-up time,
         # its value served through kube-apiserver; scaled back down when the load fell.
         counts = [n for n, _ in real[0]]
