@@ -16,6 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use arc_swap::ArcSwap;
 
 pub mod kubelet;
+pub mod node_api;
 pub mod scenario;
 
 use crate::attribution::{Allocations, Attribution, ContainerAllocation};

@@ -13,9 +13,11 @@
 //!   with grace period 0, as the kubelet does once they have stopped.
 //!
 //! Each second it spreads every scenario Deployment's demand over its ready
-//! pods ([`crate::twin::engine::spread`], as the twin does) and sets the
-//! simulated GPUs' processes, so the agents read and attribute them by their
-//! normal path. Pods of other workloads idle.
+//! pods ([`crate::twin::engine::spread`], as the twin does), sets the
+//! simulated GPUs' processes and publishes them through each node's
+//! PodResources socket, checkpoint and process cgroups
+//! ([`super::node_api`]), so the agents attribute them by their normal path.
+//! Pods of other workloads idle.
 
 use std::collections::{BTreeSet, HashMap};
 use std::sync::Arc;
@@ -28,6 +30,7 @@ use kube::runtime::reflector::Store;
 use kube::{Api, ResourceExt};
 use serde_json::json;
 
+use super::node_api::NodeApi;
 use super::{SimNode, SimWorkload, time_slice_replica};
 use crate::sim::scenario::Scenario;
 use crate::twin::engine::{PodLoad, Row, spread};
@@ -47,6 +50,9 @@ const PROCESS_MEMORY_BYTES: u64 = 4 << 30;
 pub struct KubeletNode {
     /// Its GPUs and their processes.
     pub sim: Arc<SimNode>,
+    /// What the agent reads of its kubelet: PodResources, the checkpoint,
+    /// the processes' cgroups.
+    pub api: Arc<NodeApi>,
     /// Its InternalIP, which host-network pods also get.
     pub ip: String,
     /// Time-slice replicas per GPU.
@@ -442,6 +448,9 @@ impl Kubelets {
         }
         for (node, workloads) in self.setup.nodes.iter().zip(per_node) {
             node.sim.set_workloads(workloads);
+            if let Err(e) = node.api.publish() {
+                tracing::warn!(node = %node.sim.node, error = %e, "cannot write the kubelet's checkpoint or process files");
+            }
         }
 
         keys.iter()

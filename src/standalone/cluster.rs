@@ -45,9 +45,11 @@ use crate::adapter::source::agents::AgentTarget;
 use crate::adapter::tls::{CertSource, LocalCa};
 use crate::adapter::{AdapterSetup, AuthorizationMode, ClientAuth, DEFAULT_MAX_CONNECTIONS, Limits, SourceSetup};
 use crate::agent::{AgentSetup, RunningAgent};
+use crate::attribution::kubelet::KubeletAttribution;
 use crate::sim::kubelet::{HpaView, KubeletNode, KubeletSetup, Kubelets};
+use crate::sim::node_api::NodeApi;
 use crate::sim::scenario::Scenario;
-use crate::sim::{SimAttribution, SimNode, SimOpener};
+use crate::sim::{SimNode, SimOpener};
 use crate::twin::model::{ClusterSpec, read_deployments};
 use crate::twin::report;
 
@@ -62,6 +64,15 @@ const KUBELET_TICK: Duration = Duration::from_millis(250);
 
 /// How long an authorization answer is reused by the adapter.
 const AUTHORIZATION_TTL: Duration = Duration::from_secs(10);
+
+/// A directory removed, with what is in it, when this goes out of scope.
+struct RemovedOnDrop(std::path::PathBuf);
+
+impl Drop for RemovedOnDrop {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
 
 /// The kubeconfig `--cluster` names, read: its client and what errors say.
 struct Target {
@@ -528,12 +539,22 @@ pub async fn run(args: StandaloneArgs, kubeconfig: &Path, shutdown_tx: watch::Se
             Arc::new(sim)
         })
         .collect();
+    // Each node's kubelet socket, checkpoint and process files, which its
+    // agent reads as on a real node.
+    let node_root = std::env::temp_dir().join(format!("kube-gpu-metrics-standalone-{}", std::process::id()));
+    let _node_files = RemovedOnDrop(node_root.clone());
+    let mut apis = Vec::new();
+    for (spec, sim) in cluster.nodes.iter().zip(&sims) {
+        let api = NodeApi::new(&node_root, sim.clone(), spec.time_slicing)
+            .with_context(|| format!("cannot write the simulated kubelet's files under {}", node_root.display()))?;
+        apis.push(Arc::new(api));
+    }
     let mut agents: Vec<RunningAgent> = Vec::new();
-    for (sim, offset) in sims.iter().zip(0..) {
+    for ((sim, api), offset) in sims.iter().zip(&apis).zip(0..) {
         let setup = AgentSetup {
             agent: agent_args(&args, &sim.node, offset),
             opener: Arc::new(SimOpener(sim.clone())),
-            attribution: Box::new(SimAttribution(sim.clone())),
+            attribution: Box::new(KubeletAttribution::new(&api.attribution_args())),
         };
         let listen = setup.agent.listen;
         let agent = crate::agent::start(setup, shutdown.clone())
@@ -541,6 +562,7 @@ pub async fn run(args: StandaloneArgs, kubeconfig: &Path, shutdown_tx: watch::Se
             .map_err(|e| anyhow::anyhow!("cannot listen on {listen} (--agent-port): {e}"))?;
         agents.push(agent);
     }
+    let kubelet_sockets: Vec<_> = apis.iter().map(|api| tokio::spawn(api.clone().serve(shutdown.clone()))).collect();
     let ca = LocalCa::new("kube-gpu-metrics standalone CA")?;
     let host = args.host.to_string();
     let dns = objects::service_dns_name();
@@ -634,7 +656,13 @@ pub async fn run(args: StandaloneArgs, kubeconfig: &Path, shutdown_tx: watch::Se
         .nodes
         .iter()
         .zip(&sims)
-        .map(|(spec, sim)| KubeletNode { sim: sim.clone(), ip: ip.clone(), replicas: spec.time_slicing })
+        .zip(&apis)
+        .map(|((spec, sim), api)| KubeletNode {
+            sim: sim.clone(),
+            api: api.clone(),
+            ip: ip.clone(),
+            replicas: spec.time_slicing,
+        })
         .collect();
     let kubelets =
         Kubelets::new(KubeletSetup { nodes, scenario, deployments, start: Instant::now() }, target.client.clone());
@@ -646,6 +674,11 @@ pub async fn run(args: StandaloneArgs, kubeconfig: &Path, shutdown_tx: watch::Se
     let _ = adapter.done.await;
     for agent in agents {
         let _ = agent.done.await;
+    }
+    for socket in kubelet_sockets {
+        if let Ok(Err(e)) = socket.await {
+            tracing::warn!(error = %e, "a simulated kubelet's PodResources socket failed");
+        }
     }
     Ok(())
 }
