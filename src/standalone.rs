@@ -8,6 +8,9 @@
 //! There is no kube-apiserver: the adapter has its own CA, authenticates
 //! clients by a certificate from it (written into a kubeconfig, so plain
 //! `kubectl get --raw` works) and allows every authenticated user.
+//!
+//! With `--cluster KUBECONFIG` the simulated nodes join a real cluster
+//! instead, whose own controllers act on them ([`cluster`]).
 
 use std::io::{IsTerminal, Write};
 use std::net::{IpAddr, SocketAddr};

@@ -43,6 +43,9 @@ pub const API_SERVICES: [(&str, &str, u32); 3] = [
 /// controller read the metrics APIs.
 pub const METRICS_READER: &str = "kube-gpu-metrics-standalone:metrics-reader";
 
+/// The simulated nodes' zone.
+pub const ZONE: &str = "home";
+
 /// How long a node's Lease holds (the kubelet's default).
 pub const LEASE_SECONDS: i32 = 40;
 
@@ -73,6 +76,11 @@ pub fn node(spec: &NodeSpec, sim: &SimNode) -> Value {
         "kubernetes.io/hostname": spec.name,
         "kubernetes.io/os": "linux",
         "kubernetes.io/arch": "amd64",
+        // One zone for both: v1.20's default topology spreading scores only
+        // nodes with both `kubernetes.io/hostname` and this label (its
+        // podtopologyspread/scoring.go), and without it leaves the choice
+        // between equal nodes to a tie-break.
+        "topology.kubernetes.io/zone": ZONE,
         "nvidia.com/gpu.present": "true",
         "nvidia.com/gpu.count": sim.gpus.len().to_string(),
     });
