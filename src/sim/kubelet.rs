@@ -408,16 +408,16 @@ impl Kubelets {
             keys.iter().position(|k| *k == key)
         };
         // Pods no scenario names idle: they take no part in the spread.
-        let loads: Vec<(usize, &Admitted, PodLoad)> = admitted
+        let loads: Vec<(&Admitted, PodLoad)> = admitted
             .iter()
             .filter_map(|a| {
                 let gpu = gpus.iter().position(|&(n, g)| n == a.node && g == a.containers[0].gpu);
-                Some((key_of(a)?, *a, PodLoad { demand: key_of(a)?, gpu, ready: a.ready }))
+                Some((*a, PodLoad { demand: key_of(a)?, gpu, ready: a.ready }))
             })
             .collect();
-        let served = spread(&demand, &loads.iter().map(|(_, _, l)| *l).collect::<Vec<_>>(), &capacities);
+        let served = spread(&demand, &loads.iter().map(|(_, l)| *l).collect::<Vec<_>>(), &capacities);
         let utilization_of =
-            |a: &Admitted| loads.iter().position(|(_, b, _)| b.uid == a.uid).map_or(0.0, |i| served.pods[i].0);
+            |a: &Admitted| loads.iter().position(|(b, _)| b.uid == a.uid).map_or(0.0, |i| served.pods[i].0);
 
         let mut per_node: Vec<Vec<Vec<SimWorkload>>> =
             self.setup.nodes.iter().map(|n| vec![Vec::new(); n.sim.gpus.len()]).collect();
@@ -460,7 +460,7 @@ impl Kubelets {
                 let unserved: f64 = loads
                     .iter()
                     .zip(&served.pods)
-                    .filter(|((i, _, _), _)| *i == k)
+                    .filter(|((_, load), _)| load.demand == k)
                     .map(|(_, (_, left))| left)
                     .sum::<f64>()
                     + served.idle[k];
