@@ -410,6 +410,10 @@ impl AdapterSetup {
         let cert = match (&args.tls_cert_file, &args.tls_private_key_file) {
             (Some(cert), Some(key)) => CertSource::Files { cert: cert.clone(), key: key.clone() },
             _ => {
+                tracing::warn!(
+                    "no --tls-cert-file/--tls-private-key-file: serving a self-signed certificate; \
+                     the APIService then needs insecureSkipTLSVerify, which is not for production"
+                );
                 let ca = LocalCa::new("kube-gpu-metrics self-signed")?;
                 let host = std::env::var("HOSTNAME").unwrap_or_else(|_| "localhost".into());
                 CertSource::Fixed(ca.serving(&["localhost", "127.0.0.1", host.as_str()])?)
@@ -539,12 +543,6 @@ pub async fn start(setup: AdapterSetup, shutdown: watch::Receiver<bool>) -> Resu
             (config.client_ca, authenticator)
         }
     };
-    if matches!(setup.cert, CertSource::Fixed(_)) && matches!(authenticator, Authenticator::FrontProxy { .. }) {
-        tracing::warn!(
-            "no --tls-cert-file/--tls-private-key-file: serving a self-signed certificate; \
-             the APIService then needs insecureSkipTLSVerify, which is not for production"
-        );
-    }
     let authorizer = match setup.authorization {
         (AuthorizationMode::AlwaysAllow, _) => Authorizer::AllowAll,
         (AuthorizationMode::SubjectAccessReview, ttl) => {
