@@ -13,11 +13,10 @@
 //! - [`store`] holds the admitted view, swapped whole.
 //! - [`provider`] answers queries (select, fresh, aggregate), no HTTP.
 //! - [`http`] serves custom.metrics.k8s.io and external.metrics.k8s.io over
-//!   HTTPS ([`tls`], [`auth`]), with [`readiness`].
+//!   HTTPS ([`tls`], [`http::auth`]), with [`readiness`].
 //! - [`keda`] serves KEDA's external scaler over gRPC from the same provider.
 
 pub mod admission;
-pub mod auth;
 pub mod cluster;
 pub mod http;
 pub mod keda;
@@ -42,8 +41,8 @@ use crate::k8s::labels::{LabelIndex, LabelMaps};
 use crate::listener::ConnectionSlots;
 use crate::shutdown::Tasks;
 use admission::Rejections;
-use auth::{AuthArgs, Authenticator, Authorizer};
 use cluster::{AgentDiscovery, ClusterOutputs};
+use http::auth::{AuthArgs, Authenticator, Authorizer};
 use keda::KedaScaler;
 use keda::server::{DEFAULT_KEDA_LISTEN, KedaListen, KedaSetup};
 use keda::target::{ClusterTargets, ScaleTargets};

@@ -6,8 +6,11 @@
 //! - [`status`]: errors as Kubernetes `Status`.
 //! - [`discovery`]: `/apis`, group and version documents, OpenAPI.
 //! - [`wire`]: `MetricValueList`, `ExternalMetricValueList`.
+//! - [`auth`]: who a client is (front proxy or client certificate) and
+//!   what it may read (SubjectAccessReviews).
 //! - [`server`]: TLS, authentication, authorization, readiness, limits.
 
+pub mod auth;
 pub mod discovery;
 pub mod routes;
 pub mod server;

@@ -39,7 +39,7 @@ use kube::{Api, Resource, ResourceExt};
 use tokio::sync::watch;
 
 use super::{StandaloneArgs, agent_args};
-use crate::adapter::auth::Authenticator;
+use crate::adapter::http::auth::Authenticator;
 use crate::adapter::keda::server::KedaSetup;
 use crate::adapter::source::agents::AgentTarget;
 use crate::adapter::tls::{CertSource, LocalCa};

@@ -27,10 +27,10 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 use tokio_rustls::TlsAcceptor;
 
+use super::auth::{Attributes, Authenticator, Authorizer};
 use super::routes::{Query, Route, route};
 use super::status::ApiError;
 use crate::adapter::admission::Rejections;
-use crate::adapter::auth::{Attributes, Authenticator, Authorizer};
 use crate::adapter::provider::Provider;
 use crate::adapter::readiness::Readiness;
 use crate::adapter::tls::{ClientCa, handshake};

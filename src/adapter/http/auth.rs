@@ -18,8 +18,8 @@ use k8s_openapi::api::authorization::v1::{ResourceAttributes, SubjectAccessRevie
 use kube::api::PostParams;
 use rustls::pki_types::CertificateDer;
 
-use super::http::routes::{CUSTOM_GROUP, CustomVersion, EXTERNAL_GROUP, Route, Target};
-use super::http::status::ApiError;
+use super::routes::{CUSTOM_GROUP, CustomVersion, EXTERNAL_GROUP, Route, Target};
+use super::status::ApiError;
 
 /// Flags of authentication and authorization.
 #[derive(Clone, Debug, Args)]
