@@ -18,7 +18,7 @@ use http_body_util::Full;
 
 use kube_gpu_metrics::agent::AgentState;
 use kube_gpu_metrics::agent::exposition::{Exposition, MetricNames, Renderer, Representation};
-use kube_gpu_metrics::agent::ledger::PodAccount;
+use kube_gpu_metrics::agent::sample::PodAccount;
 use kube_gpu_metrics::agent::sample::{GpuState, Readiness, SampleData};
 use kube_gpu_metrics::agent::self_metrics::AgentMetrics;
 use kube_gpu_metrics::agent::server::handle;

@@ -21,17 +21,8 @@
 use std::collections::HashMap;
 use std::time::SystemTime;
 
-use super::sample::GpuState;
+use super::sample::{GpuState, PodAccount};
 use crate::attribution::PodGpuUsage;
-
-/// What a pod has accumulated on one GPU.
-#[derive(Clone, Copy, Debug, PartialEq)]
-pub struct PodAccount {
-    /// When its share was last above zero (or when it was first seen).
-    pub last_active: SystemTime,
-    /// Energy charged to it since the agent first saw it on the GPU, joules.
-    pub energy_joules: f64,
-}
 
 /// A pod on a GPU: namespace, pod, GPU UUID.
 type PodKey = (String, String, String);

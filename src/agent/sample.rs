@@ -4,7 +4,6 @@
 
 use std::time::{Duration, SystemTime};
 
-use super::ledger::PodAccount;
 use super::self_metrics::AgentCounters;
 use crate::attribution::PodGpuUsage;
 use crate::gpu::{GpuIdentity, GpuReading};
@@ -19,6 +18,15 @@ pub struct GpuState {
     pub up: bool,
     /// Its values; empty when down.
     pub reading: GpuReading,
+}
+
+/// What a pod has accumulated on one GPU (kept by [`super::ledger`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct PodAccount {
+    /// When its share was last above zero (or when it was first seen).
+    pub last_active: SystemTime,
+    /// Energy charged to it since the agent first saw it on the GPU, joules.
+    pub energy_joules: f64,
 }
 
 /// Whether the agent can report GPUs, and if not, why.

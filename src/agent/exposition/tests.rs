@@ -9,7 +9,7 @@ use prometheus_client::registry::Registry;
 
 use super::encoder::Buffers;
 use super::*;
-use crate::agent::ledger::PodAccount;
+use crate::agent::sample::PodAccount;
 use crate::agent::sample::{GpuState, Readiness};
 use crate::agent::self_metrics::AgentCounters;
 use crate::attribution::{PodGpuUsage, Sharing, Unresolved};
