@@ -16,12 +16,12 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use http::{HeaderValue, Request, Response, header};
 use http_body_util::Full;
 
-use kube_gpu_metrics::agent::AgentState;
 use kube_gpu_metrics::agent::exposition::{Exposition, MetricNames, Renderer, Representation};
 use kube_gpu_metrics::agent::sample::PodAccount;
 use kube_gpu_metrics::agent::sample::{GpuState, Readiness, SampleData};
 use kube_gpu_metrics::agent::self_metrics::AgentMetrics;
 use kube_gpu_metrics::agent::server::handle;
+use kube_gpu_metrics::agent::snapshot::AgentState;
 use kube_gpu_metrics::agent::snapshot::Snapshot;
 use kube_gpu_metrics::attribution::{PodGpuUsage, Sharing};
 use kube_gpu_metrics::gpu::{

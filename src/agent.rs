@@ -23,7 +23,7 @@ use crate::attribution::AttributionArgs;
 use crate::gpu::GpuArgs;
 use sampler::{Sampler, SamplerSettings};
 use self_metrics::AgentMetrics;
-use snapshot::Snapshot;
+use snapshot::{AgentState, Snapshot};
 
 /// Flags of sampling, shared by `agent` and `standalone`.
 #[derive(Clone, Debug, Args)]
@@ -73,17 +73,6 @@ pub struct AgentArgs {
     /// `/metrics` and the health endpoints stay open.
     #[arg(long, env = "KGM_FEED_TOKEN_FILE")]
     pub feed_token_file: Option<std::path::PathBuf>,
-}
-
-/// A running agent's shared state: the latest snapshot and the counters.
-#[derive(Clone)]
-pub struct AgentState {
-    /// The latest snapshot, swapped whole by the sampler.
-    pub snapshot: Arc<ArcSwap<Snapshot>>,
-    /// Self-metrics, bumped by the sampler and the server.
-    pub metrics: Arc<AgentMetrics>,
-    /// The bearer token `/v1/pods` requires, if any.
-    pub feed_token: Option<Arc<str>>,
 }
 
 /// The `agent` command's flags: sampling and serving, the GPU source, and

@@ -19,6 +19,7 @@ mod value;
 
 use encoder::{Buffers, Encoder, LabelParts};
 use labels::{Labels, PerGpuSets};
+use value::Value;
 #[cfg(test)]
 use value::{write_f64, write_u64};
 
@@ -228,13 +229,6 @@ fn gzip(body: &[u8]) -> Bytes {
     let mut encoder = GzEncoder::new(Vec::with_capacity(body.len() / 4), Compression::fast());
     encoder.write_all(body).expect("writing to a Vec cannot fail");
     encoder.finish().expect("writing to a Vec cannot fail").into()
-}
-
-/// A sample value.
-#[derive(Clone, Copy)]
-enum Value {
-    F64(f64),
-    U64(u64),
 }
 
 /// Seconds since the Unix epoch, to the millisecond: finer than any sample

@@ -12,11 +12,10 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 
-use super::AgentState;
 use super::exposition::{MetricNames, Renderer};
 use super::ledger::PodLedger;
 use super::sample::{GpuState, Readiness, SampleData};
-use super::snapshot::Snapshot;
+use super::snapshot::{AgentState, Snapshot};
 use crate::attribution::{Allocations, Attribution, ContainerAllocation, GpuView, attribute};
 use crate::gpu::{GpuCall, GpuIdentity, GpuRead, GpuSource, GpuSourceOpener, HealthReading, ProcessUsage, ReadRequest};
 use crate::retry::Backoff;

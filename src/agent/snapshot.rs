@@ -1,13 +1,27 @@
 //! The immutable result of one sample pass, with everything a reader needs
-//! already rendered: a scrape or a feed request only clones [`Bytes`].
+//! already rendered: a scrape or a feed request only clones [`Bytes`]; and
+//! the [`AgentState`] through which the sampler hands each one to the server.
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use arc_swap::ArcSwap;
 use bytes::Bytes;
 
 use super::exposition::{Exposition, MetricNames, Renderer};
 use super::sample::{Readiness, SampleData};
 use super::self_metrics::AgentMetrics;
+
+/// A running agent's shared state: the latest snapshot and the counters.
+#[derive(Clone)]
+pub struct AgentState {
+    /// The latest snapshot, swapped whole by the sampler.
+    pub snapshot: Arc<ArcSwap<Snapshot>>,
+    /// Self-metrics, bumped by the sampler and the server.
+    pub metrics: Arc<AgentMetrics>,
+    /// The bearer token `/v1/pods` requires, if any.
+    pub feed_token: Option<Arc<str>>,
+}
 
 /// A sample and its pre-rendered forms.
 #[derive(Debug)]

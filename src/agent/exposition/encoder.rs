@@ -34,7 +34,7 @@
 
 use std::ops::Range;
 
-use super::Value;
+use super::value::Value;
 use super::value::write_value;
 
 /// A series' labels as three pre-rendered parts, written comma-joined: the

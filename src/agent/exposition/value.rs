@@ -9,7 +9,14 @@
 //! reference the tests compare with, and dtoa writes the rare floats the
 //! fast paths do not cover.
 
-use super::Value;
+/// A sample value.
+#[derive(Clone, Copy)]
+pub(super) enum Value {
+    /// A gauge or a float counter.
+    F64(f64),
+    /// An integer.
+    U64(u64),
+}
 
 /// A sample's value and the newline that ends it.
 #[inline]
