@@ -579,8 +579,13 @@ def run(args, cluster, procs, nodes):
     log("an unbound ServiceAccount gets 403 through the aggregator, and 403 (Status Forbidden) from the adapter's "
         "SubjectAccessReview; the HPA's ServiceAccount gets 200")
 
-    # The external metric through an HPA of type External.
+    # The external metric through an HPA of type External. It starts from one replica at a low load,
+    # whatever the steps before left (the pod replaced under a restarting kube-apiserver can leave two):
+    # otherwise it may already stand at its maxReplicas, and no rescale to 2 can be seen.
     cluster.kubectl("delete", "hpa.v2beta2.autoscaling", hpa_name, "-n", APP_NS)
+    set_load(work, [20, 20])
+    cluster.kubectl("scale", "deployment", "reasoning-suite", "-n", APP_NS, "--replicas", "1")
+    wait_until("one reasoning-suite pod Running before the External HPA", lambda: len(cluster.running_pods()) == 1, 60)
     external_hpa = {
         "apiVersion": "autoscaling/v2beta2", "kind": "HorizontalPodAutoscaler",
         "metadata": {"name": "reasoning-gpu-external-hpa", "namespace": APP_NS},
