@@ -404,13 +404,7 @@ pub async fn run(args: StandaloneArgs, shutdown_tx: watch::Sender<bool>) -> anyh
         "  kubectl --kubeconfig {kubeconfig} get --raw \"/apis/external.metrics.k8s.io/v1beta1/namespaces/default/nvidia_gpu_weighted_utilization_percent\"\n"
     );
 
-    if let Some(duration) = args.duration {
-        let tx = shutdown_tx.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(duration).await;
-            let _ = tx.send(true);
-        });
-    }
+    stop_after(args.duration, &shutdown_tx);
     // A live twin that panics would leave the simulated load where it was, served with fresh
     // timestamps: standalone stops instead, and says why.
     let twin_failed = Arc::new(std::sync::OnceLock::<String>::new());
@@ -438,6 +432,17 @@ pub async fn run(args: StandaloneArgs, shutdown_tx: watch::Sender<bool>) -> anyh
     match twin_failed.get() {
         Some(reason) => Err(anyhow::anyhow!("the live twin panicked ({reason}); standalone stopped")),
         None => Ok(()),
+    }
+}
+
+/// Turns `shutdown` true once `duration` (`--duration`) has passed, if given.
+fn stop_after(duration: Option<Duration>, shutdown: &watch::Sender<bool>) {
+    if let Some(duration) = duration {
+        let tx = shutdown.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(duration).await;
+            let _ = tx.send(true);
+        });
     }
 }
 

@@ -474,11 +474,13 @@ async fn hpa_resource(client: &kube::Client) -> ApiResource {
 /// What each HPA last saw, wants and aims at.
 fn hpa_view(object: &DynamicObject) -> HpaView {
     use k8s_openapi::api::autoscaling::v2::{HorizontalPodAutoscalerSpec, HorizontalPodAutoscalerStatus};
+    use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
     let namespace = object.namespace().unwrap_or_default();
     let spec: Option<HorizontalPodAutoscalerSpec> = serde_json::from_value(object.data["spec"].clone()).ok();
     let status: Option<HorizontalPodAutoscalerStatus> = serde_json::from_value(object.data["status"].clone()).ok();
-    let quantity = |q: Option<&k8s_openapi::apimachinery::pkg::api::resource::Quantity>| {
-        q.and_then(|q| crate::k8s::quantity::parse_quantity(&q.0).ok())
+    // A target and a current value have the same three ways to hold a number.
+    let number = |average: Option<&Quantity>, value: Option<&Quantity>, utilization: Option<i32>| {
+        average.or(value).and_then(|q| crate::k8s::quantity::parse_quantity(&q.0).ok()).or(utilization.map(f64::from))
     };
     let goal = spec.as_ref().and_then(|s| s.metrics.as_ref()?.first().cloned()).and_then(|m| {
         let target = match m.type_.as_str() {
@@ -488,7 +490,7 @@ fn hpa_view(object: &DynamicObject) -> HpaView {
             "Resource" => m.resource.map(|r| r.target),
             _ => None,
         }?;
-        quantity(target.average_value.as_ref().or(target.value.as_ref())).or(target.average_utilization.map(f64::from))
+        number(target.average_value.as_ref(), target.value.as_ref(), target.average_utilization)
     });
     let current = status.as_ref().and_then(|s| s.current_metrics.as_ref()?.first().cloned()).and_then(|m| {
         let value = match m.type_.as_str() {
@@ -498,7 +500,7 @@ fn hpa_view(object: &DynamicObject) -> HpaView {
             "Resource" => m.resource.map(|r| r.current),
             _ => None,
         }?;
-        quantity(value.average_value.as_ref().or(value.value.as_ref())).or(value.average_utilization.map(f64::from))
+        number(value.average_value.as_ref(), value.value.as_ref(), value.average_utilization)
     });
     HpaView {
         name: format!("{namespace}/{}", object.name_any()),
@@ -645,13 +647,7 @@ pub async fn run(args: StandaloneArgs, kubeconfig: &Path, shutdown_tx: watch::Se
         "\nTry:\n  kubectl apply -f deploy/examples/reasoning-suite-deployment.yaml\n  kubectl get --raw \"/apis/custom.metrics.k8s.io/v1beta2/namespaces/ai-system-gpu/pods/*/nvidia_gpu_utilization_percent\"\n"
     );
 
-    if let Some(duration) = args.duration {
-        let tx = shutdown_tx.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(duration).await;
-            let _ = tx.send(true);
-        });
-    }
+    super::stop_after(args.duration, &shutdown_tx);
     let nodes = cluster
         .nodes
         .iter()
