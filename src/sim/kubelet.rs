@@ -281,8 +281,9 @@ impl Kubelets {
     async fn admit(&mut self, pod: &Pod, n: usize, uid: String) {
         let containers = pod.spec.as_ref().map_or(&[][..], |s| s.containers.as_slice());
         let wanted: u32 = containers.iter().map(gpus_wanted).sum();
-        let mut free = self.free_devices(n).into_iter();
-        let available = self.free_devices(n).len();
+        let free = self.free_devices(n);
+        let available = free.len();
+        let mut free = free.into_iter();
         let ip = self.setup.nodes[n].ip.clone();
         let name = pod.name_any();
         let namespace = pod.namespace().unwrap_or_default();
