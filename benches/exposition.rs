@@ -16,7 +16,7 @@ use criterion::{BenchmarkId, Criterion, criterion_group, criterion_main};
 use http::{HeaderValue, Request, Response, header};
 use http_body_util::Full;
 
-use kube_gpu_metrics::agent::exposition::{Exposition, MetricNames, Renderer, Representation};
+use kube_gpu_metrics::agent::exposition::{Exposition, MetricNames, Naming, Renderer, Representation};
 use kube_gpu_metrics::agent::sample::PodAccount;
 use kube_gpu_metrics::agent::sample::{GpuState, Readiness, SampleData};
 use kube_gpu_metrics::agent::self_metrics::AgentMetrics;
@@ -155,7 +155,11 @@ fn sample(gpus: u32, pods_per_gpu: u32) -> SampleData {
 
 fn state_for(data: SampleData) -> AgentState {
     AgentState {
-        snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::new(data, MetricNames::Native, &mut Renderer::default()))),
+        snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::new(
+            data,
+            MetricNames::Native.into(),
+            &mut Renderer::default(),
+        ))),
         metrics: Arc::new(AgentMetrics::default()),
         feed_token: None,
     }
@@ -276,7 +280,7 @@ fn report_allocations() {
     let state = state_for(data.clone());
     let req = scrape_request();
     let snapshot = state.snapshot.load_full();
-    let static_body = snapshot.exposition.text.clone();
+    let static_body = snapshot.exposition.text().clone();
     let n = 10_000;
     let select = allocations_per_call(n, || {
         let h = req.headers();
@@ -285,33 +289,20 @@ fn report_allocations() {
     });
     let handler = allocations_per_call(n, || handle(&state, &req));
     let baseline = allocations_per_call(n, || static_response(&static_body));
-    let mut passes = Passes::new(passes(8, 2, Motion::Load), MetricNames::Native);
-    let render_allocs = allocations_per_call(100, || passes.render());
+    let mut passes = Passes::new(passes(8, 2), MetricNames::Native);
+    let render_allocs = allocations_per_call(100, || passes.render(&[]));
     println!("allocations per scrape, choosing and sharing the body: {select}");
     println!("allocations per scrape, whole handler incl. response headers: {handler}");
     println!("allocations per response, static-bytes baseline: {baseline}");
     println!("allocations per render (8 GPUs x 16 pods, both formats): {render_allocs}");
-    println!("text body: {} bytes", snapshot.exposition.text.len());
+    println!("text body: {} bytes", snapshot.exposition.text().len());
 }
 
-/// How the samples of a render bench differ from one pass to the next.
-#[derive(Clone, Copy)]
-enum Motion {
-    /// What moves on a GPU under load: utilization, memory in use,
-    /// temperatures, power, clocks, energy, PCIe throughput, fan, the pods'
-    /// shares, memory and energy, the timestamps, the pass's duration and
-    /// counters. Identities, totals, limits, states, flags and health
-    /// counters hold.
-    Load,
-    /// Every value of every series (the least a render can copy).
-    Everything,
-    /// A pod is renamed every pass, so every label set is rebuilt and
-    /// nothing is copied (the first sample after a change).
-    Labels,
-}
-
-/// Four passes of `sample(gpus, per_gpu)` moving as `motion` says.
-fn passes(gpus: u32, per_gpu: u32, motion: Motion) -> Vec<SampleData> {
+/// Four passes of `sample(gpus, per_gpu)` moving as a GPU under load moves:
+/// utilization, memory in use, temperatures, power, clocks, energy, PCIe
+/// throughput, fan, the pods' shares, memory and energy, the timestamps, the
+/// pass's duration and counters.
+fn passes(gpus: u32, per_gpu: u32) -> Vec<SampleData> {
     (0..4u32)
         .map(|pass| {
             let mut data = sample(gpus, per_gpu);
@@ -335,40 +326,6 @@ fn passes(gpus: u32, per_gpu: u32, motion: Motion) -> Vec<SampleData> {
                 moved(&mut r.pcie_transmit_bytes_per_second, 4096.0);
                 moved(&mut r.pcie_receive_bytes_per_second, 8192.0);
                 moved(&mut r.fan_speed_percent, 1.0);
-                if let Motion::Everything = motion {
-                    moved(&mut r.encoder_utilization_percent, 1.0);
-                    moved(&mut r.decoder_utilization_percent, 1.0);
-                    r.memory_total_bytes = r.memory_total_bytes.map(|m| m + u64::from(pass));
-                    r.memory_reserved_bytes = r.memory_reserved_bytes.map(|m| m + u64::from(pass));
-                    r.pcie_replays = r.pcie_replays.map(|m| m + u64::from(pass));
-                    r.performance_state = r.performance_state.map(|p| p + pass);
-                    r.violations.0.iter_mut().for_each(|v| moved(v, 0.5));
-                    moved(&mut r.health.power_limit_watts, 1.0);
-                    if let Some(ecc) = &mut r.health.ecc {
-                        for count in [
-                            &mut ecc.corrected_volatile,
-                            &mut ecc.uncorrected_volatile,
-                            &mut ecc.corrected_aggregate,
-                            &mut ecc.uncorrected_aggregate,
-                        ] {
-                            *count = count.map(|c| c + u64::from(pass));
-                        }
-                    }
-                    if let Some(rows) = &mut r.health.remapped_rows {
-                        rows.correctable += u64::from(pass);
-                        rows.uncorrectable += u64::from(pass);
-                        rows.pending = pass % 2 == 1;
-                    }
-                    if let Some(pages) = &mut r.health.retired_pages {
-                        pages.single_bit += u64::from(pass);
-                        pages.double_bit += u64::from(pass);
-                        pages.pending = Some(pass % 2 == 1);
-                    }
-                    r.clock_events = r.clock_events.map(|bits| bits ^ u64::from(pass));
-                    if let Some(xid) = &mut r.xid {
-                        xid.counts.values_mut().for_each(|c| *c += u64::from(pass));
-                    }
-                }
             }
             for (u, account) in data.usages.iter_mut().zip(&mut data.accounts) {
                 u.utilization_percent = u.utilization_percent.map(|v| v + step);
@@ -376,9 +333,6 @@ fn passes(gpus: u32, per_gpu: u32, motion: Motion) -> Vec<SampleData> {
                 u.memory_used_bytes = u.memory_used_bytes.map(|m| m + (u64::from(pass) << 20));
                 account.energy_joules += 19.5 * step;
                 account.last_active += Duration::from_millis(1000 * u64::from(pass));
-            }
-            if let Motion::Labels = motion {
-                data.usages[0].pod.push_str(&pass.to_string());
             }
             data
         })
@@ -393,53 +347,46 @@ struct Passes {
     next: usize,
     renderer: Renderer,
     previous: Option<Exposition>,
-    names: MetricNames,
+    naming: Naming,
 }
 
 impl Passes {
     fn new(samples: Vec<SampleData>, names: MetricNames) -> Self {
-        Self { samples, next: 0, renderer: Renderer::default(), previous: None, names }
+        Self { samples, next: 0, renderer: Renderer::default(), previous: None, naming: names.into() }
     }
 
-    /// Renders the next pass's plain bodies; returns their length.
-    fn render(&mut self) -> usize {
+    /// Renders the next pass, and gzips the bodies `gzipped` says (as the
+    /// first scrape asking for them does); returns the bytes written.
+    fn render(&mut self, gzipped: &[Representation]) -> usize {
         let data = &self.samples[self.next % self.samples.len()];
         self.next += 1;
-        let (text, openmetrics) = self.renderer.render_plain(black_box(data), self.names);
-        let len = text.len() + openmetrics.len();
-        let exposition = Exposition { text, openmetrics, ..Exposition::default() };
+        let exposition = self.renderer.render(black_box(data), self.naming);
+        let len = exposition.text().len() + gzipped.iter().map(|&r| exposition.body(r).len()).sum::<usize>();
         if let Some(previous) = self.previous.replace(exposition) {
             self.renderer.recycle(previous);
         }
         len
     }
-
-    /// Renders the next pass in both formats, plain and gzipped.
-    fn render_gzipped(&mut self) -> Exposition {
-        let data = &self.samples[self.next % self.samples.len()];
-        self.next += 1;
-        self.renderer.render(black_box(data), self.names)
-    }
 }
+
+/// OpenMetrics, gzipped: what Prometheus asks for.
+const PROMETHEUS: Representation = Representation { openmetrics: true, gzip: true };
 
 fn benches(c: &mut Criterion) {
     report_allocations();
 
     let mut render_group = c.benchmark_group("render");
     for (gpus, per_gpu, name) in [(8, 2, "8 GPUs x 16 pods"), (8, 16, "8 GPUs x 128 pods")] {
-        let mut load = Passes::new(passes(gpus, per_gpu, Motion::Load), MetricNames::Native);
-        render_group.bench_function(format!("{name}, text + OpenMetrics"), |b| b.iter(|| load.render()));
-        render_group.bench_function(format!("{name}, text + OpenMetrics + gzip"), |b| b.iter(|| load.render_gzipped()));
-    }
-    for (motion, label) in [(Motion::Everything, "every value changing"), (Motion::Labels, "labels changing")] {
-        let mut passes = Passes::new(passes(8, 2, motion), MetricNames::Native);
-        render_group
-            .bench_function(format!("8 GPUs x 16 pods, {label}, text + OpenMetrics"), |b| b.iter(|| passes.render()));
+        let mut load = Passes::new(passes(gpus, per_gpu), MetricNames::Native);
+        render_group.bench_function(format!("{name}, text + OpenMetrics"), |b| b.iter(|| load.render(&[])));
+        render_group.bench_function(format!("{name}, text + OpenMetrics, then gzip OpenMetrics once"), |b| {
+            b.iter(|| load.render(&[PROMETHEUS]))
+        });
     }
     for (names, label) in [(MetricNames::Dcgm, "dcgm"), (MetricNames::Both, "native + dcgm")] {
-        let mut passes = Passes::new(passes(8, 2, Motion::Load), names);
+        let mut passes = Passes::new(passes(8, 2), names);
         render_group.bench_function(format!("8 GPUs x 16 pods, {label} names, text + OpenMetrics"), |b| {
-            b.iter(|| passes.render())
+            b.iter(|| passes.render(&[]))
         });
     }
     let data = sample(8, 2);
@@ -457,16 +404,20 @@ fn benches(c: &mut Criterion) {
     let mut scaling = c.benchmark_group("scaling-render");
     scaling.sample_size(10);
     for pods in [100u32, 1_000, 10_000, 100_000] {
-        let mut load = Passes::new(passes(8, pods / 8, Motion::Load), MetricNames::Native);
-        scaling.bench_with_input(BenchmarkId::from_parameter(pods), &pods, |b, _| b.iter(|| load.render()));
+        let mut load = Passes::new(passes(8, pods / 8), MetricNames::Native);
+        scaling.bench_with_input(BenchmarkId::from_parameter(pods), &pods, |b, _| b.iter(|| load.render(&[])));
     }
     scaling.finish();
 
+    // A scrape of a sample already gzipped (the second and later scrapes of
+    // a sample, and every plain one) against serving static bytes.
     let mut scrape = c.benchmark_group("scrape");
     let state = state_for(sample(8, 2));
-    let req = scrape_request();
-    let static_body = state.snapshot.load().exposition.text.clone();
+    let static_body = state.snapshot.load().exposition.text().clone();
     scrape.bench_function("static bytes baseline", |b| b.iter(|| static_response(black_box(&static_body))));
+    let plain = Request::builder().uri("/metrics").body(()).unwrap();
+    scrape.bench_function("agent handler (text)", |b| b.iter(|| handle(&state, black_box(&plain))));
+    let req = scrape_request();
     scrape
         .bench_function("agent handler (negotiate, gzip OpenMetrics)", |b| b.iter(|| handle(&state, black_box(&req))));
     scrape.finish();

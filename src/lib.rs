@@ -26,6 +26,7 @@ mod label_value;
 pub mod adapter;
 pub mod agent;
 pub mod attribution;
+pub mod family_writer;
 pub mod feed;
 pub mod gpu;
 pub mod hpa;

@@ -1157,7 +1157,7 @@ fn every_field_is_served_where_the_gpu_has_it_and_absent_where_it_has_not() {
         assert_eq!(errors.as_deref(), Some("0"), "{call}");
     }
     // dcgm-exporter's names and units for the same fields.
-    let d0 = "gpu=\"0\",UUID=\"GPU-4090-0000\",pci_bus_id=\"00000000:01:00.0\",device=\"nvidia0\",modelName=\"NVIDIA GeForce RTX 4090\",Hostname=\"testnode\",DCGM_FI_DRIVER_VERSION=\"550.54.14\"";
+    let d0 = "gpu=\"0\",UUID=\"GPU-4090-0000\",pci_bus_id=\"00000000:01:00.0\",device=\"nvidia0\",modelName=\"NVIDIA GeForce RTX 4090\",hostname=\"testnode\",DCGM_FI_DRIVER_VERSION=\"550.54.14\"";
     for (series, want) in [
         ("DCGM_FI_DEV_MEM_CLOCK", "10501"),
         ("DCGM_FI_DEV_MEMORY_TEMP", "85"),
@@ -1214,7 +1214,8 @@ fn health_fields_are_read_every_health_interval_not_every_sample() {
 fn xid_errors_come_from_nvml_events_and_one_gpu_failing_to_register_spares_the_others() {
     // GPU 1 cannot be registered for events; GPU 0 can.
     let config = format!("{TWO_GPUS}error 1 events GPU_IS_LOST\n");
-    let agent = Agent::start(&config, &["--no-attribution", "--names", "both"]);
+    // With the node label pinned to dcgm-exporter's name before 4.8.3.
+    let agent = Agent::start(&config, &["--no-attribution", "--names", "both", "--dcgm-hostname-label", "Hostname"]);
     let dcgm0 = "gpu=\"0\",UUID=\"GPU-4090-0000\",pci_bus_id=\"00000000:01:00.0\",device=\"nvidia0\",modelName=\"NVIDIA GeForce RTX 4090\",Hostname=\"testnode\",DCGM_FI_DRIVER_VERSION=\"550.54.14\"";
     let text = agent.metrics_until("the XID gauge", |t| t.contains(&format!("DCGM_FI_DEV_XID_ERRORS{{{dcgm0}}} 0")));
     assert!(!text.contains("nvidia_gpu_xid_errors_total{"), "no XID yet, no series\n{text}");

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use tokio::sync::watch;
 
-use super::exposition::{MetricNames, Renderer};
+use super::exposition::{Naming, Renderer};
 use super::ledger::PodLedger;
 use super::sample::{GpuState, Readiness, SampleData};
 use super::snapshot::{AgentState, Snapshot};
@@ -40,8 +40,8 @@ pub struct SamplerSettings {
     pub interval: Duration,
     /// Time one GPU's read may take.
     pub read_timeout: Duration,
-    /// Metric names on `/metrics`.
-    pub names: MetricNames,
+    /// How `/metrics` names what it writes.
+    pub naming: Naming,
     /// How often the rarely-changing fields (power limit, ECC, remapped
     /// rows, retired pages) are read.
     pub health_interval: Duration,
@@ -188,7 +188,7 @@ impl Sampler {
             sample_duration: started.elapsed(),
             counters: self.state.metrics.counters(),
         };
-        let snapshot = Snapshot::new(data, self.settings.names, &mut self.renderer);
+        let snapshot = Snapshot::new(data, self.settings.naming, &mut self.renderer);
         // The sample before this one goes back to the renderer unless a
         // scrape still holds it.
         if let Ok(previous) = Arc::try_unwrap(self.state.snapshot.swap(Arc::new(snapshot))) {

@@ -8,7 +8,7 @@ use std::time::{Duration, SystemTime};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
 
-use super::exposition::{Exposition, MetricNames, Renderer};
+use super::exposition::{Exposition, Naming, Renderer};
 use super::sample::{Readiness, SampleData};
 use super::self_metrics::AgentMetrics;
 
@@ -35,9 +35,9 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    /// Renders a sample, with `names` on `/metrics`.
-    pub fn new(data: SampleData, names: MetricNames, renderer: &mut Renderer) -> Self {
-        let exposition = renderer.render(&data, names);
+    /// Renders a sample, named on `/metrics` as `naming` says.
+    pub fn new(data: SampleData, naming: Naming, renderer: &mut Renderer) -> Self {
+        let exposition = renderer.render(&data, naming);
         let feed = serde_json::to_vec(&super::feed::node_feed(&data)).expect("the feed serializes").into();
         Self { data, exposition, feed }
     }
@@ -59,6 +59,6 @@ impl Snapshot {
             sample_duration: Duration::ZERO,
             counters: metrics.counters(),
         };
-        Self::new(data, MetricNames::default(), &mut Renderer::default())
+        Self::new(data, Naming::default(), &mut Renderer::default())
     }
 }

@@ -1,15 +1,15 @@
-//! The label sets a sample's series carry, rendered once and kept from one
-//! sample to the next while what they are made of (node, GPU identities,
-//! MIG devices, XID codes, pods) stays the same.
-//!
-//! Kept sets stay at the same address, so the encoder can tell that a
-//! series' labels are unchanged by comparing addresses: see
-//! [`super::encoder`].
+//! The label sets of one sample, in both naming schemes, built from it by
+//! plain code on every render: each set is rendered once and shared by every
+//! series that carries it.
 
-use crate::agent::sample::{GpuState, SampleData};
+use super::Naming;
+use crate::agent::sample::SampleData;
+use crate::attribution::Sharing;
+use crate::family_writer::push_label;
 
 /// Label sets rendered back to back into one buffer: one allocation for all
-/// the GPUs (or pods) of a sample instead of one per set.
+/// the GPUs (or pods) of a sample instead of one per set, kept from one
+/// render to the next.
 #[derive(Debug, Default)]
 pub(super) struct LabelSets {
     text: String,
@@ -22,16 +22,18 @@ impl LabelSets {
         self.ends.clear();
     }
 
-    /// Adds one set of `name="value"` pairs.
-    fn push<'v>(&mut self, pairs: impl IntoIterator<Item = (&'static str, &'v str)>) {
-        self.push_after("", pairs);
-    }
-
-    /// Adds one set: `prefix` (a rendered set) and then `pairs`.
-    fn push_after<'v>(&mut self, prefix: &str, pairs: impl IntoIterator<Item = (&'static str, &'v str)>) {
+    /// Adds a set: the rendered sets `parts` (any may be empty), then
+    /// `pairs`, a pair with an empty value left out (an empty label is no
+    /// label to Prometheus).
+    fn push(&mut self, parts: &[&str], pairs: &[(&str, &str)]) {
         let start = self.text.len();
-        self.text.push_str(prefix);
-        for (name, value) in pairs {
+        for part in parts.iter().filter(|p| !p.is_empty()) {
+            if self.text.len() > start {
+                self.text.push(',');
+            }
+            self.text.push_str(part);
+        }
+        for (name, value) in pairs.iter().filter(|(_, v)| !v.is_empty()) {
             if self.text.len() > start {
                 self.text.push(',');
             }
@@ -45,215 +47,145 @@ impl LabelSets {
         let start = if i == 0 { 0 } else { self.ends[i - 1] };
         &self.text[start..self.ends[i]]
     }
-
-    fn len(&self) -> usize {
-        self.ends.len()
-    }
 }
 
-/// Sets of several per GPU (its MIG devices, its XID codes), GPU by GPU.
-#[derive(Debug, Default)]
-pub(super) struct PerGpuSets {
-    sets: LabelSets,
-    /// Per GPU, the position of its first set.
-    first: Vec<usize>,
-}
-
-impl PerGpuSets {
-    /// GPU `gpu`'s `i`th set.
-    pub(super) fn get(&self, gpu: usize, i: usize) -> &str {
-        self.sets.get(self.first[gpu] + i)
-    }
-
-    fn clear(&mut self) {
-        self.sets.clear();
-        self.first.clear();
-    }
-}
-
-/// Every label set of a sample, in both naming schemes.
+/// Every label set of a sample.
 #[derive(Debug, Default)]
 pub(super) struct Labels {
-    /// What the sets were built from, as [`write_inputs`] writes it.
-    built_from: Vec<u8>,
-    /// This sample's inputs, compared with `built_from`.
-    scratch: Vec<u8>,
     /// `node="…"`: the agent's own series.
     pub own: String,
-    /// Per GPU: `node`, `gpu`, and `uuid`, `model` when known.
+    /// Per GPU: `node`, `gpu`, and `uuid`, `model` where known.
     pub gpus: LabelSets,
+    /// Per GPU, for its native series: its set, and the pod labels of the
+    /// one container holding it exclusively, if one does.
+    pub devices: LabelSets,
     /// Per GPU: `pci_bus_id`, `driver_version`, `cuda_version` where known
     /// (`nvidia_gpu_info`).
     pub info: LabelSets,
     /// Per usage: `namespace`, `pod`, `container`.
     pub pods: LabelSets,
+    /// Per usage: the set of the GPU (or MIG device) it holds.
+    pub held: LabelSets,
+    /// Per MIG device, GPU by GPU: its GPU's set, then its UUID, instances
+    /// and profile.
+    pub migs: LabelSets,
+    /// Per MIG device, dcgm-exporter's: its GPU's set, then `GPU_I_ID` and
+    /// `GPU_I_PROFILE`.
+    pub dcgm_migs: LabelSets,
+    /// Per MIG device: the GPU it is on, and the usage of the one container
+    /// holding it, if exactly one does.
+    pub mig_devices: Vec<(usize, usize, Option<usize>)>,
     /// Per GPU, dcgm-exporter's: `gpu`, `UUID`, `pci_bus_id`, `device`,
-    /// `modelName`, `Hostname`, `DCGM_FI_DRIVER_VERSION` where known.
+    /// `modelName`, the node, `DCGM_FI_DRIVER_VERSION` where known.
     pub dcgm: LabelSets,
-    /// Per MIG device: its GPU's set, then its UUID, instances and profile.
-    pub migs: PerGpuSets,
-    /// Per MIG device, dcgm-exporter's: its GPU's set, then
-    /// `GPU_I_ID` and `GPU_I_PROFILE`.
-    pub dcgm_migs: PerGpuSets,
-    /// Per GPU, `xid="…"` for each XID code it has seen, in code order.
-    pub xids: PerGpuSets,
+    /// dcgm-exporter's series of a GPU that is up: one per container
+    /// holding it, or one without pod labels when none does (GPU, usage).
+    pub dcgm_series: Vec<(usize, Option<usize>)>,
 }
 
 impl Labels {
-    /// Makes the sets those of `data`, rebuilding them only when what they
-    /// are made of changed. Returns whether they were rebuilt (and so moved).
-    pub(super) fn refresh(&mut self, data: &SampleData) -> bool {
-        self.scratch.clear();
-        write_inputs(&mut self.scratch, data);
-        if self.scratch == self.built_from && !self.built_from.is_empty() {
-            return false;
-        }
-        std::mem::swap(&mut self.scratch, &mut self.built_from);
-        self.build(data);
-        true
-    }
-
-    fn build(&mut self, data: &SampleData) {
+    /// Makes these the sets of `data`, keeping the buffers.
+    pub(super) fn build(&mut self, data: &SampleData, naming: Naming) {
         let node = data.node.as_str();
         self.own.clear();
         push_label(&mut self.own, "node", node);
-        for sets in [&mut self.gpus, &mut self.info, &mut self.pods, &mut self.dcgm] {
-            sets.clear();
-        }
-        for sets in [&mut self.migs, &mut self.dcgm_migs, &mut self.xids] {
-            sets.clear();
-        }
-        let versions =
-            [("driver_version", data.driver_version.as_deref()), ("cuda_version", data.cuda_version.as_deref())];
-        for gpu in &data.gpus {
-            let id = &gpu.identity;
-            let mut index = itoa::Buffer::new();
-            let index = index.format(id.index);
-            // A GPU lost before it could name itself has no UUID or model: an
-            // empty label is no label to Prometheus, so none is written.
-            let named = [("uuid", id.uuid.as_str()), ("model", id.model.as_str())];
-            self.gpus.push(
-                [("node", node), ("gpu", index)].into_iter().chain(named.into_iter().filter(|(_, v)| !v.is_empty())),
-            );
-            self.info.push(
-                [("pci_bus_id", id.pci_bus_id.as_str())]
-                    .into_iter()
-                    .chain(versions.into_iter().filter_map(|(k, v)| Some((k, v?))))
-                    .filter(|(_, v)| !v.is_empty()),
-            );
-            let device = ["nvidia", index].concat();
-            let pci = Some(id.pci_bus_id.as_str()).filter(|p| !p.is_empty());
-            self.dcgm.push(
-                [("gpu", Some(index)), ("UUID", Some(id.uuid.as_str())), ("pci_bus_id", pci)]
-                    .into_iter()
-                    .chain([
-                        ("device", Some(device.as_str())),
-                        ("modelName", Some(id.model.as_str())),
-                        ("Hostname", Some(node)),
-                        ("DCGM_FI_DRIVER_VERSION", data.driver_version.as_deref()),
-                    ])
-                    .filter_map(|(k, v)| Some((k, v?))),
-            );
-        }
-        mig_sets(
+        for sets in [
+            &mut self.gpus,
+            &mut self.devices,
+            &mut self.info,
+            &mut self.pods,
+            &mut self.held,
             &mut self.migs,
-            &data.gpus,
-            &self.gpus,
-            ["mig_uuid", "gpu_instance_id", "compute_instance_id", "mig_profile"],
-        );
-        mig_sets(&mut self.dcgm_migs, &data.gpus, &self.dcgm, ["", "GPU_I_ID", "", "GPU_I_PROFILE"]);
-        for gpu in &data.gpus {
-            self.xids.first.push(self.xids.sets.len());
-            for code in gpu.reading.xid.iter().flat_map(|x| x.counts.keys()) {
-                self.xids.sets.push([("xid", itoa::Buffer::new().format(*code))]);
+            &mut self.dcgm_migs,
+            &mut self.dcgm,
+        ] {
+            sets.clear();
+        }
+        self.mig_devices.clear();
+        self.dcgm_series.clear();
+
+        for u in &data.usages {
+            self.pods.push(&[], &[("namespace", &u.namespace), ("pod", &u.pod), ("container", &u.container)]);
+        }
+        let driver = data.driver_version.as_deref().unwrap_or("");
+        let hostname = naming.dcgm_hostname_label.name();
+        for (i, gpu) in data.gpus.iter().enumerate() {
+            let id = &gpu.identity;
+            let index = id.index.to_string();
+            self.gpus.push(&[], &[("node", node), ("gpu", &index), ("uuid", &id.uuid), ("model", &id.model)]);
+            let whole = data.usages.iter().enumerate().filter(|(_, u)| u.gpu == i && u.mig.is_none());
+            let exclusive = match sole(whole.clone()) {
+                Some(k) if data.usages[k].sharing == Sharing::Exclusive => self.pods.get(k),
+                _ => "",
+            };
+            self.devices.push(&[self.gpus.get(i), exclusive], &[]);
+            let cuda = data.cuda_version.as_deref().unwrap_or("");
+            self.info.push(&[], &[("pci_bus_id", &id.pci_bus_id), ("driver_version", driver), ("cuda_version", cuda)]);
+            self.dcgm.push(
+                &[],
+                &[
+                    ("gpu", &index),
+                    ("UUID", &id.uuid),
+                    ("pci_bus_id", &id.pci_bus_id),
+                    ("device", &format!("nvidia{index}")),
+                    ("modelName", &id.model),
+                    (hostname, node),
+                    ("DCGM_FI_DRIVER_VERSION", driver),
+                ],
+            );
+            if gpu.up {
+                let before = self.dcgm_series.len();
+                self.dcgm_series.extend(whole.map(|(k, _)| (i, Some(k))));
+                if self.dcgm_series.len() == before {
+                    self.dcgm_series.push((i, None));
+                }
+            }
+            for (m, mig) in gpu.reading.mig_devices.iter().enumerate() {
+                let (gi, ci) = (mig.gpu_instance_id.to_string(), mig.compute_instance_id.to_string());
+                let instances = [("gpu_instance_id", gi.as_str()), ("compute_instance_id", &ci)];
+                self.migs.push(
+                    &[self.gpus.get(i)],
+                    &[("mig_uuid", &mig.uuid), instances[0], instances[1], ("mig_profile", &mig.profile)],
+                );
+                self.dcgm_migs.push(&[self.dcgm.get(i)], &[("GPU_I_ID", &gi), ("GPU_I_PROFILE", &mig.profile)]);
+                let holders = data.usages.iter().enumerate().filter(|(_, u)| u.gpu == i && u.mig == Some(m));
+                self.mig_devices.push((i, m, sole(holders)));
             }
         }
         for u in &data.usages {
-            self.pods.push([
-                ("namespace", u.namespace.as_str()),
-                ("pod", u.pod.as_str()),
-                ("container", u.container.as_str()),
-            ]);
+            let set = match u.mig {
+                Some(m) => {
+                    self.mig_devices.iter().position(|&(i, n, _)| (i, n) == (u.gpu, m)).map(|j| self.migs.get(j))
+                }
+                None => (u.gpu < data.gpus.len()).then(|| self.gpus.get(u.gpu)),
+            };
+            self.held.push(&[set.unwrap_or("")], &[]);
         }
+    }
+
+    /// The MIG devices of the GPUs that are up: each one's position in
+    /// `migs`, GPU, index on it, and sole holder.
+    pub(super) fn up_migs<'a>(
+        &'a self,
+        data: &'a SampleData,
+    ) -> impl Iterator<Item = (usize, usize, usize, Option<usize>)> + 'a {
+        self.mig_devices
+            .iter()
+            .enumerate()
+            .filter(move |(_, (i, _, _))| data.gpus[*i].up)
+            .map(|(j, &(i, m, h))| (j, i, m, h))
+    }
+
+    /// A usage's pod set, or none.
+    pub(super) fn pod(&self, usage: Option<usize>) -> &str {
+        usage.map_or("", |k| self.pods.get(k))
     }
 }
 
-/// Every MIG device's set, GPU by GPU: its GPU's set (`gpu_sets`) then
-/// `names` (the UUID, GPU instance, compute instance and profile labels of
-/// the naming scheme; an empty name is left out).
-fn mig_sets(into: &mut PerGpuSets, gpus: &[GpuState], gpu_sets: &LabelSets, names: [&'static str; 4]) {
-    for (i, gpu) in gpus.iter().enumerate() {
-        into.first.push(into.sets.len());
-        for mig in &gpu.reading.mig_devices {
-            let (mut gi, mut ci) = (itoa::Buffer::new(), itoa::Buffer::new());
-            let pairs = [
-                (names[0], mig.uuid.as_str()),
-                (names[1], gi.format(mig.gpu_instance_id)),
-                (names[2], ci.format(mig.compute_instance_id)),
-                (names[3], mig.profile.as_str()),
-            ];
-            into.sets
-                .push_after(gpu_sets.get(i), pairs.into_iter().filter(|(name, v)| !name.is_empty() && !v.is_empty()));
-        }
+/// The usage of the one holder `holders` has, if exactly one.
+fn sole<'a, T: 'a>(mut holders: impl Iterator<Item = (usize, &'a T)>) -> Option<usize> {
+    match (holders.next(), holders.next()) {
+        (Some((k, _)), None) => Some(k),
+        _ => None,
     }
-}
-
-/// Writes everything the label sets are made of, each string behind its
-/// length and each list behind its count, so that no two different inputs
-/// write the same bytes.
-fn write_inputs(out: &mut Vec<u8>, data: &SampleData) {
-    let mut put = |s: &[u8]| {
-        out.extend_from_slice(&(s.len() as u32).to_le_bytes());
-        out.extend_from_slice(s);
-    };
-    put(data.node.as_bytes());
-    for version in [&data.driver_version, &data.cuda_version] {
-        match version {
-            Some(v) => put(v.as_bytes()),
-            None => put(&[0xff]),
-        }
-    }
-    for gpu in &data.gpus {
-        let id = &gpu.identity;
-        put(&id.index.to_le_bytes());
-        put(id.uuid.as_bytes());
-        put(id.model.as_bytes());
-        put(id.pci_bus_id.as_bytes());
-        put(&(gpu.reading.mig_devices.len() as u32).to_le_bytes());
-        for mig in &gpu.reading.mig_devices {
-            put(mig.uuid.as_bytes());
-            put(&mig.gpu_instance_id.to_le_bytes());
-            put(&mig.compute_instance_id.to_le_bytes());
-            put(mig.profile.as_bytes());
-        }
-        let codes = gpu.reading.xid.as_ref().map(|x| &x.counts);
-        put(&(codes.map_or(0, |c| c.len()) as u32).to_le_bytes());
-        for code in codes.into_iter().flat_map(|c| c.keys()) {
-            put(&code.to_le_bytes());
-        }
-    }
-    for u in &data.usages {
-        put(u.namespace.as_bytes());
-        put(u.pod.as_bytes());
-        put(u.container.as_bytes());
-    }
-}
-
-/// Appends `name="value"`, escaping the value.
-pub(super) fn push_label(labels: &mut String, name: &str, value: &str) {
-    labels.push_str(name);
-    labels.push_str("=\"");
-    if !value.bytes().any(|b| matches!(b, b'\\' | b'"' | b'\n')) {
-        labels.push_str(value);
-    } else {
-        for c in value.chars() {
-            match c {
-                '\\' => labels.push_str("\\\\"),
-                '"' => labels.push_str("\\\""),
-                '\n' => labels.push_str("\\n"),
-                c => labels.push(c),
-            }
-        }
-    }
-    labels.push('"');
 }

@@ -63,7 +63,7 @@ fn settings(read_timeout: Duration) -> SamplerSettings {
         node: "n".into(),
         interval: Duration::from_secs(1),
         read_timeout,
-        names: Default::default(),
+        naming: Default::default(),
         health_interval: Duration::from_secs(30),
     }
 }
