@@ -252,7 +252,7 @@ for port in 19402 19403 19412 19413; do
     curl -fs "http://127.0.0.1:$port/metrics" >"$work/metrics-$port.txt"
     promtool check metrics <"$work/metrics-$port.txt" || fail "promtool check metrics on :$port"
 done
-# dcgm-exporter's label names (UUID, modelName, Hostname) are camelCase and
+# dcgm-exporter's label names (UUID, modelName) are camelCase and
 # its counters keep dcgm-exporter's names (no _total suffix;
 # PCIE_REPLAY_COUNTER), on purpose, so that its dashboards keep working: those
 # are promtool's only remarks.
@@ -262,7 +262,7 @@ remarks=$(promtool check metrics <"$work/metrics-19404.txt" 2>&1 \
     | grep -Ev '^DCGM_FI_[A-Z_]* (counter metrics should have "_total" suffix|metric name should not include type .counter.)$' || true)
 [ -z "$remarks" ] || fail "promtool check metrics on the dcgm names: $remarks"
 log "promtool check metrics: clean on 5 agents (one with dcgm names)"
-grep -q '^DCGM_FI_DEV_GPU_UTIL{gpu="0",UUID="GPU-[^"]*",pci_bus_id="[^"]*",device="nvidia0",modelName="NVIDIA GeForce RTX 4090",Hostname="mainpc",DCGM_FI_DRIVER_VERSION="[^"]*",namespace="ai-system-gpu",pod="reasoning-suite-[^"]*",container="reasoning-suite"} 80$' \
+grep -q '^DCGM_FI_DEV_GPU_UTIL{gpu="0",UUID="GPU-[^"]*",pci_bus_id="[^"]*",device="nvidia0",modelName="NVIDIA GeForce RTX 4090",hostname="mainpc",DCGM_FI_DRIVER_VERSION="[^"]*",namespace="ai-system-gpu",pod="reasoning-suite-[^"]*",container="reasoning-suite"} 80$' \
     "$work/metrics-19404.txt" || fail "dcgm names: no DCGM_FI_DEV_GPU_UTIL with dcgm-exporter's labels"
 ! grep -q '^nvidia_gpu_' "$work/metrics-19404.txt" || fail "dcgm names: native names written too"
 # GPU 2 was lost before it could name itself: it is down, with no UUID or model.
@@ -309,6 +309,7 @@ YAML
 promtool check config "$work/prometheus.yml" >/dev/null
 prometheus --config.file="$work/prometheus.yml" --storage.tsdb.path="$work/tsdb" \
     --web.listen-address=127.0.0.1:19090 >"$work/prometheus.log" 2>&1 &
+prometheus_pid=$!
 pids+=($!)
 wait_http http://127.0.0.1:19090/-/ready 60
 
@@ -340,13 +341,26 @@ expect_series 'nvidia_gpu_utilization_percent{node="e2e-node",model="NVIDIA H100
 expect_series 'nvidia_gpu_mig_memory_total_bytes{node="e2e-node"}' 2
 expect_series 'nvidia_gpu_mig_utilization_percent{node="e2e-node",mig_profile="3g.40gb"} > 54 < 56' 1
 # NVIDIA's own dcgm-exporter dashboard: every non-profiling panel has data
-# from the agent's dcgm names.
-while IFS=$'\t' read -r title expr; do
-    [[ -z "$title" || "$title" == \#* ]] && continue
-    n=$(query "$expr" | python3 -c 'import json,sys; r=json.load(sys.stdin); print(len(r["data"]["result"]) if r["status"]=="success" else -1)')
-    [ "$n" -ge 1 ] || fail "dcgm-exporter dashboard panel \"$title\" returns $n series: $expr"
-done <hack/dcgm-dashboard-queries.txt
-log "NVIDIA's dcgm-exporter dashboard: every non-profiling panel returns data"
+# from one job's agents, with the node label the dashboard names (`Hostname`
+# in its queries before dcgm-exporter 4.8.3, `hostname` since), and a panel
+# grouped by the node has the node in every series.
+dashboard_fills() {
+    local label=$1 job=$2
+    while IFS=$'\t' read -r title expr; do
+        [[ -z "$title" || "$title" == \#* ]] && continue
+        expr=$(sed -E "s/Hostname/$label/g; s/(DCGM_FI_[A-Z_]+)\{/\1{job=\"$job\",/g; s/(DCGM_FI_[A-Z_]+)\)/\1{job=\"$job\"})/g" <<<"$expr")
+        query "$expr" | python3 -c '
+import json, sys
+label, expr, r = sys.argv[1], sys.argv[2], json.load(sys.stdin)
+result = r["data"]["result"] if r["status"] == "success" else []
+assert result, "no series"
+if f"by ({label}" in expr:
+    assert all(s["metric"].get(label) for s in result), f"a series without {label}: {result}"
+' "$label" "$expr" || fail "dcgm-exporter dashboard panel \"$title\" on $label: $expr"
+    done <hack/dcgm-dashboard-queries.txt
+    log "NVIDIA's dcgm-exporter dashboard on $label (job $job): every non-profiling panel returns data"
+}
+dashboard_fills hostname dcgm
 
 # Every alert expression must evaluate; every dashboard panel must return data.
 while IFS= read -r expr; do
@@ -483,6 +497,18 @@ pids+=($!)
 for _ in $(seq 100); do curl -ks -o /dev/null https://127.0.0.1:19445/healthz && break; sleep 0.1; done
 KUBECTL="$kubectl" python3 hack/e2e_migration.py "$migration_kubeconfig" http://127.0.0.1:19090 https://127.0.0.1:19445 \
     || fail "migration path: $(tail -5 "$work/migration.log")"
+# A dashboard pinned to dcgm-exporter's old node label: an agent with
+# --dcgm-hostname-label Hostname joins Prometheus' targets (after the
+# migration check, which counts the nodes).
+FAKE_NVML_CONFIG="$work/nvml.conf" "$agent_bin" --gpu-source nvml --nvml-lib "$work/libnvidia-ml.so" \
+    --listen 127.0.0.1:19414 --node-name e2e-pinned --no-attribution --names dcgm --dcgm-hostname-label Hostname \
+    >"$work/pinned.log" 2>&1 &
+pids+=($!)
+wait_http http://127.0.0.1:19414/readyz
+printf '  - job_name: dcgm-pinned\n    static_configs:\n      - targets: ["127.0.0.1:19414"]\n' >>"$work/prometheus.yml"
+kill -HUP "$prometheus_pid"
+expect_series 'DCGM_FI_DEV_GPU_UTIL{job="dcgm-pinned",Hostname="e2e-pinned"}' 2
+dashboard_fills Hostname dcgm-pinned
 
 # 8. A real control plane. The HPA syncs every 5 s and scales down after 10 s
 # here, so that each step takes seconds; both are upstream's flags.

@@ -19,12 +19,39 @@ pub struct LabelNames {
     pub namespace: String,
     /// Pod name.
     pub pod: String,
-    /// Node name.
-    pub node: String,
+    /// Node name: one label, or several (`[hostname, Hostname]`), of which
+    /// a series carries one; the first a series carries names its node.
+    #[serde(deserialize_with = "one_or_more")]
+    pub node: Vec<String>,
     /// GPU UUID.
     pub gpu: String,
     /// GPU model name.
     pub model: String,
+}
+
+impl LabelNames {
+    /// The node a series' labels name: its first node label that is set.
+    pub fn node_of<'a>(&self, labels: &'a BTreeMap<String, String>) -> &'a str {
+        self.node.iter().find_map(|name| labels.get(name).filter(|v| !v.is_empty())).map_or("", String::as_str)
+    }
+}
+
+/// A label name, or a list of them.
+fn one_or_more<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMore {
+        One(String),
+        More(Vec<String>),
+    }
+    let names = match OneOrMore::deserialize(d)? {
+        OneOrMore::One(name) => vec![name],
+        OneOrMore::More(names) => names,
+    };
+    if names.is_empty() || names.iter().any(String::is_empty) {
+        return Err(serde::de::Error::custom("labels.node: name one label or more, none empty"));
+    }
+    Ok(names)
 }
 
 /// One metric's query.
@@ -163,11 +190,12 @@ impl QueryConfig {
             kind: QueryKind::Inventory,
             scope: Scope::Nodes,
             promql: format!(
-                "count by ({node},{model}) (count by ({node},{model},{gpu}) ({series}{{{node}!=\"\"}}))",
-                node = l.node,
+                "count by ({node},{model}) (count by ({node},{model},{gpu}) ({series}{{{matchers}}}))",
+                node = l.node.join(","),
                 model = l.model,
                 gpu = l.gpu,
-                series = self.gpu_series
+                series = self.gpu_series,
+                matchers = self.matchers(Scope::Nodes),
             ),
         });
         queries
@@ -176,16 +204,23 @@ impl QueryConfig {
     fn matchers(&self, scope: Scope) -> String {
         match scope {
             Scope::Pods => format!("{}!=\"\",{}!=\"\"", self.labels.namespace, self.labels.pod),
-            Scope::Nodes => format!("{}!=\"\"", self.labels.node),
+            // A selector cannot ask for one label or another: with several
+            // node labels, every GPU's series is asked for, and a series
+            // naming no node is dropped from the answer.
+            Scope::Nodes => match self.labels.node.as_slice() {
+                [node] => format!("{node}!=\"\""),
+                _ => format!("{}!=\"\"", self.labels.gpu),
+            },
         }
     }
 
     fn group_by(&self, scope: Scope, with_model: bool) -> String {
         let l = &self.labels;
         let mut labels = match scope {
-            Scope::Pods => vec![l.namespace.as_str(), l.pod.as_str(), l.node.as_str()],
-            Scope::Nodes => vec![l.node.as_str()],
+            Scope::Pods => vec![l.namespace.as_str(), l.pod.as_str()],
+            Scope::Nodes => vec![],
         };
+        labels.extend(l.node.iter().map(String::as_str));
         if with_model {
             labels.push(&l.model);
         }

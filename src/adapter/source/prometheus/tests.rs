@@ -40,17 +40,22 @@ fn the_built_in_dcgm_queries_fill_their_templates() {
     let pods = &queries[position(&queries, Scope::Pods, value_kind(Metric::Utilization))];
     assert_eq!(
         pods.promql,
-        r#"avg by (namespace,pod,Hostname) (max by (namespace,pod,Hostname, UUID) (DCGM_FI_DEV_GPU_UTIL{namespace!="",pod!=""}))"#
+        r#"avg by (namespace,pod,hostname,Hostname) (max by (namespace,pod,hostname,Hostname, UUID) (DCGM_FI_DEV_GPU_UTIL{namespace!="",pod!=""}))"#
     );
     let weighted = &queries[position(&queries, Scope::Nodes, value_kind(Metric::WeightedUtilization))];
     assert_eq!(
         weighted.promql,
-        r#"avg by (Hostname,modelName) (max by (Hostname,modelName, UUID) (DCGM_FI_DEV_GPU_UTIL{Hostname!=""}))"#
+        r#"avg by (hostname,Hostname,modelName) (max by (hostname,Hostname,modelName, UUID) (DCGM_FI_DEV_GPU_UTIL{UUID!=""}))"#
     );
     // One scrape-time query per distinct series and scope, plus the inventory.
     let times: Vec<_> = queries.iter().filter(|q| q.kind == QueryKind::ScrapeTime).map(|q| &q.promql).collect();
     assert_eq!(times.len(), 6, "{times:?}");
-    assert!(times.contains(&&r#"min by (Hostname) (timestamp(DCGM_FI_DEV_FB_USED{Hostname!=""}))"#.to_string()));
+    assert!(times.contains(&&r#"min by (hostname,Hostname) (timestamp(DCGM_FI_DEV_FB_USED{UUID!=""}))"#.to_string()));
+    let inventory = queries.last().unwrap();
+    assert_eq!(
+        inventory.promql,
+        r#"count by (hostname,Hostname,modelName) (count by (hostname,Hostname,modelName,UUID) (DCGM_FI_DEV_GPU_UTIL{UUID!=""}))"#
+    );
     assert_eq!(queries.len(), 4 * 2 + 6 + 1);
 }
 
@@ -120,8 +125,15 @@ fn a_round_becomes_the_same_view_the_agents_would_give() {
         Some(Arc::new(decode_vector(&recorded("nodes-weighted.json")).unwrap()));
     answers[at(Scope::Nodes, QueryKind::Inventory)] =
         Some(Arc::new(decode_vector(&recorded("nodes-inventory.json")).unwrap()));
-    let node_time = |node| sample(&[("Hostname", node)], 1_795_447_057.233);
-    answers[at(Scope::Nodes, QueryKind::ScrapeTime)] = Some(Arc::new(vec![node_time("mainpc"), node_time("pc2")]));
+    // The recorded answers name nodes as dcgm-exporter before 4.8.3 did
+    // (`Hostname`); these times name them as it does since (`hostname`), and
+    // one series carries neither.
+    let node_time = |label, node| sample(&[(label, node)], 1_795_447_057.233);
+    answers[at(Scope::Nodes, QueryKind::ScrapeTime)] = Some(Arc::new(vec![
+        node_time("hostname", "mainpc"),
+        node_time("hostname", "pc2"),
+        node_time("instance", "10.0.0.9:9400"),
+    ]));
 
     let view = view(&config, &queries, &answers, 1_795_447_058);
     let pods = &view.pods["ai-system-gpu"];

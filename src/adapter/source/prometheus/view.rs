@@ -54,7 +54,7 @@ pub fn build_view(
     for (query, answer) in queries.iter().zip(answers) {
         let Some(answer) = answer else { continue };
         for s in answer.iter() {
-            let node = label(s, &l.node);
+            let node = l.node_of(&s.labels).to_string();
             let accumulator = match query.scope {
                 Scope::Pods => {
                     let key = (label(s, &l.namespace), label(s, &l.pod));
