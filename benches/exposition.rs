@@ -18,7 +18,7 @@ use http_body_util::Full;
 
 use kube_gpu_metrics::agent::exposition::{Exposition, MetricNames, Naming, Renderer, Representation};
 use kube_gpu_metrics::agent::sample::PodAccount;
-use kube_gpu_metrics::agent::sample::{GpuState, Readiness, SampleData};
+use kube_gpu_metrics::agent::sample::{GpuState, NodeReading, Readiness};
 use kube_gpu_metrics::agent::self_metrics::AgentMetrics;
 use kube_gpu_metrics::agent::server::handle;
 use kube_gpu_metrics::agent::snapshot::AgentState;
@@ -66,7 +66,7 @@ fn allocations_per_call<T>(n: u64, mut f: impl FnMut() -> T) -> f64 {
 }
 
 /// `gpus` GPUs, each time-sliced between `pods_per_gpu` pods.
-fn sample(gpus: u32, pods_per_gpu: u32) -> SampleData {
+fn sample(gpus: u32, pods_per_gpu: u32) -> NodeReading {
     let gpu_states = (0..gpus)
         .map(|i| GpuState {
             identity: GpuIdentity {
@@ -136,7 +136,7 @@ fn sample(gpus: u32, pods_per_gpu: u32) -> SampleData {
         .collect::<Vec<_>>();
     let accounts =
         usages.iter().map(|_| PodAccount { last_active: SystemTime::now(), energy_joules: 123_456.789 }).collect();
-    SampleData {
+    NodeReading {
         node: "mainpc".into(),
         taken_at: SystemTime::now(),
         interval: Duration::from_secs(1),
@@ -153,7 +153,7 @@ fn sample(gpus: u32, pods_per_gpu: u32) -> SampleData {
     }
 }
 
-fn state_for(data: SampleData) -> AgentState {
+fn state_for(data: NodeReading) -> AgentState {
     AgentState {
         snapshot: Arc::new(ArcSwap::from_pointee(Snapshot::new(
             data,
@@ -185,7 +185,7 @@ fn static_response(body: &Bytes) -> Response<Full<Bytes>> {
 
 /// The same GPU and pod series in a prometheus-client registry: the encoder a
 /// hand-written exporter would use, as the render baseline.
-fn prometheus_client_registry(data: &SampleData) -> prometheus_client::registry::Registry {
+fn prometheus_client_registry(data: &NodeReading) -> prometheus_client::registry::Registry {
     use prometheus_client::metrics::family::Family;
     use prometheus_client::metrics::gauge::Gauge;
     type Labels = Vec<(String, String)>;
@@ -302,7 +302,7 @@ fn report_allocations() {
 /// utilization, memory in use, temperatures, power, clocks, energy, PCIe
 /// throughput, fan, the pods' shares, memory and energy, the timestamps, the
 /// pass's duration and counters.
-fn passes(gpus: u32, per_gpu: u32) -> Vec<SampleData> {
+fn passes(gpus: u32, per_gpu: u32) -> Vec<NodeReading> {
     (0..4u32)
         .map(|pass| {
             let mut data = sample(gpus, per_gpu);
@@ -343,7 +343,7 @@ fn passes(gpus: u32, per_gpu: u32) -> Vec<SampleData> {
 /// back to the renderer once the next pass is out (no scrape holds them
 /// here).
 struct Passes {
-    samples: Vec<SampleData>,
+    samples: Vec<NodeReading>,
     next: usize,
     renderer: Renderer,
     previous: Option<Exposition>,
@@ -351,7 +351,7 @@ struct Passes {
 }
 
 impl Passes {
-    fn new(samples: Vec<SampleData>, names: MetricNames) -> Self {
+    fn new(samples: Vec<NodeReading>, names: MetricNames) -> Self {
         Self { samples, next: 0, renderer: Renderer::default(), previous: None, naming: names.into() }
     }
 

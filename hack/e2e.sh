@@ -139,7 +139,7 @@ done
     || fail "helm template (defaults)"
 python3 hack/e2e_helm.py "$manifests/base.yaml" "$manifests/helm-default.yaml" || fail "the chart is not the base"
 "$helm" template kube-gpu-metrics "$chart" --namespace kube-gpu-metrics --set agent.names=dcgm \
-    --set adapter.source=prometheus --set adapter.prometheus.url=http://prometheus-operated.monitoring.svc:9090 \
+    --set agent.dcgmHostnameLabel=Hostname --set adapter.source=prometheus --set adapter.prometheus.url=http://prometheus-operated.monitoring.svc:9090 \
     --set-file adapter.prometheus.queries=deploy/prometheus/dcgm-queries.yaml --set tls.mode=cert-manager \
     >"$manifests/helm-dcgm.yaml" || fail "helm template (dcgm, prometheus source, cert-manager)"
 ! grep -q insecureSkipTLSVerify "$manifests/helm-dcgm.yaml" || fail "helm: cert-manager TLS must verify"
@@ -152,6 +152,8 @@ if "$helm" template kube-gpu-metrics "$chart" --set adapter.source=prometheus >/
     fail "helm: a Prometheus source without a URL rendered"
 fi
 grep -q "adapter.prometheus.url is required" "$work/helm-error.txt" || fail "helm: unclear error: $(cat "$work/helm-error.txt")"
+grep -A1 'name: KGM_DCGM_HOSTNAME_LABEL' "$manifests/helm-dcgm.yaml" | grep -q '"Hostname"' \
+    || fail "helm: agent.dcgmHostnameLabel does not reach the agent"
 for rendered in "$manifests"/*.yaml; do
     kubernetes-validate --strict --quiet -k 1.33.0 "$rendered" || fail "kubernetes-validate $rendered"
 done

@@ -40,6 +40,7 @@ if set(base) != set(helm):
 # the binary's own defaults.
 CHART_DEFAULT_ENV = {
     "KGM_NAMES": "native",
+    "KGM_DCGM_HOSTNAME_LABEL": "hostname",
     "KGM_INTERVAL": "1s",
     "KGM_POLL_INTERVAL": "1s",
     "KGM_SOURCE": "agents",

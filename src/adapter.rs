@@ -66,7 +66,7 @@ pub enum AuthorizationMode {
 
 /// Where the adapter's values come from.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
-pub enum Source {
+pub enum SourceKind {
     /// Poll the kube-gpu-metrics agents' feeds (freshest: one sample interval).
     Agents,
     /// Query an existing Prometheus (e.g. one scraping dcgm-exporter).
@@ -95,7 +95,7 @@ pub struct AdapterArgs {
 
     /// Where values come from: the agents, or an existing Prometheus.
     #[arg(long, env = "KGM_SOURCE", value_enum, default_value = "agents")]
-    pub source: Source,
+    pub source: SourceKind,
 
     #[command(flatten)]
     #[allow(missing_docs)]
@@ -380,10 +380,10 @@ impl AdapterSetup {
     /// Parses the flags and reads the files they name. Starts nothing.
     pub fn from_args(args: AdapterArgs) -> Result<Self, AdapterError> {
         let source = match args.source {
-            Source::Prometheus => SourceSetup::Prometheus(args.prometheus.settings()?.ok_or_else(|| {
+            SourceKind::Prometheus => SourceSetup::Prometheus(args.prometheus.settings()?.ok_or_else(|| {
                 PrometheusError::Url { url: String::new(), reason: "is required with --source prometheus".into() }
             })?),
-            Source::Agents => SourceSetup::Agents {
+            SourceKind::Agents => SourceSetup::Agents {
                 targets: args.agents.iter().map(AgentTarget::unbound).collect(),
                 discovery: args.discover_agents.then(|| AgentDiscovery {
                     namespace: args.agent_namespace.clone(),

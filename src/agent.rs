@@ -42,6 +42,12 @@ pub struct SamplingArgs {
     #[arg(long, env = "KGM_NAMES", value_enum, default_value = "native")]
     pub names: exposition::MetricNames,
 
+    /// The label that names the node on dcgm-exporter's families:
+    /// `hostname`, as dcgm-exporter writes it since 4.8.3, or `Hostname`,
+    /// as it wrote it before, for dashboards and queries pinned to that.
+    #[arg(long, env = "KGM_DCGM_HOSTNAME_LABEL", value_enum, default_value = "hostname")]
+    pub dcgm_hostname_label: exposition::HostnameLabel,
+
     /// How often the rarely-changing fields are read: the power limit, ECC
     /// counts, remapped rows and retired pages. Utilization, memory and power
     /// are read every `--interval`.
@@ -165,7 +171,10 @@ pub async fn start(setup: AgentSetup, shutdown: watch::Receiver<bool>) -> std::i
         node: setup.agent.node_name.clone(),
         interval: setup.agent.sampling.interval,
         read_timeout: setup.agent.sampling.gpu_read_timeout.unwrap_or(setup.agent.sampling.interval),
-        names: setup.agent.sampling.names,
+        naming: exposition::Naming {
+            names: setup.agent.sampling.names,
+            dcgm_hostname_label: setup.agent.sampling.dcgm_hostname_label,
+        },
         health_interval: setup.agent.sampling.health_interval,
     };
     let sampler = Sampler::new(settings, setup.opener, setup.attribution, state.clone());

@@ -9,6 +9,11 @@
 //! without series is left out. Values are written as `itoa` (integers) and
 //! `dtoa` (floats) write them, which is what `prometheus-client` writes.
 
+/// `Content-Type` of the text format.
+pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
+/// `Content-Type` of OpenMetrics.
+pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+
 /// A sample value.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Value {

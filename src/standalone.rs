@@ -481,7 +481,7 @@ async fn status_loop(
             }
             None => line.push_str(&hpa_status(
                 &hpa,
-                adapter.provider.snapshot(std::time::SystemTime::now()),
+                adapter.provider.view_at(std::time::SystemTime::now()),
                 &mut autoscaler,
             )),
         }
@@ -502,7 +502,7 @@ pub const REFERENCE_HPA: &str = include_str!("../deploy/examples/reasoning-gpu-h
 /// the simulated cluster's pods carry), and External metrics as the
 /// external metrics API answers them.
 struct AdapterMetrics<'a> {
-    snapshot: crate::adapter::provider::Snapshot,
+    snapshot: crate::adapter::provider::RequestView,
     namespace: &'a str,
     pods: kube::core::Selector,
 }
@@ -529,7 +529,7 @@ impl MetricsReader for AdapterMetrics<'_> {
 /// history, through the same sync as `hpa-preview` and the twin.
 pub(crate) fn hpa_status(
     hpa: &HpaSpec,
-    snapshot: crate::adapter::provider::Snapshot,
+    snapshot: crate::adapter::provider::RequestView,
     autoscaler: &mut Autoscaler,
 ) -> String {
     let selector: kube::core::Selector = kube::core::Expression::Equal("app".into(), hpa.target_name.clone()).into();

@@ -25,6 +25,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use super::store::{MetricValues, NodeSample, PodSample, Sample, StoreView};
+use crate::family_writer::{FamilyWriter, Kind};
 use crate::k8s::labels::{IndexedLabels, Placement};
 
 /// How far ahead of our clock a sample may be (clock skew between nodes).
@@ -89,21 +90,15 @@ impl Rejections {
         self.counts[reason as usize].load(Ordering::Relaxed)
     }
 
-    /// Writes `kube_gpu_metrics_adapter_feed_items_rejected_total` in the
-    /// Prometheus text format.
-    pub fn write_metrics(&self, out: &mut String) {
-        use std::fmt::Write;
-        out.push_str(
-            "# HELP kube_gpu_metrics_adapter_feed_items_rejected_total Items from agents or Prometheus the adapter refused, by reason.\n\
-             # TYPE kube_gpu_metrics_adapter_feed_items_rejected_total counter\n",
+    /// Writes `kube_gpu_metrics_adapter_feed_items_rejected_total`.
+    pub fn write_metrics(&self, w: &mut FamilyWriter) {
+        w.family(
+            "kube_gpu_metrics_adapter_feed_items_rejected",
+            "Items from agents or Prometheus the adapter refused, by reason",
+            Kind::Counter,
         );
         for reason in RejectReason::ALL {
-            let _ = writeln!(
-                out,
-                "kube_gpu_metrics_adapter_feed_items_rejected_total{{{}}} {}",
-                reason.label(),
-                self.count(*reason)
-            );
+            w.series(&[reason.label()], self.count(*reason));
         }
     }
 }

@@ -63,7 +63,7 @@ fn custom(
         CustomVersion::V1beta1 => Selector::default(),
     };
     let metric = provider::metric(metric_name)?;
-    let snapshot = provider.snapshot(now);
+    let snapshot = provider.view_at(now);
     let values = match target {
         Target::Pods { namespace, name: Some(name) } => {
             vec![snapshot.pod(metric, &metric_selector, namespace, name)?]
@@ -84,7 +84,7 @@ fn custom(
 fn external(provider: &Provider, metric_name: &str, query: &Query, now: SystemTime) -> Result<Bytes, ApiError> {
     let selector = selector_param("labelSelector", query.label_selector.as_deref())?;
     let metric = provider::metric(metric_name)?;
-    let snapshot = provider.snapshot(now);
+    let snapshot = provider.view_at(now);
     let value = snapshot.external(metric, &selector).map(|(v, s)| (v, s.timestamp, s.window));
     Ok(wire::external_list(metric_name, value).into())
 }

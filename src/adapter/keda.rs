@@ -135,7 +135,7 @@ impl KedaScaler {
             let (_, report) = self.readiness.report();
             return Err(Status::unavailable(format!("the adapter is not ready: {}", Readiness::failures(&report))));
         }
-        let snapshot = self.provider.snapshot(now);
+        let snapshot = self.provider.view_at(now);
         let workload = snapshot.workload(spec.metric, &spec.namespace, &spec.selector);
         if workload.values.is_empty() && workload.missing.is_empty() {
             return match &spec.scale_target {

@@ -105,7 +105,7 @@ pub struct Provider {
 }
 
 /// One consistent view to answer one request from, at one time.
-pub struct Snapshot {
+pub struct RequestView {
     view: Arc<StoreView>,
     store: Arc<MetricStore>,
     now: SystemTime,
@@ -123,8 +123,8 @@ impl Provider {
     }
 
     /// The current view, judged fresh as of `now`.
-    pub fn snapshot(&self, now: SystemTime) -> Snapshot {
-        Snapshot { view: self.store.view(), store: self.store.clone(), now }
+    pub fn view_at(&self, now: SystemTime) -> RequestView {
+        RequestView { view: self.store.view(), store: self.store.clone(), now }
     }
 }
 
@@ -139,7 +139,7 @@ fn selects_unlabelled(metric_selector: &Selector) -> bool {
     metric_selector.matches(&Default::default())
 }
 
-impl Snapshot {
+impl RequestView {
     fn fresh(&self, sample: &Sample) -> bool {
         self.store.is_fresh(sample, self.now)
     }

@@ -20,15 +20,10 @@ use http::HeaderValue;
 mod families;
 mod labels;
 
-use labels::Labels;
+use labels::SampleLabels;
 
-use super::sample::SampleData;
-use crate::family_writer::FamilyWriter;
-
-/// `Content-Type` of the text format.
-pub const TEXT_CONTENT_TYPE: &str = "text/plain; version=0.0.4; charset=utf-8";
-/// `Content-Type` of OpenMetrics.
-pub const OPENMETRICS_CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+use super::sample::NodeReading;
+use crate::family_writer::{FamilyWriter, OPENMETRICS_CONTENT_TYPE, TEXT_CONTENT_TYPE};
 
 /// The `/metrics` bodies of one sample: text and OpenMetrics, each gzipped
 /// when a scrape first asks for it.
@@ -169,7 +164,7 @@ impl Exposition {
 }
 
 /// Renders a sample in both formats.
-pub fn render(data: &SampleData, naming: Naming) -> Exposition {
+pub fn render(data: &NodeReading, naming: Naming) -> Exposition {
     Renderer::default().render(data, naming)
 }
 
@@ -178,14 +173,14 @@ pub fn render(data: &SampleData, naming: Naming) -> Exposition {
 /// grows no buffer.
 #[derive(Debug, Default)]
 pub struct Renderer {
-    labels: Labels,
+    labels: SampleLabels,
     /// Buffers of an earlier sample's bodies, text then OpenMetrics.
     spare: [Vec<u8>; 2],
 }
 
 impl Renderer {
     /// Renders a sample in both formats.
-    pub fn render(&mut self, data: &SampleData, naming: Naming) -> Exposition {
+    pub fn render(&mut self, data: &NodeReading, naming: Naming) -> Exposition {
         self.labels.build(data, naming);
         let [text, openmetrics] = std::mem::take(&mut self.spare);
         let mut writer = FamilyWriter::new(text, openmetrics);

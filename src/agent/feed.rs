@@ -3,7 +3,7 @@
 
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use super::sample::SampleData;
+use super::sample::NodeReading;
 use crate::attribution::{PodGpuUsage, Sharing};
 use crate::feed::{FeedGpu, FeedPod, NodeFeed};
 
@@ -13,7 +13,7 @@ fn unix_ms(t: SystemTime) -> u64 {
 
 /// The feed document of a sample: per pod, the mean over its GPUs, or no
 /// value (and a reason) if any of its GPUs has none.
-pub fn node_feed(data: &SampleData) -> NodeFeed {
+pub fn node_feed(data: &NodeReading) -> NodeFeed {
     let gpus = data
         .gpus
         .iter()

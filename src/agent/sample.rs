@@ -40,7 +40,7 @@ pub enum Readiness {
 
 /// What one sample pass found.
 #[derive(Clone, Debug)]
-pub struct SampleData {
+pub struct NodeReading {
     /// Node name.
     pub node: String,
     /// When the pass started.

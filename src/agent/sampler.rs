@@ -14,7 +14,7 @@ use tokio::sync::watch;
 
 use super::exposition::{Naming, Renderer};
 use super::ledger::PodLedger;
-use super::sample::{GpuState, Readiness, SampleData};
+use super::sample::{GpuState, NodeReading, Readiness};
 use super::snapshot::{AgentState, Snapshot};
 use crate::attribution::{Allocations, Attribution, ContainerAllocation, GpuView, attribute};
 use crate::gpu::{GpuCall, GpuIdentity, GpuRead, GpuSource, GpuSourceOpener, HealthReading, ProcessUsage, ReadRequest};
@@ -173,7 +173,7 @@ impl Sampler {
             None => Readiness::NotReady(self.not_ready_reason.clone()),
         };
         self.state.metrics.sample_done();
-        let data = SampleData {
+        let data = NodeReading {
             node: self.settings.node.clone(),
             taken_at,
             interval: self.settings.interval,

@@ -9,7 +9,7 @@ use arc_swap::ArcSwap;
 use bytes::Bytes;
 
 use super::exposition::{Exposition, Naming, Renderer};
-use super::sample::{Readiness, SampleData};
+use super::sample::{NodeReading, Readiness};
 use super::self_metrics::AgentMetrics;
 
 /// A running agent's shared state: the latest snapshot and the counters.
@@ -27,7 +27,7 @@ pub struct AgentState {
 #[derive(Debug)]
 pub struct Snapshot {
     /// What was sampled.
-    pub data: SampleData,
+    pub data: NodeReading,
     /// `/metrics` bodies.
     pub exposition: Exposition,
     /// `/v1/pods` body (JSON).
@@ -36,7 +36,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     /// Renders a sample, named on `/metrics` as `naming` says.
-    pub fn new(data: SampleData, naming: Naming, renderer: &mut Renderer) -> Self {
+    pub fn new(data: NodeReading, naming: Naming, renderer: &mut Renderer) -> Self {
         let exposition = renderer.render(&data, naming);
         let feed = serde_json::to_vec(&super::feed::node_feed(&data)).expect("the feed serializes").into();
         Self { data, exposition, feed }
@@ -44,7 +44,7 @@ impl Snapshot {
 
     /// The snapshot before the first sample: no GPUs, not ready.
     pub fn empty(node: &str, interval: Duration, metrics: &AgentMetrics) -> Self {
-        let data = SampleData {
+        let data = NodeReading {
             node: node.to_string(),
             taken_at: SystemTime::now(),
             interval,

@@ -387,7 +387,7 @@ impl LiveTwin {
             }
             let now = SystemTime::now();
             let elapsed = now.duration_since(UNIX_EPOCH).unwrap_or_default().as_secs_f64() - self.start;
-            let snapshot = provider.snapshot(now);
+            let snapshot = provider.view_at(now);
             let value = |metric: &str, pod: &str| {
                 let metric = crate::adapter::provider::metric(metric).ok()?;
                 let selector = kube::core::Selector::default();

@@ -289,7 +289,7 @@ async fn the_twin_hpa_preview_and_standalone_take_the_same_decision_through_one_
         pods.insert(name.clone(), labels(&[("app", "reasoning-suite")]));
     }
     let feeds = [feed("mainpc", "NVIDIA GeForce RTX 4090", T0_MS, &[(&names[0], 95.0), (&names[1], 87.5)])];
-    let snapshot = provider(&feeds, maps).snapshot(now());
+    let snapshot = provider(&feeds, maps).view_at(now());
     let status = crate::standalone::hpa_status(&hpa, snapshot, &mut crate::hpa::Autoscaler::default());
 
     assert_eq!(twin_desired, 3);

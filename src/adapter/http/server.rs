@@ -34,6 +34,7 @@ use crate::adapter::admission::Rejections;
 use crate::adapter::provider::Provider;
 use crate::adapter::readiness::Readiness;
 use crate::adapter::tls::{ClientCa, handshake};
+use crate::family_writer::{FamilyWriter, Kind, TEXT_CONTENT_TYPE};
 use crate::listener::ConnectionSlots;
 
 /// How long a client may take for the TLS handshake, and for each request's
@@ -132,21 +133,19 @@ impl AdapterService {
 
     /// `/metrics`: the adapter's own counters.
     fn metrics(&self) -> Response<Full<Bytes>> {
-        let mut out = String::new();
-        self.rejections.write_metrics(&mut out);
-        out.push_str(
-            "# HELP kube_gpu_metrics_adapter_connections_refused_total Connections closed because --max-connections were open.\n\
-             # TYPE kube_gpu_metrics_adapter_connections_refused_total counter\n",
+        let mut w = FamilyWriter::default();
+        self.rejections.write_metrics(&mut w);
+        w.family(
+            "kube_gpu_metrics_adapter_connections_refused",
+            "Connections closed because --max-connections were open",
+            Kind::Counter,
         );
-        out.push_str(&format!("kube_gpu_metrics_adapter_connections_refused_total {}\n", self.connections.refused()));
-        out.push_str(&format!(
-            "# HELP kube_gpu_metrics_adapter_ready Whether every readiness check passes.\n# TYPE kube_gpu_metrics_adapter_ready gauge\nkube_gpu_metrics_adapter_ready {}\n",
-            u8::from(self.readiness.is_ready())
-        ));
-        let mut response = text(StatusCode::OK, out);
-        response
-            .headers_mut()
-            .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"));
+        w.series(&[], self.connections.refused());
+        w.family("kube_gpu_metrics_adapter_ready", "Whether every readiness check passes", Kind::Gauge);
+        w.series(&[], self.readiness.is_ready());
+        let (body, _) = w.finish();
+        let mut response = Response::new(Full::new(Bytes::from(body)));
+        response.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(TEXT_CONTENT_TYPE));
         response
     }
 }

@@ -7,9 +7,9 @@
 //! events by reason, XIDs by code, MIG devices, pods, the agent itself) is
 //! written by plain code after it.
 
-use super::labels::Labels;
+use super::labels::SampleLabels;
 use super::{MetricNames, epoch_seconds};
-use crate::agent::sample::SampleData;
+use crate::agent::sample::NodeReading;
 use crate::family_writer::{FamilyWriter, Kind, Value};
 use crate::gpu::{ClockEventReason, GpuCall, GpuReading, MigDevice, ViolationPolicy};
 
@@ -412,7 +412,7 @@ const MIG_FAMILIES: [MigFamily; 3] = [
 ];
 
 /// Writes every family of a sample.
-pub(super) fn write(w: &mut FamilyWriter, data: &SampleData, labels: &Labels, names: MetricNames) {
+pub(super) fn write(w: &mut FamilyWriter, data: &NodeReading, labels: &SampleLabels, names: MetricNames) {
     if names != MetricNames::Dcgm {
         native_families(w, data, labels);
     }
@@ -423,12 +423,12 @@ pub(super) fn write(w: &mut FamilyWriter, data: &SampleData, labels: &Labels, na
 }
 
 /// The GPUs that answered this sample, with their index.
-fn up(data: &SampleData) -> impl Iterator<Item = (usize, &GpuReading)> {
+fn up(data: &NodeReading) -> impl Iterator<Item = (usize, &GpuReading)> {
     data.gpus.iter().enumerate().filter(|(_, g)| g.up).map(|(i, g)| (i, &g.reading))
 }
 
 /// The `nvidia_gpu_*` families.
-fn native_families(w: &mut FamilyWriter, data: &SampleData, labels: &Labels) {
+fn native_families(w: &mut FamilyWriter, data: &NodeReading, labels: &SampleLabels) {
     let device = |i| labels.devices.get(i);
     w.family(
         "nvidia_gpu_info",
@@ -489,7 +489,7 @@ fn native_families(w: &mut FamilyWriter, data: &SampleData, labels: &Labels) {
 
 /// A pod's series on a GPU: the GPU's labels (its MIG device's, on one), the
 /// pod's, and `sharing`.
-fn pod_families(w: &mut FamilyWriter, data: &SampleData, labels: &Labels) {
+fn pod_families(w: &mut FamilyWriter, data: &NodeReading, labels: &SampleLabels) {
     let pods = || data.usages.iter().zip(&data.accounts).enumerate();
     let parts = |k: usize| [labels.held.get(k), labels.pods.get(k), data.usages[k].sharing.label()];
     w.family(
@@ -550,7 +550,7 @@ fn pod_families(w: &mut FamilyWriter, data: &SampleData, labels: &Labels) {
 /// dcgm-exporter's pod mapping, a GPU held by pods has one series per
 /// holding container, each with the device's value; a GPU no pod holds has
 /// one series without pod labels.
-fn dcgm_families(w: &mut FamilyWriter, data: &SampleData, labels: &Labels) {
+fn dcgm_families(w: &mut FamilyWriter, data: &NodeReading, labels: &SampleLabels) {
     for row in FIELDS {
         let Some(family) = row.dcgm else { continue };
         w.family(family.name, family.help, family.kind);
@@ -568,7 +568,7 @@ fn dcgm_families(w: &mut FamilyWriter, data: &SampleData, labels: &Labels) {
 }
 
 /// The agent's own state, labelled with its node like every GPU series.
-fn agent_families(w: &mut FamilyWriter, data: &SampleData, labels: &Labels) {
+fn agent_families(w: &mut FamilyWriter, data: &NodeReading, labels: &SampleLabels) {
     let own = labels.own.as_str();
     let c = &data.counters;
     w.family("kube_gpu_metrics_build_info", "Build of the agent", Gauge);

@@ -3,7 +3,7 @@
 //! series that carries it.
 
 use super::Naming;
-use crate::agent::sample::SampleData;
+use crate::agent::sample::NodeReading;
 use crate::attribution::Sharing;
 use crate::family_writer::push_label;
 
@@ -51,7 +51,7 @@ impl LabelSets {
 
 /// Every label set of a sample.
 #[derive(Debug, Default)]
-pub(super) struct Labels {
+pub(super) struct SampleLabels {
     /// `node="…"`: the agent's own series.
     pub own: String,
     /// Per GPU: `node`, `gpu`, and `uuid`, `model` where known.
@@ -83,9 +83,9 @@ pub(super) struct Labels {
     pub dcgm_series: Vec<(usize, Option<usize>)>,
 }
 
-impl Labels {
+impl SampleLabels {
     /// Makes these the sets of `data`, keeping the buffers.
-    pub(super) fn build(&mut self, data: &SampleData, naming: Naming) {
+    pub(super) fn build(&mut self, data: &NodeReading, naming: Naming) {
         let node = data.node.as_str();
         self.own.clear();
         push_label(&mut self.own, "node", node);
@@ -167,7 +167,7 @@ impl Labels {
     /// `migs`, GPU, index on it, and sole holder.
     pub(super) fn up_migs<'a>(
         &'a self,
-        data: &'a SampleData,
+        data: &'a NodeReading,
     ) -> impl Iterator<Item = (usize, usize, usize, Option<usize>)> + 'a {
         self.mig_devices
             .iter()

@@ -89,11 +89,11 @@ fn usage(pod: &str, gpu: usize, sharing: Sharing, util: Result<f64, Unresolved>)
 
 /// Three GPUs: an exclusive 4090, a 3060 shared by two pods (one unresolved)
 /// without power readings, and a lost GPU.
-fn sample_data() -> SampleData {
+fn sample_data() -> NodeReading {
     let mut no_power = geforce_reading(55.0);
     no_power.power_watts = None;
     no_power.memory_total_bytes = Some(12 << 30);
-    SampleData {
+    NodeReading {
         node: "mainpc".into(),
         taken_at: SystemTime::UNIX_EPOCH + Duration::from_millis(1_795_430_000_250),
         interval: Duration::from_secs(1),
@@ -142,7 +142,7 @@ fn gpu_labels_of(node: &str, g: &GpuState) -> Labels {
 }
 
 /// The same series, registered in prometheus-client.
-fn reference_openmetrics(data: &SampleData) -> String {
+fn reference_openmetrics(data: &NodeReading) -> String {
     let mut registry = Registry::default();
     let gauge_f = |registry: &mut Registry, name: &str, help: &str, series: Vec<(Labels, f64)>| {
         let family = Family::<Labels, Gauge<f64, AtomicU64>>::default();
@@ -515,7 +515,7 @@ fn normalize(text: &str) -> Vec<Vec<String>> {
 }
 
 /// Renders both plain bodies.
-fn render_plain(data: &SampleData, naming: impl Into<Naming>) -> (Vec<u8>, Vec<u8>) {
+fn render_plain(data: &NodeReading, naming: impl Into<Naming>) -> (Vec<u8>, Vec<u8>) {
     let exposition = render(data, naming.into());
     (exposition.text.to_vec(), exposition.openmetrics.to_vec())
 }
@@ -615,7 +615,7 @@ fn exclusive_gpus_carry_pod_labels_and_shared_ones_do_not() {
 }
 
 /// An A100 in MIG mode with two MIG devices, one held by a pod.
-fn mig_data() -> SampleData {
+fn mig_data() -> NodeReading {
     let mut reading = geforce_reading(0.0);
     reading.utilization_percent = None;
     reading.mig_devices = vec![
@@ -638,7 +638,7 @@ fn mig_data() -> SampleData {
             utilization_percent: None,
         },
     ];
-    SampleData {
+    NodeReading {
         gpus: vec![gpu(0, "GPU-a100", "NVIDIA A100-SXM4-80GB", true, reading)],
         usages: vec![PodGpuUsage {
             mig: Some(0),
@@ -975,7 +975,7 @@ fn parse_labels(mut rest: &str) -> Vec<(String, String)> {
 
 /// A sample of `gpus` GPUs and `pods` usages, each field present or not and
 /// valued by `seed`.
-fn random_sample(seed: u64, gpus: usize, pods: usize) -> SampleData {
+fn random_sample(seed: u64, gpus: usize, pods: usize) -> NodeReading {
     let mut bits = seed;
     let mut next = move || {
         bits ^= bits << 13;

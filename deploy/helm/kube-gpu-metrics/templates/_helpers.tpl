@@ -28,6 +28,9 @@ kube-gpu-metrics-adapter-tls
 {{- if not (has .Values.agent.names (list "native" "dcgm" "both")) -}}
 {{ fail "agent.names must be native, dcgm or both" }}
 {{- end -}}
+{{- if not (has .Values.agent.dcgmHostnameLabel (list "hostname" "Hostname")) -}}
+{{ fail "agent.dcgmHostnameLabel must be hostname or Hostname" }}
+{{- end -}}
 {{- if not (has .Values.adapter.source (list "agents" "prometheus")) -}}
 {{ fail "adapter.source must be agents or prometheus" }}
 {{- end -}}
