@@ -88,7 +88,7 @@ async fn http_get(addr: SocketAddr, path: &str) -> Option<String> {
 /// The value PromQL gives for the GPU right now.
 async fn promql_value(prometheus: SocketAddr) -> Option<String> {
     let query: String = form_urlencoded::Serializer::new(String::new())
-        .append_pair("query", "DCGM_FI_DEV_GPU_UTIL{Hostname=\"fresh-node\"}")
+        .append_pair("query", "DCGM_FI_DEV_GPU_UTIL{hostname=\"fresh-node\"}")
         .finish();
     let body = http_get(prometheus, &format!("/api/v1/query?{query}")).await?;
     let json: serde_json::Value = serde_json::from_str(&body).ok()?;

@@ -11,27 +11,40 @@
 #      drawn as a PNG (gnuplot);
 #   3. the agent's footprint over the fake NVML (8 GPUs, 1 s sampling) beside
 #      the static server's, from /proc;
-#   4. the adapter at fleet scale: polling 1 000 simulated agents (10 000
-#      pods), and the HPA's HTTPS query and KEDA's GetMetrics (gRPC) at
-#      1 000 req/s, open loop;
+#   4. the adapter at fleet scale, at 1 000, 2 000, 5 000, 10 000 and 20 000
+#      simulated agents of 10 pods: polling CPU and RSS, the HPA's HTTPS
+#      query, KEDA's GetMetrics (gRPC) and the discovery document (the
+#      baseline) at 1 000 req/s, open loop, while polling, and freshness (a
+#      GPU change until the API serves it) under that load; at 1 000 also
+#      the query path alone, and at 5 000 what a second adapter replica
+#      costs the agents; the curves drawn as a PNG (benches/fleet.png);
 #   5. freshness: the direct path, Prometheus in the path (15 s scrape), and
 #      the Prometheus-backed adapter, on the same changes.
 #
 # Servers are pinned to CPU 0 and load generators to CPU 1 where there are two.
-# `--quick` is a smoke run of everything (about two minutes; CI runs it);
-# the full run takes about 12 minutes on 2 cores. Results go to target/bench
-# (summary.md, raw outputs); the full run also writes benches/scaling.png.
+# `--quick` is a smoke run of everything (about two minutes; CI runs it,
+# with one fleet size); `--fleet` runs step 4 alone, at full length; the
+# full run takes about 20 minutes on 2 cores. Results go to target/bench
+# (summary.md, raw outputs); the full run also writes benches/scaling.png,
+# and the full and --fleet runs benches/fleet.png.
 # Installs what is missing: Debian's wrk, nginx-light, gnuplot-nox,
 # prometheus and curl; PyPI's prometheus_client.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-quick=0
-[ "${1:-}" = "--quick" ] && quick=1
+quick=0 fleet_only=0
+case "${1:-}" in
+    --quick) quick=1 ;;
+    --fleet) fleet_only=1 ;;
+    "") ;;
+    *) echo "usage: $0 [--quick | --fleet]" >&2; exit 2 ;;
+esac
 if [ "$quick" = 1 ]; then
     wrk_seconds=1 footprint_seconds=5 fleet_seconds=5 latency_seconds=2 changes=1 scrape=2s criterion=(--quick)
+    fleet_sizes=(1000) freshness_changes=1
 else
     wrk_seconds=5 footprint_seconds=60 fleet_seconds=30 latency_seconds=10 changes=12 scrape=15s criterion=()
+    fleet_sizes=(1000 2000 5000 10000 20000) freshness_changes=4
 fi
 out=target/bench
 rm -rf "$out" && mkdir -p "$out"
@@ -75,8 +88,11 @@ rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
 install_tools
 log "building (release): the agent binary and the benchmark helpers"
-cargo build --release --quiet --bin kube-gpu-metrics-agent --example static-server --example fleet --example loadgen
-cargo bench --quiet --no-run --bench exposition --bench adapter --bench freshness --bench nvml 2>/dev/null
+# The agent on its own: built beside the examples, it would get the features
+# of their dev-dependencies (tonic's TLS) and measure larger than it ships.
+cargo build --release --quiet --bin kube-gpu-metrics-agent
+cargo build --release --quiet --example static-server --example fleet --example loadgen
+[ "$fleet_only" = 1 ] || cargo bench --quiet --no-run --bench exposition --bench adapter --bench freshness --bench nvml 2>/dev/null
 # The agent as the DaemonSet runs it.
 agent_bin=target/release/kube-gpu-metrics-agent
 examples=target/release/examples
@@ -96,6 +112,8 @@ machine="$(nproc) × $(lscpu | sed -n 's/^Model name: *//p' | head -1), $(awk '/
     fi
 } >"$out/summary.md"
 
+series=0
+if [ "$fleet_only" = 0 ]; then
 # 1. Scrape throughput: the agent and three servers of the same bytes.
 "${server_cpu[@]}" "$agent_bin" --gpu-source sim --sim-gpus rtx4090,rtx4090,rtx4090,rtx4090,rtx4090,rtx4090,rtx4090,rtx4090 \
     --listen 127.0.0.1:19700 --node-name bench-node --log warn >"$work/agent.log" 2>&1 &
@@ -178,60 +196,106 @@ echo "$(($(cpu_ticks $footprint_agent) - agent_ticks0)) $(rss_kib $footprint_age
     >"$out/footprint.txt"
 kill $footprint_agent $footprint_static
 
-# 4. The adapter at fleet scale. Feeds and adapter are not pinned (the
-# adapter's two workers on one CPU would add the kernel's time slices to its
-# tail latency); the load generator is on CPU 1.
-"$examples/fleet" feeds --agents 1000 --pods 10 --listen 127.0.0.1:19720 2>"$work/feeds.log" &
-feeds=$!
-pids+=($feeds)
-wait_http http://127.0.0.1:19720/agent-0/v1/pods
-hpa="https://127.0.0.1:19743/apis/custom.metrics.k8s.io/v1beta2/namespaces/fleet/pods/%2A/nvidia_gpu_utilization_percent?labelSelector=app%3Dapp-7"
-discovery="https://127.0.0.1:19743/apis/custom.metrics.k8s.io/v1beta2"
+fi
+
+# 4. The adapter at fleet scale, at each size. Feeds and adapter are not
+# pinned (the adapter's two workers on one CPU would add the kernel's time
+# slices to its tail latency); the load generators are on CPU 1.
+hpa_path="/apis/custom.metrics.k8s.io/v1beta2/namespaces/fleet/pods/%2A/nvidia_gpu_utilization_percent?labelSelector=app%3Dapp-7"
+marker_path="/apis/custom.metrics.k8s.io/v1beta2/namespaces/fleet/pods/pod-0-0/nvidia_gpu_utilization_percent"
 # The same pods through KEDA's scaler: GetMetrics for a ScaledObject on app-7.
-keda="grpcs://127.0.0.1:19744"
 keda_args=(--keda-namespace fleet --keda-metadata podSelector=app=app-7 --keda-metadata targetValue=70)
 requests=$((latency_seconds * 1000))
-# Two adapters in turn: polling all 1 000 agents every second (as deployed),
-# and polling once (the query path alone, values kept servable).
-for mode in polling alone; do
-    flags=()
-    [ "$mode" = alone ] && flags=(--poll-interval 1h --max-age 1h)
-    rm -f "$work/fleet.kubeconfig"
-    "$examples/fleet" adapter --feeds http://127.0.0.1:19720 --agents 1000 --pods 10 --listen 127.0.0.1:19743 \
-        --keda-listen 127.0.0.1:19744 --kubeconfig-out "$work/fleet.kubeconfig" "${flags[@]}" 2>"$work/fleet-$mode.log" &
+# Runs one adapter polling the fleet at feeds port $1 on port $2 (KEDA on $2 + 1);
+# extra flags follow. Sets $fleet to its PID once its first rounds are in.
+start_fleet_adapter() {
+    local feeds_port=$1 port=$2 agents=$3
+    shift 3
+    rm -f "$work/fleet-$port.kubeconfig"
+    "$examples/fleet" adapter --feeds "http://127.0.0.1:$feeds_port" --agents "$agents" --pods 10 \
+        --listen "127.0.0.1:$port" --keda-listen "127.0.0.1:$((port + 1))" --kubeconfig-out "$work/fleet-$port.kubeconfig" \
+        "$@" 2>"$work/fleet-$port.log" &
     fleet=$!
     pids+=($fleet)
-    for _ in $(seq 100); do [ -s "$work/fleet.kubeconfig" ] && break; sleep 0.1; done
-    sleep 3
-    if [ "$mode" = polling ]; then
-        log "fleet: polling 1 000 agents for ${fleet_seconds}s"
-        adapter_ticks0=$(cpu_ticks $fleet) feeds_ticks0=$(cpu_ticks $feeds)
-        sleep "$fleet_seconds"
-        echo "$(($(cpu_ticks $fleet) - adapter_ticks0)) $(($(cpu_ticks $feeds) - feeds_ticks0)) $fleet_seconds $(getconf CLK_TCK) $(rss_kib $fleet)" \
-            >"$out/fleet-polling.txt"
-    fi
-    for target in "discovery:$discovery" "hpa:$hpa" "keda:$keda"; do
-        log "fleet ($mode): ${target%%:*} at 1 000 req/s for ${latency_seconds}s"
+    for _ in $(seq 100); do [ -s "$work/fleet-$port.kubeconfig" ] && break; sleep 0.1; done
+    # The first rounds: a second per 2 000 agents, and three.
+    sleep $((3 + agents / 2000))
+}
+# Loads one adapter at 1 000 req/s: discovery, the HPA query (with the
+# freshness watcher beside it) and KEDA's GetMetrics; $1 names the files.
+fleet_latency() {
+    local name=$1 port=$2
+    local kubeconfig="$work/fleet-$port.kubeconfig" base="https://127.0.0.1:$port"
+    for target in "discovery:$base/apis/custom.metrics.k8s.io/v1beta2" "hpa:$base$hpa_path" "keda:grpcs://127.0.0.1:$((port + 1))"; do
+        log "fleet ($name): ${target%%:*} at 1 000 req/s for ${latency_seconds}s"
         extra=()
         [ "${target%%:*}" = keda ] && extra=("${keda_args[@]}")
+        watcher=""
+        if [ "${target%%:*}" = hpa ] && [[ "$name" != *alone ]]; then
+            "${load_cpu[@]}" "$examples/loadgen" --url "$base$marker_path" --kubeconfig "$kubeconfig" \
+                --freshness-changes "$freshness_changes" >"$out/fleet-$name-freshness.txt" &
+            watcher=$!
+        fi
         ticks0=$(cpu_ticks $fleet)
-        "${load_cpu[@]}" "$examples/loadgen" --url "${target#*:}" --kubeconfig "$work/fleet.kubeconfig" --rate 1000 \
+        # Past the knee requests fail: a finding, counted in the table.
+        "${load_cpu[@]}" "$examples/loadgen" --url "${target#*:}" --kubeconfig "$kubeconfig" --rate 1000 \
             --requests "$requests" --concurrency 16 --max-seconds $((latency_seconds + 10)) "${extra[@]}" \
-            >"$out/fleet-$mode-${target%%:*}.txt"
-        echo "$(($(cpu_ticks $fleet) - ticks0))" >"$out/fleet-$mode-${target%%:*}-ticks.txt"
+            >"$out/fleet-$name-${target%%:*}.txt" || true
+        echo "$(($(cpu_ticks $fleet) - ticks0))" >"$out/fleet-$name-${target%%:*}-ticks.txt"
+        [ -z "$watcher" ] || wait "$watcher"
     done
+}
+for agents in "${fleet_sizes[@]}"; do
+    "$examples/fleet" feeds --agents "$agents" --pods 10 --listen 127.0.0.1:19720 2>"$work/feeds.log" &
+    feeds=$!
+    pids+=($feeds)
+    wait_http http://127.0.0.1:19720/agent-0/v1/pods
+    start_fleet_adapter 19720 19743 "$agents"
+    log "fleet: polling $agents agents for ${fleet_seconds}s"
+    adapter_ticks0=$(cpu_ticks $fleet) feeds_ticks0=$(cpu_ticks $feeds)
+    sleep "$fleet_seconds"
+    echo "$agents $(($(cpu_ticks $fleet) - adapter_ticks0)) $(($(cpu_ticks $feeds) - feeds_ticks0)) $fleet_seconds $(getconf CLK_TCK) $(rss_kib $fleet) $(curl -fs http://127.0.0.1:19720/agent-0/v1/pods | wc -c)" \
+        >"$out/fleet-$agents-polling.txt"
+    # The adapter's own counters: items refused, by reason (/metrics needs no certificate).
+    curl -fsk https://127.0.0.1:19743/metrics >"$out/fleet-$agents-metrics.txt"
+    fleet_latency "$agents" 19743
+    if [ "$agents" = 5000 ] || { [ "$quick" = 1 ] && [ "$agents" = "${fleet_sizes[0]}" ]; }; then
+        # A second replica, as the Deployment runs two: what the agents (here
+        # the feed server) serve for both.
+        first=$fleet
+        start_fleet_adapter 19720 19745 "$agents"
+        log "fleet: two adapters polling $agents agents for ${fleet_seconds}s"
+        feeds_ticks0=$(cpu_ticks $feeds)
+        sleep "$fleet_seconds"
+        echo "$(($(cpu_ticks $feeds) - feeds_ticks0)) $fleet_seconds" >"$out/fleet-$agents-replicas.txt"
+        kill $fleet
+        wait $fleet 2>/dev/null || true
+        fleet=$first
+    fi
     kill $fleet
     wait $fleet 2>/dev/null || true
+    if [ "$agents" = "${fleet_sizes[0]}" ]; then
+        # The query path alone: polled once, values kept servable.
+        start_fleet_adapter 19720 19743 "$agents" --poll-interval 1h --max-age 1h
+        fleet_latency "$agents-alone" 19743
+        kill $fleet
+        wait $fleet 2>/dev/null || true
+    fi
+    kill $feeds
+    wait $feeds 2>/dev/null || true
 done
-kill $feeds
 
+if [ "$fleet_only" = 0 ]; then
 # 5. Freshness, three routes on the same changes.
 log "freshness: $changes change(s), Prometheus scraping every $scrape"
 KGM_CHANGES=$changes KGM_SCRAPE_INTERVAL=$scrape cargo bench --quiet --bench freshness >"$out/freshness.txt" 2>&1
 
+fi
+
 # The summary, with ratios.
-python3 hack/bench_report.py "$out" "$series" "$quick" "$work" >>"$out/summary.md"
+python3 hack/bench_report.py "$out" "$series" "$quick" "$work" "${fleet_sizes[*]}" >>"$out/summary.md"
 if [ "$quick" = 0 ]; then
-    cp "$out/scaling.png" benches/scaling.png
+    [ "$fleet_only" = 1 ] || cp "$out/scaling.png" benches/scaling.png
+    cp "$out/fleet.png" benches/fleet.png
 fi
 cat "$out/summary.md"

@@ -1,12 +1,11 @@
 //! A simulated fleet on loopback, for measuring the adapter at cluster scale
 //! without a cluster (`hack/bench.sh`):
 //!
-//! - `feeds`: N agents' `/v1/pods` feeds (P pods each) from one server, at
-//!   `/agent-<i>/v1/pods`, re-rendered every second like real agents;
+//! - `feeds`: N agents' `/v1/pods` feeds (P pods each) from one server
+//!   ([`kube_gpu_metrics::sim::fleet`]);
 //! - `adapter`: the real adapter (HTTPS, client certificates, the collector
 //!   polling every feed each second) with the fleet's pod labels indexed as a
-//!   cluster's reflectors would give them: namespace `fleet`, pod
-//!   `pod-<agent>-<n>`, label `app=app-<k>` over 50 apps.
+//!   cluster's reflectors would give them.
 //!
 //! ```text
 //! cargo run --release --example fleet -- feeds --agents 1000 --pods 10 --listen 127.0.0.1:19600
@@ -16,31 +15,18 @@
 //!
 //! Loopback only: both refuse any other address.
 
-use std::collections::HashMap;
-use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use anyhow::bail;
-use arc_swap::ArcSwap;
-use bytes::Bytes;
 use clap::{Parser, Subcommand};
-use http::{Response, StatusCode};
-use http_body_util::Full;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::TokioIo;
 use kube_gpu_metrics::adapter::PollArgs;
 use kube_gpu_metrics::adapter::keda::server::KedaSetup;
-use kube_gpu_metrics::feed::{FeedGpu, FeedPod, NodeFeed};
-use kube_gpu_metrics::k8s::labels::{LabelIndex, LabelMaps};
+use kube_gpu_metrics::k8s::labels::LabelIndex;
+use kube_gpu_metrics::sim::fleet::Fleet;
 use kube_gpu_metrics::standalone::{LocalAdapter, start_local_adapter};
 use tokio::sync::watch;
-
-const NAMESPACE: &str = "fleet";
-const APPS: usize = 50;
 
 #[derive(Debug, Parser)]
 struct Cli {
@@ -87,94 +73,16 @@ enum Command {
     },
 }
 
-fn pod_name(agent: usize, n: usize) -> String {
-    format!("pod-{agent}-{n}")
-}
-
-fn app_of(agent: usize, pods: usize, n: usize) -> String {
-    format!("app-{}", (agent * pods + n) % APPS)
-}
-
-/// Agent `agent`'s feed at `now_ms`: one RTX 4090 shared by its pods.
-fn feed(agent: usize, pods: usize, now_ms: u64) -> NodeFeed {
-    let uuid = format!("GPU-fleet-{agent:05}");
-    NodeFeed {
-        node: format!("node-{agent}"),
-        timestamp_ms: now_ms,
-        interval_ms: 1000,
-        gpus: vec![FeedGpu {
-            index: 0,
-            uuid: uuid.clone(),
-            model: "NVIDIA GeForce RTX 4090".into(),
-            up: true,
-            utilization_percent: Some(((agent * 7) % 100) as f64),
-            memory_utilization_percent: Some(20.0),
-            memory_used_bytes: Some(8 << 30),
-            memory_total_bytes: Some(24 << 30),
-        }],
-        pods: (0..pods)
-            .map(|n| FeedPod {
-                namespace: NAMESPACE.into(),
-                pod: pod_name(agent, n),
-                gpus: vec![uuid.clone()],
-                sharing: "shared".into(),
-                utilization_percent: Some(((agent + n * 13) % 100) as f64),
-                memory_utilization_percent: Some(10.0),
-                memory_used_bytes: None,
-                reason: None,
-            })
-            .collect(),
-    }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
-}
-
-fn render(agents: usize, pods: usize) -> HashMap<String, Bytes> {
-    let now = now_ms();
-    (0..agents)
-        .map(|a| {
-            let body = serde_json::to_vec(&feed(a, pods, now)).expect("a feed serializes");
-            (format!("/agent-{a}/v1/pods"), Bytes::from(body))
-        })
-        .collect()
-}
-
-async fn feeds(agents: usize, pods: usize, listen: SocketAddr) -> anyhow::Result<()> {
-    let bodies = Arc::new(ArcSwap::from_pointee(render(agents, pods)));
-    let refresh = bodies.clone();
-    tokio::spawn(async move {
-        let mut tick = tokio::time::interval(Duration::from_secs(1));
-        loop {
-            tick.tick().await;
-            refresh.store(Arc::new(render(agents, pods)));
-        }
-    });
+async fn feeds(fleet: Fleet, listen: SocketAddr) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(listen).await?;
-    eprintln!("fleet feeds listening on http://{} ({agents} agents × {pods} pods)", listener.local_addr()?);
-    loop {
-        let (stream, _) = listener.accept().await?;
-        let _ = stream.set_nodelay(true);
-        let bodies = bodies.clone();
-        tokio::spawn(async move {
-            let service = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-                let body = bodies.load().get(req.uri().path()).cloned();
-                async move {
-                    let response = match body {
-                        Some(body) => Response::new(Full::new(body)),
-                        None => {
-                            let mut r = Response::new(Full::new(Bytes::from_static(b"no such agent")));
-                            *r.status_mut() = StatusCode::NOT_FOUND;
-                            r
-                        }
-                    };
-                    Ok::<_, Infallible>(response)
-                }
-            });
-            let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;
-        });
-    }
+    eprintln!(
+        "fleet feeds listening on http://{} ({} agents × {} pods)",
+        listener.local_addr()?,
+        fleet.agents,
+        fleet.pods
+    );
+    fleet.serve(listener).await?;
+    Ok(())
 }
 
 struct FleetAdapter {
@@ -190,18 +98,11 @@ struct FleetAdapter {
 
 async fn adapter(fleet: FleetAdapter) -> anyhow::Result<()> {
     let FleetAdapter { feeds, agents, pods, listen, kubeconfig_out, poll_interval, max_age, keda_listen } = fleet;
-    let mut labels = LabelMaps::default();
-    let namespace = labels.pods.entry(NAMESPACE.into()).or_default();
-    for a in 0..agents {
-        for n in 0..pods {
-            namespace.insert(pod_name(a, n), [("app".to_string(), app_of(a, pods, n))].into_iter().collect());
-        }
-    }
-    let urls: Vec<String> = (0..agents).map(|a| format!("{}/agent-{a}", feeds.trim_end_matches('/'))).collect();
+    let fleet = Fleet { agents, pods };
     let local = LocalAdapter {
         listen,
-        agents: urls,
-        labels: std::sync::Arc::new(LabelIndex::new(labels)),
+        agents: fleet.urls(&feeds),
+        labels: std::sync::Arc::new(LabelIndex::new(fleet.labels())),
         poll: PollArgs { poll_interval, max_age: Some(max_age), ..PollArgs::default() },
         prometheus: None,
         kubeconfig_out,
@@ -235,7 +136,7 @@ fn main() -> anyhow::Result<()> {
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async move {
         match cli.command {
-            Command::Feeds { agents, pods, listen } => feeds(agents, pods, listen).await,
+            Command::Feeds { agents, pods, listen } => feeds(Fleet { agents, pods }, listen).await,
             Command::Adapter { feeds, agents, pods, listen, kubeconfig_out, poll_interval, max_age, keda_listen } => {
                 let fleet =
                     FleetAdapter { feeds, agents, pods, listen, kubeconfig_out, poll_interval, max_age, keda_listen };

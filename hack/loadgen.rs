@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::{Context, bail};
 use base64::Engine;
@@ -35,6 +35,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use kube_gpu_metrics::adapter::keda::proto::external_scaler_client::ExternalScalerClient;
 use kube_gpu_metrics::adapter::keda::proto::{GetMetricsRequest, ScaledObjectRef};
+use kube_gpu_metrics::sim::fleet::Fleet;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
 use tonic::transport::{Certificate, Channel, ClientTlsConfig};
@@ -74,6 +75,12 @@ struct Args {
     /// For grpcs: the trigger's metadata, `key=value`.
     #[arg(long = "keda-metadata")]
     keda_metadata: Vec<String>,
+    /// Instead of load: watch the simulated fleet's marker pod at `--url`
+    /// (one request every 10 ms on one connection) through this many of its
+    /// changes, and report how long each took to show (a GPU change until
+    /// the API serves it).
+    #[arg(long)]
+    freshness_changes: Option<u32>,
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -193,6 +200,54 @@ async fn connect(addr: SocketAddr, tls: Option<&Arc<rustls::ClientConfig>>) -> a
     Ok(sender)
 }
 
+/// The value of the first item of a custom metrics answer.
+async fn first_value(sender: &mut Sender, path: &str) -> Option<f64> {
+    let req = http::Request::get(path).header(http::header::HOST, "localhost").body(Empty::new()).ok()?;
+    let response = sender.send_request(req).await.ok()?;
+    let body = response.into_body().collect().await.ok()?.to_bytes();
+    let answer: serde_json::Value = serde_json::from_slice(&body).ok()?;
+    let value = answer["items"][0]["value"].as_str()?;
+    match value.strip_suffix('m') {
+        Some(milli) => Some(milli.parse::<f64>().ok()? / 1000.0),
+        None => value.parse().ok(),
+    }
+}
+
+/// Watches the fleet's marker pod through `changes` changes; each one's
+/// delay until the API served it, or `None` if it never did within its
+/// period.
+async fn watch_marker(
+    addr: SocketAddr,
+    tls: Option<&Arc<rustls::ClientConfig>>,
+    path: &str,
+    changes: u32,
+) -> anyhow::Result<Vec<Option<u64>>> {
+    let now_ms = || SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+    let period = Fleet::MARKER_PERIOD.as_millis() as u64;
+    let mut sender = connect(addr, tls).await?;
+    let mut change_at = (now_ms() / period + 1) * period;
+    let mut delays = Vec::new();
+    for _ in 0..changes {
+        let want = Fleet::marker(change_at);
+        let mut seen = None;
+        while now_ms() < change_at + period {
+            if sender.is_closed() {
+                sender = connect(addr, tls).await?;
+            }
+            let value = first_value(&mut sender, path).await;
+            let at = now_ms();
+            if at >= change_at && value == Some(want) {
+                seen = Some(at - change_at);
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        delays.push(seen);
+        change_at += period;
+    }
+    Ok(delays)
+}
+
 #[tokio::main(flavor = "multi_thread", worker_threads = 1)]
 async fn main() -> anyhow::Result<()> {
     let args = Args::parse();
@@ -220,6 +275,16 @@ async fn main() -> anyhow::Result<()> {
         })
         .collect::<anyhow::Result<_>>()?;
     let path = args.url.path_and_query().map_or("/", |p| p.as_str()).to_string();
+    if let Some(changes) = args.freshness_changes {
+        let mut delays = watch_marker(addr, tls.as_ref(), &path, changes).await?;
+        let missed = delays.iter().filter(|d| d.is_none()).count();
+        delays.sort_unstable();
+        let seen: Vec<u64> = delays.into_iter().flatten().collect();
+        let median = seen.get(seen.len() / 2).copied().unwrap_or(0);
+        let max = seen.last().copied().unwrap_or(0);
+        println!("freshness    {changes} changes: median {median} ms, max {max} ms, missed {missed}");
+        return Ok(());
+    }
     let ask = match (grpcs, &args.kubeconfig) {
         (true, Some(kubeconfig)) => {
             let scaler_metadata = args

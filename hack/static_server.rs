@@ -33,12 +33,17 @@ struct Args {
     /// Content-Type of the body.
     #[arg(long, default_value = "text/plain; version=0.0.4; charset=utf-8")]
     content_type: String,
+    /// Content-Encoding of the body (`gzip` for a gzipped one), if any.
+    #[arg(long)]
+    content_encoding: Option<String>,
 }
 
 fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     let body = Bytes::from(std::fs::read(&args.body).with_context(|| format!("reading {}", args.body.display()))?);
     let content_type = HeaderValue::from_str(&args.content_type).context("--content-type")?;
+    let encoding =
+        args.content_encoding.as_deref().map(HeaderValue::from_str).transpose().context("--content-encoding")?;
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build()?;
     runtime.block_on(async move {
         let listener = tokio::net::TcpListener::bind(args.listen).await?;
@@ -46,11 +51,14 @@ fn main() -> anyhow::Result<()> {
         loop {
             let (stream, _) = listener.accept().await?;
             let _ = stream.set_nodelay(true);
-            let (body, content_type) = (body.clone(), content_type.clone());
+            let (body, content_type, encoding) = (body.clone(), content_type.clone(), encoding.clone());
             tokio::spawn(async move {
                 let service = service_fn(move |_req| {
                     let mut response = Response::new(Full::new(body.clone()));
                     response.headers_mut().insert(header::CONTENT_TYPE, content_type.clone());
+                    if let Some(encoding) = &encoding {
+                        response.headers_mut().insert(header::CONTENT_ENCODING, encoding.clone());
+                    }
                     async move { Ok::<_, Infallible>(response) }
                 });
                 let _ = http1::Builder::new().serve_connection(TokioIo::new(stream), service).await;

@@ -15,6 +15,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwap;
 
+pub mod fleet;
 pub mod kubelet;
 pub mod node_api;
 pub mod scenario;

@@ -111,8 +111,9 @@ impl SampleLabels {
         let hostname = naming.dcgm_hostname_label.name();
         for (i, gpu) in data.gpus.iter().enumerate() {
             let id = &gpu.identity;
-            let index = id.index.to_string();
-            self.gpus.push(&[], &[("node", node), ("gpu", &index), ("uuid", &id.uuid), ("model", &id.model)]);
+            let mut index = itoa::Buffer::new();
+            let index = index.format(id.index);
+            self.gpus.push(&[], &[("node", node), ("gpu", index), ("uuid", &id.uuid), ("model", &id.model)]);
             let whole = data.usages.iter().enumerate().filter(|(_, u)| u.gpu == i && u.mig.is_none());
             let exclusive = match sole(whole.clone()) {
                 Some(k) if data.usages[k].sharing == Sharing::Exclusive => self.pods.get(k),
@@ -124,7 +125,7 @@ impl SampleLabels {
             self.dcgm.push(
                 &[],
                 &[
-                    ("gpu", &index),
+                    ("gpu", index),
                     ("UUID", &id.uuid),
                     ("pci_bus_id", &id.pci_bus_id),
                     ("device", &format!("nvidia{index}")),
@@ -141,13 +142,14 @@ impl SampleLabels {
                 }
             }
             for (m, mig) in gpu.reading.mig_devices.iter().enumerate() {
-                let (gi, ci) = (mig.gpu_instance_id.to_string(), mig.compute_instance_id.to_string());
-                let instances = [("gpu_instance_id", gi.as_str()), ("compute_instance_id", &ci)];
+                let (mut gi, mut ci) = (itoa::Buffer::new(), itoa::Buffer::new());
+                let (gi, ci) = (gi.format(mig.gpu_instance_id), ci.format(mig.compute_instance_id));
+                let instances = [("gpu_instance_id", gi), ("compute_instance_id", ci)];
                 self.migs.push(
                     &[self.gpus.get(i)],
                     &[("mig_uuid", &mig.uuid), instances[0], instances[1], ("mig_profile", &mig.profile)],
                 );
-                self.dcgm_migs.push(&[self.dcgm.get(i)], &[("GPU_I_ID", &gi), ("GPU_I_PROFILE", &mig.profile)]);
+                self.dcgm_migs.push(&[self.dcgm.get(i)], &[("GPU_I_ID", gi), ("GPU_I_PROFILE", &mig.profile)]);
                 let holders = data.usages.iter().enumerate().filter(|(_, u)| u.gpu == i && u.mig == Some(m));
                 self.mig_devices.push((i, m, sole(holders)));
             }
