@@ -25,7 +25,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime};
 
 use anyhow::{Context, bail};
 use base64::Engine;
@@ -35,6 +35,7 @@ use http_body_util::{BodyExt, Empty};
 use hyper_util::rt::TokioIo;
 use kube_gpu_metrics::adapter::keda::proto::external_scaler_client::ExternalScalerClient;
 use kube_gpu_metrics::adapter::keda::proto::{GetMetricsRequest, ScaledObjectRef};
+use kube_gpu_metrics::feed::unix_ms;
 use kube_gpu_metrics::sim::fleet::Fleet;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, ServerName};
@@ -222,7 +223,7 @@ async fn watch_marker(
     path: &str,
     changes: u32,
 ) -> anyhow::Result<Vec<Option<u64>>> {
-    let now_ms = || SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64;
+    let now_ms = || unix_ms(SystemTime::now());
     let period = Fleet::MARKER_PERIOD.as_millis() as u64;
     let mut sender = connect(addr, tls).await?;
     let mut change_at = (now_ms() / period + 1) * period;

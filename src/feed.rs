@@ -105,3 +105,9 @@ pub struct FeedPod {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reason: Option<String>,
 }
+
+/// Milliseconds since the Unix epoch, as the feed's `timestamp_ms` counts
+/// them (0 for a time before it).
+pub fn unix_ms(t: std::time::SystemTime) -> u64 {
+    t.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+}

@@ -1,15 +1,9 @@
 //! Renders a sample as the `/v1/pods` document ([`crate::feed::NodeFeed`]),
 //! beside [`super::exposition`] for `/metrics`.
 
-use std::time::{SystemTime, UNIX_EPOCH};
-
 use super::sample::NodeReading;
 use crate::attribution::{PodGpuUsage, Sharing};
-use crate::feed::{FeedGpu, FeedPod, NodeFeed};
-
-fn unix_ms(t: SystemTime) -> u64 {
-    t.duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
-}
+use crate::feed::{FeedGpu, FeedPod, NodeFeed, unix_ms};
 
 /// The feed document of a sample: per pod, the mean over its GPUs, or no
 /// value (and a reason) if any of its GPUs has none.

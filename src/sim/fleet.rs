@@ -10,7 +10,7 @@
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use arc_swap::ArcSwap;
 use bytes::Bytes;
@@ -21,7 +21,7 @@ use hyper::service::service_fn;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::feed::{FeedGpu, FeedPod, NodeFeed};
+use crate::feed::{FeedGpu, FeedPod, NodeFeed, unix_ms};
 use crate::k8s::labels::LabelMaps;
 
 /// The namespace of every fleet pod.
@@ -174,5 +174,5 @@ impl Drop for AbortOnDrop {
 }
 
 fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or_default().as_millis() as u64
+    unix_ms(SystemTime::now())
 }

@@ -559,8 +559,9 @@ fn dcgm_families(w: &mut FamilyWriter, data: &NodeReading, labels: &SampleLabels
                 w.series(&[labels.dcgm.get(i), labels.pod(holder)], family.unit.convert(v));
             }
         }
-        for (j, i, m, holder) in labels.up_migs(data).filter(|_| row.mig.is_some()) {
-            if let Some(v) = row.mig.and_then(|read| read(&data.gpus[i].reading.mig_devices[m])) {
+        let Some(read_mig) = row.mig else { continue };
+        for (j, i, m, holder) in labels.up_migs(data) {
+            if let Some(v) = read_mig(&data.gpus[i].reading.mig_devices[m]) {
                 w.series(&[labels.dcgm_migs.get(j), labels.pod(holder)], family.unit.convert(v));
             }
         }
